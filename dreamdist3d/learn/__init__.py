@@ -1,0 +1,1 @@
+"""dreamdist3d.learn"""
