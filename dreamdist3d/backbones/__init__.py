@@ -1,1 +1,6 @@
-"""dreamdist3d.backbones"""
+"""Backbones: the Backbone object, noise schedules, MVDream's multi-view UNet and loaders, SD 2.1, cameras."""
+
+from dreamdist3d.backbones.base import Backbone
+from dreamdist3d.backbones.schedule import NoiseSchedule, scaled_linear_betas
+
+__all__ = ["Backbone", "NoiseSchedule", "scaled_linear_betas"]
