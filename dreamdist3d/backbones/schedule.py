@@ -15,31 +15,37 @@ PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def scaled_linear_betas(n: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
-    """(n,) float32 betas, computed in float64 as the LDM/MVDream code does."""
-    return (torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2).to(torch.float32)
+    """(n,) float64 betas: linspace of square roots, squared (LDM "linear" == diffusers "scaled_linear")."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float64) ** 2
 
 
 @dataclass
 class NoiseSchedule:
-    """A discrete DDPM schedule. All tensors live on CPU in float32; `index` moves what is needed."""
+    """A discrete DDPM schedule given by ᾱ_t. Tensors live on CPU in float32; indexing moves what is needed."""
 
-    betas: torch.Tensor  # (T,)
+    alphas_cumprod: torch.Tensor  # (T,) float32
     prediction_type: str = "epsilon"
 
     def __post_init__(self) -> None:
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
-        betas64 = self.betas.to(torch.float64)
-        # cumprod in float64 then float32, as the LDM code registers its buffers
-        self.alphas_cumprod = torch.cumprod(1.0 - betas64, dim=0).to(torch.float32)  # (T,)
+        self.alphas_cumprod = self.alphas_cumprod.to(torch.float32)
 
     @classmethod
-    def scaled_linear(cls, prediction_type: str = "epsilon", n: int = 1000) -> "NoiseSchedule":
-        return cls(scaled_linear_betas(n), prediction_type)
+    def scaled_linear(cls, prediction_type: str = "epsilon", n: int = 1000, style: str = "ldm") -> "NoiseSchedule":
+        """style "ldm": float64 throughout, cast at the end (MVDream's buffers, bit-exact);
+        style "diffusers": float32 betas and cumprod (diffusers' DDPMScheduler, used by the official trainer)."""
+        betas = scaled_linear_betas(n)
+        if style == "ldm":
+            return cls(torch.cumprod(1.0 - betas, 0).to(torch.float32), prediction_type)
+        if style == "diffusers":
+            b32 = torch.linspace(0.00085**0.5, 0.012**0.5, n, dtype=torch.float32) ** 2
+            return cls(torch.cumprod(1.0 - b32, 0), prediction_type)
+        raise ValueError(f"style must be 'ldm' or 'diffusers', got {style!r}")
 
     @property
     def num_train_timesteps(self) -> int:
-        return int(self.betas.shape[0])
+        return int(self.alphas_cumprod.shape[0])
 
     def _a(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """ᾱ_t broadcast to `like` (B, ...)."""
