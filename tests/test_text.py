@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from dreamdist3d.text import ClipTokenizer, TextEncoder
+from dreamdist3d.text import ClipTokenizer, TextEncoder, fingerprints_match
 
 
 def test_tokenizer_matches_openclip_on_fixture_prompts(reference):
@@ -74,4 +74,8 @@ def test_text_encoder_is_causal_and_frozen(reference):
         a, b = enc(x), enc(y)
     assert torch.equal(a[0, :10], b[0, :10]) and (a[0, 10:] - b[0, 10:]).abs().max() > 0.1
     fp = enc.fingerprint()
-    assert fp["hidden_size"] == 32 and fp["num_layers"] == 2 and len(fp["weights_sha256"]) == 16
+    assert fp["hidden_size"] == 32 and fp["num_layers"] == 2
+    # same weights in bf16 still match; other weights do not
+    assert fingerprints_match(fp, TextEncoder.from_hf_state_dict(meta["text_encoder_config"], sd).to(torch.bfloat16).fingerprint())
+    other = TextEncoder.from_config(meta["text_encoder_config"])
+    assert not fingerprints_match(fp, other.fingerprint())

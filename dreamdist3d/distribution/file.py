@@ -1,0 +1,202 @@
+"""The `PromptDistribution` file (`.safetensors`): learned context `ctx` (K, L, D) + JSON metadata.
+
+Metadata (safetensors header, key "dreamdist3d"): format and version, n_ctx, n_prompts, the training prefix/suffix,
+the position mode, the fingerprint of the text encoder it was learned with (hidden size, layers, vocab, weight hash),
+the backbone, steps, image count, and a sha256 of `ctx` so a tampered file is refused.
+
+`PromptDistribution.load` also imports the official DreamDistribution `prompt_learner.pt` / `final-<step>.pt`
+(`torch.load(weights_only=True)`, nothing else is unpickled), picking a class by index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+
+from dreamdist3d.distribution.errors import DistributionFileError, EncoderMismatchError
+from dreamdist3d.distribution.learner import POSITION_MODES, PromptLearner
+from dreamdist3d.io import atomic_save_safetensors, read_safetensors
+from dreamdist3d.text import ClipTokenizer, TextEncoder, fingerprints_match
+
+FORMAT = "dreamdist3d.prompt-distribution"
+FORMAT_VERSION = 1
+
+# What the official trainer writes: checkpoint-N/prompt_learner.pt = {"model_state_dict": {"ctx"}};
+# final-N.pt = {"epoch", "model_state_dict": full PromptLearner state, "optimizer_state_dict", "lr_scheduler_state_dict"}.
+_OFFICIAL_TOP_KEYS = {"model_state_dict", "epoch", "optimizer_state_dict", "lr_scheduler_state_dict"}
+_OFFICIAL_MODEL_PREFIXES = ("ctx", "token_prefix", "token_suffix", "text_encoder.", "vision_encoder.", "embedder.")
+
+
+@dataclass
+class DistributionMeta:
+    n_ctx: int
+    n_prompts: int
+    prefix: str = ""
+    suffix: str = ""
+    position_mode: str = "clean"
+    text_encoder: Optional[Dict[str, Any]] = None  # TextEncoder.fingerprint(); None for imported official files
+    backbone: str = ""
+    steps: int = 0
+    n_images: int = 0
+    source: str = ""  # how the file came to be ("dreamdist3d learn", "official import of …")
+    created: str = ""
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    ctx_sha256: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def _ctx_hash(ctx: torch.Tensor) -> str:
+    return hashlib.sha256(ctx.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+@dataclass
+class PromptDistribution:
+    ctx: torch.Tensor  # (K, L, D)
+    meta: DistributionMeta
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_learner(cls, learner: PromptLearner, backbone: str = "", steps: int = 0, n_images: int = 0,
+                     source: str = "dreamdist3d learn", **extra: Any) -> "PromptDistribution":
+        ctx = learner.ctx.detach().float().cpu().clone()
+        meta = DistributionMeta(
+            n_ctx=learner.n_ctx, n_prompts=learner.n_prompts, prefix=learner.prefix, suffix=learner.suffix,
+            position_mode=learner.position_mode, text_encoder=learner.text_encoder.fingerprint(), backbone=backbone,
+            steps=int(steps), n_images=int(n_images), source=source, extra=dict(extra),
+        )
+        return cls(ctx, meta)
+
+    def learner(self, text_encoder: TextEncoder, tokenizer: ClipTokenizer, check_encoder: bool = True,
+                source: str = "") -> PromptLearner:
+        """A PromptLearner holding this ctx, after checking it belongs to `text_encoder`."""
+        where = source or "this distribution"
+        if self.ctx.shape[-1] != text_encoder.hidden_size:
+            raise EncoderMismatchError(
+                f"{where} has context width {self.ctx.shape[-1]} but the text encoder has hidden size "
+                f"{text_encoder.hidden_size}; load the backbone it was learned against ({self.meta.backbone or 'unknown'})"
+            )
+        fp = self.meta.text_encoder
+        if check_encoder and fp is not None:
+            have = text_encoder.fingerprint()
+            if not fingerprints_match(have, fp):
+                raise EncoderMismatchError(
+                    f"{where} was learned with text encoder {fp} (backbone '{self.meta.backbone}'), but the given one "
+                    f"is {have}; use the checkpoint it was learned against"
+                )
+        pl = PromptLearner(text_encoder, tokenizer, n_ctx=self.meta.n_ctx, n_prompts=self.meta.n_prompts,
+                           prefix=self.meta.prefix, suffix=self.meta.suffix, position_mode=self.meta.position_mode)
+        with torch.no_grad():
+            pl.ctx.copy_(self.ctx.to(pl.ctx))
+        return pl
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: Union[str, Path]) -> Path:
+        path = Path(path)
+        meta = DistributionMeta(**{**asdict(self.meta), "ctx_sha256": _ctx_hash(self.ctx.float()),
+                                   "created": self.meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        atomic_save_safetensors({"ctx": self.ctx.detach().float().cpu()}, path, {"dreamdist3d": json.dumps(asdict(meta))})
+        self.meta = meta
+        return path
+
+    @classmethod
+    def load(cls, path: Union[str, Path], class_index: int = 0) -> "PromptDistribution":
+        """Our `.safetensors`, or an official `.pt` (`class_index` picks one class of a multi-class file)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"distribution file {path} does not exist")
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if path.suffix in (".pt", ".pth", ".ckpt", ".bin") or head[:2] == b"PK":
+            return import_official(path, class_index=class_index)
+        tensors, header = read_safetensors(path)
+        if "dreamdist3d" not in header:
+            raise DistributionFileError(
+                f"{path} is a safetensors file but not a dreamdist3d distribution (no 'dreamdist3d' metadata); "
+                "make one with `dreamdist3d learn`, or pass an official prompt_learner.pt"
+            )
+        try:
+            raw = json.loads(header["dreamdist3d"])
+        except json.JSONDecodeError:
+            raise DistributionFileError(f"{path}: its dreamdist3d metadata is not valid JSON (file damaged?)") from None
+        if raw.get("format") != FORMAT:
+            raise DistributionFileError(f"{path} holds '{raw.get('format')}', not a prompt distribution ({FORMAT})")
+        if int(raw.get("format_version", 0)) > FORMAT_VERSION:
+            raise DistributionFileError(
+                f"{path} has format version {raw.get('format_version')}, newer than this dreamdist3d reads "
+                f"({FORMAT_VERSION}); upgrade dreamdist3d"
+            )
+        known = set(DistributionMeta.__dataclass_fields__)
+        meta = DistributionMeta(**{k: v for k, v in raw.items() if k in known})
+        if set(tensors) != {"ctx"}:
+            raise DistributionFileError(f"{path}: expected exactly one tensor 'ctx', found {sorted(tensors)}")
+        ctx = tensors["ctx"]
+        if ctx.ndim != 3 or tuple(ctx.shape[:2]) != (meta.n_prompts, meta.n_ctx):
+            raise DistributionFileError(
+                f"{path}: ctx has shape {tuple(ctx.shape)}, metadata says (n_prompts={meta.n_prompts}, "
+                f"n_ctx={meta.n_ctx}, D); the file is damaged"
+            )
+        if meta.ctx_sha256 and _ctx_hash(ctx.float()) != meta.ctx_sha256:
+            raise DistributionFileError(f"{path}: ctx does not match its recorded checksum; the file was modified or damaged")
+        if meta.position_mode not in POSITION_MODES:
+            raise DistributionFileError(f"{path}: unknown position_mode {meta.position_mode!r}")
+        return cls(ctx.float(), meta)
+
+
+def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = "", suffix: str = "") -> PromptDistribution:
+    """Read an official DreamDistribution checkpoint (`torch.load(weights_only=True)`) into a PromptDistribution.
+
+    The official model adds position embeddings twice, so the result uses position_mode="official".
+    """
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle refused (non-weights content) or damaged file
+        raise DistributionFileError(
+            f"{path} cannot be read as an official DreamDistribution checkpoint with weights_only=True ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); expected checkpoint-N/prompt_learner.pt or final-N.pt"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DistributionFileError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
+    if "model_state_dict" in obj:
+        extra_top = set(obj) - _OFFICIAL_TOP_KEYS
+        if extra_top:
+            raise DistributionFileError(f"{path}: unexpected top-level keys {sorted(extra_top)} for an official checkpoint")
+        state = obj["model_state_dict"]
+    else:
+        state = obj
+    if not isinstance(state, dict):
+        raise DistributionFileError(f"{path}: model_state_dict is not a dict")
+    clean = {}
+    for k, v in state.items():
+        name = k
+        for strip in ("_orig_mod.", "module."):
+            name = name.replace(strip, "")
+        clean[name] = v
+    unexpected = [k for k in clean if not k.startswith(_OFFICIAL_MODEL_PREFIXES)]
+    if unexpected:
+        raise DistributionFileError(
+            f"{path}: unexpected keys {sorted(unexpected)[:8]} in an official prompt-learner checkpoint "
+            "(expected 'ctx' and optionally token_prefix/token_suffix/text_encoder.*/vision_encoder.*)"
+        )
+    if "ctx" not in clean:
+        raise DistributionFileError(f"{path}: no 'ctx' tensor; keys are {sorted(clean)[:8]}")
+    ctx = clean["ctx"]
+    if not isinstance(ctx, torch.Tensor) or ctx.ndim != 4:
+        raise DistributionFileError(f"{path}: official ctx must be (n_classes, K, n_ctx, D), got {getattr(ctx, 'shape', ctx)}")
+    n_cls = ctx.shape[0]
+    if not 0 <= class_index < n_cls:
+        raise DistributionFileError(f"{path} holds {n_cls} class(es); class index {class_index} is out of range")
+    sel = ctx[class_index].float().clone()
+    meta = DistributionMeta(
+        n_ctx=int(sel.shape[1]), n_prompts=int(sel.shape[0]), prefix=prefix, suffix=suffix, position_mode="official",
+        text_encoder=None, backbone="sd21 (official DreamDistribution)", source=f"official import of {path.name} class {class_index}",
+        extra={"official_n_classes": int(n_cls)},
+    )
+    return PromptDistribution(sel, meta)

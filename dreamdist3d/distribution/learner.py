@@ -1,0 +1,186 @@
+"""`PromptLearner`: K learnable prompts of L context tokens through the frozen text encoder.
+
+Token layout of every prompt: `[SOS] prefix… ctx×L suffix… [EOS] pad…` (77 slots, pad id 0).
+
+Position modes (stored in distribution files and honoured on load):
+- "clean": the encoder input is token embeddings (ctx in its slots) + the position table, added once.
+- "official": the arithmetic of the official DreamDistribution code, so its learned ctx gives its outputs. There the
+  fixed tokens are embedded with `text_model.embeddings` (token + position) and the encoder adds the full position
+  table again. With pe = 1 + #prefix tokens, slot j receives
+    j < pe (SOS, prefix):         tok + 2·pos[j]
+    pe ≤ j < pe+L (ctx):          ctx + pos[j]
+    j ≥ pe+L (suffix, EOS, pad):  tok(suffix_ids[m+1]) + pos[m+1] + pos[j],  m = j − pe − L
+  where suffix_ids is the separate tokenisation `[SOS, suffix…, EOS, pad…]` (two *different* position rows).
+
+Pooling (`encode`) is always at the EOS of the prompt actually encoded. The official code pools at the EOS index of
+its *constructor* prefix/suffix; in training (the only place it pools) the two agree, but for other prefixes the
+official index is stale (it points inside the context tokens). `fit` never pools, so fitted Gaussians agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from dreamdist3d.distribution.gaussian import PromptGaussian
+from dreamdist3d.text import ClipTokenizer, TextEncoder
+
+POSITION_MODES = ("clean", "official")
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """Where things sit in the 77 slots for one prefix/suffix."""
+
+    prefix_ids: torch.Tensor  # (pe,) SOS + prefix tokens
+    suffix_ids: torch.Tensor  # (77,) separate tokenisation [SOS, suffix…, EOS, pad…]
+    n_ctx: int
+    length: int = 77
+
+    @property
+    def ctx_start(self) -> int:
+        return int(self.prefix_ids.shape[0])
+
+    @property
+    def n_suffix(self) -> int:
+        """suffix tokens (no SOS/EOS)."""
+        return int((self.suffix_ids == self.suffix_ids.new_tensor(49407)).nonzero()[0, 0]) - 1
+
+    @property
+    def eos_index(self) -> int:
+        return self.ctx_start + self.n_ctx + self.n_suffix
+
+    def token_ids(self) -> torch.Tensor:
+        """(77,) the id at each slot; ctx slots = -1."""
+        tail = self.suffix_ids[1 : self.length - self.ctx_start - self.n_ctx + 1]
+        ctx = torch.full((self.n_ctx,), -1, dtype=torch.long)
+        return torch.cat([self.prefix_ids, ctx, tail])
+
+
+class PromptLearner(nn.Module):
+    """K prompts × L learnable context vectors. `ctx` (K, L, D), init N(0, 0.02²)."""
+
+    def __init__(
+        self,
+        text_encoder: TextEncoder,
+        tokenizer: ClipTokenizer,
+        n_ctx: int = 4,
+        n_prompts: int = 32,
+        prefix: str = "",
+        suffix: str = "",
+        position_mode: str = "clean",
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__()
+        if position_mode not in POSITION_MODES:
+            raise ValueError(f"position_mode must be one of {POSITION_MODES}, got {position_mode!r}")
+        if n_ctx < 1 or n_prompts < 1:
+            raise ValueError(f"n_ctx and n_prompts must be ≥ 1, got n_ctx={n_ctx}, n_prompts={n_prompts}")
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.n_ctx = n_ctx
+        self.n_prompts = n_prompts
+        self.prefix = prefix
+        self.suffix = suffix
+        self.position_mode = position_mode
+        d = text_encoder.hidden_size
+        init = torch.randn((n_prompts, n_ctx, d), generator=generator) * 0.02
+        self.ctx = nn.Parameter(init.to(text_encoder.device, text_encoder.dtype))
+        self.layout(prefix, suffix)  # validates the training prompt length now
+
+    # ------------------------------------------------------------------ layout
+    def layout(self, prefix: Optional[str] = None, suffix: Optional[str] = None) -> PromptLayout:
+        prefix = self.prefix if prefix is None else prefix
+        suffix = self.suffix if suffix is None else suffix
+        tok = self.tokenizer
+        p_ids = tok.encode(prefix)
+        s_ids = tok.encode(suffix)
+        total = 1 + len(p_ids) + self.n_ctx + len(s_ids) + 1
+        length = self.text_encoder.max_length
+        if total > length:
+            raise ValueError(
+                f"prompt too long: [SOS] + prefix {len(p_ids)} tokens + {self.n_ctx} context tokens + suffix "
+                f"{len(s_ids)} tokens + [EOS] = {total} > {length}; shorten the prefix/suffix"
+            )
+        prefix_ids = torch.tensor([tok.sos_id] + p_ids, dtype=torch.long)
+        suffix_ids = tok([suffix], context_length=length)[0]
+        return PromptLayout(prefix_ids, suffix_ids, self.n_ctx, length)
+
+    def input_embeddings(self, prefix: Optional[str] = None, suffix: Optional[str] = None) -> Tuple[torch.Tensor, int]:
+        """Encoder input *before* the encoder adds its position table: (K, 77, D), and the EOS index.
+
+        In "official" mode this equals the official `concat_custom` output."""
+        lay = self.layout(prefix, suffix)
+        enc = self.text_encoder
+        k = self.n_prompts
+        pe, n_ctx = lay.ctx_start, self.n_ctx
+        pos = enc.position_embedding  # (77, D)
+        head = enc.embed_tokens(lay.prefix_ids)  # (pe, D)
+        n_tail = lay.length - pe - n_ctx
+        if self.position_mode == "official":
+            head = head + pos[:pe]
+            tail = (enc.embed_tokens(lay.suffix_ids) + pos)[1 : 1 + n_tail]
+        else:
+            tail = enc.embed_tokens(lay.token_ids()[pe + n_ctx :])
+        ctx = self.ctx.to(head.dtype)
+        x = torch.cat([head.expand(k, -1, -1), ctx, tail.expand(k, -1, -1)], dim=1)
+        return x, lay.eos_index
+
+    # ------------------------------------------------------------------ the method
+    def encode(self, prefix: Optional[str] = None, suffix: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """hidden (K, 77, D) of the K prompts and pooled (K, D) at the EOS of this prefix/suffix."""
+        x, eos = self.input_embeddings(prefix, suffix)
+        hidden = self.text_encoder(x, add_position=True)
+        return hidden, hidden[:, eos]
+
+    @staticmethod
+    def orthogonal_loss(pooled: torch.Tensor) -> torch.Tensor:
+        """Mean over off-diagonal pairs of squared cosine similarity. pooled (K, D) or (B, K, D) → scalar (0 for K=1;
+        the official code gives NaN there)."""
+        p = pooled if pooled.ndim == 3 else pooled[None]
+        p = torch.nn.functional.normalize(p, dim=-1)
+        cos2 = (p @ p.transpose(-1, -2)) ** 2  # (B, K, K)
+        k = p.shape[-2]
+        if k < 2:  # no pairs (K=1, textual-inversion-like): nothing to decorrelate
+            return p.sum() * 0.0
+        off = cos2.sum((-1, -2)) - cos2.diagonal(dim1=-2, dim2=-1).sum(-1)
+        return (off / (k * (k - 1))).mean()
+
+    @staticmethod
+    def moments(hidden: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """mean and unbiased std over the K prompts: (K, 77, D) → 2 × (77, D); K=1 gives std 0."""
+        mean = hidden.mean(0)
+        std = hidden.std(0) if hidden.shape[0] > 1 else torch.zeros_like(mean)
+        return mean, std
+
+    def reparameterize(
+        self,
+        hidden: torch.Tensor,
+        n_samples: Union[int, Tuple[int, ...]],
+        generator: Optional[torch.Generator] = None,
+        eps: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """mean + ε·std over the K prompts (differentiable): (*n_samples, 77, D)."""
+        mean, std = self.moments(hidden)
+        shape = (n_samples,) if isinstance(n_samples, int) else tuple(n_samples)
+        if eps is None:
+            eps = torch.randn((*shape, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + eps.to(mean) * std
+
+    @torch.no_grad()
+    def fit(self, prefix: Optional[str] = None, suffix: Optional[str] = None) -> PromptGaussian:
+        """The Gaussian over encoder states of the K prompts re-encoded with this prefix/suffix (edits)."""
+        hidden, _ = self.encode(prefix, suffix)
+        mean, std = self.moments(hidden.float())
+        return PromptGaussian(mean, std)
+
+    @torch.no_grad()
+    def interpret(self) -> str:
+        """Nearest vocabulary token (L2, raw token table) to each slot of the K-mean context."""
+        table = self.text_encoder.token_embedding.weight.float()
+        mean_ctx = self.ctx.float().mean(0)  # (L, D)
+        ids = torch.cdist(mean_ctx, table).argmin(-1)
+        return self.tokenizer.decode(ids.tolist())
