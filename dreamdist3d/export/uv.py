@@ -1,0 +1,61 @@
+"""UV unwrapping with xatlas (the same library threestudio's mesh exporter uses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+__all__ = ["UVMesh", "unwrap"]
+
+
+@dataclass
+class UVMesh:
+    vmapping: np.ndarray  # (V',) index of the source (welded) vertex of each unwrapped vertex
+    faces: np.ndarray  # (F, 3) int64 into the unwrapped vertices; same face order as the source mesh
+    uvs: np.ndarray  # (V', 2) float32 in [0, 1], OBJ convention (v = 0 at the image's bottom row)
+
+
+def _apply(options: Any, values: Optional[Dict[str, Any]], what: str) -> None:
+    for key, value in (values or {}).items():
+        if not hasattr(options, key):
+            valid = ", ".join(n for n in dir(options) if not n.startswith("_"))
+            raise ValueError(f"unknown xatlas {what} option '{key}'; valid: {valid}")
+        setattr(options, key, value)
+
+
+def unwrap(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    texture_size: int = 1024,
+    padding: int = 2,
+    chart_options: Optional[Dict[str, Any]] = None,
+    pack_options: Optional[Dict[str, Any]] = None,
+) -> UVMesh:
+    """Charts + packing into one `texture_size`² atlas; vertices are split along chart seams.
+
+    `padding` is the gap in texels xatlas leaves between charts (the bake's dilation fills it).
+    `chart_options` / `pack_options` set attributes of `xatlas.ChartOptions` / `xatlas.PackOptions` by name
+    (threestudio's `xatlas_chart_options` / `xatlas_pack_options`); unknown names are an error.
+    """
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+    co = xatlas.ChartOptions()
+    po = xatlas.PackOptions()
+    po.resolution = int(texture_size)
+    po.padding = int(padding)
+    po.bilinear = True
+    _apply(co, chart_options, "chart")
+    _apply(po, pack_options, "pack")
+    atlas.generate(co, po)
+    if atlas.atlas_count != 1:
+        raise ValueError(
+            f"xatlas packed the charts into {atlas.atlas_count} atlases; expected 1 "
+            "(do not set pack option resolution/texels_per_unit so that the charts cannot fit one texture)"
+        )
+    vmapping, indices, uvs = atlas[0]
+    uvs = np.clip(np.asarray(uvs, dtype=np.float32), 0.0, 1.0)
+    return UVMesh(np.asarray(vmapping, dtype=np.int64), np.asarray(indices, dtype=np.int64), uvs)

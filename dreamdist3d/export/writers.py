@@ -1,0 +1,188 @@
+"""Atomic writers: OBJ + MTL + PNG, GLB with the texture embedded, PLY with vertex colours, JSON sidecar.
+
+Every file is written to a temporary file in its destination folder and moved into place with `os.replace`, so a
+reader never sees a half-written mesh and an interrupted export leaves the old files intact.
+
+GLB pitfall: trimesh only embeds an image when the mesh's visual is a `TextureVisuals` whose material carries it
+(`PBRMaterial.baseColorTexture` here); a `ColorVisuals`, or a material without an image, silently exports an
+untextured mesh. `write_glb` builds exactly that visual and then checks the written bytes contain an image.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import numpy as np
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "encode_png", "write_obj", "write_glb", "write_ply", "write_json"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; exported meshes are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def _fmt_rows(prefix: str, a: np.ndarray, fmt: str) -> str:
+    if len(a) == 0:
+        return ""
+    row = prefix + " " + " ".join([fmt] * a.shape[1])
+    return "\n".join(row % tuple(r) for r in a.tolist()) + "\n"
+
+
+def _fmt_faces(f1: np.ndarray, corner: str, k: int) -> str:
+    """Face lines with the same 1-based index repeated k times per corner (v, v/vt, v//vn, v/vt/vn)."""
+    if len(f1) == 0:
+        return ""
+    row = "f " + " ".join([corner] * 3)
+    vals = np.repeat(f1, k, axis=1)
+    return "\n".join(row % tuple(r) for r in vals.tolist()) + "\n"
+
+
+def write_obj(
+    path: PathLike,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    normals: Optional[np.ndarray] = None,
+    uvs: Optional[np.ndarray] = None,
+    texture: Optional[np.ndarray] = None,
+    vertex_colors: Optional[np.ndarray] = None,
+    material_name: str = "material_0",
+) -> Dict[str, Path]:
+    """Wavefront OBJ. With `uvs` and `texture`: also `<stem>.mtl` (map_Kd) and `<stem>_albedo.png` beside it.
+
+    One index per vertex for position, uv and normal (`f a/a/a`), so the file reloads with the same vertex count.
+    `vertex_colors` (V, 3|4) uint8 are written as the common `v x y z r g b` extension when there is no texture.
+    """
+    path = Path(path)
+    stem = path.stem
+    out: Dict[str, Path] = {}
+    textured = uvs is not None and texture is not None
+    lines = ["# dreamdist3d export\n"]
+    if textured:
+        lines.append(f"mtllib {stem}.mtl\n")
+    if vertex_colors is not None and not textured:
+        rgb = np.asarray(vertex_colors)[:, :3].astype(np.float64) / 255.0
+        lines.append(_fmt_rows("v", np.concatenate([vertices, rgb], 1), "%.6f"))
+    else:
+        lines.append(_fmt_rows("v", vertices, "%.6f"))
+    if textured:
+        lines.append(_fmt_rows("vt", uvs, "%.6f"))
+    if normals is not None:
+        lines.append(_fmt_rows("vn", normals, "%.5f"))
+    if textured:
+        lines.append(f"usemtl {material_name}\n")
+    f1 = np.asarray(faces, dtype=np.int64) + 1
+    if textured and normals is not None:
+        lines.append(_fmt_faces(f1, "%d/%d/%d", 3))
+    elif textured:
+        lines.append(_fmt_faces(f1, "%d/%d", 2))
+    elif normals is not None:
+        lines.append(_fmt_faces(f1, "%d//%d", 2))
+    else:
+        lines.append(_fmt_faces(f1, "%d", 1))
+    if textured:
+        png_name = f"{stem}_albedo.png"
+        out["png"] = atomic_write_bytes(path.parent / png_name, encode_png(texture))
+        mtl = (
+            "# dreamdist3d export\n"
+            f"newmtl {material_name}\n"
+            "Ka 1.000000 1.000000 1.000000\n"
+            "Kd 1.000000 1.000000 1.000000\n"
+            "Ks 0.000000 0.000000 0.000000\n"
+            "Ns 1.000000\n"
+            "d 1.000000\n"
+            "illum 1\n"
+            f"map_Kd {png_name}\n"
+        )
+        out["mtl"] = atomic_write_text(path.parent / f"{stem}.mtl", mtl)
+    out["obj"] = atomic_write_text(path, "".join(lines))
+    return out
+
+
+def write_glb(
+    path: PathLike,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    normals: Optional[np.ndarray] = None,
+    uvs: Optional[np.ndarray] = None,
+    texture: Optional[np.ndarray] = None,
+    vertex_colors: Optional[np.ndarray] = None,
+) -> Path:
+    """Binary glTF 2.0: textured (PBR baseColorTexture, embedded PNG, metallic 0, roughness 1) or vertex colours."""
+    import trimesh
+    from PIL import Image
+
+    if uvs is not None and texture is not None:
+        material = trimesh.visual.material.PBRMaterial(
+            name="albedo",
+            baseColorTexture=Image.fromarray(np.ascontiguousarray(texture)),
+            baseColorFactor=[255, 255, 255, 255],
+            metallicFactor=0.0,
+            roughnessFactor=1.0,
+        )
+        visual = trimesh.visual.TextureVisuals(uv=np.asarray(uvs, dtype=np.float64), material=material)
+    elif vertex_colors is not None:
+        visual = trimesh.visual.ColorVisuals(vertex_colors=np.asarray(vertex_colors, dtype=np.uint8))
+    else:
+        visual = None
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_normals=normals, visual=visual, process=False)
+    data = mesh.export(file_type="glb", include_normals=normals is not None)
+    if uvs is not None and texture is not None and b"image/png" not in data:
+        raise RuntimeError(f"trimesh wrote {path} without the texture image (TextureVisuals pitfall); not saving it")
+    return atomic_write_bytes(path, data)
+
+
+def write_ply(
+    path: PathLike,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    vertex_colors: Optional[np.ndarray] = None,
+    normals: Optional[np.ndarray] = None,
+) -> Path:
+    """Binary little-endian PLY with per-vertex RGBA colours (uchar red/green/blue/alpha)."""
+    import trimesh
+
+    visual = None
+    if vertex_colors is not None:
+        visual = trimesh.visual.ColorVisuals(vertex_colors=np.asarray(vertex_colors, dtype=np.uint8))
+    mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_normals=normals, visual=visual, process=False)
+    data = mesh.export(file_type="ply", encoding="binary", include_attributes=False)
+    return atomic_write_bytes(path, data)
+
+
+def write_json(path: PathLike, obj: object) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
