@@ -1,0 +1,591 @@
+"""MVDream's multi-view UNet (`MultiViewUNetModel`), written for this package.
+
+Same constructor arguments as the official `mvdream.ldm.modules.diffusionmodules.openaimodel.MultiViewUNetModel`, same
+`state_dict()` keys (the official `model.diffusion_model.*` keys without that prefix, so the released
+`sd-v2.1-base-4view.pt` loads with `strict=True`), same numbers (checked against `mvdream-unet-tiny-a`).
+
+Batch layout: rows are `(b f)` (row = b·F + f): the F = `num_frames` views of one object are next to each other.
+Only the self-attention (`attn1`) of each transformer block spans the views of one object; everything else —
+convolutions, cross-attention to the text, feed-forward — runs per row. `num_frames=1` and `camera=None` is plain
+SD-2.1 behaviour.
+
+Differences from the official code, none of which changes the numbers in float32:
+- attention goes through `torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels on
+  CUDA) instead of an einsum that materialises the (L×L) weights; `set_attention_fn` swaps it (benchmarks do);
+- gradient checkpointing uses `torch.utils.checkpoint` (non-reentrant) per ResBlock / transformer block, and only when
+  gradients are being recorded;
+- the model computes in the dtype of its weights (`model.to(torch.bfloat16)` works without autocast); GroupNorms of
+  the ResBlocks and of the output run in float32, as the official `GroupNorm32` does; the output is returned in the
+  dtype of `x`;
+- a plain tensor `context` with `transformer_depth > 1` and an int `context_dim` are accepted (the official code
+  needs `context_dim=[D]*depth` and a list of contexts); a list of `depth` contexts is accepted as well.
+
+Not implemented (a clear NotImplementedError is raised): `use_spatial_transformer=False` (the old `AttentionBlock`),
+`num_classes`/`adm_in_channels`, `n_embed`, `dims != 2`, `use_fp16`/`use_bf16` (use `model.to(dtype)` or autocast),
+`disable_self_attentions` / `disable_middle_self_attn` (the official 3-D block breaks with them when F > 1).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+# (q (B,heads,Lq,d), k (B,heads,Lk,d), v (B,heads,Lk,d)) -> (B,heads,Lq,d), softmax(q·kᵀ/sqrt(d))·v
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Constructor kwargs of the released sd-v2.1-base-4view UNet (MVDream configs/sd-v2-base.yaml, unet_config.params).
+# Its state_dict matches the 690 `model.diffusion_model.*` entries of ../shared/reference/mvdream-sd21-4view-keys.json.
+MVDREAM_SD21_CONFIG: Dict[str, Any] = dict(
+    image_size=32,  # unused by the network
+    in_channels=4,
+    out_channels=4,
+    model_channels=320,
+    attention_resolutions=[4, 2, 1],
+    num_res_blocks=2,
+    channel_mult=[1, 2, 4, 4],
+    num_head_channels=64,
+    use_spatial_transformer=True,
+    use_linear_in_transformer=True,
+    transformer_depth=1,
+    context_dim=1024,
+    use_checkpoint=False,  # the yaml says False; checkpointing does not change keys or numbers
+    legacy=False,
+    camera_dim=16,
+)
+
+
+# ---------------------------------------------------------------------------------------------------- attention
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ·d^-0.5)·v through PyTorch's fused kernel. Shapes (B,heads,L,d)."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """(N,) timesteps (int or float) -> (N, dim) float32 sinusoids, `[cos, sin]` (cos first), no shift.
+
+    freqs_i = exp(-ln(max_period)·i/half), i < half = dim//2; an odd dim gets one zero column at the end.
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(timesteps.device)
+    args = timesteps[:, None].float() * freqs[None]  # (N, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 2·half)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm(32 groups, eps 1e-5) computed in float32 and cast back (the official `normalization`)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(32, channels, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+
+
+class TimestepEmbedding(nn.Sequential):
+    """Linear(in, dim) → SiLU → Linear(dim, dim). Used for `time_embed` (sinusoids -> emb) and `camera_embed`."""
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__(nn.Linear(in_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+
+# ---------------------------------------------------------------------------------------------------- conv blocks
+class Downsample(nn.Module):
+    """×½: conv3x3 stride 2 pad 1 (`op`), or 2×2 average pooling when `use_conv=False`. (N,C,H,W) -> (N,C',H/2,W/2)."""
+
+    def __init__(self, channels: int, use_conv: bool, out_channels: Optional[int] = None) -> None:
+        super().__init__()
+        out_channels = out_channels or channels
+        if use_conv:
+            self.op = nn.Conv2d(channels, out_channels, 3, stride=2, padding=1)
+        else:
+            if out_channels != channels:
+                raise ValueError("Downsample without a conv cannot change the channel count")
+            self.op = nn.AvgPool2d(kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """×2: nearest-neighbour, then conv3x3 (`conv`) when `use_conv`. (N,C,H,W) -> (N,C',2H,2W)."""
+
+    def __init__(self, channels: int, use_conv: bool, out_channels: Optional[int] = None) -> None:
+        super().__init__()
+        self.use_conv = use_conv
+        if use_conv:
+            self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.conv(x) if self.use_conv else x
+
+
+class ResBlock(nn.Module):
+    """GN → SiLU → conv3x3, + emb (SiLU → Linear), GN → SiLU → dropout → conv3x3, + skip (1×1 conv if C changes).
+
+    forward(x (N,C,H,W), emb (N,E)) -> (N,C_out,H',W'); `up`/`down` resample inside (resblock_updown=True).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float,
+        out_channels: Optional[int] = None,
+        use_scale_shift_norm: bool = False,
+        use_checkpoint: bool = False,
+        up: bool = False,
+        down: bool = False,
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or channels
+        self.use_scale_shift_norm = use_scale_shift_norm
+        self.use_checkpoint = use_checkpoint
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.updown = up or down
+        if up:
+            self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
+        elif down:
+            self.h_upd, self.x_upd = Downsample(channels, False), Downsample(channels, False)
+        else:
+            self.h_upd = self.x_upd = nn.Identity()
+        self.emb_layers = nn.Sequential(
+            nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
+        )
+        self.out_layers = nn.Sequential(
+            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(p=dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        )
+        nn.init.zeros_(self.out_layers[3].weight)
+        nn.init.zeros_(self.out_layers[3].bias)
+        if out_channels == channels:
+            self.skip_connection = nn.Identity()
+        else:
+            self.skip_connection = nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, emb, use_reentrant=False)
+        return self._forward(x, emb)
+
+    def _forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        if self.updown:
+            h = self.in_layers[:-1](x)
+            h = self.in_layers[-1](self.h_upd(h))
+            x = self.x_upd(x)
+        else:
+            h = self.in_layers(x)  # (N,C_out,H,W)
+        emb_out = self.emb_layers(emb).to(h.dtype)[:, :, None, None]  # (N,C_out or 2·C_out,1,1)
+        if self.use_scale_shift_norm:
+            scale, shift = emb_out.chunk(2, dim=1)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            h = self.out_layers[1:](h)
+        else:
+            h = self.out_layers(h + emb_out)
+        return self.skip_connection(x) + h
+
+
+# ---------------------------------------------------------------------------------------------------- transformer
+class CrossAttention(nn.Module):
+    """Multi-head attention of x (N,Lq,dim) to context (N,Lk,context_dim) (self-attention when context is None).
+
+    q/k/v Linear without bias; `to_out` = Linear(heads·d_head, dim) with bias → Dropout. Scale d_head^-0.5.
+    """
+
+    def __init__(
+        self, query_dim: int, context_dim: Optional[int] = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = context_dim if context_dim is not None else query_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+        self.attention_fn: AttentionFn = sdpa_attention
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+        context = x if context is None else context
+        n, lq, _ = x.shape
+        # (N,L,heads·d) -> (N,heads,L,d)
+        q, k, v = (
+            t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+            for t in (self.to_q(x), self.to_k(context), self.to_v(context))
+        )
+        out = self.attention_fn(q, k, v)  # (N,heads,Lq,d)
+        return self.to_out(out.transpose(1, 2).reshape(n, lq, -1))
+
+
+class GEGLU(nn.Module):
+    """proj: dim -> 2·inner; split [x, gate]; x·GELU(gate) (exact GELU). (…,dim) -> (…,inner)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    """net = [GEGLU(dim, 4·dim), Dropout, Linear(4·dim, dim)] (keys ff.net.0.proj, ff.net.2)."""
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, dim * mult), nn.Dropout(dropout), nn.Linear(dim * mult, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class BasicTransformerBlock3D(nn.Module):
+    """x + attn1(LN x) across the views, x + attn2(LN x, context) per row, x + ff(LN x) per row.
+
+    forward(x ((b f), L, dim), context ((b f), 77, D), num_frames=f) -> ((b f), L, dim). For attn1 the tokens of
+    the f views of one object are put in one sequence: `(b f) L c -> b (f L) c` (view-major).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        d_head: int,
+        dropout: float = 0.0,
+        context_dim: Optional[int] = None,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.attn1 = CrossAttention(dim, None, n_heads, d_head, dropout)  # self-attention
+        self.ff = FeedForward(dim, dropout=dropout)
+        self.attn2 = CrossAttention(dim, context_dim, n_heads, d_head, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, num_frames: int = 1) -> torch.Tensor:
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, context, num_frames, use_reentrant=False)
+        return self._forward(x, context, num_frames)
+
+    def _forward(self, x: torch.Tensor, context: Optional[torch.Tensor], num_frames: int) -> torch.Tensor:
+        bf, length, c = x.shape
+        x = x.reshape(bf // num_frames, num_frames * length, c)  # (b, f·L, c)
+        x = self.attn1(self.norm1(x)) + x
+        x = x.reshape(bf, length, c)  # ((b f), L, c)
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer3D(nn.Module):
+    """GroupNorm(32, eps 1e-6) → proj_in → `depth` BasicTransformerBlock3D → proj_out → + input.
+
+    forward(x ((b f),C,H,W), context, num_frames) -> ((b f),C,H,W). With use_linear, proj_in/proj_out are Linear on
+    tokens ((b f), H·W, C); else 1×1 convs on the feature map. `proj_out` is declared Linear(C, inner) as in the
+    official code (arguments swapped; the same thing because inner == C).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_heads: int,
+        d_head: int,
+        depth: int = 1,
+        dropout: float = 0.0,
+        context_dim: Union[None, int, Sequence[int]] = None,
+        use_linear: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        inner = n_heads * d_head
+        if inner != in_channels:
+            raise ValueError(
+                f"SpatialTransformer3D: heads·d_head = {n_heads}·{d_head} = {inner} must equal the {in_channels} "
+                "channels (the official proj_out only works then); check num_heads / num_head_channels"
+            )
+        context_dims = [context_dim] * depth if context_dim is None or isinstance(context_dim, int) else list(context_dim)
+        if len(context_dims) < depth:
+            raise ValueError(f"context_dim {context_dim} has fewer than transformer_depth={depth} entries")
+        self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
+        self.use_linear = use_linear
+        self.proj_in = nn.Linear(in_channels, inner) if use_linear else nn.Conv2d(in_channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock3D(inner, n_heads, d_head, dropout, context_dims[d], use_checkpoint) for d in range(depth)
+        )
+        self.proj_out = nn.Linear(in_channels, inner) if use_linear else nn.Conv2d(inner, in_channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(
+        self, x: torch.Tensor, context: Union[None, torch.Tensor, Sequence[torch.Tensor]] = None, num_frames: int = 1
+    ) -> torch.Tensor:
+        n, c, h, w = x.shape
+        contexts = list(context) if isinstance(context, (list, tuple)) else [context] * len(self.transformer_blocks)
+        x_in = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = x.flatten(2).transpose(1, 2)  # (N, H·W, C)
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block, ctx in zip(self.transformer_blocks, contexts):
+            x = block(x, ctx, num_frames)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = x.transpose(1, 2).reshape(n, -1, h, w)  # (N, C, H, W)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in
+
+
+class UNetStage(nn.Sequential):
+    """One entry of input_blocks / output_blocks / the middle block: layers applied in order, each given what it needs."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: Any = None, num_frames: int = 1) -> torch.Tensor:
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer3D):
+                x = layer(x, context, num_frames)
+            else:
+                x = layer(x)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------------- the UNet
+class MultiViewUNet(nn.Module):
+    """MVDream's `MultiViewUNetModel`: `forward(x ((b f),C,H,W), timesteps ((b f),), context ((b f),77,D),
+    camera ((b f),camera_dim) | None, num_frames=f) -> ((b f),out_channels,H,W)` (ε prediction for MVDream).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        model_channels: int,
+        out_channels: int,
+        num_res_blocks: Union[int, Sequence[int]],
+        attention_resolutions: Sequence[int],
+        dropout: float = 0,
+        channel_mult: Sequence[int] = (1, 2, 4, 8),
+        conv_resample: bool = True,
+        dims: int = 2,
+        num_classes: Optional[Union[int, str]] = None,
+        use_checkpoint: bool = False,
+        use_fp16: bool = False,
+        use_bf16: bool = False,
+        num_heads: int = -1,
+        num_head_channels: int = -1,
+        num_heads_upsample: int = -1,
+        use_scale_shift_norm: bool = False,
+        resblock_updown: bool = False,
+        use_new_attention_order: bool = False,
+        use_spatial_transformer: bool = False,
+        transformer_depth: int = 1,
+        context_dim: Union[None, int, Sequence[int]] = None,
+        n_embed: Optional[int] = None,
+        legacy: bool = True,
+        disable_self_attentions: Optional[Sequence[bool]] = None,
+        num_attention_blocks: Optional[Sequence[int]] = None,
+        disable_middle_self_attn: bool = False,
+        use_linear_in_transformer: bool = False,
+        adm_in_channels: Optional[int] = None,
+        camera_dim: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        channel_mult = list(channel_mult)
+        attention_resolutions = list(attention_resolutions)
+        if context_dim is not None and not isinstance(context_dim, int):
+            context_dim = [int(c) for c in context_dim]  # omegaconf ListConfig / tuple
+        self.config = dict(
+            image_size=image_size, in_channels=in_channels, model_channels=model_channels, out_channels=out_channels,
+            num_res_blocks=num_res_blocks if isinstance(num_res_blocks, int) else list(num_res_blocks),
+            attention_resolutions=attention_resolutions, dropout=dropout, channel_mult=channel_mult,
+            conv_resample=conv_resample, dims=dims, use_checkpoint=use_checkpoint, num_heads=num_heads,
+            num_head_channels=num_head_channels, num_heads_upsample=num_heads_upsample,
+            use_scale_shift_norm=use_scale_shift_norm, resblock_updown=resblock_updown,
+            use_new_attention_order=use_new_attention_order, use_spatial_transformer=use_spatial_transformer,
+            transformer_depth=transformer_depth, context_dim=context_dim, legacy=legacy,
+            num_attention_blocks=None if num_attention_blocks is None else list(num_attention_blocks),
+            use_linear_in_transformer=use_linear_in_transformer, camera_dim=camera_dim,
+        )
+
+        disabled_self_attn = bool(disable_self_attentions and any(disable_self_attentions)) or disable_middle_self_attn
+        unsupported = {
+            "use_spatial_transformer=False (the old AttentionBlock UNet)": not use_spatial_transformer,
+            "num_classes / adm_in_channels (class-conditional label_emb)": (num_classes, adm_in_channels) != (None, None),
+            "n_embed (codebook id predictor)": n_embed is not None,
+            f"dims={dims} (only 2-D)": dims != 2,
+            "use_fp16 / use_bf16 (use model.to(dtype) or torch.autocast instead)": use_fp16 or use_bf16,
+            "disable_self_attentions / disable_middle_self_attn": disabled_self_attn,
+        }
+        for what, hit in unsupported.items():
+            if hit:
+                raise NotImplementedError(f"MultiViewUNet does not implement {what}")
+        if context_dim is None:
+            raise ValueError("MultiViewUNet needs context_dim (the text-encoder width, 1024 for MVDream SD 2.1)")
+        if num_heads == -1 and num_head_channels == -1:
+            raise ValueError("set num_heads or num_head_channels (MVDream: num_head_channels=64)")
+        nrb = [num_res_blocks] * len(channel_mult) if isinstance(num_res_blocks, int) else list(num_res_blocks)
+        if len(nrb) != len(channel_mult):
+            raise ValueError(
+                f"num_res_blocks {num_res_blocks} must be an int or have len(channel_mult)={len(channel_mult)} entries"
+            )
+        if num_attention_blocks is not None and (
+            len(num_attention_blocks) != len(nrb) or any(a > r for a, r in zip(num_attention_blocks, nrb))
+        ):
+            raise ValueError(f"num_attention_blocks {num_attention_blocks} must have one entry ≤ num_res_blocks per level")
+
+        self.model_channels = model_channels
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.num_res_blocks = nrb
+        self.camera_dim = camera_dim
+        emb_dim = model_channels * 4
+
+        def heads_for(ch: int) -> tuple:
+            """(n_heads, d_head) at width ch, as the official constructor derives them."""
+            if num_head_channels == -1:
+                n, d = num_heads, ch // num_heads
+            else:
+                n, d = ch // num_head_channels, num_head_channels
+            if legacy:
+                d = ch // n
+            return n, d
+
+        def res(ch_in: int, ch_out: Optional[int] = None, **kw) -> ResBlock:
+            return ResBlock(ch_in, emb_dim, dropout, ch_out, use_scale_shift_norm, use_checkpoint, **kw)
+
+        def transformer(ch: int) -> SpatialTransformer3D:
+            n, d = heads_for(ch)
+            return SpatialTransformer3D(
+                ch, n, d, transformer_depth, dropout, context_dim, use_linear_in_transformer, use_checkpoint
+            )
+
+        def wants_attention(ds: int, level: int, index: int) -> bool:
+            return ds in attention_resolutions and (num_attention_blocks is None or index < num_attention_blocks[level])
+
+        self.time_embed = TimestepEmbedding(model_channels, emb_dim)
+        if camera_dim is not None:
+            self.camera_embed = TimestepEmbedding(camera_dim, emb_dim)
+
+        # encoder: conv_in, then per level nrb × [ResBlock (+ transformer)], then a Downsample (not after the last)
+        self.input_blocks = nn.ModuleList([UNetStage(nn.Conv2d(in_channels, model_channels, 3, padding=1))])
+        skip_channels = [model_channels]
+        ch, ds = model_channels, 1
+        for level, mult in enumerate(channel_mult):
+            for nr in range(nrb[level]):
+                layers: List[nn.Module] = [res(ch, mult * model_channels)]
+                ch = mult * model_channels
+                if wants_attention(ds, level, nr):
+                    layers.append(transformer(ch))
+                self.input_blocks.append(UNetStage(*layers))
+                skip_channels.append(ch)
+            if level != len(channel_mult) - 1:
+                down = res(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample, ch)
+                self.input_blocks.append(UNetStage(down))
+                skip_channels.append(ch)
+                ds *= 2
+
+        self.middle_block = UNetStage(res(ch), transformer(ch), res(ch))
+
+        # decoder: per level (nrb+1) × [ResBlock on concat(h, skip) (+ transformer)], Upsample after the last (not level 0)
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(nrb[level] + 1):
+                layers = [res(ch + skip_channels.pop(), model_channels * mult)]
+                ch = model_channels * mult
+                if wants_attention(ds, level, i):
+                    layers.append(transformer(ch))
+                if level and i == nrb[level]:
+                    layers.append(res(ch, ch, up=True) if resblock_updown else Upsample(ch, conv_resample, ch))
+                    ds //= 2
+                self.output_blocks.append(UNetStage(*layers))
+
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(model_channels, out_channels, 3, padding=1))
+        nn.init.zeros_(self.out[2].weight)
+        nn.init.zeros_(self.out[2].bias)
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "MultiViewUNet":
+        """Build from constructor kwargs, or from an official `unet_config` block ({target, params})."""
+        if hasattr(config, "items") and "params" in config and "target" in config:
+            config = config["params"]
+        def plain(v: Any) -> Any:  # omegaconf ListConfig / tuple -> list
+            return list(v) if isinstance(v, (list, tuple)) or type(v).__name__ == "ListConfig" else v
+
+        kwargs = {k: plain(v) for k, v in dict(config).items()}
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(
+                f"MultiViewUNet.from_config: unknown key(s) {unknown}; expected MultiViewUNetModel arguments {sorted(known)}"
+            )
+        return cls(**kwargs)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> "MultiViewUNet":
+        """Recompute each ResBlock / transformer block in backward (torch.utils.checkpoint, non-reentrant)."""
+        for m in self.modules():
+            if isinstance(m, (ResBlock, BasicTransformerBlock3D)):
+                m.use_checkpoint = enabled
+        return self
+
+    def set_attention_fn(self, fn: AttentionFn = sdpa_attention) -> "MultiViewUNet":
+        """Replace the attention kernel of every CrossAttention (q,k,v (B,heads,L,d) -> (B,heads,Lq,d))."""
+        for m in self.modules():
+            if isinstance(m, CrossAttention):
+                m.attention_fn = fn
+        return self
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: Union[torch.Tensor, Sequence[torch.Tensor]],
+        camera: Optional[torch.Tensor] = None,
+        num_frames: int = 1,
+    ) -> torch.Tensor:
+        n = x.shape[0]
+        if n % num_frames:
+            raise ValueError(f"batch {n} must be divisible by num_frames={num_frames} (rows are (b f), views contiguous)")
+        dtype = self.time_embed[0].weight.dtype
+        timesteps = torch.as_tensor(timesteps, device=x.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(n)
+
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))  # (N, 4·mc)
+        if camera is not None:
+            if self.camera_dim is None:
+                raise ValueError("this UNet has no camera_embed (camera_dim=None); pass camera=None")
+            if camera.shape[0] != n:
+                raise ValueError(f"camera has {camera.shape[0]} rows, x has {n}; give one camera per row")
+            emb = emb + self.camera_embed(camera.to(dtype))
+
+        if isinstance(context, (list, tuple)):
+            context = [c.to(dtype) for c in context]
+        elif context is not None:
+            context = context.to(dtype)
+
+        h = x.to(dtype)
+        skips = []
+        for stage in self.input_blocks:
+            h = stage(h, emb, context, num_frames)
+            skips.append(h)
+        h = self.middle_block(h, emb, context, num_frames)
+        for stage in self.output_blocks:
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, num_frames)
+        return self.out(h).to(x.dtype)
