@@ -7,7 +7,8 @@ We do the same with `mcubes.marching_cubes` (threestudio's `mc-cpu`), and add:
 
 - an automatic threshold when the configured one gives an empty surface (no sample above it) or an exploded one
   (the level set reaches the bbox walls: more than `max_wall_fraction` of the boundary samples are inside).
-  Methods: `otsu` (Otsu's between-class-variance maximum on log1p(density), 256 bins) or `threestudio`
+  Methods: `otsu` (Otsu's between-class-variance maximum on log1p(density), 256 bins; repeated on the values
+  above it, up to 3 levels, while the surface is still exploded, e.g. a bbox full of low "fog") or `threestudio`
   (threestudio's own "auto": mean + 5·std of the grid on the coarse pass, mean on the fine pass);
 - a one-sample layer of "outside" padding around the grid, so an object cut by the bbox still gives a closed mesh;
 - an `ExportError` naming `isosurface_threshold` when the field has no density anywhere.
@@ -183,7 +184,16 @@ def choose_threshold(
             how = "threestudio auto (mean + 5·std of the density grid)" if not fine_stage else "threestudio auto (mean)"
         else:
             t = otsu_threshold(grid)
-            how = "Otsu on log1p(density), 256 bins"
+            levels = 1
+            # a fog-filled bbox is three-class (outside, fog, object): split again above the threshold while the
+            # walls are still inside (multi-level Otsu, at most 3 levels)
+            while levels < 3 and _problem(grid, t, max_wall_fraction).startswith("exploded"):
+                upper = grid[grid > t]
+                if upper.size < 2 or float(upper.max() - upper.min()) <= EMPTY_EPS:
+                    break
+                t = otsu_threshold(upper)
+                levels += 1
+            how = "Otsu on log1p(density), 256 bins" + (f", {levels} levels" if levels > 1 else "")
         log(f"[export] {reason}; using isosurface_threshold {t:.4g} from {how}")
         return ThresholdChoice(float(t), "threestudio" if auto_method == "threestudio" else "otsu", reason)
 
