@@ -94,7 +94,7 @@ def test_official_fixture_weights_through_the_loader(tmp_path, reference):
         torch.testing.assert_close(bb.vae.decode(dist.mean).sample, vae_t["decoded"], atol=1e-4, rtol=1e-4)
     # without the sidecar the heads cannot be known: shapes still load (heads=64 fails on 32-wide layers)
     path.with_suffix(".json").unlink()
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="sidecar fixture-4view.json"):
         load_mvdream(path)
 
 

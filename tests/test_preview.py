@@ -20,7 +20,7 @@ from dreamdist3d.sample2d.mvdream_preview import ddim_timesteps, make_ddim_sched
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("mvd") / "tiny-4view.pt"
-    write_tiny_mvdream_checkpoint(path, seed=5)
+    write_tiny_mvdream_checkpoint(path, seed=5, resolution=16)  # 8×8 latents: fast
     return path
 
 
@@ -62,7 +62,7 @@ def test_sampler_equals_mvdream_ddim(ckpt):
     with torch.no_grad():
         ours = sample_views(bb, ctx, uc, steps=4, cfg=7.5, seed=3, return_latents=True, max_batch=1)
         ref = _reference_ddim(bb, ctx, uc, steps=4, cfg=7.5, seed=3)
-    assert ours.shape == (2, 4, 4, 16, 16)
+    assert ours.shape == (2, 4, 4, 8, 8)
     assert ref.abs().mean() > 0.1
     torch.testing.assert_close(ours.reshape(ref.shape), ref, atol=1e-4, rtol=1e-4)
     # swapping the guidance halves would be a different sampler
@@ -77,7 +77,7 @@ def test_cli_preview_prompt_grid_and_sidecar(ckpt, tmp_path):
             "--seed", "7", "--out", str(out), "--device", "cpu"]
     assert main(args) == 0
     img = Image.open(out)
-    assert img.size == (64, 64) and img.mode == "RGB"  # 2×2 views of 32 px
+    assert img.size == (32, 32) and img.mode == "RGB"  # 2×2 views of 16 px
     side = json.loads(out.with_suffix(".json").read_text())
     s = side["settings"]
     assert (s["prompt"], s["n"], s["steps"], s["cfg"], s["elevation"], s["azimuth_start"], s["seed"]) == (
@@ -104,7 +104,7 @@ def test_cli_preview_distribution(ckpt, tmp_path):
     rc = main(["preview", "--mvdream", str(ckpt), "--distribution", str(dist_path), "--scale", "0.5", "--n", "2",
                "--steps", "2", "--prefix", "a photo of", "--out", str(out), "--device", "cpu"])
     assert rc == 0
-    assert Image.open(out).size == (4 * 32, 2 * 32)  # rows = samples, 4 view columns
+    assert Image.open(out).size == (4 * 16, 2 * 16)  # rows = samples, 4 view columns
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["settings"]["distribution"] == str(dist_path) and side["settings"]["scale"] == 0.5
     assert side["settings"]["prefix"] == "a photo of" and side["grid"]["rows"] == 2 and side["grid"]["cols"] == 4

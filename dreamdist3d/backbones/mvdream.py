@@ -356,7 +356,12 @@ def mvdream_from_state_dict(
         with torch.device("meta"):
             unet = MultiViewUNet(**unet_cfg)
     except (CheckpointError, ValueError, TypeError, NotImplementedError) as e:
-        raise CheckpointError(f"{source}: cannot build the MVDream UNet from its keys: {e}") from e
+        hint = "" if "unet" in config else (
+            f" (attention heads are not stored in the weights: the released model uses 64-channel heads; a custom or "
+            f"tiny checkpoint needs its config sidecar {Path(source).with_suffix('.json').name} with format "
+            f"'{CONFIG_FORMAT}')"
+        )
+        raise CheckpointError(f"{source}: cannot build the MVDream UNet from its keys: {e}{hint}") from e
     own = unet.state_dict()
     u_missing = [UNET_PREFIX + k for k in own if k not in unet_sd]
     u_unexpected = [UNET_PREFIX + k for k in unet_sd if k not in own]

@@ -71,8 +71,8 @@ def sample_views(
     """n multi-view samples for conditioning `context` (n,77,D) with negative/unconditional `uncond` (77,D)|(1,77,D).
 
     Returns images (n, F, 3, H, W) float32 in [0, 1] on CPU, or the final scaled latents (n, F, C, h, w) with
-    `return_latents`. Samples are processed `max_batch` at a time (2·F·max_batch UNet rows); results do not depend
-    on `max_batch`."""
+    `return_latents`. Samples are processed `max_batch` at a time (2·F·max_batch UNet rows); samples are independent,
+    so `max_batch` changes only memory use (and float rounding)."""
     if not backbone.supports_camera:
         raise ValueError(f"backbone '{backbone.name}' has no camera conditioning; MVDream previews need an MVDream backbone")
     if context.ndim != 3:
