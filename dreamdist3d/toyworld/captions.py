@@ -135,6 +135,9 @@ def _phrase_table() -> Dict[str, tuple]:
         table[side] = ("placement", side)
     table["on top"] = ("placement", "top")
     table["top"] = ("placement", "top")
+    table["topped"] = ("placement", "top")
+    table["on a"] = ("placement", "top")  # "a blue cone on a red box"
+    table["on an"] = ("placement", "top")
     return table
 
 
