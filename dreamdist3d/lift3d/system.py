@@ -1,0 +1,330 @@
+"""`mvdream-system`: the NeRF (geometry, material, background, renderer), the MVDream guidance and the prompt
+processor; the SDS training step, validation images and the test turntable (threestudio's MVDreamSystem).
+
+Loss: Σ_k g["loss_<k>"]·C(lambda_<k>) over the guidance outputs, plus the regularisers `lambda_orient`,
+`lambda_sparsity`, `lambda_opaque`, `lambda_z_variance` when > 0. Optimizer: `system.optimizer` = {name, args,
+params: {dotted.module.path: {lr, ...}}} (threestudio's parse_optimizer).
+
+`load_run_field(run_dir, ckpt=None)` rebuilds only the field (geometry + material) of a finished run for export —
+no diffusion model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamdist3d.config import ConfigError, parse_structured
+from dreamdist3d.lift3d.base import C, Updateable
+from dreamdist3d.lift3d.saving import frame_grid, hstack, save_image, to_uint8, write_video
+from dreamdist3d.registry import components, find
+
+LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance", "eikonal")
+
+
+class EmptyFieldError(ValueError):
+    """The trained field renders nothing (no density)."""
+
+
+def find_component(name: str, key: str):
+    """The class registered as `name`; an unknown name is a ConfigError naming `key`."""
+    try:
+        return find(name)
+    except KeyError:
+        known = ", ".join(components)
+        raise ConfigError(f"{key}: unknown component '{name}'; known components: {known}") from None
+
+
+@dataclass
+class SystemConfig:
+    # BaseSystem
+    loggers: dict = field(default_factory=dict)
+    loss: dict = field(default_factory=dict)
+    optimizer: dict = field(default_factory=dict)
+    scheduler: Optional[dict] = None
+    weights: Optional[str] = None
+    weights_ignore_modules: Optional[List[str]] = None
+    cleanup_after_validation_step: bool = False
+    cleanup_after_test_step: bool = False
+    # BaseLift3DSystem
+    geometry_type: str = "implicit-volume"
+    geometry: dict = field(default_factory=dict)
+    geometry_convert_from: Optional[str] = None
+    geometry_convert_inherit_texture: bool = False
+    geometry_convert_override: dict = field(default_factory=dict)
+    material_type: str = "no-material"
+    material: dict = field(default_factory=dict)
+    background_type: str = "neural-environment-map-background"
+    background: dict = field(default_factory=dict)
+    renderer_type: str = "nerf-volume-renderer"
+    renderer: dict = field(default_factory=dict)
+    guidance_type: str = "multiview-diffusion-guidance"
+    guidance: dict = field(default_factory=dict)
+    prompt_processor_type: str = "dreamdistribution-prompt-processor"
+    prompt_processor: dict = field(default_factory=dict)
+    exporter_type: str = "mesh-exporter"
+    exporter: dict = field(default_factory=dict)
+    # MVDreamSystem
+    visualize_samples: bool = False
+
+
+def build_field(cfg: SystemConfig) -> tuple:
+    """(geometry, material, background, renderer) from a system config (no guidance, no prompt processor)."""
+    if cfg.geometry_convert_from:
+        raise ConfigError("system.geometry_convert_from is not supported (no geometry conversion in dreamdist3d)")
+    geometry = find_component(cfg.geometry_type, "system.geometry_type")(cfg.geometry, where="system.geometry")
+    material = find_component(cfg.material_type, "system.material_type")(cfg.material, where="system.material")
+    background = find_component(cfg.background_type, "system.background_type")(cfg.background, where="system.background")
+    renderer = find_component(cfg.renderer_type, "system.renderer_type")(
+        cfg.renderer, geometry=geometry, material=material, background=background, where="system.renderer"
+    )
+    return geometry, material, background, renderer
+
+
+@components.register("mvdream-system")
+class MVDreamSystem(nn.Module, Updateable):
+    Config = SystemConfig
+
+    def __init__(
+        self,
+        cfg: Any,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        save_dir: Optional[str] = None,
+        prompt_sample: Optional[Any] = None,
+        backbone: Optional[Any] = None,
+        build_guidance: bool = True,
+    ) -> None:
+        super().__init__()
+        self.cfg: SystemConfig = parse_structured(SystemConfig, cfg if cfg is not None else {}, where="system")
+        self.device = torch.device(device)
+        self.check_loss_keys()
+        self.geometry, self.material, self.background, self.renderer = build_field(self.cfg)
+        self.to(self.device)
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.guidance = None
+        self.prompt_processor = None
+        self.prompt_utils = None
+        if build_guidance:
+            self.guidance = find_component(self.cfg.guidance_type, "system.guidance_type")(
+                self.cfg.guidance, backbone=backbone, device=self.device, where="system.guidance"
+            )
+            pp_cfg = dict(self.cfg.prompt_processor)
+            pp_path = pp_cfg.get("pretrained_model_name_or_path")
+            g_path = self.guidance.cfg.ckpt_path or self.guidance.cfg.pretrained_model_name_or_path
+            shared = backbone if backbone is not None else (self.guidance.backbone if (pp_path in (None, g_path)) else None)
+            from dreamdist3d.lift3d.prompt_processor import PromptSample
+
+            sample = PromptSample.from_state(prompt_sample) if isinstance(prompt_sample, dict) else prompt_sample
+            self.prompt_processor = find_component(self.cfg.prompt_processor_type, "system.prompt_processor_type")(
+                pp_cfg, backbone=shared, device=self.device, seed=seed,
+                save_dir=str(self.save_dir.parent) if self.save_dir else None, sample=sample, where="system.prompt_processor",
+            )
+            self.prompt_utils = self.prompt_processor()
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ config checks
+    def check_loss_keys(self) -> None:
+        for k in self.cfg.loss:
+            if not k.startswith("lambda_") or k[len("lambda_") :] not in LOSS_TERMS:
+                raise ConfigError(
+                    f"unknown config key 'system.loss.{k}': valid keys are "
+                    f"{', '.join('lambda_' + t for t in LOSS_TERMS)}"
+                )
+
+    def lam(self, name: str) -> float:
+        return C(self.cfg.loss.get(f"lambda_{name}", 0.0), 0, self.global_step)
+
+    # ------------------------------------------------------------------ state
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        """geometry.*, material.*, background.*, renderer.* (the guidance is frozen and never saved)."""
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if not k.startswith("guidance.")}
+
+    def load_trainable_state_dict(self, sd: Dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.startswith("guidance.")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not fit this system: missing {missing[:8]}, unexpected {unexpected[:8]}")
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        self.global_step = global_step
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        return self.renderer(**batch)
+
+    def training_step(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        out = self(batch)
+        g = self.guidance(out["comp_rgb"], self.prompt_utils, **batch)
+        loss = out["comp_rgb"].new_zeros(())
+        logs: Dict[str, torch.Tensor] = {}
+        for name, value in g.items():
+            logs[f"train/{name}"] = value.detach()
+            if name.startswith("loss_"):
+                loss = loss + value * self.lam(name[len("loss_") :])
+        if self.lam("orient") > 0:
+            if "normal" not in out:
+                raise ConfigError("system.loss.lambda_orient > 0 needs normals: set system.geometry.normal_type=finite_difference")
+            w, n, d = out["weights"].detach(), out["normal"], out["t_dirs"]
+            orient = (w * F.relu((n * d).sum(-1, keepdim=True)) ** 2).sum() / (out["opacity"] > 0).sum().clamp_min(1)
+            logs["train/loss_orient"] = orient.detach()
+            loss = loss + orient * self.lam("orient")
+        if self.lam("sparsity") > 0:
+            sp = (out["opacity"] ** 2 + 0.01).sqrt().mean()
+            logs["train/loss_sparsity"] = sp.detach()
+            loss = loss + sp * self.lam("sparsity")
+        if self.lam("opaque") > 0:
+            o = out["opacity"].clamp(1e-3, 1 - 1e-3)
+            op = F.binary_cross_entropy(o, o)
+            logs["train/loss_opaque"] = op.detach()
+            loss = loss + op * self.lam("opaque")
+        if self.lam("z_variance") > 0:
+            m = out["opacity"] > 0.5
+            zv = out["z_variance"][m].mean() if m.any() else out["z_variance"].sum() * 0
+            logs["train/loss_z_variance"] = zv.detach()
+            loss = loss + zv * self.lam("z_variance")
+        logs["train/loss"] = loss.detach()
+        return {"loss": loss, "logs": logs}
+
+    @torch.no_grad()
+    def render_views(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        return self(batch)
+
+    def eval_image(self, out: Dict[str, torch.Tensor]) -> np.ndarray:
+        """RGB | normal (if any) | opacity, side by side (threestudio's validation image)."""
+        parts = [to_uint8(out["comp_rgb"][0])]
+        if "comp_normal" in out:
+            parts.append(to_uint8(out["comp_normal"][0]))
+        parts.append(to_uint8(out["opacity"][0]))
+        return hstack(parts)
+
+    def validation_step(self, batch: Dict[str, Any], step: int) -> Path:
+        out = self.render_views(batch)
+        idx = int(batch["index"][0])
+        return save_image(self.save_dir / f"it{step}-{idx}.png", self.eval_image(out))
+
+    def test(self, batches, step: int, fps: int = 30, grid_frames: int = 8, progress=None) -> Dict[str, Path]:
+        """Render the test orbit: it{step}-test/{i}.png, it{step}-test.mp4 (30 fps) and it{step}-test-grid.png."""
+        folder = self.save_dir / f"it{step}-test"
+        frames: List[np.ndarray] = []
+        max_opacity = 0.0
+        for batch in batches:
+            out = self.render_views(batch)
+            max_opacity = max(max_opacity, float(out["opacity"].max()))
+            rgb = to_uint8(out["comp_rgb"][0])
+            save_image(folder / f"{int(batch['index'][0])}.png", self.eval_image(out))
+            frames.append(rgb)
+            if progress is not None:
+                progress()
+        if max_opacity < 1e-3:
+            raise EmptyFieldError(
+                f"the field renders empty at step {step} (max opacity {max_opacity:.2e} over {len(frames)} test views): "
+                "there is no density to show. The checkpoint may be untrained or diverged; check system.geometry "
+                "(density_bias, density_blob_scale) and the resume= checkpoint"
+            )
+        video = write_video(self.save_dir / f"it{step}-test.mp4", frames, fps=fps)
+        grid = save_image(self.save_dir / f"it{step}-test-grid.png", frame_grid(frames, n=grid_frames))
+        return {"video": video, "grid": grid, "frames": folder}
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        ocfg = dict(self.cfg.optimizer) or {"name": "AdamW", "args": {"lr": 0.01, "betas": [0.9, 0.99], "eps": 1e-15}}
+        unknown = set(ocfg) - {"name", "args", "params"}
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {sorted(unknown)} in system.optimizer (valid: name, args, params)")
+        name = ocfg.get("name", "AdamW")
+        if not hasattr(torch.optim, name):
+            raise ConfigError(f"system.optimizer.name: unknown torch optimizer '{name}'")
+        args = dict(ocfg.get("args") or {})
+        if "betas" in args:
+            args["betas"] = tuple(args["betas"])
+        params = ocfg.get("params")
+        if params:
+            groups = []
+            for path, gargs in dict(params).items():
+                mod: Any = self
+                for part in path.split("."):
+                    if not hasattr(mod, part):
+                        raise ConfigError(f"system.optimizer.params: '{path}' does not name a module of the system")
+                    mod = getattr(mod, part)
+                ps = list(mod.parameters()) if isinstance(mod, nn.Module) else [mod]
+                groups.append({"params": ps, "name": path, **dict(gargs or {})})
+        else:
+            groups = [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        optim = getattr(torch.optim, name)(groups, **args)
+        sched = None
+        if self.cfg.scheduler:
+            scfg = dict(self.cfg.scheduler)
+            sname = scfg.get("name")
+            if not sname or not hasattr(torch.optim.lr_scheduler, sname):
+                raise ConfigError(f"system.scheduler.name: unknown torch lr scheduler {sname!r}")
+            sched = getattr(torch.optim.lr_scheduler, sname)(optim, **dict(scfg.get("args") or {}))
+        return optim, sched
+
+
+# ---------------------------------------------------------------------------------------------- export seam
+@dataclass
+class RunField:
+    """The export `Field` of a run: bbox (2,3), density(points (N,3)) -> (N,) σ, albedo(points) -> (N,3) in [0,1]."""
+
+    geometry: nn.Module
+    material: nn.Module
+    bbox: torch.Tensor
+    isosurface_threshold: Any = 25.0
+    isosurface_resolution: int = 128
+    step: int = 0
+
+    @torch.no_grad()
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        return self.geometry.density(points.to(self.bbox))[..., 0]
+
+    @torch.no_grad()
+    def albedo(self, points: torch.Tensor) -> torch.Tensor:
+        feats = self.geometry.export(points.to(self.bbox))["features"]
+        return self.material.export(feats)["albedo"]
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    ckpts = Path(run_dir) / "ckpts"
+    last = ckpts / "last.ckpt"
+    if last.is_file():
+        return last
+    found = sorted(ckpts.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no checkpoint in {ckpts} (train the run first, or pass ckpt=)")
+    return found[-1]
+
+
+def load_run_field(run_dir, ckpt=None, device: torch.device | str = "cpu") -> RunField:
+    """The trained field of a run folder (`configs/parsed.yaml` + `ckpts/last.ckpt` or `ckpt`)."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    parsed = run_dir / "configs" / "parsed.yaml"
+    if not parsed.is_file():
+        raise FileNotFoundError(f"{parsed} not found: {run_dir} is not a dreamdist3d/threestudio run folder")
+    cfg = OmegaConf.load(parsed)
+    sys_cfg = parse_structured(SystemConfig, cfg.get("system", {}), where="system")
+    geometry, material, _, _ = build_field(sys_cfg)
+    path = Path(ckpt) if ckpt else latest_checkpoint(run_dir)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    sd = state["state_dict"]
+    for prefix, mod in (("geometry.", geometry), ("material.", material)):
+        sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        mod.load_state_dict(sub, strict=True)
+    geometry.to(device).eval()
+    material.to(device).eval()
+    g = geometry.cfg
+    return RunField(
+        geometry=geometry, material=material, bbox=geometry.bbox.to(device).float().clone(),
+        isosurface_threshold=g.isosurface_threshold, isosurface_resolution=g.isosurface_resolution,
+        step=int(state.get("global_step", 0)),
+    )
