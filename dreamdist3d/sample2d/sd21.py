@@ -1,0 +1,680 @@
+"""Stable Diffusion 2.1 images from prompt distributions, through diffusers' own `StableDiffusionPipeline`.
+
+The pipeline is loaded from a local diffusers folder (`local_files_only=True`, nothing downloaded). Each distribution
+is re-fitted with the requested prefix/suffix (text edits) by the pipeline's own text encoder (wrapped as our
+`TextEncoder`, run in float32 even when the pipeline is fp16/bf16), the fitted Gaussians are mixed
+(`PromptGaussian.mix`: mean Σwμ, std sqrt(Σ(wγσ)²)), and every image gets its own draw
+
+    e_i = mean + ε_i·std,   ε_i = randn((1, 77, D), generator=torch.Generator("cpu").manual_seed(sample_seed_i))
+
+which is fed as `prompt_embeds`. Latents come from a second per-image CPU generator seeded with `latent_seed_i`
+(a different stream, so ε and the initial noise are never the same numbers), so a bare diffusers call
+
+    pipe(prompt_embeds=e, negative_prompt=[negative] * B, generator=[torch.Generator().manual_seed(latent_seed_i)…],
+         num_inference_steps=steps, guidance_scale=cfg)
+
+with the same batch gives the same images bit for bit (tested). The negative embedding is what the pipeline itself
+computes for `negative_prompt` (its `encode_prompt`), computed once per run instead of once per batch.
+
+Seeds of image i (0-based) in a run with `--seed s`: sample_seed = s + i, latent_seed = s + i + 2**31
+(`--same-latents`: latent_seed = s + 2**31 for every image, so images differ only by their prompt sample).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from dreamdist3d.distribution import PromptDistribution, PromptGaussian
+from dreamdist3d.distribution.gaussian import check_scale
+from dreamdist3d.io import atomic_save_safetensors
+from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid
+from dreamdist3d.sample2d.metadata import embedding_stats, save_png, to_uint8, write_json
+from dreamdist3d.text import ClipTokenizer, TextEncoder
+
+PathLike = Union[str, Path]
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+}
+LATENT_SEED_OFFSET = 2**31
+DEFAULT_GAMMAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
+DEFAULT_MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+RECORD_KIND = "dreamdist3d.sample2d.sd21"
+
+
+# ---------------------------------------------------------------------------------------------- device and dtype
+def resolve_device(name: Optional[str] = "auto") -> torch.device:
+    """"auto" → cuda when this torch sees a GPU, else cpu; any torch device string otherwise (checked)."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda, cuda:1, … or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for, but this torch build sees no CUDA GPU; use --device cpu")
+    return dev
+
+
+def resolve_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
+    """"auto" → fp16 on CUDA, fp32 elsewhere; else one of fp32, fp16, bf16."""
+    if name in (None, "", "auto"):
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"--dtype {name!r}: choose one of {', '.join(DTYPES)} or auto")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def check_sd21_folder(folder: PathLike, config_key: str = "--sd21") -> Path:
+    """The folder, after checking it is a complete local diffusers SD 2.1 folder (error names what is missing)."""
+    from dreamdist3d.backbones.sd21 import SUBFOLDERS, _check_folder
+
+    folder = Path(folder)
+    _check_folder(folder, config_key)
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"{folder / 'model_index.json'} not found (set by {config_key}): a diffusers pipeline folder has "
+            f"model_index.json beside {', '.join(s + '/' for s in SUBFOLDERS)}"
+        )
+    return folder
+
+
+def load_sd21_pipeline(
+    folder: PathLike,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+    scheduler: Optional[str] = None,
+    attention_slicing: bool = False,
+    vae_tiling: bool = False,
+):
+    """diffusers `StableDiffusionPipeline` from a local folder (no hub, no safety checker), on `device` in `dtype`.
+
+    `scheduler` (ddim, pndm, euler, euler-a, dpm++) replaces the folder's scheduler, built from its config.
+    `attention_slicing` / `vae_tiling` turn on diffusers' memory savers for small GPUs."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    folder = check_sd21_folder(folder)
+    with _quiet_loading():
+        pipe = StableDiffusionPipeline.from_pretrained(
+            str(folder), local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+    if scheduler:
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)} (or leave it out for the folder's)")
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
+    pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if attention_slicing:
+        pipe.enable_attention_slicing()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+    return pipe
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Silence diffusers/transformers loading chatter (progress bars, the accelerate hint, the torch_dtype rename
+    notice) while a pipeline loads; errors still raise. Restores the previous settings."""
+    import warnings
+
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    saved = [(mod, mod.get_verbosity(), mod.is_progress_bar_enabled()) for mod in (dlog, tlog)]
+    for mod, _, _ in saved:
+        mod.set_verbosity_error()
+        mod.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            yield
+    finally:
+        for mod, level, bars in saved:
+            mod.set_verbosity(level)
+            if bars:
+                mod.enable_progress_bar()
+
+
+def tokenizer_for(folder: PathLike) -> Tuple[ClipTokenizer, str]:
+    """Our tokenizer from the folder's `tokenizer/` (vocab.json + merges.txt); folders saved by transformers 5 keep
+    only tokenizer.json, then the packaged CLIP BPE (the same vocabulary as SD 2.1's) is used. Returns (tok, source)."""
+    sub = Path(folder) / "tokenizer"
+    if (sub / "vocab.json").is_file() and (sub / "merges.txt").is_file():
+        return ClipTokenizer.from_folder(sub), str(sub)
+    return ClipTokenizer.default(), "packaged CLIP BPE (no vocab.json/merges.txt in the folder)"
+
+
+@contextlib.contextmanager
+def _float32(module: torch.nn.Module) -> Iterator[None]:
+    """Run `module` in float32 inside the block; half weights go up and back down exactly (fp16/bf16 ⊂ fp32)."""
+    dtype = next(module.parameters()).dtype
+    if dtype == torch.float32:
+        yield
+        return
+    module.to(torch.float32)
+    try:
+        yield
+    finally:
+        module.to(dtype)
+
+
+def draw_eps(sample_seed: int, shape: Sequence[int]) -> torch.Tensor:
+    """ε ~ N(0, 1) of `shape` (77, D) from a CPU generator seeded with `sample_seed` (float32, device independent)."""
+    return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(sample_seed)), dtype=torch.float32)
+
+
+def image_seeds(seed: int, index: int, same_latents: bool = False) -> Tuple[int, int]:
+    """(sample_seed, latent_seed) of image `index` of a run with base `seed`."""
+    return seed + index, seed + (0 if same_latents else index) + LATENT_SEED_OFFSET
+
+
+# ---------------------------------------------------------------------------------------------- mixtures
+@dataclass(frozen=True)
+class Component:
+    """One distribution of a mixture: file, weight w, diversity scale γ, class index (official multi-class files)."""
+
+    path: str
+    weight: float = 1.0
+    scale: float = 1.0
+    class_index: int = 0
+
+
+def _broadcast(values: Optional[Sequence], k: int, default, flag: str) -> list:
+    if values is None or len(values) == 0:
+        return [default] * k
+    if len(values) == 1:
+        return list(values) * k
+    if len(values) != k:
+        raise ValueError(f"{flag} got {len(values)} values for {k} --distribution files; give one value or one per distribution")
+    return list(values)
+
+
+def components_from_args(
+    paths: Sequence[PathLike],
+    weights: Optional[Sequence[float]] = None,
+    scales: Optional[Sequence[float]] = None,
+    class_indices: Optional[Sequence[int]] = None,
+    tol: float = 1e-6,
+) -> List[Component]:
+    """Checked mixture components from CLI-style lists (one value broadcasts; weights default to equal shares).
+
+    Raises before anything heavy is loaded: missing files, weights that do not sum to 1, negative scales."""
+    if not paths:
+        raise ValueError("give at least one --distribution file (.safetensors from `dreamdist3d learn`, or an official .pt)")
+    k = len(paths)
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"distribution file {p} does not exist")
+    if weights is None or len(weights) == 0:
+        ws = [1.0 / k] * k
+    else:
+        if len(weights) != k:
+            raise ValueError(f"--weight got {len(weights)} values for {k} --distribution files; give one weight per distribution")
+        ws = [float(w) for w in weights]
+        if abs(sum(ws) - 1.0) > tol:
+            raise ValueError(
+                f"mixture weights must sum to 1, got {ws} (sum {sum(ws):.6g}); e.g. --weight 0.5 0.5 for two distributions"
+            )
+    ss = [check_scale(s, "--scale γ") for s in _broadcast(scales, k, 1.0, "--scale")]
+    cs = [int(c) for c in _broadcast(class_indices, k, 0, "--class-index")]
+    if any(c < 0 for c in cs):
+        raise ValueError(f"--class-index must be ≥ 0, got {cs}")
+    return [Component(str(p), w, s, c) for p, w, s, c in zip(paths, ws, ss, cs)]
+
+
+@dataclass
+class FittedComponent:
+    component: Component
+    gaussian: PromptGaussian  # (77, D) float32 on the pipeline device
+    info: Dict[str, Any]
+
+
+@dataclass
+class PromptMixture:
+    """Fitted distributions with their weights and scales; `law()` is the Gaussian images are drawn from."""
+
+    parts: List[FittedComponent]
+    prefix: Optional[str]  # as requested (None: each distribution's training prefix)
+    suffix: Optional[str]
+
+    def law(self, gamma: float = 1.0, weights: Optional[Sequence[float]] = None) -> PromptGaussian:
+        """Mixed Gaussian; `gamma` multiplies every component's scale (γ sweeps), `weights` override (mix sweeps).
+
+        One distribution with weight 1 is N(μ, (γσ)²) directly (no mixing arithmetic), so γ=0 gives μ exactly."""
+        gamma = check_scale(gamma, "γ")
+        ws = [p.component.weight for p in self.parts] if weights is None else [float(w) for w in weights]
+        if len(ws) != len(self.parts):
+            raise ValueError(f"{len(ws)} weights for {len(self.parts)} distributions")
+        if len(self.parts) == 1 and ws[0] == 1.0:
+            return self.parts[0].gaussian.scaled(self.parts[0].component.scale * gamma)
+        return PromptGaussian.mix([(p.gaussian, w, p.component.scale * gamma) for p, w in zip(self.parts, ws)])
+
+    def describe(self, gamma: float = 1.0, weights: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+        """The metadata of this mixture: γ, weights, scales, edit, and each file's identity."""
+        ws = [p.component.weight for p in self.parts] if weights is None else [float(w) for w in weights]
+        scales = [p.component.scale * gamma for p in self.parts]
+        return {
+            "gamma": scales[0] if len(scales) == 1 else scales,
+            "weights": ws,
+            "scales": scales,
+            "edit": {"prefix": self.prefix, "suffix": self.suffix},
+            "distributions": [{**p.info, "weight": w, "scale": s} for p, w, s in zip(self.parts, ws, scales)],
+        }
+
+
+# ---------------------------------------------------------------------------------------------- settings
+@dataclass
+class SampleSettings:
+    n: int = 16
+    steps: int = 50
+    cfg: float = 7.5
+    seed: int = 0
+    batch_size: int = 4
+    negative: str = ""
+    height: Optional[int] = None  # None: the pipeline's native size (unet sample_size × VAE factor)
+    width: Optional[int] = None
+    eta: float = 0.0
+    same_latents: bool = False
+
+    def validate(self) -> "SampleSettings":
+        if self.n < 1:
+            raise ValueError(f"--n must be ≥ 1, got {self.n}")
+        if self.steps < 1:
+            raise ValueError(f"--steps must be ≥ 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be ≥ 1, got {self.batch_size}")
+        if not math.isfinite(self.cfg):
+            raise ValueError(f"--cfg must be a finite number, got {self.cfg}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be ≥ 0, got {self.seed}")
+        for name in ("height", "width"):
+            v = getattr(self, name)
+            if v is not None and (v < 8 or v % 8):
+                raise ValueError(f"--{name} must be a multiple of 8 (the VAE factor), got {v}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- the sampler
+class SD21Sampler:
+    """A diffusers SD 2.1 pipeline plus our tokenizer and the pipeline's text encoder wrapped as `TextEncoder`."""
+
+    def __init__(self, pipe, tokenizer: ClipTokenizer, source: str = "", tokenizer_source: str = "") -> None:
+        self.pipe = pipe
+        self.tokenizer = tokenizer
+        self.source = source
+        self.tokenizer_source = tokenizer_source
+        self.text_encoder = TextEncoder(pipe.text_encoder)
+        self.timings: Dict[str, float] = defaultdict(float)
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: PathLike,
+        device: Union[str, torch.device] = "cpu",
+        dtype: torch.dtype = torch.float32,
+        scheduler: Optional[str] = None,
+        attention_slicing: bool = False,
+        vae_tiling: bool = False,
+    ) -> "SD21Sampler":
+        t0 = time.perf_counter()
+        pipe = load_sd21_pipeline(folder, device, dtype, scheduler, attention_slicing, vae_tiling)
+        tok, tok_src = tokenizer_for(folder)
+        out = cls(pipe, tok, source=str(folder), tokenizer_source=tok_src)
+        out.timings["load"] += time.perf_counter() - t0
+        return out
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def device(self) -> torch.device:
+        return next(self.pipe.unet.parameters()).device  # (diffusers' .device walks offload hooks: slow)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.pipe.unet.parameters()).dtype
+
+    @property
+    def native_size(self) -> int:
+        return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+
+    def settings_record(self) -> Dict[str, Any]:
+        import diffusers
+
+        from dreamdist3d import __version__
+
+        return {
+            "sd21": self.source,
+            "scheduler": type(self.pipe.scheduler).__name__,
+            "prediction_type": self.pipe.scheduler.config.get("prediction_type"),
+            "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
+            "attention_slicing": _attention_sliced(self.pipe),
+            "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
+            "tokenizer": self.tokenizer_source,
+            "versions": {"dreamdist3d": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__},
+        }
+
+    @contextlib.contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[key] += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ the method
+    @torch.no_grad()
+    def fit(self, components: Sequence[Component], prefix: Optional[str] = None, suffix: Optional[str] = None) -> PromptMixture:
+        """Load and re-fit every distribution with this prefix/suffix (None: its training one), in float32."""
+        parts = []
+        with self._timed("fit"), _float32(self.pipe.text_encoder):
+            for comp in components:
+                dist = PromptDistribution.load(comp.path, class_index=comp.class_index)
+                learner = dist.learner(self.text_encoder, self.tokenizer, source=comp.path)
+                gaussian = learner.fit(prefix, suffix)
+                meta = dist.meta
+                info = {
+                    "path": str(comp.path),
+                    "class_index": comp.class_index,
+                    "n_prompts": meta.n_prompts,
+                    "n_ctx": meta.n_ctx,
+                    "position_mode": meta.position_mode,
+                    "backbone": meta.backbone,
+                    "training_prefix": meta.prefix,
+                    "training_suffix": meta.suffix,
+                    "prefix_used": learner.prefix if prefix is None else prefix,
+                    "suffix_used": learner.suffix if suffix is None else suffix,
+                    "ctx_sha256": meta.ctx_sha256,
+                    "source": meta.source,
+                }
+                parts.append(FittedComponent(comp, gaussian, info))
+        return PromptMixture(parts, prefix, suffix)
+
+    @torch.no_grad()
+    def negative_embeds(self, text: str) -> torch.Tensor:
+        """(1, 77, D) in the pipeline dtype: what the pipeline computes for `negative_prompt=[text]`."""
+        with self._timed("negative"):
+            d = self.pipe.text_encoder.config.hidden_size
+            length = int(self.pipe.tokenizer.model_max_length)
+            dummy = torch.zeros(1, length, d, device=self.device, dtype=self.pipe.text_encoder.dtype)
+            _, neg = self.pipe.encode_prompt(None, self.device, 1, True, negative_prompt=[text], prompt_embeds=dummy)
+        return neg
+
+    @torch.no_grad()
+    def draw(self, law: PromptGaussian, sample_seeds: Sequence[int]) -> torch.Tensor:
+        """(B, 77, D) float32 samples of `law`, one seeded ε per image."""
+        with self._timed("draw"):
+            eps = torch.stack([draw_eps(s, law.mean.shape) for s in sample_seeds])
+            return law.sample(len(sample_seeds), scale=1.0, eps=eps)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        embeds: torch.Tensor,
+        latent_seeds: Sequence[int],
+        negative: Optional[torch.Tensor] = None,
+        steps: int = 50,
+        cfg: float = 7.5,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        eta: float = 0.0,
+    ) -> np.ndarray:
+        """One pipeline call: embeds (B, 77, D) → uint8 images (B, H, W, 3); latents from per-image CPU generators."""
+        if len(latent_seeds) != embeds.shape[0]:
+            raise ValueError(f"{len(latent_seeds)} latent seeds for {embeds.shape[0]} embeddings")
+        b = embeds.shape[0]
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in latent_seeds]
+        neg = None
+        if negative is not None:
+            neg = negative.to(self.device, self.dtype).expand(b, -1, -1)
+        with self._timed("pipeline"):
+            out = self.pipe(
+                prompt_embeds=embeds.to(self.device, self.dtype),
+                negative_prompt_embeds=neg,
+                num_inference_steps=steps,
+                guidance_scale=cfg,
+                height=height,
+                width=width,
+                eta=eta,
+                generator=gens,
+                output_type="np",
+            ).images
+        return to_uint8(out)
+
+
+def _attention_sliced(pipe) -> bool:
+    from diffusers.models.attention_processor import SlicedAttnProcessor
+
+    try:
+        return any(isinstance(p, SlicedAttnProcessor) for p in pipe.unet.attn_processors.values())
+    except Exception:  # pragma: no cover - processors API changed
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- runs
+class _BackgroundWriter:
+    """Writes files on worker threads while the pipeline computes the next batch (PNG compression releases the GIL;
+    a 768² PNG costs tens of ms, a large share of a fast GPU's time per image). `close()` waits and re-raises."""
+
+    def __init__(self, workers: int = 4) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dreamdist3d-write") if workers > 0 else None
+        self.futures: list = []
+
+    def submit(self, fn, *args) -> None:
+        if self.pool is None:
+            fn(*args)
+        else:
+            self.futures.append(self.pool.submit(fn, *args))
+
+    def close(self) -> None:
+        try:
+            for f in self.futures:
+                f.result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True)
+
+
+def _write_image(image: np.ndarray, png: Path, record: Dict[str, Any], sidecar: Path) -> None:
+    save_png(image, png, record)
+    write_json(record, sidecar)
+
+
+def _base_record(sampler: SD21Sampler, settings: SampleSettings) -> Dict[str, Any]:
+    return {
+        "kind": RECORD_KIND,
+        **sampler.settings_record(),
+        "negative": settings.negative,
+        "steps": settings.steps,
+        "cfg": settings.cfg,
+        "eta": settings.eta,
+        "height": settings.height or sampler.native_size,
+        "width": settings.width or sampler.native_size,
+        "batch_size": settings.batch_size,
+        "base_seed": settings.seed,
+        "same_latents": settings.same_latents,
+        "latent_generator": "torch.Generator('cpu') per image",
+    }
+
+
+def sample_to_folder(
+    sampler: SD21Sampler,
+    mixture: PromptMixture,
+    settings: SampleSettings,
+    out: PathLike,
+    save_embeddings: bool = False,
+    command: Optional[List[str]] = None,
+    write_workers: int = 4,
+    title: str = "",
+) -> List[Dict[str, Any]]:
+    """Draw `settings.n` images from `mixture`, write `<i>.png` (tEXt metadata) + `<i>.json`, `grid.png`, `run.json`
+    (and `embeddings.safetensors` with `save_embeddings`). Image files are written on `write_workers` background
+    threads (0: inline) while the next batch is generated. Returns the per-image records (what the sidecars hold)."""
+    settings.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    law = mixture.law()
+    negative = sampler.negative_embeds(settings.negative) if settings.cfg > 1 else None
+    base = {**_base_record(sampler, settings), **mixture.describe()}
+    if command is not None:
+        base["command"] = command
+    records: List[Dict[str, Any]] = []
+    images: List[np.ndarray] = []
+    all_embeds: List[torch.Tensor] = []
+    writer = _BackgroundWriter(write_workers)
+    try:
+        for start in range(0, settings.n, settings.batch_size):
+            idx = list(range(start, min(settings.n, start + settings.batch_size)))
+            seeds = [image_seeds(settings.seed, i, settings.same_latents) for i in idx]
+            embeds = sampler.draw(law, [s for s, _ in seeds])
+            batch = sampler.generate(embeds, [l for _, l in seeds], negative, settings.steps, settings.cfg,
+                                     settings.height, settings.width, settings.eta)
+            with sampler._timed("write"):
+                fed = embeds.to(sampler.dtype)
+                for j, i in enumerate(idx):
+                    name = f"{i:04d}.png"
+                    stats = embedding_stats(embeds[j], law.mean, law.std, fed=fed[j])
+                    rec = {**base, "file": name, "index": i, "sample_seed": seeds[j][0], "latent_seed": seeds[j][1],
+                           "embedding": stats}
+                    writer.submit(_write_image, batch[j], out / name, rec, out / f"{i:04d}.json")
+                    records.append(rec)
+                    images.append(batch[j])
+                if save_embeddings:
+                    all_embeds.append(embeds.float().cpu())
+        with sampler._timed("write"):
+            names = [Path(d["path"]).name for d in base["distributions"]]
+            head = f"{' + '.join(names)} | gamma {base['gamma']}"
+            if len(names) > 1:
+                head += f" | weights {base['weights']}"
+            head += f" | seeds {settings.seed}..{settings.seed + settings.n - 1}"
+            sheet = contact_sheet(images, [f"#{r['index']} s{r['sample_seed']}" for r in records],
+                                  title=f"{title}\n{head}" if title else head)
+            summary = {**base, "files": [r["file"] for r in records]}
+            writer.submit(save_png, sheet, out / "grid.png", summary)
+            if save_embeddings:
+                atomic_save_safetensors(
+                    {"embeddings": torch.cat(all_embeds), "mean": law.mean.float().cpu(), "std": law.std.float().cpu()},
+                    out / "embeddings.safetensors",
+                    {"dreamdist3d": json.dumps({"kind": RECORD_KIND, "files": summary["files"]})},
+                )
+            writer.close()
+            write_json({**summary, "images": records, "timings_s": dict(sampler.timings)}, out / "run.json")
+    finally:
+        writer.close()
+    return records
+
+
+def sweep_to_grid(
+    sampler: SD21Sampler,
+    mixture: PromptMixture,
+    settings: SampleSettings,
+    out: PathLike,
+    kind: str = "scale",
+    gammas: Sequence[float] = DEFAULT_GAMMAS,
+    mix_weights: Sequence[float] = DEFAULT_MIX_WEIGHTS,
+    save_cells: bool = False,
+    command: Optional[List[str]] = None,
+    title: str = "",
+) -> Tuple[Path, List[Dict[str, Any]]]:
+    """The paper's figures: rows γ (kind="scale") or w between two distributions (kind="mix"); `settings.n` columns,
+    each with one ε and one latent seed shared by all its rows. Writes `sweep-<kind>.png` (labelled) + `.json`."""
+    settings.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = [Path(p.info["path"]).name for p in mixture.parts]
+    if kind == "scale":
+        rows = [(f"gamma={g:g}", mixture.law(gamma=g), mixture.describe(gamma=g)) for g in (check_scale(g, "γ") for g in gammas)]
+        heading = f"gamma sweep: {' + '.join(names)}"
+    elif kind == "mix":
+        if len(mixture.parts) != 2:
+            raise ValueError(f"--kind mix needs exactly two --distribution files, got {len(mixture.parts)}")
+        rows = []
+        for w in mix_weights:
+            w = float(w)
+            if not 0.0 <= w <= 1.0:
+                raise ValueError(f"mix sweep weights must lie in [0, 1] (weight of the second distribution), got {w}")
+            ws = [1.0 - w, w]
+            rows.append((f"w={w:g}", mixture.law(weights=ws), mixture.describe(weights=ws)))
+        heading = f"mix sweep: w = weight of B | A = {names[0]}, B = {names[1]}"
+    else:
+        raise ValueError(f"--kind must be 'scale' or 'mix', got {kind!r}")
+    edit = mixture.parts[0].info
+    heading += f" | prefix '{edit['prefix_used']}' suffix '{edit['suffix_used']}' | cfg {settings.cfg:g}, {settings.steps} steps"
+    negative = sampler.negative_embeds(settings.negative) if settings.cfg > 1 else None
+    base = _base_record(sampler, settings)
+    if command is not None:
+        base["command"] = command
+    cols = [image_seeds(settings.seed, c, settings.same_latents) for c in range(settings.n)]
+    cells = [(r, c) for r in range(len(rows)) for c in range(settings.n)]
+    grid: List[List[Optional[np.ndarray]]] = [[None] * settings.n for _ in rows]
+    records: List[Dict[str, Any]] = []
+    for start in range(0, len(cells), settings.batch_size):
+        chunk = cells[start : start + settings.batch_size]
+        embeds = torch.cat([sampler.draw(rows[r][1], [cols[c][0]]) for r, c in chunk])
+        batch = sampler.generate(embeds, [cols[c][1] for _, c in chunk], negative, settings.steps, settings.cfg,
+                                 settings.height, settings.width, settings.eta)
+        with sampler._timed("write"):
+            for j, (r, c) in enumerate(chunk):
+                grid[r][c] = batch[j]
+                law = rows[r][1]
+                rec = {"row": r, "col": c, "label": rows[r][0], "sample_seed": cols[c][0], "latent_seed": cols[c][1],
+                       **rows[r][2], "embedding": embedding_stats(embeds[j], law.mean, law.std, fed=embeds[j].to(sampler.dtype))}
+                if save_cells:
+                    rec["file"] = f"sweep-{kind}-r{r}-c{c}.png"
+                    save_png(batch[j], out / rec["file"], {**base, **rec})
+                records.append(rec)
+    with sampler._timed("write"):
+        heading = f"{title}\n{heading}" if title else heading
+        sheet = labelled_grid(grid, [r[0] for r in rows], [f"seed {s}" for s, _ in cols], title=heading)
+        path = out / f"sweep-{kind}.png"
+        summary = {**base, "sweep": kind, "rows": [r[0] for r in rows], "columns_sample_seeds": [s for s, _ in cols]}
+        save_png(sheet, path, summary)
+        write_json({**summary, "cells": records, "timings_s": dict(sampler.timings)}, out / f"sweep-{kind}.json")
+    return path, records
+
+
+__all__ = [
+    "Component",
+    "DEFAULT_GAMMAS",
+    "DEFAULT_MIX_WEIGHTS",
+    "DTYPES",
+    "LATENT_SEED_OFFSET",
+    "PromptMixture",
+    "SCHEDULERS",
+    "SD21Sampler",
+    "SampleSettings",
+    "check_sd21_folder",
+    "components_from_args",
+    "draw_eps",
+    "image_seeds",
+    "load_sd21_pipeline",
+    "resolve_device",
+    "resolve_dtype",
+    "sample_to_folder",
+    "sweep_to_grid",
+    "tokenizer_for",
+]
