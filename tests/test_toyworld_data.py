@@ -17,6 +17,7 @@ from dreamdist3d.toyworld.objects import (
     ObjectGrammar,
     ObjectSpec,
     PartSpec,
+    hue_blend,
     hue_distance,
     interpolate_specs,
     sample_objects,
@@ -70,6 +71,8 @@ def test_continuous_attributes_interpolate():
     assert a.size_word == "small" and b.size_word == "large" and mid.size_word == "medium"
     m = mentioned(caption(mid))
     assert m["colour"] >= {"red", "orange"}  # "red-orange": a compound word between the two
+    assert hue_blend(15.0) == ("red", "orange", pytest.approx(0.5))
+    assert hue_blend(340.0) == ("pink", "red", pytest.approx(15.0 / 35.0))  # wraps past 360
     # across the wrap-around: 350 -> 10 goes through 0
     assert interpolate_specs(
         ObjectSpec("sphere", 350.0, 0.8), ObjectSpec("sphere", 10.0, 0.8), 0.5

@@ -1,1 +1,8 @@
-"""dreamdist3d.toyworld"""
+"""dreamdist3d.toyworld: a world small enough to learn and generate on two CPU cores.
+
+- objects.py: the object grammar (ObjectSpec / PartSpec labels, ObjectGrammar sampling, interpolation, geometry)
+- captions.py: canonical captions and paraphrases; `mentioned` maps text back to labels
+- render.py: pure-torch SDF renderer from MVDream cameras (FOVY_DEG, CAMERA_DISTANCE framing)
+- refsets.py: named reference sets with attribute supports (one held out)
+- attributes.py: attribute reader with out-of-world rejects; Naeem et al. precision/recall/density/coverage
+"""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamdist3d.toyworld.objects import (
-    PALETTE,
     SHAPES,
     SIZE_MAX,
     SIZE_MIN,
@@ -467,6 +466,13 @@ class AttributeReader:
         return cls(net, t["mean"], t["std"], t["size_coef"], t["aspect_coef"], t["bank"], meta["ood_threshold"], meta)
 
 
+def _vote(labels: Sequence[str], weights: Sequence[float]) -> str:
+    tally: Dict[str, float] = {}
+    for lab, w in zip(labels, weights):
+        tally[lab] = tally.get(lab, 0.0) + float(w)
+    return max(tally, key=lambda k: tally[k])
+
+
 def aggregate(readings: Sequence[Reading]) -> Reading:
     """One Reading from several views of one object: rejected unless more than half the views are accepted; hue by
     circular mean, shape by the mean of the shape probabilities, size/aspect by mean, a part if any view sees one."""
@@ -474,11 +480,17 @@ def aggregate(readings: Sequence[Reading]) -> Reading:
     if 2 * len(ok) <= len(readings):
         reasons = sorted({r.reason for r in readings if not r.ok})
         return Reading(ok=False, reason=f"{len(readings) - len(ok)}/{len(readings)} views rejected: " + "; ".join(reasons))
-    hue = _circ_mean(torch.tensor([r.hue for r in ok]), torch.ones(len(ok)))
+    # colour by a vote weighted by foreground area (a view where the part hides the body can flip one view),
+    # hue by the circular mean over the views that agree with the vote
+    colour = _vote([r.colour for r in ok], [r.fg_fraction for r in ok])
+    hue = _circ_mean(torch.tensor([r.hue for r in ok if r.colour == colour]), torch.ones(sum(r.colour == colour for r in ok)))
     probs = torch.tensor([r.shape_probs for r in ok]).mean(0)
     si = int(probs.argmax())
     parts = [r for r in ok if r.has_part]
-    part_hue = _circ_mean(torch.tensor([r.part_hue for r in parts]), torch.ones(len(parts))) if parts else None
+    part_hue = None
+    if parts:
+        pc = _vote([r.part_colour for r in parts], [r.fg_fraction for r in parts])
+        part_hue = _circ_mean(torch.tensor([r.part_hue for r in parts if r.part_colour == pc]), torch.ones(sum(r.part_colour == pc for r in parts)))
     positions = [r.part_position for r in parts if r.part_position]
     return Reading(
         ok=True,

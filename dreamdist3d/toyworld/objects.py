@@ -21,9 +21,8 @@ body half-width w = 0.5·size; half-height h = w·aspect; part half-size = w·pa
 from __future__ import annotations
 
 import colorsys
-import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Dict, Optional, Sequence, Tuple, Union
+from dataclasses import asdict, dataclass, replace
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
@@ -119,6 +118,22 @@ def mix_hue(a: float, b: float, t: float) -> float:
     """Hue between a and b (degrees), t in [0,1], along the shorter arc."""
     d = ((b - a + 180.0) % 360.0) - 180.0
     return (a + t * d) % 360.0
+
+
+def hue_blend(hue: float) -> Tuple[str, str, float]:
+    """(a, b, t): the palette colours on either side of `hue` and how far (0..1) it lies from a towards b.
+
+    For training on interpolated text: embed "a" and "b" and mix their token embeddings with weight t; the
+    paired render uses `hue` itself. A palette hue gives (name, next name, 0.0)."""
+    names = sorted(COLOURS, key=lambda n: PALETTE[n])
+    h = hue % 360.0
+    for i, a in enumerate(names):
+        b = names[(i + 1) % len(names)]
+        lo, span = PALETTE[a], (PALETTE[b] - PALETTE[a]) % 360.0
+        off = (h - lo) % 360.0
+        if off < span:
+            return a, b, off / span
+    raise AssertionError("unreachable: the palette covers the circle")
 
 
 def hsv_to_rgb(hue: float, saturation: float, value: float) -> Tuple[float, float, float]:
@@ -455,6 +470,7 @@ __all__ = [
     "hue_distance",
     "nearest_colour",
     "mix_hue",
+    "hue_blend",
     "hsv_to_rgb",
     "size_word",
     "aspect_word",

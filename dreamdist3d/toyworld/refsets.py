@@ -10,14 +10,13 @@ missing or None fields are not checked).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from dreamdist3d.toyworld.objects import (
-    ASPECT_RANGE,
     COOL_COLOURS,
     HUE_JITTER,
     PALETTE,
