@@ -148,7 +148,7 @@ class MultiviewDiffusionGuidance(BaseModule):
                 z = F.interpolate(rgb_bchw, (s, s), mode="bilinear", align_corners=False) * 2 - 1
             else:
                 z = self.encode_images(rgb_bchw)
-        z = z.float()
+        z = z.float().contiguous()
         if timestep is None:
             t = torch.randint(self.min_step, self.max_step + 1, (1,), dtype=torch.long).to(self.device)
         else:
@@ -156,7 +156,7 @@ class MultiviewDiffusionGuidance(BaseModule):
         t_expand = t.repeat(2 * B)
         a = self.alphas_cumprod[t].float().reshape(1, 1, 1, 1)
         with torch.no_grad():
-            noise = torch.randn_like(z)
+            noise = torch.randn(z.shape, dtype=z.dtype, device=z.device)  # (randn_like would follow z's strides)
             z_t = a.sqrt() * z + (1 - a).sqrt() * noise
             cam = c2w_to_mvdream_camera(c2w.to(self.device)).repeat(2, 1).to(emb)
             out = self._unet(torch.cat([z_t, z_t]), t_expand, emb, cam)
