@@ -182,6 +182,9 @@ def test_metadata_png_text_json_sidecar_and_grid(world, sampler, tmp_path):
         assert sheet.width >= 3 * 128 and sheet.height >= 2 * 128
         assert json.loads(sheet.text[PNG_KEY])["files"] == [r["file"] for r in records]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+    from dreamdist3d.sample2d.metadata import _FILE_MODE
+
+    assert all(p.stat().st_mode & 0o777 == _FILE_MODE for p in tmp_path.iterdir())  # not mkstemp's 0600
 
 
 def test_labelled_grid_places_cells_and_draws_labels():
@@ -221,8 +224,8 @@ def test_sweeps_share_eps_per_column(world, sampler, tmp_path):
     path, cells = sweep_to_grid(sampler, mixture, settings, tmp_path, kind="mix", mix_weights=[0, 0.5, 1])
     assert path.name == "sweep-mix.png" and [c["weights"] for c in cells[::2]] == [[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]]
     g0, g1 = (p.gaussian for p in mixture.parts)
-    assert cells[0]["embedding"]["mean_norm"] == pytest.approx(float(g0.mean.norm()), rel=1e-6)
-    assert cells[-1]["embedding"]["mean_norm"] == pytest.approx(float(g1.mean.norm()), rel=1e-6)
+    assert cells[0]["embedding"]["law_mean_norm"] == pytest.approx(float(g0.mean.norm()), rel=1e-6)
+    assert cells[-1]["embedding"]["law_mean_norm"] == pytest.approx(float(g1.mean.norm()), rel=1e-6)
     with pytest.raises(ValueError, match="exactly two"):
         sweep_to_grid(sampler, sampler.fit(components_from_args(world["files"][:1])), settings, tmp_path, kind="mix")
 

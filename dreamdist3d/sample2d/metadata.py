@@ -8,6 +8,7 @@ Every image is written atomically (temporary file beside it, then one rename) as
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -20,6 +21,16 @@ from dreamdist3d.io import atomic_path
 
 PNG_KEY = "dreamdist3d"
 PathLike = Union[str, Path]
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # read once at import (os.umask has no getter; not thread-safe later)
+    os.umask(mask)
+    return mask
+
+
+# atomic_path's temporary files are created 0600 (mkstemp); outputs get the usual rw-r--r-- (under the umask)
+_FILE_MODE = 0o666 & ~_read_umask()
 
 
 @torch.no_grad()
@@ -40,8 +51,8 @@ def embedding_stats(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
         "rms_minus_mean": float(diff.pow(2).mean().sqrt()),
         "rms_z": float(z.pow(2).mean().sqrt()) if z.numel() else 0.0,  # ≈ γ for a single distribution
         "norm": float(s.norm()),
-        "mean_norm": float(m.norm()),
-        "mean_std": float(sd.mean()),
+        "law_mean_norm": float(m.norm()),
+        "law_std_mean": float(sd.mean()),  # the law's std after γ and mixing
     }
     if fed is not None:
         out["fed_dtype"] = str(fed.dtype).replace("torch.", "")
@@ -68,6 +79,7 @@ def save_png(image: Union[np.ndarray, Image.Image], path: PathLike, record: Opti
         info.add_text(PNG_KEY, _json(record))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG", pnginfo=info)
+        os.chmod(tmp, _FILE_MODE)
     return path
 
 
@@ -75,6 +87,7 @@ def write_json(record: Any, path: PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.chmod(tmp, _FILE_MODE)
     return path
 
 

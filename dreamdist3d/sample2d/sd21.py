@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ from dreamdist3d.distribution import PromptDistribution, PromptGaussian
 from dreamdist3d.distribution.gaussian import check_scale
 from dreamdist3d.io import atomic_save_safetensors
 from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid
-from dreamdist3d.sample2d.metadata import embedding_stats, save_png, to_uint8, write_json
+from dreamdist3d.sample2d.metadata import _FILE_MODE, embedding_stats, save_png, to_uint8, write_json
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
 PathLike = Union[str, Path]
@@ -581,6 +582,7 @@ def sample_to_folder(
                     out / "embeddings.safetensors",
                     {"dreamdist3d": json.dumps({"kind": RECORD_KIND, "files": summary["files"]})},
                 )
+                os.chmod(out / "embeddings.safetensors", _FILE_MODE)
             writer.close()
             write_json({**summary, "images": records, "timings_s": dict(sampler.timings)}, out / "run.json")
     finally:
@@ -651,7 +653,8 @@ def sweep_to_grid(
         heading = f"{title}\n{heading}" if title else heading
         sheet = labelled_grid(grid, [r[0] for r in rows], [f"seed {s}" for s, _ in cols], title=heading)
         path = out / f"sweep-{kind}.png"
-        summary = {**base, "sweep": kind, "rows": [r[0] for r in rows], "columns_sample_seeds": [s for s, _ in cols]}
+        summary = {**base, "sweep": kind, "rows": [r[0] for r in rows], "columns_sample_seeds": [s for s, _ in cols],
+                   "columns_latent_seeds": [l for _, l in cols], "mixture": mixture.describe()}
         save_png(sheet, path, summary)
         write_json({**summary, "cells": records, "timings_s": dict(sampler.timings)}, out / f"sweep-{kind}.json")
     return path, records
