@@ -1,0 +1,130 @@
+"""`dreamdist3d toyworld <subcommand>`: the toy world (train the tiny backbone, sample from it, …).
+
+Sub-subcommands live in `SUBCOMMANDS`: name -> `Subcommand(help, add_arguments, run)`. To add one (e.g. `demo`,
+`eval`), write its `add_arguments(parser)` and `run(args) -> int` (here or in another module) and add an entry;
+nothing else needs to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict
+
+NAME = "toyworld"
+HELP = "the toy world: train the tiny toy backbone from scratch and sample from it"
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ----------------------------------------------------------------------------------------------------- train
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from dreamdist3d.toyworld.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"optimiser steps (default {d.steps}, the shipped weights' count; the result then does not "
+                        "depend on the machine's speed)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="time budget instead: the step count is fixed from the speed of the first 20 steps so that "
+                        "training ends after about this many minutes (with --steps: a cap on wall time)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default="outputs/toyworld/toy-backbone.safetensors",
+                   help="weights file to write (a JSON record is written beside it; to refresh the shipped weights: "
+                        "dreamdist3d/toyworld/data/toy-backbone.safetensors)")
+    p.add_argument("--checkpoint", default=None,
+                   help="training checkpoint (default: <out stem>-ckpt.pt beside --out), written atomically every "
+                        f"{d.ckpt_every} steps")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same arguments)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--log", default=None, help="append JSON-lines progress (step, loss, lr) to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from dreamdist3d.toyworld.train import TrainConfig, train_toy_backbone
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    cfg = TrainConfig(seed=args.seed)
+    minutes = args.minutes
+    if args.steps is not None:
+        cfg.steps = int(args.steps)
+    elif minutes is not None:
+        cfg.steps = 10**7  # fixed from the measured speed after 20 steps
+    command = " ".join(["dreamdist3d"] + [shlex.quote(a) for a in sys.argv[1:]])
+    rec = train_toy_backbone(
+        cfg, args.out, checkpoint=args.checkpoint, resume=args.resume, minutes=minutes, device=args.device,
+        progress=not args.quiet, command=command, log_path=args.log,
+    )
+    print(
+        f"wrote {args.out} and {Path(args.out).with_suffix('.json')}: {rec['steps']} steps in "
+        f"{rec['train_minutes']} min (+{rec['cache_render_minutes']} min rendering), final loss {rec['final_loss']}"
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------- sample
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", action="append", required=True, help="caption (repeat for several)")
+    p.add_argument("--weights", default=None, help="toy backbone weights (default: the shipped ones)")
+    p.add_argument("--views", type=int, choices=[1, 4], default=4, help="4-view sets with cameras, or single views")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    p.add_argument("--cfg", type=float, default=7.0, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG (nearest)")
+    p.add_argument("--out", default="toy-samples.png", help="PNG grid: one row per sample")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _sample_run(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from dreamdist3d.toyworld.backbone import generate, load_toy_backbone
+
+    bb = load_toy_backbone(args.weights)
+    prompts = [p for p in args.prompt for _ in range(args.n)]
+    images = generate(bb, prompts, steps=args.steps, cfg=args.cfg, num_frames=args.views, seed=args.seed)
+    n, f, _, h, w = images.shape  # one row per sample, one column per view
+    arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 3, 1, 4, 2).reshape(n * h, f * w, 3).numpy()
+    grid = Image.fromarray(arr).resize((f * w * args.scale, n * h * args.scale), Image.NEAREST)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    grid.save(args.out)
+    print(f"wrote {args.out} ({len(prompts)} samples × {args.views} views)")
+    return 0
+
+
+SUBCOMMANDS: Dict[str, Subcommand] = {
+    "train": Subcommand("train the toy backbone from scratch (≈18 min on 2 CPU cores)", _train_arguments, _train_run),
+    "sample": Subcommand("generate images of captions with the toy backbone", _sample_arguments, _sample_run),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="toyworld_command", metavar="SUBCOMMAND")
+    for name, sc in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=sc.help, description=sc.help)
+        sc.add_arguments(p)
+        p.set_defaults(_toyworld_run=sc.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    fn = getattr(args, "_toyworld_run", None)
+    if fn is None:
+        names = ", ".join(SUBCOMMANDS)
+        print(f"dreamdist3d toyworld: choose a subcommand ({names}); see `dreamdist3d toyworld --help`", file=sys.stderr)
+        return 2
+    return int(fn(args) or 0)

@@ -1,0 +1,423 @@
+"""The toy backbone: a tiny CLIP-architecture text encoder and a tiny pixel-space `MultiViewUNet`, trained from
+scratch on the toy world (`dreamdist3d toyworld train`), behind the same `Backbone` API as MVDream.
+
+- Text: `TextEncoder.from_config(CLIPTextConfig)` with the real CLIP BPE tokenizer (vocab 49408, 77 positions,
+  SOS 49406, EOS 49407, pad 0), width 64, 3 layers. Its hidden states (B,77,64) condition the UNet.
+- UNet: `MultiViewUNet` in pixel space: 3 channels, 32×32, model_channels 32, channel_mult [1,2,2] (32/64/64
+  channels at 32/16/8 px), one ResBlock per level, transformer (cross-view self-attention + cross-attention to the
+  text) at 8×8 and in the middle, camera_dim 16 (the MVDream camera vector is embedded and added to the timestep
+  embedding). `vae=None`: the identity codec, images in [-1, 1].
+- Schedule: `NoiseSchedule.scaled_linear("epsilon", style="ldm")`, MVDream's own. Kept on purpose for 32 px pixel
+  space: flat-coloured 32 px objects keep their information under more noise than natural images, so they want a
+  *noisier* schedule than usual, and scaled_linear is noisier than the cosine schedule over the whole middle range
+  (log-SNR -0.96 vs -0.03 at t=500). Its weakness, a terminal ᾱ of 0.0047 (signal 0.07 left at t=999), costs little
+  here; and sharing MVDream's schedule means SDS t-ranges and sampler timesteps mean the same thing in the toy world.
+  Prediction: ε.
+
+Shipped weights (`data/toy-backbone.safetensors`, float16, about 3.5 MB; loaded as float32): every UNet and text-encoder tensor except the
+(49408×64) token-embedding table, of which only the rows that training changed are stored (`token_rows.ids`,
+`token_rows.values`: the ~120 tokens of the toy captions plus SOS/EOS/pad). Every other row is regenerated at load
+from `torch.Generator().manual_seed(embedding_seed)` as `randn(49408, 64) · embedding_std`, exactly the values the
+trainer started from (Adam without weight decay never moves a row whose gradient is always zero). A checksum of the
+regenerated table (`init_table_checksum`) is stored and checked at load, so a change of torch's RNG is caught.
+The JSON beside it (`toy-backbone.json`) holds the config and the training record (steps, minutes, loss, seed,
+command).
+
+Sampling: `sample_toy` (DDIM, η = 0, classifier-free guidance, MVDream timesteps; 4 views with cameras or single
+views without) and `generate` (captions -> images).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+from dreamdist3d.backbones.base import Backbone
+from dreamdist3d.backbones.cameras import get_camera
+from dreamdist3d.backbones.multiview_unet import MultiViewUNet
+from dreamdist3d.backbones.schedule import NoiseSchedule
+from dreamdist3d.text import ClipTokenizer, TextEncoder
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+WEIGHTS_NAME = "toy-backbone.safetensors"
+RECORD_NAME = "toy-backbone.json"
+FORMAT = "dreamdist3d-toy-backbone/1"
+TOKEN_IDS_KEY = "token_rows.ids"
+TOKEN_VALUES_KEY = "token_rows.values"
+TOKEN_TABLE_KEY = "text.embeddings.token_embedding.weight"
+
+STORAGE_DTYPE = torch.float16  # weights are stored in float16 and computed in float32 (or the dtype asked for)
+
+PathLike = Union[str, Path]
+
+
+def default_text_config() -> Dict[str, Any]:
+    """transformers CLIPTextConfig kwargs of the toy text encoder (CLIP vocabulary and positions, tiny width)."""
+    return dict(
+        vocab_size=49408,
+        max_position_embeddings=77,
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        hidden_act="gelu",
+        layer_norm_eps=1e-5,
+        attention_dropout=0.0,
+        projection_dim=64,
+        pad_token_id=0,
+        bos_token_id=49406,
+        eos_token_id=49407,
+    )
+
+
+def default_unet_config(context_dim: int = 64) -> Dict[str, Any]:
+    """MultiViewUNet kwargs of the toy UNet (pixel space, 32 px, 32/64/64 channels, attention at 8×8)."""
+    return dict(
+        image_size=32,
+        in_channels=3,
+        out_channels=3,
+        model_channels=32,
+        attention_resolutions=[4],
+        num_res_blocks=1,
+        channel_mult=[1, 2, 2],
+        num_head_channels=32,
+        use_spatial_transformer=True,
+        use_linear_in_transformer=True,
+        transformer_depth=1,
+        context_dim=context_dim,
+        use_checkpoint=False,
+        legacy=False,
+        camera_dim=16,
+    )
+
+
+@dataclass
+class ToyBackboneConfig:
+    """Everything needed to rebuild the toy backbone's architecture (stored in the weights file)."""
+
+    text: Dict[str, Any] = field(default_factory=default_text_config)
+    unet: Dict[str, Any] = field(default_factory=default_unet_config)
+    resolution: int = 32
+    schedule: str = "scaled_linear-ldm"  # NoiseSchedule.scaled_linear("epsilon", style="ldm")
+    prediction_type: str = "epsilon"
+    embedding_seed: int = 49408  # seed of the regenerated token-embedding rows
+    embedding_std: float = 0.02  # their scale (CLIP's own init std)
+
+    def __post_init__(self) -> None:
+        if int(self.unet.get("context_dim", -1)) != int(self.text["hidden_size"]):
+            raise ValueError(
+                f"ToyBackboneConfig: unet.context_dim ({self.unet.get('context_dim')}) must equal the text width "
+                f"text.hidden_size ({self.text['hidden_size']})"
+            )
+        if self.schedule != "scaled_linear-ldm":
+            raise ValueError(f"ToyBackboneConfig.schedule: only 'scaled_linear-ldm' is implemented, got {self.schedule!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @staticmethod
+    def from_dict(d: Dict[str, Any]) -> "ToyBackboneConfig":
+        known = set(ToyBackboneConfig.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"toy backbone config: unknown key(s) {unknown}; expected {sorted(known)}")
+        return ToyBackboneConfig(**d)
+
+
+def small_test_config() -> ToyBackboneConfig:
+    """A smaller architecture for fast tests of the trainer (same structure, fewer layers and channels)."""
+    text = dict(default_text_config(), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                projection_dim=32)
+    unet = dict(default_unet_config(32), channel_mult=[1, 1], attention_resolutions=[2])
+    return ToyBackboneConfig(text=text, unet=unet)
+
+
+# ----------------------------------------------------------------------------------------------------- token table
+def initial_token_table(config: ToyBackboneConfig) -> torch.Tensor:
+    """(vocab, D) float32: the token-embedding table the trainer starts from, regenerated from the config's seed."""
+    g = torch.Generator().manual_seed(int(config.embedding_seed))
+    vocab, width = int(config.text["vocab_size"]), int(config.text["hidden_size"])
+    return torch.randn(vocab, width, generator=g, dtype=torch.float32) * float(config.embedding_std)
+
+
+def table_checksum(table: torch.Tensor) -> List[float]:
+    """A few numbers that identify a regenerated table (sums of rows 0, 1000, 49407 and of the whole table)."""
+    t = table.double()
+    return [round(float(t[i].sum()), 9) for i in (0, 1000, table.shape[0] - 1)] + [round(float(t.sum()), 6)]
+
+
+# ----------------------------------------------------------------------------------------------------- build
+def build_toy_backbone(
+    config: Optional[ToyBackboneConfig] = None,
+    seed: int = 0,
+    device: Union[str, torch.device] = "cpu",
+    tokenizer: Optional[ClipTokenizer] = None,
+) -> Backbone:
+    """A freshly initialised toy backbone (what the trainer starts from): UNet and text layers from `seed`,
+    token table from `config.embedding_seed`."""
+    config = config or ToyBackboneConfig()
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(int(seed))
+        text = TextEncoder.from_config(dict(config.text))
+        with torch.no_grad():
+            text.token_embedding.weight.copy_(initial_token_table(config))
+        unet = MultiViewUNet(**copy.deepcopy(config.unet))
+    backbone = Backbone(
+        name="toy",
+        tokenizer=tokenizer or ClipTokenizer.default(),
+        text_encoder=text,
+        unet=unet,
+        schedule=NoiseSchedule.scaled_linear(config.prediction_type, style="ldm"),
+        resolution=int(config.resolution),
+        vae=None,
+        supports_camera=config.unet.get("camera_dim") is not None,
+        source="<fresh toy backbone>",
+        extra={"toy_config": config.to_dict()},
+    )
+    return backbone.to(device)
+
+
+def toy_config_of(backbone: Backbone) -> ToyBackboneConfig:
+    cfg = backbone.extra.get("toy_config")
+    if cfg is None:
+        raise ValueError(f"backbone '{backbone.name}' is not a toy backbone (no extra['toy_config'])")
+    return ToyBackboneConfig.from_dict(dict(cfg))
+
+
+# ----------------------------------------------------------------------------------------------------- save / load
+def toy_state_tensors(backbone: Backbone, dtype: torch.dtype = STORAGE_DTYPE) -> Dict[str, torch.Tensor]:
+    """The tensors of the weights file: `unet.*`, `text.*` without the token table, and the changed token rows,
+    floating-point tensors cast to `dtype` (float16 keeps the file under 5 MB)."""
+    config = toy_config_of(backbone)
+    out: Dict[str, torch.Tensor] = {}
+    cast = lambda v: (v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()  # noqa: E731
+    for k, v in backbone.unet.state_dict().items():
+        out[f"unet.{k}"] = cast(v)
+    core = backbone.text_encoder._core
+    for k, v in core.state_dict().items():
+        key = f"text.{k}"
+        if key == TOKEN_TABLE_KEY:
+            continue
+        out[key] = cast(v)
+    table = backbone.text_encoder.token_embedding.weight.detach().float().cpu()
+    changed = (table != initial_token_table(config)).any(dim=1).nonzero().flatten()
+    out[TOKEN_IDS_KEY] = changed.to(torch.int64).contiguous()
+    out[TOKEN_VALUES_KEY] = cast(table[changed])
+    return out
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_toy_backbone(backbone: Backbone, path: PathLike, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Write the weights file (atomically) and, beside it, `<stem>.json` with the config and `record`.
+
+    Returns the JSON dict. The safetensors header carries the config too, so the weights file is self-contained."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    config = toy_config_of(backbone)
+    tensors = toy_state_tensors(backbone)
+    meta = {
+        "format": FORMAT,
+        "storage_dtype": str(STORAGE_DTYPE).replace("torch.", ""),
+        "config": config.to_dict(),
+        "init_table_checksum": table_checksum(initial_token_table(config)),
+        "stored_token_rows": int(tensors[TOKEN_IDS_KEY].numel()),
+        "parameters": {
+            "unet": sum(p.numel() for p in backbone.unet.parameters()),
+            "text_encoder_without_token_table": sum(
+                v.numel() for k, v in tensors.items() if k.startswith("text.")
+            ),
+            "token_table": int(backbone.text_encoder.token_embedding.weight.numel()),
+        },
+    }
+    _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"dreamdist3d_toy": json.dumps(meta)}))
+    doc = dict(meta, weights=path.name, size_bytes=path.stat().st_size, record=record or {})
+    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(doc, indent=1)))
+    return doc
+
+
+def default_weights_path() -> Path:
+    return DATA_DIR / WEIGHTS_NAME
+
+
+def load_toy_backbone(
+    path: Optional[PathLike] = None,
+    device: Union[str, torch.device] = "cpu",
+    dtype: torch.dtype = torch.float32,
+    tokenizer: Optional[ClipTokenizer] = None,
+) -> Backbone:
+    """The trained toy Backbone ("toy", pixel space, 32 px, ε, cameras) from the shipped weights (or `path`).
+
+    Every tensor of the file is consumed and every parameter is set (strict)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else default_weights_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"toy backbone weights not found at {path}; train them with `dreamdist3d toyworld train --out {path}`"
+        )
+    with safe_open(str(path), "pt") as f:
+        header = (f.metadata() or {}).get("dreamdist3d_toy")
+    if header is None:
+        raise ValueError(f"{path} is not a toy backbone file (no 'dreamdist3d_toy' metadata)")
+    meta = json.loads(header)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    config = ToyBackboneConfig.from_dict(meta["config"])
+    tensors = load_file(str(path))
+
+    backbone = build_toy_backbone(config, seed=0, tokenizer=tokenizer)
+    table = backbone.text_encoder.token_embedding.weight
+    if table_checksum(table.detach()) != meta["init_table_checksum"]:
+        raise ValueError(
+            f"{path}: the regenerated token-embedding rows differ from those the weights were trained with "
+            "(torch's random generator changed?); retrain with `dreamdist3d toyworld train`"
+        )
+    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
+    unet_sd = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
+    backbone.unet.load_state_dict(unet_sd, strict=True)
+    text_sd = {k[len("text."):]: v for k, v in tensors.items() if k.startswith("text.")}
+    ids, rows = tensors[TOKEN_IDS_KEY], tensors[TOKEN_VALUES_KEY]
+    full_table = table.detach().clone()
+    full_table[ids] = rows.to(full_table.dtype)
+    text_sd[TOKEN_TABLE_KEY[len("text."):]] = full_table
+    backbone.text_encoder._core.load_state_dict(text_sd, strict=True)
+    used = {f"unet.{k}" for k in unet_sd} | {f"text.{k}" for k in text_sd} | {TOKEN_IDS_KEY, TOKEN_VALUES_KEY}
+    extra = sorted(set(tensors) - used - {TOKEN_TABLE_KEY})
+    if extra:
+        raise ValueError(f"{path}: unexpected tensors {extra[:5]}")
+    backbone.source = str(path)
+    backbone.unet.eval()
+    backbone.unet.requires_grad_(False)
+    return backbone.to(device, dtype)
+
+
+# ----------------------------------------------------------------------------------------------------- sampling
+def ddim_timesteps(num_train_timesteps: int, steps: int) -> List[int]:
+    """MVDream / LDM DDIM timesteps (uniform, offset 1), descending: e.g. 951, 901, …, 1 for 20 of 1000."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps must be in 1..{num_train_timesteps}, got {steps}")
+    stride = num_train_timesteps // steps
+    return [t + 1 for t in range(0, num_train_timesteps, stride)][:steps][::-1]
+
+
+@torch.no_grad()
+def sample_toy(
+    backbone: Backbone,
+    context: torch.Tensor,
+    uncond: torch.Tensor,
+    steps: int = 25,
+    cfg: float = 7.0,
+    num_frames: int = 4,
+    elevation: float = 15.0,
+    azimuth_start: float = 0.0,
+    camera: Optional[torch.Tensor] = None,
+    seed: int = 0,
+    clip_x0: bool = True,
+    max_batch: int = 16,
+) -> torch.Tensor:
+    """DDIM (η = 0) with classifier-free guidance from conditioning embeddings.
+
+    context (n,77,D), uncond (77,D)|(1,77,D). num_frames=4: 4-view sets with MVDream cameras
+    `get_camera(4, elevation, azimuth_start)` (or `camera` (4,16)); num_frames=1 with `camera=None`: single views
+    without a camera (2D mode; pass a (1,16) camera to condition one view on it). clip_x0: clamp the predicted x0
+    to [-1, 1] at each step (standard for pixel-space diffusion). Initial noise from a CPU generator (`seed`).
+    Returns images (n, F, 3, H, W) in [0, 1] on CPU."""
+    if context.ndim != 3:
+        raise ValueError(f"context must be (n, 77, D), got {tuple(context.shape)}")
+    n, F = context.shape[0], int(num_frames)
+    device = backbone.device
+    dtype = backbone.text_encoder.dtype
+    sched = backbone.schedule
+    ac = sched.alphas_cumprod
+    if camera is None and F > 1:
+        camera = get_camera(F, elevation=elevation, azimuth_start=azimuth_start)
+    if camera is not None:
+        camera = camera.reshape(-1, 16)
+        if camera.shape[0] != F:
+            raise ValueError(f"camera must have num_frames={F} rows, got {camera.shape[0]}")
+        camera = camera.to(device, dtype)
+    size, ch = backbone.latent_size, backbone.latent_channels
+    g = torch.Generator().manual_seed(int(seed))
+    noise = torch.randn((n * F, ch, size, size), generator=g, dtype=torch.float32)
+    ts = ddim_timesteps(sched.num_train_timesteps, steps)
+    uncond = uncond.reshape(1, *uncond.shape[-2:]).to(device, dtype)
+    outs = []
+    for start in range(0, n, max_batch):
+        b = min(max_batch, n - start)
+        x = noise[start * F:(start + b) * F].to(device)
+        cond = context[start:start + b].to(device, dtype).repeat_interleave(F, dim=0)  # (b·F,77,D)
+        ctx_in = torch.cat([uncond.expand_as(cond), cond])
+        cam_in = None if camera is None else camera.repeat(2 * b, 1)
+        for i, t in enumerate(ts):
+            t_in = torch.full((2 * b * F,), t, device=device, dtype=torch.long)
+            out = backbone(torch.cat([x, x]).to(dtype), t_in, ctx_in, camera=cam_in, num_frames=F).float()
+            e_u, e_c = out.chunk(2)
+            eps = e_u + cfg * (e_c - e_u)
+            a_t = float(ac[t])
+            a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else float(ac[0])
+            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+            if clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
+                eps = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
+        outs.append(((backbone.decode_latents(x).float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
+    out = torch.cat(outs)
+    return out.reshape(n, F, *out.shape[1:])
+
+
+@torch.no_grad()
+def encode_captions(backbone: Backbone, captions: Sequence[str]) -> torch.Tensor:
+    """(n,77,D) conditioning of caption strings."""
+    return backbone.encode_text(list(captions))
+
+
+@torch.no_grad()
+def generate(
+    backbone: Backbone,
+    captions: Sequence[str],
+    steps: int = 25,
+    cfg: float = 7.0,
+    num_frames: int = 4,
+    seed: int = 0,
+    negative: str = "",
+    **kwargs,
+) -> torch.Tensor:
+    """Caption strings -> images (n, F, 3, 32, 32) in [0, 1] (see `sample_toy`)."""
+    context = encode_captions(backbone, captions)
+    uncond = backbone.encode_text([negative])
+    return sample_toy(backbone, context, uncond, steps=steps, cfg=cfg, num_frames=num_frames, seed=seed, **kwargs)
+
+
+__all__ = [
+    "ToyBackboneConfig",
+    "default_text_config",
+    "default_unet_config",
+    "small_test_config",
+    "build_toy_backbone",
+    "initial_token_table",
+    "save_toy_backbone",
+    "load_toy_backbone",
+    "default_weights_path",
+    "sample_toy",
+    "generate",
+    "encode_captions",
+    "ddim_timesteps",
+]

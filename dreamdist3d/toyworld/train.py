@@ -1,0 +1,635 @@
+"""Training the toy backbone from scratch (`dreamdist3d toyworld train`).
+
+One loop, one step = one 4-view batch and one single-view batch, as MVDream trains on 3D and 2D data together:
+
+- 3D: `batch_mv` objects × 4 views, MVDream cameras (`get_camera(4, elevation, azimuth_start)`, a quarter of them at
+  the sampler's canonical elevation 15° / azimuth 0, the rest at random elevation in [0, 30]° and azimuth), one
+  timestep per object, `num_frames=4`, camera embedded;
+- 2D: `batch_2d` single views (a random view of a random cached object), `camera=None`, `num_frames=1`.
+
+Text conditioning, built so that the text space is continuous (learned prompts live between words):
+- rich paraphrases: a fresh random paraphrase of the object's caption at every use (`captions.caption(spec, rng)`);
+- interpolation: `interp_fraction` of the cached objects are blends `interpolate_specs(A, B, t)` of two objects that
+  differ in one attribute (a neighbouring palette colour of the body or the part, small↔large, short↔tall). Their
+  conditioning is the token embeddings of A's and B's captions, interpolated with the same t,
+  `(1-t)·E[ids_A] + t·E[ids_B]` (the two paraphrases are drawn with the same random choices, so their tokens line up
+  position by position; `interp_caption_prob` of the time the blend's own caption is used instead, e.g. "red-orange");
+- noise: `noise_fraction` of the captions get Gaussian noise on their word-token embeddings (SOS…EOS exclusive), of
+  standard deviation U(0, noise_std) × the RMS of the batch's token embeddings;
+- text dropout: `text_dropout` of the captions are replaced by "" (classifier-free guidance).
+
+Data: a cache rendered once at start (`cache_objects` plain + `cache_interp` blended objects, 4 views each, uint8),
+deterministic for the seed, rebuilt identically on resume. The text encoder (all of it, token table included) and
+the UNet are trained together with Adam (no weight decay, so token rows that never occur stay exactly at their
+seeded initial values and need not be shipped), linear warm-up then cosine decay, gradient clipping, and an EMA of
+the weights which is what is saved. Deterministic for a seed at a fixed thread count; checkpoints (atomic) every
+`ckpt_every` steps and at the end hold the model, EMA, optimiser, both random generators and the loss history, so
+`--resume` continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dreamdist3d.backbones.base import Backbone
+from dreamdist3d.backbones.cameras import get_camera
+from dreamdist3d.text import ClipTokenizer
+from dreamdist3d.toyworld.backbone import (
+    ToyBackboneConfig,
+    build_toy_backbone,
+    save_toy_backbone,
+)
+from dreamdist3d.toyworld.captions import caption
+from dreamdist3d.toyworld.objects import (
+    ASPECT_RANGE,
+    COLOURS,
+    PALETTE,
+    SIZE_MAX,
+    SIZE_MIN,
+    WORLD,
+    ObjectGrammar,
+    ObjectSpec,
+    interpolate_specs,
+)
+from dreamdist3d.toyworld.render import DEFAULT_ELEVATION, render
+
+PathLike = Union[str, Path]
+SOS, EOS = 49406, 49407
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2400  # total optimiser steps (the learning-rate schedule depends on it)
+    seed: int = 0
+    batch_mv: int = 12  # objects per step, 4 views each (48 UNet rows, num_frames=4, cameras)
+    batch_2d: int = 16  # single views per step (num_frames=1, no camera)
+    lr: float = 1.5e-3
+    embedding_lr_scale: float = 0.2  # the token table learns at lr × this
+    warmup_steps: int = 150
+    final_lr_fraction: float = 0.1  # cosine decay from lr to lr × this
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    text_dropout: float = 0.1
+    interp_caption_prob: float = 0.3  # for blended objects: the blend's own caption instead of mixed embeddings
+    noise_fraction: float = 0.5
+    noise_std: float = 0.4  # max relative std of the token-embedding noise
+    cache_objects: int = 3000
+    cache_interp: int = 1000
+    pair_variants: int = 4  # aligned paraphrase pairs stored per blended object
+    canonical_view_fraction: float = 0.25  # 4-view sets at the sampler's elevation 15° / azimuth 0
+    elevation_range: Tuple[float, float] = (0.0, 30.0)
+    render_aa: int = 2
+    ckpt_every: int = 200
+    log_every: int = 25
+
+    def to_dict(self) -> Dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @staticmethod
+    def from_dict(d: Dict[str, Any]) -> "TrainConfig":
+        known = set(TrainConfig.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; expected {sorted(known)}")
+        d = dict(d)
+        if "elevation_range" in d:
+            d["elevation_range"] = tuple(d["elevation_range"])
+        return TrainConfig(**d)
+
+
+# ----------------------------------------------------------------------------------------------------- data
+@dataclass
+class Item:
+    """One cached object: its spec (the rendered one) and, for blends, the two ends and aligned caption pairs."""
+
+    spec: ObjectSpec
+    t: float = 0.0  # blend weight (0 for plain objects)
+    pairs: Optional[torch.Tensor] = None  # (K, 2, 77) long: aligned token ids of A's and B's paraphrases
+
+
+@dataclass
+class DataCache:
+    items: List[Item]
+    images: torch.Tensor  # (N, 4, 3, 32, 32) uint8, white background
+    cameras: torch.Tensor  # (N, 4, 16) float32 MVDream cameras of those views
+    render_seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _neighbour_colour(colour: str, rng: np.random.Generator) -> str:
+    order = sorted(COLOURS, key=lambda c: PALETTE[c])
+    i = order.index(colour)
+    return order[(i + (1 if rng.uniform() < 0.5 else -1)) % len(order)]
+
+
+def _jittered(colour: str, rng: np.random.Generator, jitter: float) -> float:
+    return float((PALETTE[colour] + rng.uniform(-jitter, jitter)) % 360.0)
+
+
+def blend_ends(rng: np.random.Generator, grammar: ObjectGrammar = WORLD) -> Tuple[ObjectSpec, ObjectSpec, str]:
+    """Two objects that differ in one attribute: ('hue' | 'part_hue' | 'size' | 'aspect')."""
+    from dataclasses import replace
+
+    a = grammar.sample(rng)
+    kinds = ["hue", "hue", "size"]
+    lo, hi = ASPECT_RANGE[a.shape]
+    if hi - lo > 1e-6:
+        kinds.append("aspect")
+    if a.part is not None:
+        kinds.append("part_hue")
+    kind = str(rng.choice(kinds))
+    third = (SIZE_MAX - SIZE_MIN) / 3.0
+    if kind == "hue":
+        other = _neighbour_colour(a.colour, rng)
+        b = replace(a, hue=_jittered(other, rng, grammar.hue_jitter))
+    elif kind == "part_hue":
+        other = _neighbour_colour(a.part.colour, rng)
+        if other == a.colour:  # a part of the body's own colour would vanish into it
+            other = a.part.colour
+        b = replace(a, part=replace(a.part, hue=_jittered(other, rng, grammar.hue_jitter)))
+    elif kind == "size":
+        a = replace(a, size=float(rng.uniform(SIZE_MIN, SIZE_MIN + third)))
+        b = replace(a, size=float(rng.uniform(SIZE_MAX - third, SIZE_MAX)))
+    else:
+        t3 = (hi - lo) / 3.0
+        a = replace(a, aspect=float(rng.uniform(lo, lo + t3)))
+        b = replace(a, aspect=float(rng.uniform(hi - t3, hi)))
+    if rng.uniform() < 0.5:
+        a, b = b, a
+    return a, b, kind
+
+
+def aligned_pair(
+    a: ObjectSpec, b: ObjectSpec, rng: np.random.Generator, tokenizer: ClipTokenizer, tries: int = 12
+) -> Optional[Tuple[List[int], List[int]]]:
+    """Token ids of paraphrases of a and b drawn with the same random choices, if they line up position by
+    position (same length); the canonical captions as a fallback; None if even those do not line up."""
+    for k in range(tries + 1):
+        if k < tries:
+            s = int(rng.integers(2**31))
+            ca, cb = caption(a, s), caption(b, s)
+        else:
+            ca, cb = caption(a), caption(b)
+        ia, ib = tokenizer.encode(ca), tokenizer.encode(cb)
+        if len(ia) == len(ib) and len(ia) <= 75:
+            return ia, ib
+    return None
+
+
+def _pad(ids: List[int]) -> List[int]:
+    row = [SOS] + list(ids)[:75] + [EOS]
+    return row + [0] * (77 - len(row))
+
+
+def _cameras_for(n: int, cfg: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
+    """(n, 4, 16) MVDream 4-view cameras: canonical (15°, azimuth 0) or random elevation / azimuth."""
+    cams = []
+    for _ in range(n):
+        if rng.uniform() < cfg.canonical_view_fraction:
+            e, az = DEFAULT_ELEVATION, 0.0
+        else:
+            # whole-degree azimuths: get_camera's np.arange can yield a 5th view for some fractional starts
+            e, az = float(rng.uniform(*cfg.elevation_range)), float(rng.integers(0, 360))
+        cams.append(get_camera(4, elevation=e, azimuth_start=az)[:4])
+    return torch.stack(cams)
+
+
+def build_cache(cfg: TrainConfig, tokenizer: ClipTokenizer, progress: bool = False, chunk: int = 200) -> DataCache:
+    """Render the training cache (deterministic for cfg.seed)."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    items: List[Item] = [Item(spec=s) for s in (WORLD.sample(rng) for _ in range(cfg.cache_objects))]
+    while len(items) < cfg.cache_objects + cfg.cache_interp:
+        a, b, _ = blend_ends(rng)
+        pairs = []
+        for _ in range(cfg.pair_variants):
+            p = aligned_pair(a, b, rng, tokenizer)
+            if p is not None:
+                pairs.append([_pad(p[0]), _pad(p[1])])
+        if not pairs:
+            continue
+        t = float(rng.uniform(0.0, 1.0))
+        items.append(Item(spec=interpolate_specs(a, b, t), t=t, pairs=torch.tensor(pairs, dtype=torch.long)))
+    cameras = _cameras_for(len(items), cfg, rng)
+    images = torch.empty(len(items), 4, 3, 32, 32, dtype=torch.uint8)
+    t0 = time.time()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items) * 4, desc="rendering training views", unit="view", dynamic_ncols=True)
+    for s in range(0, len(items), chunk):
+        e = min(len(items), s + chunk)
+        out = render([it.spec for it in items[s:e]], cameras[s:e], resolution=32, aa=cfg.render_aa)
+        images[s:e] = (out.image.reshape(e - s, 4, 3, 32, 32) * 255.0).round().clamp(0, 255).to(torch.uint8)
+        if bar is not None:
+            bar.update((e - s) * 4)
+    if bar is not None:
+        bar.close()
+    return DataCache(items=items, images=images, cameras=cameras.float(), render_seconds=time.time() - t0)
+
+
+@dataclass
+class Batch:
+    x0: torch.Tensor  # (R, 3, 32, 32) in [-1, 1]; rows: batch_mv·4 multi-view rows, then batch_2d single views
+    cameras: torch.Tensor  # (batch_mv·4, 16)
+    ids_a: torch.Tensor  # (batch_mv + batch_2d, 77)
+    ids_b: torch.Tensor  # (batch_mv + batch_2d, 77)
+    mix: torch.Tensor  # (batch_mv + batch_2d,) weight of ids_b
+    noisy: torch.Tensor  # (batch_mv + batch_2d,) bool: add embedding noise
+
+
+def draw_batch(cache: DataCache, cfg: TrainConfig, rng: np.random.Generator, tokenizer: ClipTokenizer) -> Batch:
+    """One training batch from the cache, all random choices from `rng` (numpy)."""
+    n = len(cache)
+    mv = rng.integers(0, n, size=cfg.batch_mv)
+    sv = rng.integers(0, n, size=cfg.batch_2d)
+    sv_view = rng.integers(0, 4, size=cfg.batch_2d)
+    imgs = torch.cat([cache.images[torch.from_numpy(mv)].reshape(-1, 3, 32, 32),
+                      cache.images[torch.from_numpy(sv), torch.from_numpy(sv_view)]])
+    x0 = imgs.float() / 127.5 - 1.0
+    cams = cache.cameras[torch.from_numpy(mv)].reshape(-1, 16)
+    texts: List[Optional[str]] = []
+    ids_a, ids_b, mix, noisy = [], [], [], []
+    empty = tokenizer([""])[0]
+    rows = []  # (index into ids lists) -> placeholder; captions tokenised together below
+    for idx in list(mv) + list(sv):
+        item = cache.items[int(idx)]
+        if rng.uniform() < cfg.text_dropout:
+            rows.append(("empty", None, None, 0.0, False))
+            continue
+        noise = bool(rng.uniform() < cfg.noise_fraction)
+        if item.pairs is not None and rng.uniform() >= cfg.interp_caption_prob:
+            k = int(rng.integers(0, item.pairs.shape[0]))
+            rows.append(("pair", item.pairs[k, 0], item.pairs[k, 1], item.t, noise))
+        else:
+            rows.append(("text", caption(item.spec, rng), None, 0.0, noise))
+    strings = [r[1] for r in rows if r[0] == "text"]
+    tok = tokenizer(strings) if strings else None
+    j = 0
+    for kind, a, b, t, nz in rows:
+        if kind == "empty":
+            ia = ib = empty
+        elif kind == "pair":
+            ia, ib = a, b
+        else:
+            ia = ib = tok[j]
+            j += 1
+        ids_a.append(ia)
+        ids_b.append(ib)
+        mix.append(t)
+        noisy.append(nz)
+    return Batch(
+        x0=x0,
+        cameras=cams,
+        ids_a=torch.stack(ids_a).long(),
+        ids_b=torch.stack(ids_b).long(),
+        mix=torch.tensor(mix, dtype=torch.float32),
+        noisy=torch.tensor(noisy, dtype=torch.bool),
+    )
+
+
+def word_mask(ids: torch.Tensor) -> torch.Tensor:
+    """(B,77) bool: positions strictly between SOS and the first EOS (the words)."""
+    pos = torch.arange(ids.shape[1], device=ids.device)[None]
+    eos = (ids == EOS).int().argmax(dim=1, keepdim=True)
+    return (pos > 0) & (pos < eos)
+
+
+def conditioning(backbone: Backbone, batch: Batch, gen: torch.Generator, noise_std: float) -> torch.Tensor:
+    """(B,77,D) text-encoder states of the batch's (interpolated, noised) token embeddings; differentiable."""
+    enc = backbone.text_encoder
+    ea = enc.embed_tokens(batch.ids_a)
+    eb = enc.embed_tokens(batch.ids_b)
+    w = batch.mix.to(ea.device)[:, None, None]
+    emb = ea + w * (eb - ea)  # (B,77,D)
+    mask = (word_mask(batch.ids_a) & batch.noisy[:, None]).to(emb.device)
+    if bool(mask.any()):
+        rms = ea.detach()[word_mask(batch.ids_a)].pow(2).mean().sqrt()
+        scale = torch.rand(emb.shape[0], generator=gen)[:, None, None] * noise_std
+        eps = torch.randn(emb.shape, generator=gen)
+        emb = emb + (scale * eps * rms).to(emb.device, emb.dtype) * mask[..., None]
+    return enc(emb)
+
+
+# ----------------------------------------------------------------------------------------------------- the trainer
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    """Linear warm-up over warmup_steps, then cosine decay to lr·final_lr_fraction at `total`."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    f = cfg.final_lr_fraction + (1.0 - cfg.final_lr_fraction) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return cfg.lr * f
+
+
+def _trainable(backbone: Backbone):
+    table = backbone.text_encoder.token_embedding.weight
+    others = [p for p in backbone.text_encoder.parameters() if p is not table] + list(backbone.unet.parameters())
+    return table, others
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Trainer:
+    """Holds the backbone, its EMA, the optimiser, the data cache and the two random generators."""
+
+    def __init__(self, cfg: TrainConfig, model_config: Optional[ToyBackboneConfig] = None, device: str = "cpu",
+                 tokenizer: Optional[ClipTokenizer] = None, progress: bool = True):
+        self.cfg = cfg
+        self.model_config = model_config or ToyBackboneConfig()
+        self.device = torch.device(device)
+        self.progress = progress
+        self.tokenizer = tokenizer or ClipTokenizer.default()
+        self.backbone = build_toy_backbone(self.model_config, seed=cfg.seed, device=device, tokenizer=self.tokenizer)
+        self.backbone.text_encoder.clip.requires_grad_(True)
+        self.backbone.unet.train()
+        self.ema = build_toy_backbone(self.model_config, seed=cfg.seed, device=device, tokenizer=self.tokenizer)
+        self.ema.unet.requires_grad_(False)
+        table, others = _trainable(self.backbone)
+        self.opt = torch.optim.Adam(
+            [{"params": others, "lr_scale": 1.0}, {"params": [table], "lr_scale": cfg.embedding_lr_scale}],
+            lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,
+        )
+        self.rng = np.random.default_rng([cfg.seed, 2])
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7)
+        self.step = 0
+        self.total_steps = cfg.steps
+        self.losses: List[float] = []
+        self.elapsed = 0.0  # training seconds (without the cache)
+        self.cache: Optional[DataCache] = None
+
+    # -------------------------------------------------------------- state
+    def state(self) -> Dict[str, Any]:
+        return {
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "train_config": self.cfg.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "unet": self.backbone.unet.state_dict(),
+            "text": self.backbone.text_encoder.state_dict(),
+            "ema_unet": self.ema.unet.state_dict(),
+            "ema_text": self.ema.text_encoder.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "gen": self.gen.get_state(),
+            "losses": list(self.losses),
+            "elapsed": self.elapsed,
+            "threads": torch.get_num_threads(),
+        }
+
+    def save_checkpoint(self, path: PathLike) -> None:
+        _atomic_torch_save(self.state(), Path(path))
+
+    def load_checkpoint(self, path: PathLike) -> None:
+        st = torch.load(Path(path), map_location=self.device, weights_only=False)
+        if st["train_config"] != self.cfg.to_dict() or st["model_config"] != self.model_config.to_dict():
+            diff = sorted(k for k in st["train_config"] if st["train_config"][k] != self.cfg.to_dict().get(k))
+            raise ValueError(
+                f"checkpoint {path} was made with other settings (train config keys differing: {diff or 'model'}); "
+                "resume with the same arguments or start fresh without --resume"
+            )
+        self.step = int(st["step"])
+        self.total_steps = int(st["total_steps"])
+        self.backbone.unet.load_state_dict(st["unet"])
+        self.backbone.text_encoder.load_state_dict(st["text"])
+        self.ema.unet.load_state_dict(st["ema_unet"])
+        self.ema.text_encoder.load_state_dict(st["ema_text"])
+        self.opt.load_state_dict(st["opt"])
+        self.rng.bit_generator.state = st["rng"]
+        self.gen.set_state(st["gen"])
+        self.losses = list(st["losses"])
+        self.elapsed = float(st["elapsed"])
+
+    # -------------------------------------------------------------- one step
+    def train_step(self) -> float:
+        cfg, bb = self.cfg, self.backbone
+        batch = draw_batch(self.cache, cfg, self.rng, self.tokenizer)
+        n_mv = cfg.batch_mv * 4
+        x0 = batch.x0.to(self.device)
+        t_obj = torch.randint(0, bb.schedule.num_train_timesteps, (cfg.batch_mv + cfg.batch_2d,), generator=self.gen)
+        t = torch.cat([t_obj[: cfg.batch_mv].repeat_interleave(4), t_obj[cfg.batch_mv:]]).to(self.device)
+        noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+        x_t = bb.schedule.add_noise(x0, noise, t)
+        ctx = conditioning(bb, batch, self.gen, cfg.noise_std)  # (B,77,D)
+        ctx_mv = ctx[: cfg.batch_mv].repeat_interleave(4, dim=0)
+        out_mv = bb.unet(x_t[:n_mv], t[:n_mv], ctx_mv, camera=batch.cameras.to(self.device), num_frames=4)
+        out_2d = bb.unet(x_t[n_mv:], t[n_mv:], ctx[cfg.batch_mv:], camera=None, num_frames=1)
+        target = bb.schedule.target(x0, noise, t)
+        loss = F.mse_loss(torch.cat([out_mv, out_2d]), target)
+
+        lr = lr_at(self.step, cfg, self.total_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        table, others = _trainable(bb)
+        torch.nn.utils.clip_grad_norm_(others + [table], cfg.grad_clip)
+        self.opt.step()
+        self._update_ema()
+        self.step += 1
+        value = float(loss.detach())
+        self.losses.append(value)
+        return value
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        d = min(self.cfg.ema_decay, (1.0 + self.step) / (10.0 + self.step))
+        for src, dst in ((self.backbone.unet, self.ema.unet), (self.backbone.text_encoder, self.ema.text_encoder)):
+            for p, q in zip(src.parameters(), dst.parameters()):
+                q.lerp_(p.detach(), 1.0 - d)  # lerp leaves rows with p == q exactly unchanged
+
+    # -------------------------------------------------------------- the loop
+    def run(self, checkpoint: Optional[PathLike] = None, minutes: Optional[float] = None,
+            log=None, until: Optional[int] = None) -> Dict[str, Any]:
+        """Train to `total_steps` (or, with `minutes` and steps fixed from the measured speed, for that long).
+        `until`: stop (and checkpoint) at that step instead, as an interruption would; `total_steps` is unchanged."""
+        from tqdm import tqdm
+
+        t_start = time.time()
+        if self.cache is None:
+            self.cache = build_cache(self.cfg, self.tokenizer, progress=self.progress)
+        cache_seconds = self.cache.render_seconds
+        budget_end = t_start + 60.0 * minutes if minutes else None
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="training toy backbone", unit="step",
+                   dynamic_ncols=True, disable=not self.progress, mininterval=1.0)
+        smooth = None
+        t_loop = time.time()
+        step0 = self.step
+        stop = self.total_steps if until is None else min(until, self.total_steps)
+        while self.step < stop:
+            loss = self.train_step()
+            smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
+            bar.update(1)
+            bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{lr_at(self.step - 1, self.cfg, self.total_steps):.1e}",
+                            refresh=False)
+            now = time.time()
+            if budget_end is not None and self.step - step0 == 20 and self.step < self.total_steps:
+                # with a time budget, fix the total from the speed measured over the first 20 steps
+                rate = 20.0 / (now - t_loop)
+                self.total_steps = min(self.total_steps, self.step + int(rate * max(0.0, budget_end - now)))
+                bar.total = self.total_steps
+            if log is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
+                log(json.dumps({"step": self.step, "loss": round(smooth, 5), "lr": lr_at(self.step - 1, self.cfg, self.total_steps),
+                                "elapsed_s": round(self.elapsed + now - t_loop, 1)}))
+            if budget_end is not None and until is None:
+                stop = self.total_steps
+            if checkpoint is not None and (self.step % self.cfg.ckpt_every == 0 or self.step in (stop, self.total_steps)):
+                self.elapsed += time.time() - t_loop
+                t_loop = time.time()
+                self.save_checkpoint(checkpoint)
+        bar.close()
+        self.elapsed += time.time() - t_loop
+        tail = self.losses[-100:]
+        return {
+            "steps": self.step,
+            "train_minutes": round(self.elapsed / 60.0, 2),
+            "cache_render_minutes": round(cache_seconds / 60.0, 2),
+            "wall_minutes_this_run": round((time.time() - t_start) / 60.0, 2),
+            "steps_per_second": round(self.step / max(self.elapsed, 1e-9), 3),
+            "final_loss": round(float(np.mean(tail)), 5) if tail else None,
+            "first_loss": round(float(np.mean(self.losses[:20])), 5) if self.losses else None,
+            "loss_curve": [round(float(np.mean(self.losses[i:i + 100])), 5) for i in range(0, len(self.losses), 100)],
+        }
+
+
+def train_toy_backbone(
+    cfg: TrainConfig,
+    out: PathLike,
+    model_config: Optional[ToyBackboneConfig] = None,
+    checkpoint: Optional[PathLike] = None,
+    resume: bool = False,
+    minutes: Optional[float] = None,
+    device: str = "cpu",
+    progress: bool = True,
+    command: Optional[str] = None,
+    log_path: Optional[PathLike] = None,
+) -> Dict[str, Any]:
+    """Train, write `out` (EMA weights, safetensors) and `out`.json (config + training record). Returns the record."""
+    out = Path(out)
+    checkpoint = Path(checkpoint) if checkpoint is not None else out.with_name(out.stem + "-ckpt.pt")
+    trainer = Trainer(cfg, model_config, device=device, progress=progress)
+    if resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
+        trainer.load_checkpoint(checkpoint)
+    logf = open(log_path, "a") if log_path else None
+    try:
+        stats = trainer.run(checkpoint=checkpoint, minutes=minutes,
+                            log=(lambda s: (logf.write(s + "\n"), logf.flush())) if logf else None)
+    finally:
+        if logf:
+            logf.close()
+    record = {
+        "command": command or " ".join(["dreamdist3d"] + sys.argv[1:]),
+        "seed": cfg.seed,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "train_config": cfg.to_dict(),
+        **stats,
+        "weights": "EMA",
+    }
+    save_toy_backbone(trainer.ema, out, record)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------- checks
+@torch.no_grad()
+def caption_match(
+    backbone: Backbone,
+    reader,
+    n: int = 32,
+    seed: int = 1234,
+    cfg: float = 7.0,
+    steps: int = 25,
+    num_frames: int = 4,
+    grammar: ObjectGrammar = WORLD,
+) -> Dict[str, Any]:
+    """Generate from the canonical captions of `n` random objects and read the images back with `reader`
+    (an `AttributeReader`). Rates are over all generated views: colour (body colour word), shape, both, and
+    the fraction the reader accepted at all."""
+    from dreamdist3d.toyworld.backbone import generate
+
+    specs = grammar.sample_many(n, seed)
+    texts = [s.caption() for s in specs]
+    images = generate(backbone, texts, steps=steps, cfg=cfg, num_frames=num_frames, seed=seed)  # (n,F,3,H,W)
+    readings = reader.read(images.reshape(-1, *images.shape[2:]))
+    colour = shape = both = ok = 0
+    for i, r in enumerate(readings):
+        s = specs[i // num_frames]
+        ok += int(r.ok)
+        c = r.ok and r.colour == s.colour
+        sh = r.ok and r.shape == s.shape
+        colour += int(c)
+        shape += int(sh)
+        both += int(c and sh)
+    m = len(readings)
+    return {
+        "n_objects": n, "views": num_frames, "cfg": cfg, "ddim_steps": steps, "seed": seed,
+        "accepted": ok / m, "colour": colour / m, "shape": shape / m, "colour_and_shape": both / m,
+        "images": images, "texts": texts, "readings": readings,
+    }
+
+
+@torch.no_grad()
+def interpolation_check(
+    backbone: Backbone,
+    a: ObjectSpec,
+    b: ObjectSpec,
+    ts: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    cfg: float = 7.0,
+    steps: int = 25,
+    num_frames: int = 1,
+    seeds: Sequence[int] = (0, 1, 2, 3),
+) -> Dict[str, Any]:
+    """Generate from the interpolated token embeddings (1-t)·E[caption(a)] + t·E[caption(b)] (canonical captions,
+    which line up token by token when a and b differ in one word). Returns images (len(ts), len(seeds), F, 3, H, W)
+    and the conditioning used."""
+    from dreamdist3d.toyworld.backbone import sample_toy
+
+    tok = backbone.tokenizer
+    ia, ib = tok([a.caption()]), tok([b.caption()])
+    if int((ia > 0).sum()) != int((ib > 0).sum()):
+        raise ValueError(f"captions do not line up token by token: {a.caption()!r} vs {b.caption()!r}")
+    enc = backbone.text_encoder
+    ea, eb = enc.embed_tokens(ia), enc.embed_tokens(ib)
+    uncond = backbone.encode_text([""])
+    out = []
+    for t in ts:
+        ctx = enc(ea + float(t) * (eb - ea))  # (1,77,D)
+        imgs = [sample_toy(backbone, ctx, uncond, steps=steps, cfg=cfg, num_frames=num_frames, seed=s)[0] for s in seeds]
+        out.append(torch.stack(imgs))
+    return {"ts": list(ts), "images": torch.stack(out), "captions": (a.caption(), b.caption())}
+
+
+__all__ = [
+    "caption_match",
+    "interpolation_check",
+    "TrainConfig",
+    "Trainer",
+    "DataCache",
+    "build_cache",
+    "draw_batch",
+    "blend_ends",
+    "aligned_pair",
+    "conditioning",
+    "lr_at",
+    "train_toy_backbone",
+]
