@@ -23,16 +23,6 @@ PNG_KEY = "dreamdist3d"
 PathLike = Union[str, Path]
 
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # read once at import (os.umask has no getter; not thread-safe later)
-    os.umask(mask)
-    return mask
-
-
-# atomic_path's temporary files are created 0600 (mkstemp); outputs get the usual rw-r--r-- (under the umask)
-_FILE_MODE = 0o666 & ~_read_umask()
-
-
 @torch.no_grad()
 def embedding_stats(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, fed: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """Statistics of one drawn prompt embedding against the law it came from.
@@ -79,7 +69,6 @@ def save_png(image: Union[np.ndarray, Image.Image], path: PathLike, record: Opti
         info.add_text(PNG_KEY, _json(record))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG", pnginfo=info)
-        os.chmod(tmp, _FILE_MODE)
     return path
 
 
@@ -87,7 +76,6 @@ def write_json(record: Any, path: PathLike) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.chmod(tmp, _FILE_MODE)
     return path
 
 
