@@ -182,7 +182,7 @@ def test_metadata_png_text_json_sidecar_and_grid(world, sampler, tmp_path):
         assert sheet.width >= 3 * 128 and sheet.height >= 2 * 128
         assert json.loads(sheet.text[PNG_KEY])["files"] == [r["file"] for r in records]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
-    from dreamdist3d.sample2d.metadata import _FILE_MODE
+    from dreamdist3d.io import _FILE_MODE
 
     assert all(p.stat().st_mode & 0o777 == _FILE_MODE for p in tmp_path.iterdir())  # not mkstemp's 0600
 

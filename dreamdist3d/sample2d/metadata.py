@@ -8,7 +8,6 @@ Every image is written atomically (temporary file beside it, then one rename) as
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 

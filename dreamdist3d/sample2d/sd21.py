@@ -25,10 +25,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -39,7 +38,7 @@ from dreamdist3d.distribution import PromptDistribution, PromptGaussian
 from dreamdist3d.distribution.gaussian import check_scale
 from dreamdist3d.io import atomic_save_safetensors
 from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid
-from dreamdist3d.sample2d.metadata import _FILE_MODE, embedding_stats, save_png, to_uint8, write_json
+from dreamdist3d.sample2d.metadata import embedding_stats, save_png, to_uint8, write_json
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
 PathLike = Union[str, Path]
@@ -582,7 +581,6 @@ def sample_to_folder(
                     out / "embeddings.safetensors",
                     {"dreamdist3d": json.dumps({"kind": RECORD_KIND, "files": summary["files"]})},
                 )
-                os.chmod(out / "embeddings.safetensors", _FILE_MODE)
             writer.close()
             write_json({**summary, "images": records, "timings_s": dict(sampler.timings)}, out / "run.json")
     finally:
