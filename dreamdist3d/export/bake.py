@@ -34,7 +34,7 @@ class BakedTexture:
 
 
 def rasterize_uv(
-    uvs: Tensor, faces: Tensor, positions: Tensor, size: int, max_candidates: int = 1 << 22
+    uvs: Tensor, faces: Tensor, positions: Tensor, size: int, max_candidates: int = 1 << 20
 ) -> Tuple[Tensor, Tensor]:
     """Texel centres covered by UV triangles and their 3D points.
 
@@ -104,18 +104,20 @@ def rasterize_uv(
 
 
 def dilate(color: Tensor, mask: Tensor, iterations: int) -> Tuple[Tensor, Tensor]:
-    """Push colours into empty texels: color (H, W, C) float, mask (H, W) bool; `iterations` one-texel steps."""
-    c = color.permute(2, 0, 1)[None].clone()  # (1, C, H, W)
+    """Push colours into empty texels: color (H, W, C) float, mask (H, W) bool; `iterations` one-texel steps.
+
+    Each step gives every empty texel with a filled 8-neighbour the mean of those neighbours (3×3 box sums of
+    colour·mask and mask via one avg_pool2d; the 1/9 cancels in the ratio).
+    """
+    c = color.permute(2, 0, 1)[None].contiguous()  # (1, C, H, W)
     m = mask[None, None].to(c.dtype)
-    kernel_c = torch.ones(c.shape[1], 1, 3, 3, dtype=c.dtype)
-    kernel_m = torch.ones(1, 1, 3, 3, dtype=c.dtype)
     for _ in range(max(0, iterations)):
         if bool(m.all()):
             break
-        s = F.conv2d(c * m, kernel_c, padding=1, groups=c.shape[1])
-        n = F.conv2d(m, kernel_m, padding=1)
+        pooled = F.avg_pool2d(torch.cat([c * m, m], 1), 3, stride=1, padding=1, count_include_pad=True)
+        s, n = pooled[:, :-1], pooled[:, -1:]
         grow = (m == 0) & (n > 0)
-        c = torch.where(grow, s / n.clamp(min=1), c)
+        c = torch.where(grow, s / n.clamp(min=1e-12), c)
         m = torch.where(grow, torch.ones_like(m), m)
     return c[0].permute(1, 2, 0), m[0, 0] > 0
 
@@ -142,7 +144,7 @@ def bake_texture(
         alb = eval_chunked(field.albedo, points, chunk, field_device(field))
         if alb.shape != (points.shape[0], 3):
             raise ValueError(f"field.albedo returned shape {tuple(alb.shape)} for {points.shape[0]} points; expected (N, 3)")
-        color[texels] = alb.clamp(0.0, 1.0)
+        color[texels] = torch.nan_to_num(alb, nan=0.0).clamp(0.0, 1.0)
         mask[texels] = True
     covered = mask.view(size, size).clone()
     color, filled = dilate(color.view(size, size, 3), mask.view(size, size), padding)
@@ -158,7 +160,7 @@ def bake_texture(
 def vertex_colors(field: Field, vertices_world: np.ndarray, chunk: int = 262144) -> np.ndarray:
     """(V, 4) uint8 RGBA: the field's albedo at the vertices (the fallback when no texture is baked)."""
     pts = torch.from_numpy(np.asarray(vertices_world, dtype=np.float32))
-    alb = eval_chunked(field.albedo, pts, chunk, field_device(field)).clamp(0.0, 1.0).numpy()
+    alb = torch.nan_to_num(eval_chunked(field.albedo, pts, chunk, field_device(field)), nan=0.0).clamp(0, 1).numpy()
     rgb = np.round(alb * 255.0).astype(np.uint8)
     return np.concatenate([rgb, np.full((len(rgb), 1), 255, dtype=np.uint8)], 1)
 
