@@ -1,0 +1,191 @@
+"""launch.py end to end on the tiny CPU config with a tiny fake MVDream checkpoint: the trial folder, the turntable
+MP4, exact resume, seeds, Ctrl-C, and clear errors that name the config key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamdist3d.launch import load_config, main
+from dreamdist3d.lift3d.testing import write_tiny_assets
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest and immune to an oversubscribed CI machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("assets")
+    ckpt, dist = write_tiny_assets(folder)
+    return {"ckpt": str(ckpt), "dist": str(dist), "folder": folder}
+
+
+def _args(assets, root, *extra, mode="--train"):
+    return [
+        "--config", TINY, mode, "--cpu",
+        f"system.guidance.pretrained_model_name_or_path={assets['ckpt']}",
+        f"system.prompt_processor.distribution={assets['dist']}",
+        f"exp_root_dir={root}",
+        *extra,
+    ]
+
+
+def _only_run(root: Path) -> Path:
+    runs = [p for p in (root / "tiny").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def trained(assets, tmp_path_factory):
+    """4 steps, validation and a checkpoint every 2 steps, the full 120-view test orbit."""
+    root = tmp_path_factory.mktemp("runs")
+    rc = main(_args(assets, root, "trainer.max_steps=4", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2"))
+    assert rc == 0
+    return _only_run(root)
+
+
+def test_trial_folder_layout(trained):
+    assert trained.name.startswith("tiny-dist-seed0@")  # <tag>@%Y%m%d-%H%M%S, tag from the config's resolvers
+    for rel in ("configs/raw.yaml", "configs/parsed.yaml", "cmd.txt", "ckpts/last.ckpt", "ckpts/epoch=0-step=2.ckpt",
+                "ckpts/epoch=0-step=4.ckpt", "prompt_sample.safetensors", "csv_logs/metrics.csv",
+                "save/it2-0.png", "save/it4-3.png", "save/it4-test-grid.png", "save/it4-test/119.png"):
+        assert (trained / rel).is_file(), rel
+    assert not list((trained / "ckpts").glob(".*tmp"))  # atomic writes leave no temp files
+    parsed = load_config(str(trained / "configs" / "parsed.yaml"), [], make_dirs=False)
+    assert parsed.system["guidance"]["image_size"] == 32 and parsed.seed == 0
+    ck = torch.load(trained / "ckpts" / "last.ckpt", weights_only=False)
+    assert ck["global_step"] == 4 and not any(k.startswith("guidance.") for k in ck["state_dict"])
+    assert "renderer.binaries" in ck["state_dict"] and "geometry.encoding.params" in ck["state_dict"]
+    lines = (trained / "csv_logs" / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("step,") and len(lines) == 5
+
+
+def test_turntable_mp4_has_120_frames(trained):
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(str(trained / "save" / "it4-test.mp4"))
+    frames = [f for f in reader]
+    meta = reader.get_meta_data()
+    reader.close()
+    assert len(frames) == 120 and frames[0].shape == (32, 32, 3)
+    assert meta["fps"] == 30 and "yuv420p" in meta.get("pix_fmt", "")
+    assert frames[0].std() > 1  # not a blank video
+
+
+def _sd(path):
+    return torch.load(path, weights_only=False)
+
+
+def test_resume_continues_exactly(assets, trained, tmp_path):
+    rc = main(_args(assets, tmp_path, f"resume={trained / 'ckpts' / 'epoch=0-step=2.ckpt'}", "trainer.max_steps=4",
+                    "trainer.val_check_interval=2", "trainer.limit_test_batches=2"))
+    assert rc == 0
+    a, b = _sd(trained / "ckpts" / "last.ckpt"), _sd(_only_run(tmp_path) / "ckpts" / "last.ckpt")
+    assert b["global_step"] == 4
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+    assert torch.equal(a["prompt_sample"]["text_embeddings"], b["prompt_sample"]["text_embeddings"])
+    ea, eb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(ea[i]["exp_avg"], eb[i]["exp_avg"]) for i in ea)
+
+
+def test_resume_latest_keeps_the_run_folder(assets, trained):
+    root = trained.parent.parent
+    rc = main(_args(assets, root, "resume=latest", "trainer.max_steps=5", "trainer.val_check_interval=0", "trainer.limit_test_batches=1"))
+    assert rc == 0
+    assert _sd(trained / "ckpts" / "last.ckpt")["global_step"] == 5 and (trained / "save" / "it5-test.mp4").is_file()
+    assert len([p for p in (root / "tiny").iterdir()]) == 1
+
+
+def test_two_seeds_give_two_samples_and_two_objects(assets, trained, tmp_path):
+    from dreamdist3d.lift3d.prompt_processor import PromptSample
+    from PIL import Image
+    import numpy as np
+
+    rc = main(_args(assets, tmp_path, "seed=1", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_test_batches=1"))
+    assert rc == 0
+    other = _only_run(tmp_path)
+    assert other.name.startswith("tiny-dist-seed1@")
+    s0, s1 = PromptSample.load(trained / "prompt_sample.safetensors"), PromptSample.load(other / "prompt_sample.safetensors")
+    assert s0.meta["seed"] == 0 and s1.meta["seed"] == 1
+    assert (s0.text_embeddings - s1.text_embeddings).abs().max() > 0.05
+    im0 = np.asarray(Image.open(trained / "save" / "it4-0.png"), dtype=np.float32)
+    im1 = np.asarray(Image.open(other / "save" / "it4-0.png"), dtype=np.float32)
+    assert np.abs(im0 - im1).mean() > 0.1
+
+
+def test_ctrl_c_stops_training_and_runs_the_test_stage(assets, tmp_path, monkeypatch):
+    from dreamdist3d.lift3d.system import MVDreamSystem
+
+    orig = MVDreamSystem.training_step
+    calls = {"n": 0}
+
+    def step(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return orig(self, batch)
+
+    monkeypatch.setattr(MVDreamSystem, "training_step", step)
+    assert main(_args(assets, tmp_path, "trainer.max_steps=50", "trainer.val_check_interval=0", "trainer.limit_test_batches=2")) == 0
+    run = _only_run(tmp_path)
+    assert _sd(run / "ckpts" / "last.ckpt")["global_step"] == 2
+    assert (run / "save" / "it2-test.mp4").is_file()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("system.geometry.densty_bias=blob_magic3d", "system.geometry.densty_bias"),
+        ("data.batchsize=4", "data.batchsize"),
+        ("system.loss.lambda_sdss=1", "system.loss.lambda_sdss"),
+        ("trainer.max_step=10", "trainer.max_step"),
+        ("system.background_type=nonexistent-background", "system.background_type: unknown component 'nonexistent-background'"),
+        ("data_type=nonexistent-datamodule", "data_type: unknown component"),
+        ("system.guidance.pretrained_model_name_or_path=/nonexistent/sd-v2.1-base-4view.pt", "system.guidance.pretrained_model_name_or_path"),
+        ("system.prompt_processor.distribution=/nonexistent/cathedrals.safetensors", "system.prompt_processor.distribution"),
+    ],
+)
+def test_bad_input_names_the_key(assets, tmp_path, capsys, override, expected):
+    rc = main(_args(assets, tmp_path, "trainer.max_steps=1", override))
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err, err
+
+
+def test_mismatched_text_encoder_is_refused(assets, tmp_path, capsys):
+    _, other_dist = write_tiny_assets(tmp_path / "other", seed=1)
+    rc = main(_args(assets, tmp_path, "trainer.max_steps=1", f"system.prompt_processor.distribution={other_dist}"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "system.prompt_processor.distribution" in err and "text encoder" in err, err
+
+
+def test_missing_mandatory_distribution(tmp_path, capsys):
+    rc = main(["--config", TINY, "--train", "--cpu", f"exp_root_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "system.prompt_processor.distribution" in err, err
+
+
+def test_empty_density_at_test_time_is_an_error(assets, trained, tmp_path, capsys):
+    rc = main(_args(assets, tmp_path, f"resume={trained / 'ckpts' / 'epoch=0-step=4.ckpt'}", "system.geometry.density_bias=-100",
+                    "trainer.limit_test_batches=3", mode="--test"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "renders empty" in err and "system.geometry" in err, err
+
+
+def test_test_mode_renders_from_a_checkpoint(assets, trained, tmp_path):
+    rc = main(_args(assets, tmp_path, f"resume={trained / 'ckpts' / 'epoch=0-step=4.ckpt'}", "trainer.limit_test_batches=3", mode="--test"))
+    assert rc == 0
+    run = _only_run(tmp_path)
+    assert (run / "save" / "it4-test.mp4").is_file() and (run / "save" / "it4-test" / "2.png").is_file()
