@@ -21,7 +21,7 @@ analytic shape to within interpolation error.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Callable, Dict, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import Tensor

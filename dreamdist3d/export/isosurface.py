@@ -16,9 +16,8 @@ We do the same with `mcubes.marching_cubes` (threestudio's `mc-cpu`), and add:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Tuple, Union
 
 import numpy as np
 import torch
