@@ -87,11 +87,24 @@ class ExperimentConfig:
     checkpoint: dict = field(default_factory=dict)
 
 
+def _config_error(e: Exception, key: str = "") -> ConfigError:
+    """A readable ConfigError from an omegaconf exception (a missing `???` value says which key to set)."""
+    import re
+
+    text = str(e)
+    m = re.search(r"Missing mandatory value: ([\w.\[\]-]+)", text)
+    if m:
+        return ConfigError(f"{m.group(1)} is required (it is ??? in the config): set it on the command line, "
+                           f"e.g. `{m.group(1)}=...`")
+    first = text.splitlines()[0] if text else type(e).__name__
+    return ConfigError(f"config key '{key}': {first}" if key else f"cannot resolve the config: {first}")
+
+
 def _select(cfg: DictConfig, key: str, default=None):
     try:
         v = OmegaConf.select(cfg, key, default=default, throw_on_missing=True)
     except Exception as e:  # MissingMandatoryValue, interpolation errors
-        raise ConfigError(f"config key '{key}': {e}") from None
+        raise _config_error(e, key) from None
     return v
 
 
@@ -126,19 +139,22 @@ def load_config(path: str, cli_args: Sequence[str] = (), n_gpus: int = 1, make_d
     resume = _select(cfg, "resume", None)
     if not tag and not use_ts:
         raise ConfigError("either `tag` must be set or `use_timestamp` must be true")
-    trial_dir = _select(cfg, "trial_dir", None)
+    # as threestudio: the folder is always <exp_root_dir>/<name>/<tag><timestamp>; a parsed.yaml carries its old
+    # timestamp, so `--config <run>/configs/parsed.yaml --test/--export` writes into that run's folder
+    trial_dir = None
     if resume == "latest":
         ckpt = find_latest_run(root, name, tag)
         if ckpt is None:
             raise FileNotFoundError(f"resume=latest: no {root / name / (tag or '*')}[@*]/ckpts/last.ckpt to resume")
         cfg.resume = str(ckpt)
-        trial_dir = trial_dir or str(ckpt.parent.parent)
-    if not trial_dir:
+        trial_dir = ckpt.parent.parent
+        cfg.timestamp = trial_dir.name[len(tag):]
+    else:
         ts = _select(cfg, "timestamp", None)
         if ts is None:
             ts = datetime.now().strftime("@%Y%m%d-%H%M%S") if (use_ts and n_gpus == 1) else ""
         cfg.timestamp = ts
-        trial_dir = str(root / name / (tag + ts))
+        trial_dir = root / name / (tag + ts)
     trial_dir = Path(trial_dir)
     cfg.exp_dir = str(root / name)
     cfg.trial_name = trial_dir.name
@@ -146,7 +162,7 @@ def load_config(path: str, cli_args: Sequence[str] = (), n_gpus: int = 1, make_d
     try:
         OmegaConf.resolve(cfg)
     except Exception as e:
-        raise ConfigError(f"cannot resolve the config: {e}") from None
+        raise _config_error(e) from None
     ecfg = parse_structured(ExperimentConfig, cfg, where="")
     if make_dirs:
         trial_dir.mkdir(parents=True, exist_ok=True)
