@@ -148,3 +148,13 @@ def test_launch_entry_with_the_shipped_config(tmp_path, capsys):
     assert "stpes" in capsys.readouterr().err
     assert launch_entry(OmegaConf.merge(cfg, over, OmegaConf.create({"images": str(tmp_path / "none")}))) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_tiny_config_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)  # its images path is relative to the repository
+    cfg = OmegaConf.merge(OmegaConf.load(REPO / "configs" / "tiny" / "learn-toy.yaml"),
+                          OmegaConf.from_dotlist(["steps=2", f"out_dir={tmp_path}", "preview_every=2", "preview_steps=2",
+                                                  "progress=false"]))
+    assert launch_entry(cfg) == 0
+    run = next(tmp_path.glob("tiny-cathedral@*"))
+    assert (run / "previews" / "step-0000002.png").is_file() and (run / "distribution.safetensors").is_file()
