@@ -306,6 +306,94 @@ def describe(files: Sequence[Tuple[str, float, float]], prefix: Optional[str], s
     return " ".join(x for x in (prefix or "", text, suffix or "") if x)
 
 
+# ---------------------------------------------------------------------------------------------- shared glue
+def load_text_side(path: Optional[str], key: str, device="cpu"):
+    """(text_encoder, tokenizer) of the model the distribution was learned against, without loading a UNet.
+
+    `path`: an MVDream single-file checkpoint (.pt/.ckpt/.safetensors: its OpenCLIP text tower, penultimate layer),
+    a local diffusers Stable Diffusion 2.x folder (text_encoder/ + tokenizer/), or a Hub repo id of one
+    (huggingface_hub's local cache; honours HF_HUB_OFFLINE). `key` names the config key in errors."""
+    from dreamdist3d.text import ClipTokenizer, TextEncoder
+
+    if not path:
+        raise ConfigError(f"{key} is not set: give the MVDream checkpoint (or SD 2.1 diffusers folder) the distribution was learned against")
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        tok = ClipTokenizer.from_folder(p) if (p / "tokenizer").is_dir() else ClipTokenizer.default()
+        return TextEncoder.from_diffusers(p, device=device), tok
+    if p.is_file():
+        from dreamdist3d.backbones.mvdream import INERT_KEYS, TEXT_PREFIX, read_checkpoint
+
+        sd, config = read_checkpoint(p, key)
+        text_sd = {k: v.float() for k, v in sd.items() if k.startswith(TEXT_PREFIX) and k not in INERT_KEYS}
+        if TEXT_PREFIX + "token_embedding.weight" not in text_sd:
+            raise ValueError(f"{key}: {p} has no OpenCLIP text tower ({TEXT_PREFIX}*): is it an MVDream checkpoint?")
+        width = int(text_sd[TEXT_PREFIX + "token_embedding.weight"].shape[1])
+        heads = int((config or {}).get("text_heads", max(1, width // 64)))
+        enc, _ = TextEncoder.from_openclip_state_dict(text_sd, prefix=TEXT_PREFIX, heads=heads, layer="penultimate")
+        return enc.to(device), ClipTokenizer.default()
+    text = str(path)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(text, allow_patterns=["text_encoder/*", "tokenizer/*"])
+        except Exception as e:
+            raise FileNotFoundError(f"{key}: {path} is neither a local file/folder nor an available Hub model ({e})") from None
+        return load_text_side(folder, key, device)
+    raise FileNotFoundError(f"{key}: {p} does not exist (an MVDream checkpoint or a diffusers SD 2.1 folder is expected)")
+
+
+@dataclass
+class PreparedPrompt:
+    sample: PromptSample
+    uncond: torch.Tensor  # (1, 77, D) from the text encoder
+    prompt: str  # for logs: "a photo of <cathedrals>"
+    spec: SampleSpec
+
+
+def prepare_prompt(
+    *, distribution: Optional[str], scale: float, mixture: Sequence[Any], prefix: Optional[str], suffix: Optional[str],
+    seed: int, view_dependent: bool, prefix_style: bool, class_index: int, negative_prompt: str,
+    text_encoder, tokenizer, where: str = "system.prompt_processor", sample_path=None,
+    sample: Optional[PromptSample] = None, device="cpu",
+) -> PreparedPrompt:
+    """Everything a distribution prompt processor needs — ours and the threestudio extension's.
+
+    Uses `sample` (from a checkpoint) or the file at `sample_path` when present (after checking it was drawn with
+    these settings), else draws the one sample; writes it to `sample_path`; encodes the negative prompt."""
+    files = files_from_config(distribution, scale, mixture, where)
+    spec = SampleSpec(files=files, prefix=prefix, suffix=suffix, seed=int(seed), view_dependent=view_dependent,
+                      prefix_style=prefix_style, class_index=class_index,
+                      key=f"{where}.mixture" if mixture else f"{where}.distribution")
+    saved = Path(sample_path) if sample_path else None
+    enc_device = text_encoder.device
+    text_encoder.to(device)  # encode where the run computes, then give the memory back
+    try:
+        dists = [load_distribution(p, spec.key, class_index) for p, _, _ in files]
+        if sample is None and saved is not None and saved.is_file():
+            sample = PromptSample.load(saved)
+        if sample is not None:
+            diffs = sample_matches(sample, spec, dists, text_encoder)
+            if diffs:
+                raise ConfigError(
+                    f"the saved prompt sample ({saved or 'checkpoint'}) was drawn with other settings: {'; '.join(diffs)}. "
+                    f"Start a new run (or delete {saved.name if saved else SAMPLE_FILE}) to draw a new sample"
+                )
+        else:
+            sample = draw_prompt_sample(spec, text_encoder, tokenizer)
+        ids = tokenizer([negative_prompt]).to(text_encoder.device)
+        with torch.no_grad():
+            uncond = text_encoder.encode_ids(ids).float().cpu()
+    finally:
+        text_encoder.to(enc_device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    if saved is not None:
+        sample.save(saved)
+    return PreparedPrompt(sample, uncond, describe(files, prefix, suffix), spec)
+
+
 # ---------------------------------------------------------------------------------------------- the processor
 @register("dreamdistribution-prompt-processor")
 class DreamDistributionPromptProcessor(BaseObject):
@@ -356,46 +444,23 @@ class DreamDistributionPromptProcessor(BaseObject):
         if cfg.use_perp_neg and not cfg.view_dependent_prompting:
             raise ConfigError(f"{w}.use_perp_neg needs {w}.view_dependent_prompting=true")
         self.device = torch.device(device)
-        files = files_from_config(cfg.distribution, cfg.scale, cfg.mixture, w)
-        self.spec = SampleSpec(
-            files=files, prefix=cfg.prefix, suffix=cfg.suffix, seed=int(cfg.seed if cfg.seed is not None else seed),
-            view_dependent=cfg.view_dependent_prompting, prefix_style=cfg.view_dependent_prompt_front,
-            class_index=cfg.class_index, key=f"{w}.mixture" if cfg.mixture else f"{w}.distribution",
+        if backbone is not None:
+            enc, tok = backbone.text_encoder, backbone.tokenizer
+        else:
+            enc, tok = load_text_side(cfg.pretrained_model_name_or_path, f"{w}.pretrained_model_name_or_path")
+        prepared = prepare_prompt(
+            distribution=cfg.distribution, scale=cfg.scale, mixture=cfg.mixture, prefix=cfg.prefix, suffix=cfg.suffix,
+            seed=int(cfg.seed if cfg.seed is not None else seed), view_dependent=cfg.view_dependent_prompting,
+            prefix_style=cfg.view_dependent_prompt_front, class_index=cfg.class_index, negative_prompt=cfg.negative_prompt,
+            text_encoder=enc, tokenizer=tok, where=w, sample_path=(Path(save_dir) / SAMPLE_FILE) if save_dir else None,
+            sample=sample, device=self.device,
         )
-        if backbone is None:
-            from dreamdist3d.lift3d.guidance import load_backbone
-
-            backbone = load_backbone(cfg.pretrained_model_name_or_path, f"{w}.pretrained_model_name_or_path", device="cpu")
-        enc, tok = backbone.text_encoder, backbone.tokenizer
+        self.spec, self.sample, self.uncond = prepared.spec, prepared.sample, prepared.uncond
         self.directions = make_directions(cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold, cfg.view_dependent_prompt_front)
         self.direction2idx = {d.name: i for i, d in enumerate(self.directions)}
-        self.prompt = describe(files, cfg.prefix, cfg.suffix)
+        self.prompt = prepared.prompt
         self.prompts_vd = [d.prompt(self.prompt) for d in self.directions]
 
-        enc_device = enc.device
-        enc.to(self.device)  # encode where the run computes, then give the memory back
-        try:
-            dists = [load_distribution(p, self.spec.key, cfg.class_index) for p, _, _ in files]
-            saved = Path(save_dir) / SAMPLE_FILE if save_dir else None
-            if sample is None and saved is not None and saved.is_file():
-                sample = PromptSample.load(saved)
-            if sample is not None:
-                diffs = sample_matches(sample, self.spec, dists, enc)
-                if diffs:
-                    raise ConfigError(
-                        f"the saved prompt sample ({saved or 'checkpoint'}) was drawn with other settings: {'; '.join(diffs)}. "
-                        f"Start a new run (or delete {SAMPLE_FILE}) to draw a new sample"
-                    )
-            else:
-                sample = draw_prompt_sample(self.spec, enc, tok)
-            self.uncond = backbone.encode_text([cfg.negative_prompt]).float().cpu()  # (1, 77, D)
-        finally:
-            enc.to(enc_device)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-        self.sample = sample
-        if saved is not None:
-            sample.save(saved)
 
     def state(self) -> Dict[str, Any]:
         return self.sample.state()
