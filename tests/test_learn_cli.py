@@ -120,8 +120,9 @@ def test_cli_bad_folders_name_the_file(tmp_path, capsys):
     assert "empty.png" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="empty.png"):
         assert main(["learn", "--images", str(bad), "--skip-bad", *toy]) == 0
-    assert main(["learn", "--images", str(bad), "--backbone", "mvdream", "--quiet"]) == 2
+    assert main(["learn", "--images", str(bad), "--backbone", "mvdream", "--out-dir", str(tmp_path / "r"), "--quiet"]) == 2
     assert "--mvdream" in capsys.readouterr().err
+    assert len(list((tmp_path / "r").glob("refs@*"))) == 1  # only the --skip-bad run: failed runs leave no folder
     assert main(["learn", "--images", str(bad), *toy, "stesp=3"]) == 2
     assert "stesp" in capsys.readouterr().err
 

@@ -19,6 +19,7 @@ count, optimizer and RNG: an interrupted run ends with the bit-identical ctx on 
 
 Devices: CPU and CUDA. On CUDA `mixed_precision: bf16|fp16` casts the frozen networks and autocasts (ctx and AdamW
 stay float32; fp16 uses a GradScaler) and `tf32: true` enables TF32 matmuls; on CPU both are ignored (float32).
+`channels_last: true` puts the UNet's convolutions in channels-last layout (same numbers up to rounding).
 
 Multi-GPU data parallel, no accelerate needed for one process:
 
@@ -36,7 +37,6 @@ import contextlib
 import csv
 import importlib
 import json
-import math
 import os
 import sys
 import time
@@ -52,7 +52,7 @@ from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.distribution import PromptDistribution, PromptLearner
 from dreamdist3d.io import atomic_path, atomic_torch_save
-from dreamdist3d.learn.data import LatentCache, ReferenceDataError, is_multiview_folder, load_references
+from dreamdist3d.learn.data import LatentCache, is_multiview_folder, load_references
 from dreamdist3d.learn.loss import LOSS_MODES, distribution_loss
 
 CHECKPOINT_FORMAT = "dreamdist3d.learn-checkpoint"
@@ -147,14 +147,11 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
     weight_dtype = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     autocast = (lambda: torch.autocast("cuda", dtype=weight_dtype)) if precision != "no" else contextlib.nullcontext
 
-    # ---------------------------------------------------------------- run folder (new, or the resumed one)
+    # ---------------------------------------------------------------- which run (new, or the one to resume)
     ckpt_path = find_checkpoint(resume, cfg) if resume else None
     if resume and ckpt_path is None and rank == 0:
         print(f"[learn] resume={resume}: no checkpoint of run '{cfg.name}' under {cfg.out_dir}; starting a new run",
               file=sys.stderr)
-    run_dir = ckpt_path.parent.parent if ckpt_path else _new_run_dir(cfg, rank, world)
-    if rank == 0:
-        _write_configs(run_dir, cfg, raw, resumed_from=ckpt_path)
 
     # ---------------------------------------------------------------- backbone (frozen)
     if backbone is None:
@@ -178,11 +175,6 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
     refs = load_references(cfg.images, resolution, multiview=multiview, num_views=cfg.num_views, skip_bad=cfg.skip_bad)
     cache = LatentCache.build(backbone, refs, flip=cfg.flip, device=device)
     views = refs.num_views if multiview else 1
-    if rank == 0:
-        kind = f"{len(refs)} objects × {views} views" if multiview else f"{len(refs)} images"
-        print(f"[learn] {kind} at {resolution}px → latents {tuple(cache.mean.shape[-3:])} cached "
-              f"({cache.flips} variant(s) each); backbone {backbone.name} ({backbone.schedule.prediction_type}); "
-              f"run {run_dir}", file=sys.stderr)
 
     # ---------------------------------------------------------------- prompt learner, optimizer, RNG
     gen = torch.Generator().manual_seed(cfg.seed)  # every random draw of the run comes from here (CPU)
@@ -197,10 +189,18 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
     history: Dict[str, List[float]] = {k: [] for k in ("step", "loss", "mse", "ortho", "grad_norm", "time")}
     step = 0
     fingerprint = backbone.text_encoder.fingerprint()
+
     if ckpt_path is not None:
         step = _load_checkpoint(ckpt_path, cfg, fingerprint, ctx, opt, gen, stream, history, scaler)
-        if rank == 0:
-            print(f"[learn] resumed {ckpt_path} at step {step}", file=sys.stderr)
+
+    # ---------------------------------------------------------------- run folder (only once the inputs are good)
+    run_dir = ckpt_path.parent.parent if ckpt_path else _new_run_dir(cfg, rank, world)
+    if rank == 0:
+        _write_configs(run_dir, cfg, raw, resumed_from=ckpt_path)
+        kind = f"{len(refs)} objects × {views} views" if multiview else f"{len(refs)} images"
+        print(f"[learn] {kind} at {resolution}px → latents {tuple(cache.mean.shape[-3:])} cached "
+              f"({cache.flips} variant(s) each); backbone {backbone.name} ({backbone.schedule.prediction_type}); "
+              f"run {run_dir}" + (f"; resumed {ckpt_path.name} at step {step}" if ckpt_path else ""), file=sys.stderr)
 
     # ---------------------------------------------------------------- the loop
     stop = min(cfg.steps, cfg.max_steps) if cfg.max_steps > 0 else cfg.steps
@@ -279,6 +279,7 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
     if rank == 0:
         dist = PromptDistribution.from_learner(
             learner, backbone=backbone.name, steps=step, n_images=len(refs), images=str(cfg.images),
+            backbone_source=backbone.source, prediction_type=backbone.schedule.prediction_type,
             mode="4view" if multiview else "2d", loss=cfg.loss, run=str(run_dir), complete=step >= cfg.steps,
         )
         dist.save(dist_path)
