@@ -41,7 +41,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="weights file to write (a JSON record is written beside it; to refresh the shipped weights: "
                         "dreamdist3d/toyworld/data/toy-backbone.safetensors)")
     p.add_argument("--checkpoint", default=None,
-                   help="training checkpoint (default: <out stem>-ckpt.pt beside --out), written atomically every "
+                   help="training checkpoint (default: <out stem>-ckpt.pt beside --out, or in outputs/toyworld/ when "
+                        "--out is in the package's data folder), written atomically every "
                         f"{d.ckpt_every} steps")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same arguments)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

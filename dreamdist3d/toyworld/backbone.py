@@ -4,7 +4,8 @@ scratch on the toy world (`dreamdist3d toyworld train`), behind the same `Backbo
 - Text: `TextEncoder.from_config(CLIPTextConfig)` with the real CLIP BPE tokenizer (vocab 49408, 77 positions,
   SOS 49406, EOS 49407, pad 0), width 64, 3 layers. Its hidden states (B,77,64) condition the UNet.
 - UNet: `MultiViewUNet` in pixel space: 3 channels, 32×32, model_channels 32, channel_mult [1,2,2] (32/64/64
-  channels at 32/16/8 px), one ResBlock per level, transformer (cross-view self-attention + cross-attention to the
+  channels at 32/16/8 px), num_res_blocks [0,1,1] and conv_resample=False (cheap 32 px level: conv_in and one
+  decoder ResBlock), transformer (cross-view self-attention + cross-attention to the
   text) at 8×8 and in the middle, camera_dim 16 (the MVDream camera vector is embedded and added to the timestep
   embedding). `vae=None`: the identity codec, images in [-1, 1].
 - Schedule: `NoiseSchedule.scaled_linear("epsilon", style="ldm")`, MVDream's own. Kept on purpose for 32 px pixel
@@ -77,15 +78,19 @@ def default_text_config() -> Dict[str, Any]:
 
 
 def default_unet_config(context_dim: int = 64) -> Dict[str, Any]:
-    """MultiViewUNet kwargs of the toy UNet (pixel space, 32 px, 32/64/64 channels, attention at 8×8)."""
+    """MultiViewUNet kwargs of the toy UNet (pixel space, 32 px, 32/64/64 channels, attention at 8×8).
+
+    Chosen for speed on 2 CPU cores (1-thread CPU seconds per fwd+bwd of 48 multi-view + 16 single rows, measured
+    side by side: 1 ResBlock per level with conv resampling 1.13 s, without conv resampling 0.97 s, this 0.77 s)."""
     return dict(
         image_size=32,
         in_channels=3,
         out_channels=3,
         model_channels=32,
         attention_resolutions=[4],
-        num_res_blocks=1,
+        num_res_blocks=[0, 1, 1],  # 32 px: only conv_in and one decoder ResBlock (the 32 px level is the costly one)
         channel_mult=[1, 2, 2],
+        conv_resample=False,  # average-pool down / nearest up (the 64-channel up-conv at 32 px cost 15% of a step)
         num_head_channels=32,
         use_spatial_transformer=True,
         use_linear_in_transformer=True,
@@ -134,7 +139,7 @@ def small_test_config() -> ToyBackboneConfig:
     """A smaller architecture for fast tests of the trainer (same structure, fewer layers and channels)."""
     text = dict(default_text_config(), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                 projection_dim=32)
-    unet = dict(default_unet_config(32), channel_mult=[1, 1], attention_resolutions=[2])
+    unet = dict(default_unet_config(32), channel_mult=[1, 1], num_res_blocks=[0, 1], attention_resolutions=[2])
     return ToyBackboneConfig(text=text, unet=unet)
 
 
@@ -217,6 +222,7 @@ def _atomic_write(path: Path, write) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
