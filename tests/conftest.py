@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("DREAMDIST3D_REFERENCE", REPO.parent / "shared" / "reference"))
 DATASETS = REPO.parent / "shared" / "datasets"
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+# Tiny models: one intra-op thread is fastest, and on a shared 2-core machine 2 threads can be 5-20x slower.
+torch.set_num_threads(1)
 
 
 def reference_path(name: str) -> Path:
