@@ -207,7 +207,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run(args: argparse.Namespace, extras: List[str]) -> int:
+def run(args: argparse.Namespace, extras: List[str], backbone=None) -> int:
+    """One launch (`backbone`: an already loaded MVDream Backbone to reuse, e.g. by `dreamdist3d gallery`)."""
     from dreamdist3d.lift3d.system import find_component, load_run_field
     from dreamdist3d.lift3d.trainer import CheckpointConfig, Trainer, TrainerConfig, load_checkpoint
 
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace, extras: List[str]) -> int:
     system_cls = find_component(cfg.system_type, "system_type")
     system = system_cls(
         cfg.system, device=device, seed=cfg.seed, save_dir=str(trial / "save"),
-        prompt_sample=(resume or {}).get("prompt_sample"),
+        prompt_sample=(resume or {}).get("prompt_sample"), backbone=backbone,
     )
     trainer = Trainer(trainer_cfg, ckpt_cfg, trial, device)
     if args.train:

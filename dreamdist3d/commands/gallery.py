@@ -1,0 +1,191 @@
+"""`dreamdist3d gallery --distribution F --n 8 [--config C] [--gpu 0,1] [key=value ...]`: N text-to-3D runs of
+one distribution with seeds 0..N-1 (one prompt sample each), then one gallery of the objects: a PNG grid of
+turntable frames (one row per seed) and an HTML page with the turntable videos side by side.
+
+One GPU (or the CPU): the runs go one after another in this process, sharing the loaded MVDream model.
+Several GPUs (`--gpu 0,1,2`): one worker process per GPU, each taking seeds from its share of the list.
+Runs that already have a turntable are kept (re-running the command only fills in the missing seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+NAME = "gallery"
+HELP = "N text-to-3D runs of one distribution (seeds 0..N-1), then a PNG grid and an HTML page of their turntables"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--distribution", required=True, help="the distribution file (.safetensors or official .pt)")
+    p.add_argument("--n", type=int, default=8, help="number of runs / seeds (default 8: seeds 0..7)")
+    p.add_argument("--first-seed", type=int, default=0, help="seed of the first run (default 0)")
+    p.add_argument("--config", default="configs/dreamdist-mvdream.yaml", help="launch config (default configs/dreamdist-mvdream.yaml)")
+    p.add_argument("--out", default=None, help="gallery folder (default outputs/gallery/<distribution stem>)")
+    p.add_argument("--gpu", default="0", help="GPU id(s); several ids run one worker per GPU")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU")
+    p.add_argument("--frames", type=int, default=6, help="turntable frames per row of the PNG grid (default 6)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)  # set for the per-GPU worker processes
+    p.add_argument("overrides", nargs="*", help="key=value config overrides for every run (e.g. trainer.max_steps=5000)")
+
+
+def run_dir(out: Path, seed: int) -> Path:
+    return out / "runs" / f"seed{seed}"
+
+
+def launch_args(args: argparse.Namespace, out: Path, seed: int) -> List[str]:
+    """launch.py arguments of one run: fixed folder <out>/runs/seed<seed>/ (no timestamp)."""
+    return [
+        "--config", args.config, "--train", *(["--cpu"] if args.cpu else []),
+        f"system.prompt_processor.distribution={args.distribution}", f"seed={seed}",
+        f"exp_root_dir={out}", "name=runs", f"tag=seed{seed}", "use_timestamp=false",
+        *args.overrides,
+    ]
+
+
+def find_turntable(run: Path) -> Optional[Dict[str, Path]]:
+    """The newest `save/it<step>-test.mp4` of a run and its frame folder."""
+    save = run / "save"
+    videos = sorted(save.glob("it*-test.mp4"), key=lambda p: int(p.name[2:].split("-")[0])) if save.is_dir() else []
+    if not videos:
+        return None
+    v = videos[-1]
+    return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": int(v.name[2:].split("-")[0])}
+
+
+def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
+    from dreamdist3d.launch import build_parser, run
+
+    failed, backbone = [], None
+    for seed in seeds:
+        largs = launch_args(args, out, seed)
+        parsed, extras = build_parser().parse_known_args(largs)
+        print(f"[gallery] seed {seed}: training ({' '.join(largs)})", flush=True)
+        try:
+            if backbone is None:
+                backbone = _load_shared_backbone(parsed, extras)
+            run(parsed, extras, backbone=backbone)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # keep going: one bad seed should not lose the others
+            if args.debug:
+                raise
+            print(f"[gallery] seed {seed} failed: {e}", file=sys.stderr)
+            failed.append(seed)
+    return failed
+
+
+def _load_shared_backbone(parsed, extras):
+    """Load the guidance checkpoint once for all sequential runs."""
+    from dreamdist3d.launch import load_config
+    from dreamdist3d.lift3d.guidance import load_backbone
+
+    cfg = load_config(parsed.config, extras, make_dirs=False)
+    g = dict(cfg.system.get("guidance") or {})
+    key = "system.guidance.ckpt_path" if g.get("ckpt_path") else "system.guidance.pretrained_model_name_or_path"
+    return load_backbone(g.get("ckpt_path") or g.get("pretrained_model_name_or_path"), key)
+
+
+def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[int]:
+    """One worker per GPU; worker i takes seeds[i::len(gpus)] one after another."""
+    procs = []
+    for i, gpu in enumerate(gpus):
+        share = seeds[i::len(gpus)]
+        if not share:
+            continue
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
+        cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution, "--config", args.config,
+               "--out", str(out), "--gpu", "0", "--frames", str(args.frames), "--worker-seeds", ",".join(map(str, share)),
+               *args.overrides]
+        procs.append((gpu, share, subprocess.Popen(cmd, env=env)))
+    failed = []
+    for gpu, share, p in procs:
+        if p.wait() != 0:
+            print(f"[gallery] worker on GPU {gpu} (seeds {share}) exited with {p.returncode}", file=sys.stderr)
+    for gpu, share, _ in procs:
+        failed += [s for s in share if find_turntable(run_dir(out, s)) is None]
+    return failed
+
+
+def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "") -> Dict[str, Path]:
+    """gallery.png (row per seed: n_frames turntable frames) and gallery.html (videos side by side)."""
+    from PIL import Image
+
+    from dreamdist3d.lift3d.saving import save_image, sorted_frames
+
+    rows, entries = [], []
+    for seed in seeds:
+        tt = find_turntable(run_dir(out, seed))
+        if tt is None:
+            continue
+        frames = sorted_frames(tt["frames"])
+        if not frames:
+            continue
+        pick = [frames[i] for i in np.linspace(0, len(frames), n_frames, endpoint=False).astype(int)]
+        imgs = [np.asarray(Image.open(f).convert("RGB")) for f in pick]
+        h = imgs[0].shape[0]
+        imgs = [im[:, :h] for im in imgs]  # the RGB panel (saved test images are RGB | opacity side by side)
+        rows.append(np.concatenate(imgs, axis=1))
+        entries.append((seed, tt))
+    if not rows:
+        raise FileNotFoundError(f"no finished runs with a turntable under {out / 'runs'}")
+    width = max(r.shape[1] for r in rows)
+    grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], axis=0)
+    png = save_image(out / "gallery.png", grid)
+    cells = []
+    for seed, tt in entries:
+        rel = os.path.relpath(tt["video"], out)
+        cells.append(
+            f'<figure><video src="{html.escape(rel)}" autoplay loop muted playsinline width="256"></video>'
+            f"<figcaption>seed {seed} · step {tt['step']}</figcaption></figure>"
+        )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>dreamdist3d gallery</title>"
+        "<style>body{font-family:sans-serif;background:#fafafa}main{display:flex;flex-wrap:wrap;gap:12px}"
+        "figure{margin:0;text-align:center}video{background:#fff;border:1px solid #ddd}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{len(entries)} runs, one prompt sample each (seeds "
+        f"{', '.join(str(s) for s, _ in entries)}).</p><img src='gallery.png' style='max-width:100%'>"
+        f"<main>{''.join(cells)}</main></body></html>\n"
+    )
+    page_path = out / "gallery.html"
+    page_path.write_text(page, encoding="utf-8")
+    return {"png": png, "html": page_path}
+
+
+def run(args: argparse.Namespace) -> int:
+    dist = Path(args.distribution)
+    if not dist.is_file():
+        raise FileNotFoundError(f"--distribution {dist} does not exist")
+    if not Path(args.config).is_file():
+        raise FileNotFoundError(f"--config {args.config} does not exist (run from the repository root, or pass --config)")
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must be key=value, got {bad}")
+    out = Path(args.out) if args.out else Path("outputs") / "gallery" / dist.stem
+    out.mkdir(parents=True, exist_ok=True)
+    worker = getattr(args, "worker_seeds", None)
+    seeds = [int(s) for s in worker.split(",")] if worker else list(range(args.first_seed, args.first_seed + args.n))
+    todo = [s for s in seeds if find_turntable(run_dir(out, s)) is None]
+    if len(todo) < len(seeds):
+        print(f"[gallery] keeping {len(seeds) - len(todo)} finished run(s); {len(todo)} to do")
+    gpus = [g for g in str(args.gpu).split(",") if g.strip()]
+    if worker or args.cpu or len(gpus) <= 1:
+        failed = _run_sequential(args, out, todo)
+    else:
+        failed = _run_parallel(args, out, todo, gpus)
+    if worker:
+        return 1 if failed else 0
+    res = build_gallery(out, seeds, args.frames, title=f"{dist.stem}: {len(seeds)} samples")
+    print(f"gallery: {res['png']}\npage:    {res['html']}")
+    if failed:
+        print(f"[gallery] failed seeds: {failed}", file=sys.stderr)
+        return 1
+    return 0
