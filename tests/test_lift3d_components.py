@@ -231,3 +231,29 @@ def test_progressive_view_first_step_is_the_eval_view():
     dm.update_step(0, 0)  # threestudio: r = 0 at step 0 with progressive_until = 0
     b = dm.train_batch()
     assert torch.allclose(b["elevation"], torch.full((8,), 15.0)) and torch.all(b["azimuth"] == 0)
+
+
+@torch.no_grad()
+def test_two_level_occupancy_sampling_keeps_exactly_the_occupied_samples():
+    torch.manual_seed(0)
+    rend, geo = _renderer(num_samples_per_ray=512)  # blocks of 9 steps per 1/32 cell
+    rend.update_occupancy()
+    rend.binaries[20:, :, :] = False  # an irregular occupied set: part of the blob
+    dm = RandomMultiviewCameraDataModule({**MV_DATA, "batch_size": 4, "width": 16, "height": 16, "resolution_milestones": []})
+    b = dm.train_batch()
+    o, d = b["rays_o"].reshape(-1, 3), b["rays_d"].reshape(-1, 3)
+    torch.manual_seed(1)
+    ri, t0, t1 = rend.sample(o, d, stratified=True)
+    # brute force: every lattice step of every ray inside the box, kept when its midpoint's cell is occupied
+    torch.manual_seed(1)
+    u = torch.rand(o.shape[0])
+    tn, tf = ray_aabb(o, d, torch.full((3,), -1.0), torch.full((3,), 1.0))
+    k = torch.arange(512.0)
+    t = tn[:, None] + (k[None] + u[:, None]) * rend.render_step_size
+    valid = (t < tf[:, None]) & (tf > tn)[:, None]
+    pts = o[:, None] + t[..., None] * d[:, None]
+    occ = torch.zeros_like(valid)
+    occ[valid] = rend.occupied(pts[valid])
+    rr, cc = (valid & occ).nonzero(as_tuple=True)
+    assert torch.equal(ri, rr)
+    torch.testing.assert_close(0.5 * (t0 + t1), t[rr, cc], atol=1e-6, rtol=0)

@@ -153,9 +153,16 @@ class NeRFVolumeRenderer(BaseModule):
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
     def sample(self, rays_o: torch.Tensor, rays_d: torch.Tensor, stratified: bool):
-        """Flat rays (R,3) -> packed (ray_indices (M,), t_starts (M,), t_ends (M,))."""
+        """Flat rays (R,3) -> packed (ray_indices (M,), t_starts (M,), t_ends (M,)), sorted by ray then t.
+
+        Sample k of a ray has midpoint t_near + (k + u)·step (u: one jitter per ray, 0.5 when not stratified), on
+        the lattice of the full box whatever box the candidates are clipped to. With the occupancy grid, candidates
+        are made in two levels: blocks of m steps (m·step ≤ one cell) are kept when their centre lies in the
+        grid dilated by one cell — which contains every cell within half a cell of the centre, so no occupied
+        sample is lost — and only the samples of kept blocks are tested against the grid itself."""
         dev = rays_o.device
         step = self.render_step_size
+        R = rays_o.shape[0]
         t_near, t_far = ray_aabb(rays_o, rays_d, self.bbox[0], self.bbox[1])
         if self.cfg.grid_prune:
             lo, hi = self.occupied_box()
@@ -166,30 +173,50 @@ class NeRFVolumeRenderer(BaseModule):
             k_lo = torch.zeros_like(t_near)
             k_hi = ((t_far - t_near) / step).ceil()
         k_hi = torch.minimum(k_hi, torch.full_like(k_hi, float(self.cfg.num_samples_per_ray)))
-        offset = torch.rand(rays_o.shape[0]).to(dev) if stratified else torch.full((rays_o.shape[0],), 0.5, device=dev)
-        # the sample interval is [t_near + (k + u - 0.5)·step, … + step]; midpoint t_near + (k + u)·step for u=0.5
+        offset = torch.rand(R).to(dev) if stratified else torch.full((R,), 0.5, device=dev)
         active = (k_hi > k_lo).nonzero()[:, 0]
         if active.numel() == 0:
             empty = torch.zeros(0, device=dev)
             return torch.zeros(0, dtype=torch.long, device=dev), empty, empty
-        counts = (k_hi - k_lo)[active].long()
-        max_n = int(counts.max())
-        per_chunk = max(1, self.cfg.max_samples_per_chunk // max_n)
+        if self.cfg.grid_prune:
+            cell = 2 * self.cfg.radius / self.cfg.occ_grid_resolution
+            m = max(1, int(cell / step))  # fine steps per block
+        else:
+            m = 1
+        j_lo = torch.div(k_lo, m, rounding_mode="floor")
+        j_hi = torch.ceil(k_hi / m)
+        n_blocks = int((j_hi - j_lo)[active].max())
+        per_chunk = max(1, self.cfg.max_samples_per_chunk // (n_blocks * (1 if m == 1 else 2)))
+        dilated = None
+        if self.cfg.grid_prune and m > 1:
+            dilated = F.max_pool3d(self.binaries.float()[None, None], 3, stride=1, padding=1)[0, 0] > 0
         out_r, out_t = [], []
-        ar = torch.arange(max_n, device=dev)
+        arb = torch.arange(n_blocks, device=dev, dtype=k_lo.dtype)
+        arm = torch.arange(m, device=dev, dtype=k_lo.dtype)
         for s in range(0, active.numel(), per_chunk):
             rays = active[s : s + per_chunk]
-            k = k_lo[rays, None] + ar[None, :]  # (c, max_n)
-            valid = k < k_hi[rays, None]
-            t_mid = t_near[rays, None] + (k + offset[rays, None]) * step
-            valid &= t_mid < t_far[rays, None]
-            if self.cfg.grid_prune:
-                p = rays_o[rays, None, :] + t_mid[..., None] * rays_d[rays, None, :]
+            j = j_lo[rays, None] + arb[None, :]  # (c, n_blocks)
+            keep = j < j_hi[rays, None]
+            if dilated is not None:  # level 1: blocks near occupied cells
+                t_c = t_near[rays, None] + (j * m + (m - 1) / 2 + offset[rays, None]) * step
+                p = rays_o[rays, None, :] + t_c[..., None] * rays_d[rays, None, :]
+                ijk = self._cell_of(p[keep])
+                occ = torch.zeros_like(keep)
+                occ[keep] = dilated[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+                keep &= occ
+            rb, cb = keep.nonzero(as_tuple=True)  # ray-major, blocks in increasing t
+            ray = rays[rb]
+            k = j[rb, cb][:, None] * m + arm[None, :]  # (K, m) fine step indices
+            valid = (k >= k_lo[ray, None]) & (k < k_hi[ray, None])
+            t_mid = t_near[ray, None] + (k + offset[ray, None]) * step
+            valid &= t_mid < t_far[ray, None]
+            if self.cfg.grid_prune:  # level 2: the samples' own cells
+                p = rays_o[ray, None, :] + t_mid[..., None] * rays_d[ray, None, :]
                 occ = torch.zeros_like(valid)
                 occ[valid] = self.occupied(p[valid])
                 valid &= occ
             rr, cc = valid.nonzero(as_tuple=True)
-            out_r.append(rays[rr])
+            out_r.append(ray[rr])
             out_t.append(t_mid[rr, cc])
         ray_indices = torch.cat(out_r)
         t_mid = torch.cat(out_t)

@@ -72,7 +72,7 @@ def load_checkpoint(path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume: checkpoint {path} does not exist (resume=<path to .ckpt> or resume=latest)")
-    st = torch.load(str(path), map_location="cpu", weights_only=False)
+    st = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors and plain containers only
     if not isinstance(st, dict) or st.get("format") != CKPT_FORMAT:
         raise ValueError(f"resume: {path} is not a dreamdist3d 3D checkpoint (was it written by this launch.py?)")
     return st
