@@ -223,20 +223,42 @@ class NeRFVolumeRenderer(BaseModule):
         return ray_indices, t_mid - 0.5 * step, t_mid + 0.5 * step
 
     @torch.no_grad()
-    def prune_by_alpha(self, rays_o, rays_d, ray_indices, t_starts, t_ends):
-        """Drop samples with α < 0.01 or transmittance < 1e-4 (nerfacc's sigma_fn pass)."""
-        if ray_indices.numel() == 0:
+    def prune_by_alpha(self, rays_o, rays_d, ray_indices, t_starts, t_ends, depth_slice: int = 32):
+        """Drop samples with α < 0.01 or transmittance < 1e-4 (nerfacc's sigma_fn pass).
+
+        σ is evaluated front to back in slices of `depth_slice` samples per ray, and a ray stops being evaluated
+        once its transmittance is below 1e-4 — its later samples would be dropped anyway — so opaque objects cost
+        about their visible depth, not the whole occupied chord. Same result as evaluating everything."""
+        M = ray_indices.shape[0]
+        if M == 0:
             return ray_indices, t_starts, t_ends
+        dev = ray_indices.device
         t_mid = 0.5 * (t_starts + t_ends)
+        deltas = t_ends - t_starts
+        pos = torch.arange(M, device=dev)
+        is_first = torch.ones(M, dtype=torch.bool, device=dev)
+        is_first[1:] = ray_indices[1:] != ray_indices[:-1]
+        first = torch.cummax(torch.where(is_first, pos, torch.zeros_like(pos)), 0).values
+        slice_id = (pos - first) // depth_slice
+        n_rays = int(ray_indices.max()) + 1
+        tau = torch.zeros(n_rays, dtype=torch.float64, device=dev)  # optical depth so far, per ray
+        sigmas = torch.zeros(M, dtype=t_mid.dtype, device=dev)
+        evaluated = torch.zeros(M, dtype=torch.bool, device=dev)
+        stop = -torch.log(torch.tensor(EARLY_STOP_EPS, dtype=torch.float64))
         chunk = max(self.cfg.eval_chunk_size, 1) * 8
-        sig = []
-        for s in range(0, t_mid.shape[0], chunk):
-            ri = ray_indices[s : s + chunk]
-            p = rays_o[ri] + t_mid[s : s + chunk, None] * rays_d[ri]
-            sig.append(self.geometry.density(p)[..., 0])
-        sigmas = torch.cat(sig)
-        _, trans, alphas = render_weights(sigmas, t_ends - t_starts, ray_indices)
-        keep = (alphas >= ALPHA_THRE) & (trans >= EARLY_STOP_EPS)
+        for s in range(int(slice_id.max()) + 1):
+            idx = ((slice_id == s) & (tau[ray_indices] < stop)).nonzero()[:, 0]
+            if idx.numel() == 0:
+                break
+            for c in range(0, idx.numel(), chunk):
+                ii = idx[c : c + chunk]
+                ri = ray_indices[ii]
+                p = rays_o[ri] + t_mid[ii, None] * rays_d[ri]
+                sigmas[ii] = self.geometry.density(p)[..., 0].to(sigmas.dtype)
+            evaluated[idx] = True
+            tau.index_add_(0, ray_indices[idx], (sigmas[idx] * deltas[idx]).double())
+        _, trans, alphas = render_weights(sigmas, deltas, ray_indices)
+        keep = evaluated & (alphas >= ALPHA_THRE) & (trans >= EARLY_STOP_EPS)
         return ray_indices[keep], t_starts[keep], t_ends[keep]
 
     # ------------------------------------------------------------------ render
