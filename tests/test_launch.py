@@ -189,3 +189,23 @@ def test_test_mode_renders_from_a_checkpoint(assets, trained, tmp_path):
     assert rc == 0
     run = _only_run(tmp_path)
     assert (run / "save" / "it4-test.mp4").is_file() and (run / "save" / "it4-test" / "2.png").is_file()
+
+
+def test_export_from_parsed_yaml_writes_into_the_run(trained):
+    import trimesh
+
+    rc = main(["--config", str(trained / "configs" / "parsed.yaml"), "--export", "--cpu",
+               f"resume={trained / 'ckpts' / 'epoch=0-step=4.ckpt'}", "system.exporter.formats=ply,glb",
+               "system.exporter.texture_size=64"])
+    assert rc == 0
+    out = trained / "save" / "it4-export"  # parsed.yaml keeps the run's timestamp: same folder, as threestudio
+    mesh = trimesh.load(out / "model.ply", process=False)
+    assert len(mesh.faces) > 100 and (out / "model.glb").is_file()
+
+
+def test_help_lists_threestudio_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for flag in ("--config", "--gpu", "--train", "--validate", "--test", "--export"):
+        assert flag in text
