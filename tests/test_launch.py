@@ -209,3 +209,19 @@ def test_help_lists_threestudio_flags(capsys):
     text = capsys.readouterr().out
     for flag in ("--config", "--gpu", "--train", "--validate", "--test", "--export"):
         assert flag in text
+
+
+@pytest.mark.parametrize("name", ["dreamdist-mvdream.yaml", "dreamdist-mvdream-lowmem.yaml"])
+def test_full_configs_parse_strictly_and_build(assets, tmp_path, name):
+    from dreamdist3d.lift3d.system import MVDreamSystem, find_component
+
+    cfg = load_config(str(REPO / "configs" / name), [f"system.guidance.pretrained_model_name_or_path={assets['ckpt']}",
+                                                     f"system.prompt_processor.distribution={assets['dist']}", f"exp_root_dir={tmp_path}"])
+    assert cfg.trainer["max_steps"] == 10000 and cfg.system["guidance"]["guidance_scale"] == 50.0
+    assert Path(cfg.trial_dir).name.startswith("tiny-dist-g1.0-seed0@")
+    dm = find_component(cfg.data_type, "data_type")(cfg.data, where="data")
+    system = MVDreamSystem(cfg.system, save_dir=str(Path(cfg.trial_dir) / "save"))
+    assert system.geometry.encoding.n_output_dims == 32 and system.renderer.cfg.num_samples_per_ray == 512
+    assert dm.batch_sizes == [8, 4] and system.guidance.min_step == 980
+    groups = {g["name"]: g["lr"] for g in system.configure_optimizers()[0].param_groups}
+    assert groups == {"geometry.encoding": 0.01, "geometry.density_network": 0.001, "geometry.feature_network": 0.001, "background": 0.001}
