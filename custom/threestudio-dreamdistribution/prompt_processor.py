@@ -18,7 +18,8 @@ import threestudio
 import torch
 from threestudio.models.prompt_processors.base import PromptProcessor, PromptProcessorOutput
 
-from dreamdist3d.lift3d.prompt_processor import load_text_side, prepare_prompt
+from dreamdist3d.lift3d.prompt_processor import prepare_prompt
+from dreamdist3d.text.load import load_text_side
 
 
 @dataclass
@@ -49,7 +50,7 @@ class DreamDistributionPromptProcessor(PromptProcessor):
         seed: Optional[int] = None  # set it to ${seed}; None falls back to torch.initial_seed()
         view_dependent_prompting: bool = False  # direction suffix edits of the distribution, re-fitted
         # the model whose text encoder the distribution was learned with; None: pretrained_model_name_or_path
-        # (an MVDream .pt/.safetensors file, a diffusers SD 2.1 folder, or a Hub id of one)
+        # (a local MVDream .pt/.safetensors file or diffusers SD 2.1 folder; nothing is downloaded)
         text_encoder_path: Optional[str] = None
         sample_path: Optional[str] = None  # where the drawn sample is saved and, on resume, read back
 
@@ -58,7 +59,7 @@ class DreamDistributionPromptProcessor(PromptProcessor):
     def prepare_text_embeddings(self) -> None:
         cfg = self.cfg
         key = "system.prompt_processor." + ("text_encoder_path" if cfg.text_encoder_path else "pretrained_model_name_or_path")
-        text_encoder, tokenizer = load_text_side(cfg.text_encoder_path or cfg.pretrained_model_name_or_path, key)
+        tokenizer, text_encoder = load_text_side(cfg.text_encoder_path or cfg.pretrained_model_name_or_path, key=key)
         seed = cfg.seed if cfg.seed is not None else torch.initial_seed()
         self._prepared = prepare_prompt(
             distribution=cfg.distribution, scale=cfg.scale, mixture=cfg.mixture, prefix=cfg.prefix, suffix=cfg.suffix,

@@ -27,6 +27,7 @@ import torch
 from dreamdist3d.config import ConfigError
 from dreamdist3d.lift3d.base import BaseObject
 from dreamdist3d.registry import register
+from dreamdist3d.text.load import load_text_side
 
 SAMPLE_FILE = "prompt_sample.safetensors"
 SAMPLE_FORMAT = "dreamdist3d.prompt-sample"
@@ -307,43 +308,6 @@ def describe(files: Sequence[Tuple[str, float, float]], prefix: Optional[str], s
 
 
 # ---------------------------------------------------------------------------------------------- shared glue
-def load_text_side(path: Optional[str], key: str, device="cpu"):
-    """(text_encoder, tokenizer) of the model the distribution was learned against, without loading a UNet.
-
-    `path`: an MVDream single-file checkpoint (.pt/.ckpt/.safetensors: its OpenCLIP text tower, penultimate layer),
-    a local diffusers Stable Diffusion 2.x folder (text_encoder/ + tokenizer/), or a Hub repo id of one
-    (huggingface_hub's local cache; honours HF_HUB_OFFLINE). `key` names the config key in errors."""
-    from dreamdist3d.text import ClipTokenizer, TextEncoder
-
-    if not path:
-        raise ConfigError(f"{key} is not set: give the MVDream checkpoint (or SD 2.1 diffusers folder) the distribution was learned against")
-    p = Path(str(path)).expanduser()
-    if p.is_dir():
-        tok = ClipTokenizer.from_folder(p) if (p / "tokenizer").is_dir() else ClipTokenizer.default()
-        return TextEncoder.from_diffusers(p, device=device), tok
-    if p.is_file():
-        from dreamdist3d.backbones.mvdream import INERT_KEYS, TEXT_PREFIX, read_checkpoint
-
-        sd, config = read_checkpoint(p, key)
-        text_sd = {k: v.float() for k, v in sd.items() if k.startswith(TEXT_PREFIX) and k not in INERT_KEYS}
-        if TEXT_PREFIX + "token_embedding.weight" not in text_sd:
-            raise ValueError(f"{key}: {p} has no OpenCLIP text tower ({TEXT_PREFIX}*): is it an MVDream checkpoint?")
-        width = int(text_sd[TEXT_PREFIX + "token_embedding.weight"].shape[1])
-        heads = int((config or {}).get("text_heads", max(1, width // 64)))
-        enc, _ = TextEncoder.from_openclip_state_dict(text_sd, prefix=TEXT_PREFIX, heads=heads, layer="penultimate")
-        return enc.to(device), ClipTokenizer.default()
-    text = str(path)
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = snapshot_download(text, allow_patterns=["text_encoder/*", "tokenizer/*"])
-        except Exception as e:
-            raise FileNotFoundError(f"{key}: {path} is neither a local file/folder nor an available Hub model ({e})") from None
-        return load_text_side(folder, key, device)
-    raise FileNotFoundError(f"{key}: {p} does not exist (an MVDream checkpoint or a diffusers SD 2.1 folder is expected)")
-
-
 @dataclass
 class PreparedPrompt:
     sample: PromptSample
@@ -447,7 +411,7 @@ class DreamDistributionPromptProcessor(BaseObject):
         if backbone is not None:
             enc, tok = backbone.text_encoder, backbone.tokenizer
         else:
-            enc, tok = load_text_side(cfg.pretrained_model_name_or_path, f"{w}.pretrained_model_name_or_path")
+            tok, enc = load_text_side(cfg.pretrained_model_name_or_path, key=f"{w}.pretrained_model_name_or_path")
         prepared = prepare_prompt(
             distribution=cfg.distribution, scale=cfg.scale, mixture=cfg.mixture, prefix=cfg.prefix, suffix=cfg.suffix,
             seed=int(cfg.seed if cfg.seed is not None else seed), view_dependent=cfg.view_dependent_prompting,

@@ -1,9 +1,9 @@
-"""Load just the text side (tokenizer + encoder) from what users have on disk."""
+"""Load just the text side (tokenizer + encoder) from what users have on disk, without the UNet or VAE."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import torch
 
@@ -14,63 +14,37 @@ OPENCLIP_PREFIX = "cond_stage_model.model."
 
 
 def load_text_side(
-    source: Union[str, Path],
+    source: Union[str, Path, None],
     device: Union[str, torch.device] = "cpu",
     dtype: torch.dtype = torch.float32,
-    heads: Optional[int] = None,
+    key: str = "--text-encoder",
 ) -> Tuple[ClipTokenizer, TextEncoder]:
-    """(tokenizer, encoder) from a diffusers SD 2.1 folder or an MVDream checkpoint (.pt / .safetensors).
+    """(tokenizer, encoder) from a local diffusers SD 2.x folder or an MVDream checkpoint (.pt / .safetensors).
 
-    For a checkpoint only the `cond_stage_model.model.*` tensors are read (memory-mapped)."""
-    source = Path(source)
-    if source.is_dir():
-        tok = ClipTokenizer.from_folder(source) if (source / "tokenizer").is_dir() or (source / "vocab.json").is_file() else ClipTokenizer.default()
-        return tok, TextEncoder.from_diffusers(source, device=device, dtype=dtype)
-    if not source.is_file():
-        raise FileNotFoundError(
-            f"text encoder source {source} not found: pass a diffusers Stable Diffusion 2.1 folder or the MVDream "
-            "checkpoint sd-v2.1-base-4view.pt"
-        )
-    state = _read_checkpoint_tensors(source, OPENCLIP_PREFIX)
-    if not state:
-        raise ValueError(f"{source} has no OpenCLIP text tower ('{OPENCLIP_PREFIX}*' keys); is it an MVDream checkpoint?")
-    if heads is None:
-        heads = _sidecar_heads(source)
-    enc, _ = TextEncoder.from_openclip_state_dict(state, prefix=OPENCLIP_PREFIX, heads=heads)
-    return ClipTokenizer.default(), enc.to(device=device, dtype=dtype)
+    For a checkpoint only its OpenCLIP text tower (`cond_stage_model.model.*`, penultimate layer) is built; tiny
+    checkpoints give their head count in their config sidecar, real ones use width // 64. `key` names the option or
+    config key in errors. Nothing is downloaded: a Hub model id is an error asking for a local path.
+    """
+    if not source:
+        raise ValueError(f"{key} is not set: give the MVDream checkpoint or SD 2.1 diffusers folder the distribution was learned against")
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        has_bpe = (path / "tokenizer" / "vocab.json").is_file() or (path / "vocab.json").is_file()
+        tok = ClipTokenizer.from_folder(path) if has_bpe else ClipTokenizer.default()
+        return tok, TextEncoder.from_diffusers(path, device=device, dtype=dtype)
+    if path.is_file():
+        from dreamdist3d.backbones.mvdream import INERT_KEYS, TEXT_PREFIX, read_checkpoint
 
-
-def _sidecar_heads(path: Path) -> Optional[int]:
-    """Tiny test checkpoints carry their text width/heads in a JSON sidecar (`<file>.json`); real ones use width//64."""
-    import json
-
-    for side in (path.with_suffix(path.suffix + ".json"), path.with_suffix(".json")):
-        if side.is_file():
-            try:
-                info = json.loads(side.read_text())
-            except json.JSONDecodeError:
-                return None
-            for key in ("text_heads", "heads"):
-                if key in info:
-                    return int(info[key])
-            text_cfg = info.get("text", info.get("text_cfg", {}))
-            if isinstance(text_cfg, dict) and "heads" in text_cfg:
-                return int(text_cfg["heads"])
-    return None
-
-
-def _read_checkpoint_tensors(path: Path, prefix: str):
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise ValueError(f"{path} cannot be read as a checkpoint with weights_only=True ({type(e).__name__}: {e})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path} is not a state-dict checkpoint")
-    return {k: v for k, v in obj.items() if k.startswith(prefix)}
+        state, config = read_checkpoint(path, key)
+        text = {k: v for k, v in state.items() if k.startswith(TEXT_PREFIX) and k not in INERT_KEYS}
+        if TEXT_PREFIX + "token_embedding.weight" not in text:
+            raise ValueError(f"{key}: {path} has no OpenCLIP text tower ({TEXT_PREFIX}*); is it an MVDream checkpoint?")
+        width = int(text[TEXT_PREFIX + "token_embedding.weight"].shape[1])
+        heads = int((config or {}).get("text_heads", max(1, width // 64)))
+        enc, _ = TextEncoder.from_openclip_state_dict({k: v.float() for k, v in text.items()}, prefix=TEXT_PREFIX, heads=heads)
+        return ClipTokenizer.default(), enc.to(device=device, dtype=dtype)
+    hint = " (it looks like a Hub model id; dreamdist3d never downloads weights)" if str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")) else ""
+    raise FileNotFoundError(
+        f"{key}: {source} does not exist{hint}: give a local MVDream checkpoint (sd-v2.1-base-4view.pt) or a "
+        "diffusers Stable Diffusion 2.1 folder"
+    )
