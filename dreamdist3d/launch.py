@@ -293,6 +293,30 @@ def _exporter_options(exporter: dict, geometry: dict) -> dict:
     return out
 
 
+def _recipe_of(config: str) -> str:
+    """The config's top-level `recipe` ("" for a threestudio-style 3D experiment)."""
+    p = Path(config)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config {config} does not exist")
+    return str(OmegaConf.load(p).get("recipe", "") or "")
+
+
+def _run_learn(args: argparse.Namespace, extras: List[str]) -> int:
+    """`recipe: learn` configs (configs/dreamdist-learn.yaml): learning a distribution, `--train` only."""
+    from dreamdist3d.learn.recipe import launch_entry
+
+    if not args.train:
+        raise ConfigError("a `recipe: learn` config only supports --train (use `dreamdist3d preview/sample` to look at the result)")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(list(extras)))
+    except Exception as e:
+        raise ConfigError(f"bad override in {list(extras)}: {e} (write key=value, e.g. steps=500)") from None
+    resume = cfg.pop("resume", None) or None
+    if args.gpu and not args.cpu and "device" not in {e.split("=", 1)[0] for e in extras} and torch.cuda.is_available():
+        cfg.device = f"cuda:{str(args.gpu).split(',')[0]}"
+    return launch_entry(cfg, resume=resume)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -300,6 +324,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if bad:
         parser.error(f"unrecognised arguments {bad}: overrides are key=value (e.g. seed=3)")
     try:
+        recipe = _recipe_of(args.config)
+        if recipe == "learn":
+            return _run_learn(args, extras)
+        if recipe:
+            raise ConfigError(f"config key 'recipe': unknown recipe {recipe!r} (known: learn; omit it for a 3D run)")
         return run(args, extras)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
         if args.verbose:
