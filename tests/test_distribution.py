@@ -1,7 +1,5 @@
 """The method's core against the official DreamDistribution numbers, plus properties and bad-input errors."""
 
-import json
-
 import pytest
 import torch
 

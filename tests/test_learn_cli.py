@@ -16,15 +16,6 @@ FAST = ["--steps", "3", "--n-prompts", "4", "--batch-size", "2", "--n-samples", 
         "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread. With 2 threads on a loaded 2-core machine each op waits on its sibling (≈20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def mvdream_ckpt(tmp_path_factory):
     from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint

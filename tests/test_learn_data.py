@@ -21,15 +21,6 @@ from dreamdist3d.learn.data import (
 DATA = Path(__file__).parent / "data" / "cathedral_small"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread. With 2 threads on a loaded 2-core machine each op waits on its sibling (≈20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _halves(path, size=(16, 8), fmt="PNG", **save):
     """left half red, right half blue."""
     arr = np.zeros((size[1], size[0], 3), dtype=np.uint8)

@@ -11,15 +11,6 @@ from dreamdist3d.text import ClipTokenizer, TextEncoder
 PREFIX = {"v_prediction": "v", "epsilon": "eps"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread. With 2 threads on a loaded 2-core machine each op waits on its sibling (≈20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def official():
     from diffusers import UNet2DConditionModel

@@ -20,15 +20,6 @@ DATA = REPO / "tests" / "data" / "cathedral_small"
 TOY = "dreamdist3d.learn.tiny:tiny_toy_backbone"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread. With 2 threads on a loaded 2-core machine each op waits on its sibling (≈20× slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small(tmp_path, **kw) -> LearnConfig:
     base = dict(images=str(DATA), backbone=TOY, n_prompts=8, batch_size=2, n_samples=2, steps=6, checkpoint_every=2,
                 preview_every=0, out_dir=str(tmp_path), progress=False)

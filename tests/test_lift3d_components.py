@@ -25,16 +25,6 @@ MV_DATA = {  # mvdream-sd21.yaml's data section
 }
 SMALL_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10, "base_resolution": 4, "per_level_scale": 2.0}
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to an oversubscribed CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 # ---------------------------------------------------------------------------------------------- schedules
 def test_scheduled_values_follow_threestudio_C():
     sched = [0, 0.98, 0.02, 8000]

@@ -16,16 +16,6 @@ from dreamdist3d.lift3d.guidance import MultiviewDiffusionGuidance
 from dreamdist3d.lift3d.prompt_processor import SAMPLE_FILE, DreamDistributionPromptProcessor, PromptSample
 from dreamdist3d.lift3d.testing import write_tiny_assets
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to an oversubscribed CI machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 class ToyMVUNet(nn.Module):
     """Depends on x, t, context, camera, and mixes the views of each group (like MVDream's 3D self-attention)."""
 

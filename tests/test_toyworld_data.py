@@ -26,14 +26,6 @@ from dreamdist3d.toyworld.refsets import REFSETS, held_out_refsets
 from dreamdist3d.toyworld.render import CAMERA_DISTANCE, FOVY_DEG, render, render_specs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------------------- labels
 def test_labels_and_captions_match_attributes():
     specs = sample_objects(200, seed=1)
