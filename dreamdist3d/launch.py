@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="path to a config YAML")
     p.add_argument("--gpu", default="0", help="GPU id(s), e.g. 0 or 0,1 (CUDA_VISIBLE_DEVICES unless already set); "
                    "ignored without CUDA")
-    group = p.add_mutually_exclusive_group(required=True)
+    group = p.add_mutually_exclusive_group(required=False)  # required, except for `recipe: toy-demo` (see main)
     group.add_argument("--train", action="store_true")
     group.add_argument("--validate", action="store_true")
     group.add_argument("--test", action="store_true")
@@ -317,6 +317,15 @@ def _run_learn(args: argparse.Namespace, extras: List[str]) -> int:
     return launch_entry(cfg, resume=resume)
 
 
+def _run_toy_demo(args: argparse.Namespace, extras: List[str]) -> int:
+    """`recipe: toy-demo` (configs/toy/dreamdist-toy.yaml): the toy-world demo, end to end (--train or no mode flag)."""
+    from dreamdist3d.toyworld.demo import launch_entry
+
+    if args.validate or args.test or args.export:
+        raise ConfigError("a `recipe: toy-demo` config runs the whole demo: use --train (or no mode flag)")
+    return launch_entry(args.config, extras)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -325,10 +334,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognised arguments {bad}: overrides are key=value (e.g. seed=3)")
     try:
         recipe = _recipe_of(args.config)
+        if recipe != "toy-demo" and not (args.train or args.validate or args.test or args.export):
+            parser.error("one of the arguments --train --validate --test --export is required")
         if recipe == "learn":
             return _run_learn(args, extras)
+        if recipe == "toy-demo":
+            return _run_toy_demo(args, extras)
         if recipe:
-            raise ConfigError(f"config key 'recipe': unknown recipe {recipe!r} (known: learn; omit it for a 3D run)")
+            raise ConfigError(f"config key 'recipe': unknown recipe {recipe!r} (known: learn, toy-demo; omit it for a 3D run)")
         return run(args, extras)
     except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
         if args.verbose:

@@ -108,9 +108,37 @@ def _sample_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_arguments(p: argparse.ArgumentParser) -> None:
+    from dreamdist3d.toyworld.demo import add_arguments
+
+    add_arguments(p)
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from dreamdist3d.toyworld.demo import cli_run
+
+    return cli_run(args)
+
+
+def _eval_arguments(p: argparse.ArgumentParser) -> None:
+    from dreamdist3d.toyworld.evaluate import add_arguments
+
+    add_arguments(p)
+
+
+def _eval_run(args: argparse.Namespace) -> int:
+    from dreamdist3d.toyworld.evaluate import cli_run
+
+    return cli_run(args)
+
+
 SUBCOMMANDS: Dict[str, Subcommand] = {
     "train": Subcommand("train the toy backbone from scratch (≈18 min on 2 CPU cores)", _train_arguments, _train_run),
     "sample": Subcommand("generate images of captions with the toy backbone", _sample_arguments, _sample_run),
+    "demo": Subcommand("the whole method end to end: reference set -> distribution -> 2D/4-view samples -> N 3D runs, "
+                       "meshes, turntables and a gallery (minutes on a CPU)", _demo_arguments, _demo_run),
+    "eval": Subcommand("evaluate K=32 vs K=1 vs a caption on toy reference sets (in-distribution rate, coverage, "
+                       "density, diversity)", _eval_arguments, _eval_run),
 }
 
 

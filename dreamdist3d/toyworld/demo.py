@@ -1,0 +1,438 @@
+"""The toy-world demo: the whole method end to end on a CPU in minutes.
+
+`python launch.py --config configs/toy/dreamdist-toy.yaml` and `dreamdist3d toyworld demo` run `run_demo`:
+
+1. render a toy reference set (`REFSETS`, 8-16 single front views) to PNGs (`reference/`, `reference.png`);
+2. learn a prompt distribution from them with the learning recipe (`dreamdist3d.learn.recipe.learn`, K=32, n_ctx 4,
+   the official optimiser settings, few steps) against the toy backbone (`learn/…/distribution.safetensors`);
+3. draw fresh prompt samples from it and write 2D samples (`samples-2d.png`) and 4-view previews
+   (`previews-4view.png`) with the toy DDIM sampler;
+4. N text-to-3D runs (seeds 0..N-1, one prompt sample each) through the real lift3d system
+   (`configs/toy/toy-3d.yaml`: SDS in pixel space, 32 px renders), each exported to GLB/OBJ/PLY with a 120-frame
+   turntable MP4 (`3d/runs/seed<i>/`);
+5. a gallery (`3d/gallery.png`, `3d/gallery.html`) and `summary.json` listing every file with wall and CPU times.
+
+Everything shares one loaded toy backbone (one process; on 2 cores two torch processes at once run many times
+slower). `DemoConfig` is strict: unknown keys are errors naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from dreamdist3d.config import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_3D_CONFIG = "configs/toy/toy-3d.yaml"
+
+
+# ----------------------------------------------------------------------------------------------------- config
+@dataclass
+class DemoConfig:
+    """Every knob of the demo (launch.py key=value overrides and the CLI flags map onto these)."""
+
+    recipe: str = "toy-demo"
+    refset: str = "warm-cones-cylinders"  # a name in dreamdist3d.toyworld.refsets.REFSETS
+    out: str = "outputs/toyworld/demo"  # output folder (created; files of a previous run are overwritten)
+    weights: str = ""  # toy backbone weights; "" = the shipped ones
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    device: str = "cpu"
+    progress: bool = True
+    # learning (the official recipe's settings, few steps)
+    n_prompts: int = 32  # K
+    n_ctx: int = 4
+    steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 4
+    n_samples: int = 4
+    prefix: str = ""
+    # 2D samples and 4-view previews from the learned distribution
+    n_2d: int = 16
+    n_4view: int = 4
+    sample_steps: int = 25  # DDIM steps
+    guidance: float = 7.0  # classifier-free guidance scale of the toy sampler
+    scale: float = 1.0  # γ: spread of the prompt samples
+    # 3D
+    n_3d: int = 4  # runs with seeds seed..seed+n_3d-1
+    config_3d: str = DEFAULT_3D_CONFIG
+    steps_3d: int = 300
+    overrides_3d: List[str] = field(default_factory=list)  # extra key=value for every 3D run
+    formats: str = "glb,obj,ply"
+    texture: bool = False  # False: vertex colours (fast); True: baked UV texture
+    texture_size: int = 256
+    isosurface_resolution: int = 64
+    gallery_frames: int = 6
+
+
+def fast_config(cfg: DemoConfig) -> DemoConfig:
+    """The ~2-minute smoke version: few learning/SDS steps, fewer samples (same files)."""
+    return DemoConfig(**{**asdict(cfg), "steps": 40, "n_2d": 8, "n_4view": 2, "sample_steps": 10, "steps_3d": 40,
+                         "n_3d": min(cfg.n_3d, 2), "isosurface_resolution": 32})
+
+
+def check_config(cfg: DemoConfig) -> DemoConfig:
+    from dreamdist3d.toyworld.refsets import REFSETS
+
+    def bad(key, msg):
+        return ConfigError(f"config key '{key}': {msg}")
+
+    if cfg.recipe != "toy-demo":
+        raise bad("recipe", f"must be 'toy-demo', got {cfg.recipe!r}")
+    if cfg.refset not in REFSETS:
+        raise bad("refset", f"unknown reference set {cfg.refset!r}; known: {sorted(REFSETS)}")
+    for k in ("n_prompts", "n_ctx", "steps", "batch_size", "n_samples", "sample_steps", "steps_3d"):
+        if getattr(cfg, k) < 1:
+            raise bad(k, f"must be ≥ 1, got {getattr(cfg, k)}")
+    for k in ("n_2d", "n_4view", "n_3d"):
+        if getattr(cfg, k) < 0:
+            raise bad(k, f"must be ≥ 0, got {getattr(cfg, k)}")
+    bad_over = [o for o in cfg.overrides_3d if "=" not in o]
+    if bad_over:
+        raise bad("overrides_3d", f"entries must be key=value, got {bad_over}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------- pieces
+def resolve_path(path: str) -> Path:
+    """A repository file given relative to the working directory, or else to the repository root."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    alt = REPO_ROOT / path
+    return alt if alt.is_file() else p
+
+
+def load_backbone(weights: str = "", device: str = "cpu"):
+    from dreamdist3d.toyworld.backbone import load_toy_backbone
+
+    return load_toy_backbone(weights or None, device=device)
+
+
+def to_uint8(images: torch.Tensor):
+    """(..., 3, H, W) in [0,1] -> numpy uint8 (..., H, W, 3)."""
+    return (images.clamp(0, 1) * 255).round().byte().movedim(-3, -1).numpy()
+
+
+def save_grid(path: Path, images: torch.Tensor, upscale: int = 4, pad: int = 2) -> Path:
+    """images (rows, cols, 3, H, W) in [0,1] -> one PNG grid (white gaps), nearest-upscaled."""
+    import numpy as np
+    from PIL import Image
+
+    from dreamdist3d.io import atomic_path
+
+    rows, cols, _, h, w = images.shape
+    arr = to_uint8(images)
+    H, W = rows * (h + pad) + pad, cols * (w + pad) + pad
+    canvas = np.full((H, W, 3), 255, np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            canvas[y:y + h, x:x + w] = arr[r, c]
+    img = Image.fromarray(canvas).resize((W * upscale, H * upscale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
+
+
+def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, List[Path]]:
+    """Render a reference set's single front views to `folder/NN.png`; returns (images (n,3,32,32), paths)."""
+    from PIL import Image
+
+    from dreamdist3d.toyworld.refsets import get_refset
+
+    rs = get_refset(refset_name)
+    out, _ = rs.render(num_views=1)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):  # a previous run's set (possibly larger) must not leak into this one
+        old.unlink()
+    paths = []
+    for i, im in enumerate(to_uint8(out.image)):
+        p = folder / f"{i:02d}.png"
+        Image.fromarray(im).save(p)
+        paths.append(p)
+    return out.image, paths
+
+
+def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_prompts: int = 32, n_ctx: int = 4,
+                       steps: int = 300, lr: float = 1e-3, batch_size: int = 4, n_samples: int = 4, seed: int = 0,
+                       prefix: str = "", progress: bool = True, device: str = "cpu"):
+    """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult."""
+    from dreamdist3d.learn.recipe import LearnConfig, learn
+
+    cfg = LearnConfig(
+        name=name, images=str(images_dir), mode="2d", backbone="dreamdist3d.toyworld.backbone:load_toy_backbone",
+        flip=False, n_ctx=n_ctx, n_prompts=n_prompts, prefix=prefix, n_samples=n_samples, batch_size=batch_size,
+        steps=steps, lr=lr, seed=seed, device=device, checkpoint_every=steps, keep_checkpoints=1, preview_every=0,
+        out_dir=str(out_dir), progress=progress,
+    )
+    return learn(cfg, backbone=backbone)
+
+
+@torch.no_grad()
+def prompt_samples(backbone, distribution_path: Path, n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """n fresh prompt samples (n,77,D) = mean + γ·ε·std of the learned distribution (ε from a CPU generator)."""
+    from dreamdist3d.distribution import PromptDistribution
+
+    dist = PromptDistribution.load(distribution_path)
+    gauss = dist.learner(backbone.text_encoder, backbone.tokenizer, source=str(distribution_path)).fit()
+    return gauss.sample(n, scale=scale, generator=torch.Generator().manual_seed(int(seed))).float()
+
+
+@torch.no_grad()
+def sample_images(backbone, context: torch.Tensor, num_frames: int, seed: int, steps: int = 25, guidance: float = 7.0,
+                  progress: bool = False, desc: str = "sampling", chunk: int = 8) -> torch.Tensor:
+    """Toy DDIM samples of conditioning `context` (n,77,D) -> (n, F, 3, 32, 32) in [0,1]; chunks for a progress bar
+    (each chunk's initial noise comes from its own seed: seed·100003 + index of its first sample)."""
+    from tqdm.auto import tqdm
+
+    from dreamdist3d.toyworld.backbone import sample_toy
+
+    uncond = backbone.encode_text([""])
+    outs = []
+    n = context.shape[0]
+    for start in tqdm(range(0, n, chunk), desc=desc, disable=not progress, unit="batch"):
+        ctx = context[start:start + chunk]
+        outs.append(sample_toy(backbone, ctx, uncond, steps=steps, cfg=guidance, num_frames=num_frames,
+                               seed=seed * 100003 + start, max_batch=ctx.shape[0]))
+    return torch.cat(outs)
+
+
+def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = DEFAULT_3D_CONFIG, steps: int = 300,
+              overrides: Sequence[str] = (), progress: bool = True, device: str = "cpu") -> Path:
+    """One text-to-3D run of the toy backbone with the prompt sample of `seed`: folder `out/runs/seed<seed>/`."""
+    from dreamdist3d.launch import build_parser, run
+
+    largs = [
+        "--config", str(resolve_path(config)), "--train", *(["--cpu"] if str(device) == "cpu" else []),
+        f"system.prompt_processor.distribution={distribution}", f"seed={seed}", f"exp_root_dir={out}", "name=runs",
+        f"tag=seed{seed}", "use_timestamp=false", f"trainer.max_steps={steps}",
+        f"trainer.enable_progress_bar={str(bool(progress)).lower()}", *overrides,
+    ]
+    parsed, extras = build_parser().parse_known_args(largs)
+    rc = run(parsed, extras, backbone=backbone)
+    if rc != 0:
+        raise RuntimeError(f"3D run seed {seed} failed (launch.py returned {rc})")
+    return Path(out) / "runs" / f"seed{seed}"
+
+
+def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = False, texture_size: int = 256,
+               isosurface_resolution: int = 64) -> Dict[str, Path]:
+    """Mesh files of a finished run (`<run>/export/model.{glb,obj,ply,…}`)."""
+    from dreamdist3d.export import export_field
+    from dreamdist3d.lift3d.system import load_run_field
+
+    fld = load_run_field(run_dir)
+    res = export_field(fld, Path(run_dir) / "export", formats=formats, isosurface_resolution=isosurface_resolution,
+                       isosurface_threshold=fld.isosurface_threshold, texture=texture, texture_size=texture_size)
+    return dict(res.files)
+
+
+# ----------------------------------------------------------------------------------------------------- the demo
+class _Clock:
+    """Wall and process CPU seconds per stage (CPU time counts every thread of this process)."""
+
+    def __init__(self) -> None:
+        self.stages: Dict[str, Dict[str, float]] = {}
+        self._w0, self._c0 = time.perf_counter(), time.process_time()
+
+    def stage(self, name: str):
+        clock = self
+
+        class _S:
+            def __enter__(self):
+                self.w, self.c = time.perf_counter(), time.process_time()
+
+            def __exit__(self, *exc):
+                clock.stages[name] = {"wall_s": round(time.perf_counter() - self.w, 2),
+                                      "cpu_s": round(time.process_time() - self.c, 2)}
+                return False
+
+        return _S()
+
+    def total(self) -> Dict[str, float]:
+        return {"wall_s": round(time.perf_counter() - self._w0, 2), "cpu_s": round(time.process_time() - self._c0, 2)}
+
+
+def _log(msg: str) -> None:
+    print(f"[toy-demo] {msg}", file=sys.stderr, flush=True)
+
+
+def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
+    """Run the demo (see the module docstring); returns the summary (also written to `<out>/summary.json`)."""
+    from dreamdist3d.commands.gallery import build_gallery, find_turntable
+    from dreamdist3d.toyworld.refsets import get_refset
+
+    cfg = check_config(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = _Clock()
+    files: Dict[str, Any] = {}
+    rs = get_refset(cfg.refset)
+
+    with clock.stage("load_backbone"):
+        if backbone is None:
+            backbone = load_backbone(cfg.weights, cfg.device)
+    with clock.stage("references"):
+        ref_images, ref_paths = render_references(cfg.refset, out / "reference")
+        files["reference_images"] = ref_paths
+        files["reference_grid"] = save_grid(out / "reference.png", ref_images[None])
+    _log(f"reference set '{rs.name}' ({rs.description}): {len(ref_paths)} images in {out / 'reference'}")
+
+    with clock.stage("learn"):
+        res = learn_distribution(backbone, out / "reference", out / "learn", name=rs.name, n_prompts=cfg.n_prompts,
+                                 n_ctx=cfg.n_ctx, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                                 n_samples=cfg.n_samples, seed=cfg.seed, prefix=cfg.prefix, progress=cfg.progress,
+                                 device=cfg.device)
+    dist_path = out / "distribution.safetensors"
+    dist_path.write_bytes(Path(res.distribution).read_bytes())
+    files["distribution"] = dist_path
+    files["learn_run"] = res.run_dir
+    loss = res.history.get("loss", [])
+    _log(f"learned K={cfg.n_prompts} prompts in {cfg.steps} steps (loss {_mean(loss[:20]):.4f} -> {_mean(loss[-20:]):.4f})")
+
+    with clock.stage("samples_2d"):
+        if cfg.n_2d:
+            ctx = prompt_samples(backbone, dist_path, cfg.n_2d, seed=cfg.seed + 1000, scale=cfg.scale)
+            imgs = sample_images(backbone, ctx, 1, seed=cfg.seed, steps=cfg.sample_steps, guidance=cfg.guidance,
+                                 progress=cfg.progress, desc="2D samples")
+            cols = 8 if cfg.n_2d >= 8 else cfg.n_2d
+            rows = (cfg.n_2d + cols - 1) // cols
+            flat = torch.cat([imgs[:, 0], torch.ones(rows * cols - cfg.n_2d, *imgs.shape[2:])])
+            files["samples_2d"] = save_grid(out / "samples-2d.png", flat.reshape(rows, cols, *imgs.shape[2:]))
+    with clock.stage("previews_4view"):
+        if cfg.n_4view:
+            ctx = prompt_samples(backbone, dist_path, cfg.n_4view, seed=cfg.seed + 2000, scale=cfg.scale)
+            imgs = sample_images(backbone, ctx, 4, seed=cfg.seed + 1, steps=cfg.sample_steps, guidance=cfg.guidance,
+                                 progress=cfg.progress, desc="4-view previews", chunk=4)
+            files["previews_4view"] = save_grid(out / "previews-4view.png", imgs)
+
+    runs: List[Dict[str, Any]] = []
+    seeds = list(range(cfg.seed, cfg.seed + cfg.n_3d))
+    for s in seeds:
+        _log(f"3D run {s - cfg.seed + 1}/{cfg.n_3d} (seed {s}, {cfg.steps_3d} SDS steps)")
+        with clock.stage(f"3d_seed{s}"):
+            run_dir = launch_3d(backbone, dist_path.resolve(), out / "3d", s, cfg.config_3d, cfg.steps_3d,
+                                cfg.overrides_3d, progress=cfg.progress, device=cfg.device)
+        with clock.stage(f"export_seed{s}"):
+            exported = export_run(run_dir, cfg.formats, cfg.texture, cfg.texture_size, cfg.isosurface_resolution)
+        tt = find_turntable(run_dir)
+        runs.append({"seed": s, "run_dir": run_dir, "turntable": tt["video"] if tt else None,
+                     "prompt_sample": run_dir / "prompt_sample.safetensors", "mesh": exported})
+    if seeds:
+        with clock.stage("gallery"):
+            gal = build_gallery(out / "3d", seeds, cfg.gallery_frames,
+                                title=f"toy world: {rs.name} — {len(seeds)} objects from one learned distribution")
+        files["gallery_png"], files["gallery_html"] = gal["png"], gal["html"]
+    files["runs_3d"] = runs
+
+    summary = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+        "config": asdict(cfg),
+        "refset": {"name": rs.name, "description": rs.description, "n": rs.n, "held_out": rs.held_out},
+        "backbone": {"source": str(backbone.source), "name": backbone.name},
+        "learn": {"steps": int(res.step), "loss_first20": _mean(loss[:20]), "loss_last20": _mean(loss[-20:])},
+        "torch_threads": torch.get_num_threads(),
+        "times": {"stages": clock.stages, "total": clock.total()},
+        "files": _jsonable(files),
+    }
+    summary["all_files"] = sorted(str(p) for p in out.rglob("*") if p.is_file())
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    t = summary["times"]["total"]
+    _log(f"done in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU: {out / 'summary.json'}"
+         + (f", gallery {files.get('gallery_html')}" if seeds else ""))
+    return summary
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------------- entry points
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = DemoConfig()
+    p.add_argument("--refset", default=d.refset, help=f"reference set (default {d.refset}; see dreamdist3d.toyworld.refsets)")
+    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
+    p.add_argument("--n-3d", type=int, default=d.n_3d, help=f"3D runs (seeds 0..N-1, default {d.n_3d})")
+    p.add_argument("--steps", type=int, default=None, help=f"learning steps (default {d.steps})")
+    p.add_argument("--steps-3d", type=int, default=None, help=f"SDS steps per 3D run (default {d.steps_3d})")
+    p.add_argument("--weights", default="", help="toy backbone weights (default: the shipped ones)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--fast", action="store_true", help="~2-minute smoke version (few steps, fewer samples)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("overrides", nargs="*", help="DemoConfig key=value overrides (e.g. n_prompts=8 guidance=5)")
+
+
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    from omegaconf import OmegaConf
+
+    from dreamdist3d.config import parse_structured
+
+    base = {"refset": args.refset, "out": args.out, "n_3d": args.n_3d, "weights": args.weights, "seed": args.seed,
+            "threads": args.threads, "progress": not args.quiet}
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must be key=value, got {bad}")
+    cfg = parse_structured(DemoConfig, OmegaConf.merge(base, OmegaConf.from_dotlist(list(args.overrides))), where="")
+    if args.fast:
+        cfg = fast_config(cfg)
+    if args.steps is not None:
+        cfg.steps = int(args.steps)
+    if args.steps_3d is not None:
+        cfg.steps_3d = int(args.steps_3d)
+    return cfg
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    run_demo(cfg)
+    return 0
+
+
+def launch_entry(config_path: str, extras: Sequence[str]) -> int:
+    """`python launch.py --config configs/toy/dreamdist-toy.yaml [--train] [key=value ...]` (recipe: toy-demo).
+    `fast: true` in the config or on the command line selects the smoke version."""
+    from omegaconf import OmegaConf
+
+    from dreamdist3d.config import parse_structured
+
+    try:
+        raw = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(list(extras)))
+    except Exception as e:
+        raise ConfigError(f"bad override in {list(extras)}: {e} (write key=value, e.g. steps=200)") from None
+    fast = bool(raw.pop("fast", False))
+    cfg = parse_structured(DemoConfig, raw, where="")
+    if fast:
+        cfg = fast_config(cfg)
+    run_demo(cfg)
+    return 0
+
+
+__all__ = ["DemoConfig", "fast_config", "run_demo", "render_references", "learn_distribution", "prompt_samples",
+           "sample_images", "launch_3d", "export_run", "save_grid", "load_backbone"]

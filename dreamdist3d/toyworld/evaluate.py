@@ -1,0 +1,331 @@
+"""The toy-world evaluator: does a learned prompt distribution cover a reference set's variety better than a single
+learned prompt, while staying in distribution? (`dreamdist3d toyworld eval`)
+
+For each reference set (`REFSETS`), with the toy backbone:
+- **K=32**: a DreamDistribution prompt distribution (K=32 prompts, n_ctx 4, the learning recipe), N fresh prompt
+  samples `mean + ε·std`;
+- **K=1**: a single learned prompt (K=1: std 0, i.e. textual-inversion-like), same steps and settings, N samples that
+  differ only by the diffusion noise;
+- **caption**: the plain caption baseline, N samples of one caption — the reference object nearest to the set's mean
+  attribute feature (its "medoid caption": the best single caption naming part of the set);
+- **reference**: the reference renders themselves read back: the reader's own reject and in-distribution rates on
+  clean renders (its coverage and precision are 1 by construction: each point lies in its own k-NN ball).
+All generated samples are single front views (2D mode, DDIM 25 steps, CFG 7, the same seeds for every method).
+
+Each image is read by the `AttributeReader` (reject for out-of-world images) and scored:
+- `reject`: fraction of images the reader rejects;
+- `in_dist`: fraction of ALL images that are accepted and inside the reference set's attribute support
+  (`AttributeSupport.contains`); `in_dist_acc`: the same among accepted images;
+- `coverage`, `density`, `precision`, `recall` (Naeem et al. 2020, k=5) on attribute features (`Reading.feature`),
+  real = the reference renders read by the same reader, fake = the accepted samples;
+- `diversity`: mean pairwise L2 distance between attribute features of accepted samples; `pix_div`: mean pairwise
+  RMS pixel distance over all samples.
+
+Writes `<out>/report.json`, `<out>/report.md` (the table) and `<out>/sheet-<refset>.png` (every image beside the
+scores, bordered green = in distribution, orange = accepted but outside, red = rejected).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+METHODS = ("K=32", "K=1", "caption")
+METRICS = ("n", "reject", "in_dist", "in_dist_acc", "coverage", "density", "precision", "recall", "diversity", "pix_div")
+DEFAULT_READER = "outputs/toyworld/attribute-reader.safetensors"
+
+
+@dataclass
+class EvalConfig:
+    refsets: List[str] = field(default_factory=lambda: ["warm-cones-cylinders", "large-tall-greens"])
+    out: str = "outputs/toyworld/eval"
+    weights: str = ""  # toy backbone weights; "" = the shipped ones
+    reader: str = DEFAULT_READER  # attribute reader file: loaded if present, else fitted (~15-30 s) and saved there
+    reader_train: int = 4000  # renders to fit the reader on when it is fitted
+    n: int = 32  # generated samples per method
+    n_prompts: int = 32  # K of the distribution
+    n_ctx: int = 4
+    steps: int = 300  # learning steps (both K=32 and K=1)
+    lr: float = 1e-3
+    batch_size: int = 4
+    n_samples: int = 4
+    sample_steps: int = 25
+    guidance: float = 7.0
+    scale: float = 1.0
+    k: int = 5  # k of the k-NN balls of coverage/density
+    seed: int = 0
+    progress: bool = True
+
+
+# ----------------------------------------------------------------------------------------------------- metrics
+def pairwise_mean_distance(x: torch.Tensor) -> float:
+    """Mean L2 distance over distinct pairs of rows of x (M, D); nan when M < 2."""
+    m = x.shape[0]
+    if m < 2:
+        return float("nan")
+    d = torch.cdist(x.double(), x.double())
+    return float(d.sum() / (m * (m - 1)))
+
+
+def score_readings(readings: Sequence[Any], support: Any, real_feats: torch.Tensor, images: Optional[torch.Tensor] = None,
+                   k: int = 5) -> Dict[str, float]:
+    """The metrics of one method (see the module docstring). readings: one `Reading` per image; support: an
+    `AttributeSupport`; real_feats (R, D): attribute features of the reference set; images (N,3,H,W) for pix_div."""
+    from dreamdist3d.toyworld.attributes import precision_recall_density_coverage
+
+    n = len(readings)
+    if n == 0:
+        raise ValueError("score_readings needs at least one reading")
+    ok = [r for r in readings if r.ok]
+    inside = [r for r in ok if support.contains(r.labels())]
+    feats = torch.stack([r.feature for r in ok]) if ok else torch.zeros(0, real_feats.shape[1])
+    prdc = precision_recall_density_coverage(real_feats, feats, k=k)
+    pix = float("nan")
+    if images is not None and images.shape[0] >= 2:
+        flat = images.reshape(images.shape[0], -1).double()
+        pix = pairwise_mean_distance(flat) / math.sqrt(flat.shape[1])
+    return {
+        "n": n,
+        "reject": 1.0 - len(ok) / n,
+        "in_dist": len(inside) / n,
+        "in_dist_acc": len(inside) / len(ok) if ok else float("nan"),
+        "coverage": prdc["coverage"],
+        "density": prdc["density"],
+        "precision": prdc["precision"],
+        "recall": prdc["recall"],
+        "diversity": pairwise_mean_distance(feats),
+        "pix_div": pix,
+    }
+
+
+def format_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """Markdown table: one row per (refset, method)."""
+    cols = ("refset", "method", *METRICS)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, "")
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def medoid_caption(refset) -> str:
+    """Caption of the reference object nearest (L2 on exact attribute features) to the set's mean feature."""
+    from dreamdist3d.toyworld.attributes import spec_feature
+
+    specs = refset.specs()
+    feats = torch.stack([spec_feature(s) for s in specs])
+    i = int((feats - feats.mean(0)).norm(dim=1).argmin())
+    return specs[i].caption()
+
+
+# ----------------------------------------------------------------------------------------------------- reader
+def get_reader(path: str, n_train: int = 4000, seed: int = 0):
+    """The attribute reader at `path`, fitted and saved there when missing."""
+    from dreamdist3d.toyworld.attributes import AttributeReader
+
+    p = Path(path)
+    if p.is_file():
+        return AttributeReader.load(p)
+    print(f"[toy-eval] fitting the attribute reader on {n_train} renders (saved to {p})", file=sys.stderr, flush=True)
+    reader = AttributeReader.fit(n_train=n_train, seed=seed)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    reader.save(p)
+    return reader
+
+
+# ----------------------------------------------------------------------------------------------------- sheet
+def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) -> Path:
+    """PNG: one row per method, its images bordered by verdict, the scores written at the left."""
+    from PIL import Image, ImageDraw
+
+    from dreamdist3d.toyworld.demo import to_uint8
+
+    colours = {"in": (40, 170, 60), "out": (240, 150, 20), "reject": (210, 30, 30)}
+    label_w, b = 260, 2
+    h = 32 * upscale + 2 * b
+    max_n = max(len(bl["images"]) for bl in blocks)
+    cols = min(max_n, 16)
+    rows_per = [max(1, math.ceil(len(bl["images"]) / cols)) for bl in blocks]
+    H = sum(r * (h + 2) for r in rows_per) + 4 * len(blocks)
+    W = label_w + cols * (h + 2)
+    canvas = Image.new("RGB", (W, H), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for bl, nrows in zip(blocks, rows_per):
+        s = bl["scores"]
+        text = (f"{bl['name']}\nreject {s['reject']:.2f}  in-dist {s['in_dist']:.2f}\n"
+                f"coverage {s['coverage']:.2f}  density {s['density']:.2f}\ndiversity {s['diversity']:.2f}")
+        draw.multiline_text((4, y + 2), text, fill=(0, 0, 0))
+        arr = to_uint8(bl["images"])
+        for i, (im, verdict) in enumerate(zip(arr, bl["verdicts"])):
+            r, c = divmod(i, cols)
+            tile = Image.fromarray(im).resize((32 * upscale, 32 * upscale), Image.NEAREST)
+            x0, y0 = label_w + c * (h + 2), y + r * (h + 2)
+            draw.rectangle([x0, y0, x0 + h - 1, y0 + h - 1], fill=colours[verdict])
+            canvas.paste(tile, (x0 + b, y0 + b))
+        y += nrows * (h + 2) + 4
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def verdicts(readings, support) -> List[str]:
+    return ["reject" if not r.ok else ("in" if support.contains(r.labels()) else "out") for r in readings]
+
+
+# ----------------------------------------------------------------------------------------------------- evaluation
+def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> Dict[str, Any]:
+    """All methods on one reference set -> {"rows": [...], "sheet": path, "captions": ..., "times": ...}."""
+    from dreamdist3d.toyworld.demo import learn_distribution, prompt_samples, render_references, sample_images
+    from dreamdist3d.toyworld.refsets import get_refset
+
+    rs = get_refset(name)
+    support = rs.support
+    folder = out / name
+    ref_images, _ = render_references(name, folder / "reference")
+    ref_read = reader.read(ref_images)
+    real = reader.features(ref_read)
+    if real.shape[0] <= cfg.k:
+        raise RuntimeError(f"the reader accepted only {real.shape[0]} of {len(ref_read)} reference renders of {name}; "
+                           f"coverage needs more than k={cfg.k}")
+    times: Dict[str, float] = {}
+    samples: Dict[str, torch.Tensor] = {}
+    dists: Dict[str, str] = {}
+    for method, K in (("K=32", cfg.n_prompts), ("K=1", 1)):
+        t0 = time.perf_counter()
+        res = learn_distribution(backbone, folder / "reference", folder / "learn", name=f"{name}-K{K}", n_prompts=K,
+                                 n_ctx=cfg.n_ctx, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
+                                 n_samples=cfg.n_samples, seed=cfg.seed, progress=cfg.progress)
+        dists[method] = str(res.distribution)
+        ctx = prompt_samples(backbone, res.distribution, cfg.n, seed=cfg.seed + 1000, scale=cfg.scale)
+        samples[method] = sample_images(backbone, ctx, 1, seed=cfg.seed, steps=cfg.sample_steps, guidance=cfg.guidance,
+                                        progress=cfg.progress, desc=f"{name} {method}")[:, 0]
+        times[method] = round(time.perf_counter() - t0, 1)
+    caption = medoid_caption(rs)
+    t0 = time.perf_counter()
+    ctx = backbone.encode_text([caption]).expand(cfg.n, -1, -1)
+    samples["caption"] = sample_images(backbone, ctx, 1, seed=cfg.seed, steps=cfg.sample_steps, guidance=cfg.guidance,
+                                       progress=cfg.progress, desc=f"{name} caption")[:, 0]
+    times["caption"] = round(time.perf_counter() - t0, 1)
+
+    rows, blocks = [], []
+    ref_scores = score_readings(ref_read, support, real, ref_images, k=cfg.k)
+    rows.append({"refset": name, "method": "reference", **ref_scores})
+    blocks.append({"name": f"reference ({len(ref_read)})", "images": ref_images, "scores": ref_scores,
+                   "verdicts": verdicts(ref_read, support)})
+    for method in METHODS:
+        imgs = samples[method]
+        readings = reader.read(imgs)
+        s = score_readings(readings, support, real, imgs, k=cfg.k)
+        rows.append({"refset": name, "method": method, **s})
+        label = method if method != "caption" else f'caption "{caption}"'
+        blocks.append({"name": label, "images": imgs, "scores": s, "verdicts": verdicts(readings, support)})
+        rejects: Dict[str, int] = {}
+        for r in readings:
+            if not r.ok:
+                key = (r.reason or "?").split(":")[0].split("(")[0].strip()
+                rejects[key] = rejects.get(key, 0) + 1
+        rows[-1]["reject_reasons"] = rejects
+    sheet = write_sheet(out / f"sheet-{name}.png", blocks)
+    return {"rows": rows, "sheet": str(sheet), "caption": caption, "distributions": dists, "times_s": times,
+            "description": rs.description, "held_out": rs.held_out}
+
+
+def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
+    """Run the evaluation for every reference set of `cfg`; writes report.json / report.md / sheets."""
+    from dreamdist3d.toyworld.demo import load_backbone
+
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = backbone or load_backbone(cfg.weights)
+    reader = reader or get_reader(cfg.reader, cfg.reader_train, cfg.seed)
+    per_set = {name: evaluate_refset(cfg, backbone, reader, name, out) for name in cfg.refsets}
+    rows = [r for v in per_set.values() for r in v["rows"]]
+    table = format_table(rows)
+    report = {
+        "config": asdict(cfg),
+        "backbone": str(backbone.source),
+        "reader": {"path": cfg.reader, **{k: v for k, v in reader.meta.items() if not isinstance(v, (list, dict))}},
+        "refsets": per_set,
+        "table": rows,
+        "claim": claim_check(rows),
+        "times": {"wall_s": round(time.perf_counter() - t_wall, 1), "cpu_s": round(time.process_time() - t_cpu, 1)},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    md = [f"# Toy-world evaluation\n", f"backbone: `{backbone.source}`; {cfg.n} samples per method; learning "
+          f"{cfg.steps} steps (K={cfg.n_prompts} and K=1, n_ctx {cfg.n_ctx}, lr {cfg.lr}); DDIM {cfg.sample_steps} "
+          f"steps, CFG {cfg.guidance}.\n", table, "", "Captions of the caption baseline (medoid of each set): "
+          + "; ".join(f"{k}: \"{v['caption']}\"" for k, v in per_set.items()), "", "Claim (K=32 coverage > K=1 at a "
+          "similar in-distribution rate): " + "; ".join(f"{k}: {v}" for k, v in report["claim"].items()), "",
+          *[f"![{k}](sheet-{k}.png)" for k in per_set]]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    print(table)
+    print(f"[toy-eval] report: {out / 'report.md'} ({report['times']['wall_s']} s wall, {report['times']['cpu_s']} s CPU)",
+          file=sys.stderr)
+    return report
+
+
+def claim_check(rows: Sequence[Dict[str, Any]], tol: float = 0.15) -> Dict[str, str]:
+    """Per refset: does K=32 have higher coverage than K=1 with an in-distribution rate within `tol`?"""
+    out = {}
+    for name in dict.fromkeys(r["refset"] for r in rows):
+        by = {r["method"]: r for r in rows if r["refset"] == name}
+        a, b = by.get("K=32"), by.get("K=1")
+        if not a or not b:
+            continue
+        higher = a["coverage"] > b["coverage"]
+        similar = abs(a["in_dist"] - b["in_dist"]) <= tol
+        verdict = "holds" if (higher and similar) else "does not hold"
+        out[name] = (f"{verdict} (coverage {a['coverage']:.2f} vs {b['coverage']:.2f}, in-dist {a['in_dist']:.2f} "
+                     f"vs {b['in_dist']:.2f})")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = EvalConfig()
+    p.add_argument("--refset", action="append", default=None,
+                   help=f"reference set (repeat for several; default: {' '.join(d.refsets)}; 'all' for every set)")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--weights", default="", help="toy backbone weights (default: the shipped ones)")
+    p.add_argument("--reader", default=d.reader, help="attribute reader file (fitted and saved there if missing)")
+    p.add_argument("--n", type=int, default=d.n, help=f"samples per method (default {d.n})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"learning steps for K=32 and K=1 (default {d.steps})")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    from dreamdist3d.toyworld.refsets import REFSETS
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    refsets = args.refset or EvalConfig().refsets
+    if "all" in refsets:
+        refsets = list(REFSETS)
+    unknown = [r for r in refsets if r not in REFSETS]
+    if unknown:
+        raise ValueError(f"--refset: unknown reference set(s) {unknown}; known: {sorted(REFSETS)}")
+    cfg = EvalConfig(refsets=refsets, out=args.out, weights=args.weights, reader=args.reader, n=args.n,
+                     steps=args.steps, seed=args.seed, progress=not args.quiet)
+    evaluate(cfg)
+    return 0
+
+
+__all__ = ["EvalConfig", "evaluate", "evaluate_refset", "score_readings", "format_table", "medoid_caption",
+           "get_reader", "claim_check", "pairwise_mean_distance", "METHODS", "METRICS"]
