@@ -158,10 +158,10 @@ def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
 
     reader = AttributeReader.fit(n_train=300, epochs=5)  # a rough reader is enough for the structure
     cfg = EvalConfig(refsets=["warm-cones-cylinders"], out=str(tmp_path / "eval"), n=6, n_prompts=4, steps=2,
-                     batch_size=2, n_samples=2, sample_steps=2, progress=False)
+                     batch_size=2, n_samples=2, sample_steps=2, progress=False, n_3d=1, steps_3d=2)
     report = evaluate(cfg, backbone=load_toy_backbone(tiny_weights), reader=reader)
     rows = report["table"]
-    assert [r["method"] for r in rows] == ["reference", "K=32", "K=1", "caption"]
+    assert [r["method"] for r in rows] == ["reference", "K=32", "K=1", "caption", "K=32 (3D)", "K=1 (3D)"]
     for r in rows:
         for key in ("reject", "in_dist", "coverage", "precision"):
             assert 0.0 <= r[key] <= 1.0, (r["method"], key, r[key])
@@ -169,7 +169,8 @@ def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
     assert rows[1]["n"] == 6
     assert rows[0]["coverage"] == 1.0  # the reference renders cover themselves
     out = tmp_path / "eval"
-    assert (out / "report.md").read_text().count("| warm-cones-cylinders |") == 4
+    assert (out / "report.md").read_text().count("| warm-cones-cylinders |") == 6
+    assert rows[4]["n"] == 1  # one 3D object, read on 4 turntable views
     assert json.loads((out / "report.json").read_text())["table"][0]["method"] == "reference"
     from PIL import Image
 

@@ -11,6 +11,9 @@ For each reference set (`REFSETS`), with the toy backbone:
 - **reference**: the reference renders themselves read back: the reader's own reject and in-distribution rates on
   clean renders (its coverage and precision are 1 by construction: each point lies in its own k-NN ball).
 All generated samples are single front views (2D mode, DDIM 25 steps, CFG 7, the same seeds for every method).
+With `n_3d > 0`, K=32 and K=1 also get N text-to-3D runs each (`configs/toy/toy-3d.yaml`, prompt-sample seeds
+0..N-1); each object is read on 4 turntable views (one aggregated reading: `AttributeReader.read_views`) and scored
+the same way (rows "K=32 (3D)", "K=1 (3D)"; no 3D runs for the caption baseline).
 
 Each image is read by the `AttributeReader` (reject for out-of-world images) and scored:
 - `reject`: fraction of images the reader rejects;
@@ -63,6 +66,9 @@ class EvalConfig:
     k: int = 5  # k of the k-NN balls of coverage/density
     seed: int = 0
     progress: bool = True
+    n_3d: int = 0  # 3D runs per distribution (K=32 and K=1), read on 4 turntable views each; 0 = 2D only
+    steps_3d: int = 300
+    config_3d: str = "configs/toy/toy-3d.yaml"
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
@@ -181,6 +187,27 @@ def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) 
     return path
 
 
+def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
+    """(n_views, 3, H, W) in [0,1]: evenly spaced frames of a finished run's test turntable (the RGB panel)."""
+    import numpy as np
+    from PIL import Image
+
+    from dreamdist3d.commands.gallery import find_turntable
+    from dreamdist3d.lift3d.saving import sorted_frames
+
+    tt = find_turntable(Path(run_dir))
+    if tt is None:
+        raise FileNotFoundError(f"no turntable in {run_dir}/save")
+    frames = sorted_frames(tt["frames"])
+    pick = [frames[i] for i in np.linspace(0, len(frames), n_views, endpoint=False).astype(int)]
+    out = []
+    for f in pick:
+        arr = np.asarray(Image.open(f).convert("RGB"))
+        h = arr.shape[0]
+        out.append(torch.from_numpy(arr[:, :h].copy()).permute(2, 0, 1).float() / 255.0)
+    return torch.stack(out)
+
+
 def verdicts(readings, support) -> List[str]:
     return ["reject" if not r.ok else ("in" if support.contains(r.labels()) else "out") for r in readings]
 
@@ -220,6 +247,20 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
                                        progress=cfg.progress, desc=f"{name} caption")[:, 0]
     times["caption"] = round(time.perf_counter() - t0, 1)
 
+    views_3d: Dict[str, torch.Tensor] = {}
+    if cfg.n_3d > 0:  # 3D runs of both learned distributions, read on 4 turntable views per object
+        from dreamdist3d.toyworld.demo import launch_3d
+
+        for method in ("K=32", "K=1"):
+            t0 = time.perf_counter()
+            objs = []
+            for s3 in range(cfg.seed, cfg.seed + cfg.n_3d):
+                run = launch_3d(backbone, Path(dists[method]).resolve(), folder / "3d" / method.replace("=", ""), s3,
+                                cfg.config_3d, cfg.steps_3d, progress=cfg.progress)
+                objs.append(turntable_views(run, 4))
+            views_3d[method] = torch.stack(objs)  # (n_3d, 4, 3, H, W)
+            times[f"{method} (3D)"] = round(time.perf_counter() - t0, 1)
+
     rows, blocks = [], []
     ref_scores = score_readings(ref_read, support, real, ref_images, k=cfg.k)
     rows.append({"refset": name, "method": "reference", **ref_scores})
@@ -238,6 +279,13 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
                 key = (r.reason or "?").split(":")[0].split("(")[0].strip()
                 rejects[key] = rejects.get(key, 0) + 1
         rows[-1]["reject_reasons"] = rejects
+    for method, views in views_3d.items():  # one aggregated reading per 3D object (majority of its 4 views)
+        flat = views.reshape(-1, *views.shape[2:])
+        readings = reader.read_views(flat, 4)
+        s = score_readings(readings, support, real, views[:, 0], k=cfg.k)
+        rows.append({"refset": name, "method": f"{method} (3D)", **s})
+        blocks.append({"name": f"{method} 3D (view 1 of 4)", "images": views[:, 0], "scores": s,
+                       "verdicts": verdicts(readings, support)})
     sheet = write_sheet(out / f"sheet-{name}.png", blocks)
     return {"rows": rows, "sheet": str(sheet), "caption": caption, "distributions": dists, "times_s": times,
             "description": rs.description, "held_out": rs.held_out}
@@ -304,6 +352,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reader", default=d.reader, help="attribute reader file (fitted and saved there if missing)")
     p.add_argument("--n", type=int, default=d.n, help=f"samples per method (default {d.n})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"learning steps for K=32 and K=1 (default {d.steps})")
+    p.add_argument("--n-3d", type=int, default=d.n_3d,
+                   help="also N 3D runs per learned distribution, read on 4 turntable views each (default 0: 2D only)")
+    p.add_argument("--steps-3d", type=int, default=d.steps_3d, help=f"SDS steps per 3D run (default {d.steps_3d})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -322,7 +373,8 @@ def cli_run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"--refset: unknown reference set(s) {unknown}; known: {sorted(REFSETS)}")
     cfg = EvalConfig(refsets=refsets, out=args.out, weights=args.weights, reader=args.reader, n=args.n,
-                     steps=args.steps, seed=args.seed, progress=not args.quiet)
+                     steps=args.steps, seed=args.seed, progress=not args.quiet, n_3d=args.n_3d,
+                     steps_3d=args.steps_3d)
     evaluate(cfg)
     return 0
 
