@@ -337,6 +337,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
         with clock.stage("gallery"):
             gal = build_gallery(out / "3d", seeds, cfg.gallery_frames,
                                 title=f"toy world: {rs.name} — {len(seeds)} objects from one learned distribution")
+            _upscale_png(gal["png"], 4)  # 32 px turntable frames: nearest ×4 so the grid is legible
         files["gallery_png"], files["gallery_html"] = gal["png"], gal["html"]
     files["runs_3d"] = runs
 
@@ -356,6 +357,13 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     _log(f"done in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU: {out / 'summary.json'}"
          + (f", gallery {files.get('gallery_html')}" if seeds else ""))
     return summary
+
+
+def _upscale_png(path: Path, factor: int) -> None:
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    img.resize((img.width * factor, img.height * factor), Image.NEAREST).save(path)
 
 
 def _mean(xs: Sequence[float]) -> float:
