@@ -213,8 +213,13 @@ def sample_images(backbone, context: torch.Tensor, num_frames: int, seed: int, s
 def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = DEFAULT_3D_CONFIG, steps: int = 300,
               overrides: Sequence[str] = (), progress: bool = True, device: str = "cpu") -> Path:
     """One text-to-3D run of the toy backbone with the prompt sample of `seed`: folder `out/runs/seed<seed>/`."""
+    import shutil
+
     from dreamdist3d.launch import build_parser, run
 
+    previous = Path(out) / "runs" / f"seed{seed}"
+    if (previous / "cmd.txt").is_file():  # a previous demo's run of this seed: start clean (its turntable would
+        shutil.rmtree(previous)            # otherwise be picked up when the step counts differ)
     largs = [
         "--config", str(resolve_path(config)), "--train", *(["--cpu"] if str(device) == "cpu" else []),
         f"system.prompt_processor.distribution={distribution}", f"seed={seed}", f"exp_root_dir={out}", "name=runs",
@@ -351,7 +356,10 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
         "times": {"stages": clock.stages, "total": clock.total()},
         "files": _jsonable(files),
     }
-    summary["all_files"] = sorted(str(p) for p in out.rglob("*") if p.is_file())
+    other_learn_runs = [d for d in (out / "learn").iterdir() if d.is_dir() and d != Path(res.run_dir)]
+    summary["all_files"] = sorted(str(p) for p in out.rglob("*") if p.is_file()
+                                  and not any(d in p.parents for d in other_learn_runs)  # this run's files only
+                                  and p.name != "summary.json") + [str(out / "summary.json")]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     t = summary["times"]["total"]
     _log(f"done in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU: {out / 'summary.json'}"
