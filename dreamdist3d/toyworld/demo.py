@@ -45,7 +45,7 @@ class DemoConfig:
     out: str = "outputs/toyworld/demo"  # output folder (created; files of a previous run are overwritten)
     weights: str = ""  # toy backbone weights; "" = the shipped ones
     seed: int = 0
-    threads: int = 0  # torch CPU threads; 0 = torch's default
+    threads: int = 1  # torch CPU threads; 0 = torch's default (tiny models: 1 is as fast, and robust on shared cores)
     device: str = "cpu"
     progress: bool = True
     # learning (the official recipe's settings, few steps)
@@ -284,7 +284,6 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     clock = _Clock()
     files: Dict[str, Any] = {}
     rs = get_refset(cfg.refset)
@@ -292,6 +291,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     with clock.stage("load_backbone"):
         if backbone is None:
             backbone = load_backbone(cfg.weights, cfg.device)
+    out.mkdir(parents=True, exist_ok=True)  # only once the weights loaded (a failed start leaves nothing)
     with clock.stage("references"):
         ref_images, ref_paths = render_references(cfg.refset, out / "reference")
         files["reference_images"] = ref_paths
@@ -398,7 +398,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-3d", type=int, default=None, help=f"SDS steps per 3D run (default {d.steps_3d})")
     p.add_argument("--weights", default="", help="toy backbone weights (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's choice)")
     p.add_argument("--fast", action="store_true", help="~2-minute smoke version (few steps, fewer samples)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
