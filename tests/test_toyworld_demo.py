@@ -161,16 +161,20 @@ def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
                      batch_size=2, n_samples=2, sample_steps=2, progress=False, n_3d=1, steps_3d=2)
     report = evaluate(cfg, backbone=load_toy_backbone(tiny_weights), reader=reader)
     rows = report["table"]
-    assert [r["method"] for r in rows] == ["reference", "K=32", "K=1", "caption", "K=32 (3D)", "K=1 (3D)"]
+    assert [r["method"] for r in rows] == ["reference", "oracle: set grammar", "oracle: one object",
+                                           "oracle: whole world", "K=32", "K=1", "caption", "K=32 (3D)", "K=1 (3D)"]
     for r in rows:
         for key in ("reject", "in_dist", "coverage", "precision"):
             assert 0.0 <= r[key] <= 1.0, (r["method"], key, r[key])
         assert r["density"] >= 0.0
-    assert rows[1]["n"] == 6
+    assert rows[4]["n"] == 6
     assert rows[0]["coverage"] == 1.0  # the reference renders cover themselves
     out = tmp_path / "eval"
-    assert (out / "report.md").read_text().count("| warm-cones-cylinders |") == 6
-    assert rows[4]["n"] == 1  # one 3D object, read on 4 turntable views
+    assert (out / "report.md").read_text().count("| warm-cones-cylinders |") == 9
+    assert rows[-1]["n"] == 1  # one 3D object, read on 4 turntable views
+    by = {r["method"]: r for r in rows}  # the calibration rows: exact renders, whatever the reader's roughness
+    assert by["oracle: one object"]["diversity"] == pytest.approx(0.0)
+    assert by["oracle: set grammar"]["coverage"] > by["oracle: one object"]["coverage"]
     assert json.loads((out / "report.json").read_text())["table"][0]["method"] == "reference"
     from PIL import Image
 

@@ -23,6 +23,10 @@ Each image is read by the `AttributeReader` (reject for out-of-world images) and
   real = the reference renders read by the same reader, fake = the accepted samples;
 - `diversity`: mean pairwise L2 distance between attribute features of accepted samples; `pix_div`: mean pairwise
   RMS pixel distance over all samples.
+Calibration rows (`oracles`, exact renders, no model): a perfect distribution (new objects of the set's own grammar),
+a perfect single prompt (one reference object n times) and the whole toy world: e.g. on warm-cones-cylinders they
+score in-dist 1.00 / coverage 1.00, in-dist 1.00 / coverage 0.25, and in-dist 0.22 / coverage 0.92 — coverage alone
+rewards spread (read it with the in-distribution rate), the in-distribution rate alone rewards collapse.
 
 Writes `<out>/report.json`, `<out>/report.md` (the table) and `<out>/sheet-<refset>.png` (every image beside the
 scores, bordered green = in distribution, orange = accepted but outside, red = rejected).
@@ -69,6 +73,7 @@ class EvalConfig:
     n_3d: int = 0  # 3D runs per distribution (K=32 and K=1), read on 4 turntable views each; 0 = 2D only
     steps_3d: int = 300
     config_3d: str = "configs/toy/toy-3d.yaml"
+    oracles: bool = True  # calibration rows from exact renders of ideal generators (seconds)
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
@@ -208,6 +213,24 @@ def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
     return torch.stack(out)
 
 
+def oracle_scores(reader, refset, real: torch.Tensor, n: int = 32, seed: int = 0, k: int = 5) -> List[Dict[str, Any]]:
+    """The evaluator's calibration: exact renders (front view) of ideal generators, scored like the methods.
+    "oracle: set grammar" = n new objects of the set's own grammar (a perfect distribution); "oracle: one object" =
+    one reference object n times (a perfect single prompt); "oracle: whole world" = n objects of the whole toy world
+    (varied but not in the set)."""
+    from dreamdist3d.toyworld.objects import WORLD
+    from dreamdist3d.toyworld.render import front_camera, render
+
+    cam = front_camera()[None]
+    out = []
+    for method, specs in (("oracle: set grammar", refset.grammar.sample_many(n, seed + 999)),
+                          ("oracle: one object", [refset.specs()[0]] * n),
+                          ("oracle: whole world", WORLD.sample_many(n, seed + 7))):
+        images = render(specs, cam.expand(len(specs), 1, 16)).image
+        out.append({"method": method, **score_readings(reader.read(images), refset.support, real, images, k=k)})
+    return out
+
+
 def verdicts(readings, support) -> List[str]:
     return ["reject" if not r.ok else ("in" if support.contains(r.labels()) else "out") for r in readings]
 
@@ -247,6 +270,7 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
                                        progress=cfg.progress, desc=f"{name} caption")[:, 0]
     times["caption"] = round(time.perf_counter() - t0, 1)
 
+    oracle_rows = oracle_scores(reader, rs, real, n=cfg.n, seed=cfg.seed, k=cfg.k) if cfg.oracles else []
     views_3d: Dict[str, torch.Tensor] = {}
     if cfg.n_3d > 0:  # 3D runs of both learned distributions, read on 4 turntable views per object
         from dreamdist3d.toyworld.demo import launch_3d
@@ -266,6 +290,7 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
     rows.append({"refset": name, "method": "reference", **ref_scores})
     blocks.append({"name": f"reference ({len(ref_read)})", "images": ref_images, "scores": ref_scores,
                    "verdicts": verdicts(ref_read, support)})
+    rows += [{"refset": name, **r} for r in oracle_rows]
     for method in METHODS:
         imgs = samples[method]
         readings = reader.read(imgs)
