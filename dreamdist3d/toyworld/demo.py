@@ -75,9 +75,9 @@ class DemoConfig:
 
 
 def fast_config(cfg: DemoConfig) -> DemoConfig:
-    """The ~2-minute smoke version: few learning/SDS steps, fewer samples (same files)."""
+    """The smoke version (under a minute on one core): few learning/SDS steps, fewer samples, the same files."""
     return DemoConfig(**{**asdict(cfg), "steps": 40, "n_2d": 8, "n_4view": 2, "sample_steps": 10, "steps_3d": 40,
-                         "n_3d": min(cfg.n_3d, 2), "isosurface_resolution": 32})
+                         "isosurface_resolution": 32})
 
 
 def check_config(cfg: DemoConfig) -> DemoConfig:
