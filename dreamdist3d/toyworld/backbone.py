@@ -8,12 +8,15 @@ scratch on the toy world (`dreamdist3d toyworld train`), behind the same `Backbo
   decoder ResBlock), transformer (cross-view self-attention + cross-attention to the
   text) at 8×8 and in the middle, camera_dim 16 (the MVDream camera vector is embedded and added to the timestep
   embedding). `vae=None`: the identity codec, images in [-1, 1].
-- Schedule: `NoiseSchedule.scaled_linear("epsilon", style="ldm")`, MVDream's own. Kept on purpose for 32 px pixel
-  space: flat-coloured 32 px objects keep their information under more noise than natural images, so they want a
-  *noisier* schedule than usual, and scaled_linear is noisier than the cosine schedule over the whole middle range
-  (log-SNR -0.96 vs -0.03 at t=500). Its weakness, a terminal ᾱ of 0.0047 (signal 0.07 left at t=999), costs little
-  here; and sharing MVDream's schedule means SDS t-ranges and sampler timesteps mean the same thing in the toy world.
-  Prediction: ε.
+- Schedule: `toy_schedule()`, 1000 steps with log-SNR linear in t from +9 (ᾱ_0 = 0.99988) to −10 (ᾱ_999 = 4.5e-5),
+  ε prediction. Not MVDream's scaled_linear, on purpose: a flat-coloured object covers ~200 pixels of a 32 px image,
+  so its colour stays readable through noise that would hide it in a natural image (averaged over the object, the
+  signal-to-noise ratio at scaled_linear's last step, ᾱ = 0.0047, is still ~1). A model trained on that schedule
+  never needs the text, takes the colour from x_t, and at sampling time (x_T = pure noise) picks colours at random:
+  in a trial run the UNet's ε ignored the caption entirely after 1,000 steps (cond vs uncond differed by 0.02%).
+  Here a quarter of the training timesteps (t ≥ 750, ᾱ < 0.005) lie where only the text can tell the colour and
+  shape, and another quarter (t < 250) is nearly clean for crisp edges. The sampler clamps x0 to [-1, 1] (pixel
+  space); `schedule.diffusers_config()` gives diffusers the exact betas (`trained_betas`).
 
 Shipped weights (`data/toy-backbone.safetensors`, float16, about 3.5 MB; loaded as float32): every UNet and text-encoder tensor except the
 (49408×64) token-embedding table, of which only the rows that training changed are stored (`token_rows.ids`,
@@ -38,10 +41,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
+from torch import nn
 
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
-from dreamdist3d.backbones.multiview_unet import MultiViewUNet
+from dreamdist3d.backbones.multiview_unet import MultiViewUNet, TimestepEmbedding, timestep_embedding
 from dreamdist3d.backbones.schedule import NoiseSchedule
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
@@ -91,6 +95,8 @@ def default_unet_config(context_dim: int = 64) -> Dict[str, Any]:
         num_res_blocks=[0, 1, 1],  # 32 px: only conv_in and one decoder ResBlock (the 32 px level is the costly one)
         channel_mult=[1, 2, 2],
         conv_resample=False,  # average-pool down / nearest up (the 64-channel up-conv at 32 px cost 15% of a step)
+        use_scale_shift_norm=True,  # FiLM: the (time + camera + pooled text) embedding scales normalised features
+        norm_groups=8,  # ToyMultiViewUNet: GroupNorm with 8 groups (4-8 channels each) instead of 32
         num_head_channels=32,
         use_spatial_transformer=True,
         use_linear_in_transformer=True,
@@ -109,8 +115,11 @@ class ToyBackboneConfig:
     text: Dict[str, Any] = field(default_factory=default_text_config)
     unet: Dict[str, Any] = field(default_factory=default_unet_config)
     resolution: int = 32
-    schedule: str = "scaled_linear-ldm"  # NoiseSchedule.scaled_linear("epsilon", style="ldm")
-    prediction_type: str = "epsilon"
+    schedule: str = "logsnr-linear"  # toy_schedule(logsnr_max, logsnr_min, num_train_timesteps)
+    logsnr_max: float = 9.0
+    logsnr_min: float = -10.0
+    num_train_timesteps: int = 1000
+    prediction_type: str = "v_prediction"
     embedding_seed: int = 49408  # seed of the regenerated token-embedding rows
     embedding_std: float = 0.02  # their scale (CLIP's own init std)
 
@@ -120,8 +129,10 @@ class ToyBackboneConfig:
                 f"ToyBackboneConfig: unet.context_dim ({self.unet.get('context_dim')}) must equal the text width "
                 f"text.hidden_size ({self.text['hidden_size']})"
             )
-        if self.schedule != "scaled_linear-ldm":
-            raise ValueError(f"ToyBackboneConfig.schedule: only 'scaled_linear-ldm' is implemented, got {self.schedule!r}")
+        if self.schedule != "logsnr-linear":
+            raise ValueError(f"ToyBackboneConfig.schedule: only 'logsnr-linear' is implemented, got {self.schedule!r}")
+        if not self.logsnr_max > self.logsnr_min:
+            raise ValueError("ToyBackboneConfig: logsnr_max must be above logsnr_min")
 
     def to_dict(self) -> Dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -143,6 +154,82 @@ def small_test_config() -> ToyBackboneConfig:
     return ToyBackboneConfig(text=text, unet=unet)
 
 
+# ----------------------------------------------------------------------------------------------------- UNet
+class ToyMultiViewUNet(MultiViewUNet):
+    """`MultiViewUNet` plus a pooled-text embedding: `text_embed(mean over the 77 positions of context)` is added
+    to the timestep (+ camera) embedding, as SDXL adds its pooled text embedding. With `use_scale_shift_norm=True`
+    every ResBlock then scales and shifts its normalised features by a function of the text.
+
+    Why: at 32-64 channels, MVDream's GroupNorm(32 groups) is a per-channel (instance) norm, which erases any
+    spatially uniform per-channel offset, in particular a colour pushed in by cross-attention that attends
+    everywhere alike; the final `out` GroupNorm does so right before the output conv. Shape (a spatial pattern)
+    survives that, colour does not: in a trial without this path the UNet's x0 prediction at high noise was the
+    same brown for "a red box" and "a blue box" after 1,600 steps, while boxes, spheres and parts were right.
+    A per-channel *scale* after the norm (FiLM) multiplies the object's spatial pattern by a text-dependent sign and
+    size, which is the gate colour needs. Forward signature and batch layout are MultiViewUNet's."""
+
+    def __init__(self, norm_groups: int = 8, **kwargs) -> None:
+        super().__init__(**kwargs)
+        # fewer, wider groups in every GroupNorm (MVDream: 32 groups, i.e. 1-2 channels per group at this width)
+        for m in self.modules():
+            if isinstance(m, nn.GroupNorm):
+                if m.num_channels % norm_groups:
+                    raise ValueError(f"norm_groups={norm_groups} must divide every width (got {m.num_channels})")
+                m.num_groups = int(norm_groups)
+        self.config["norm_groups"] = int(norm_groups)
+        ctx_dim = self.config["context_dim"]
+        if not isinstance(ctx_dim, int):
+            raise ValueError("ToyMultiViewUNet needs an int context_dim")
+        self.text_embed = TimestepEmbedding(ctx_dim, self.model_channels * 4)
+
+    def forward(self, x, timesteps, context, camera=None, num_frames: int = 1):
+        n = x.shape[0]
+        if n % num_frames:
+            raise ValueError(f"batch {n} must be divisible by num_frames={num_frames} (rows are (b f), views contiguous)")
+        if not torch.is_tensor(context) or context.ndim != 3 or context.shape[0] != n:
+            raise ValueError(f"context must be a ({n}, 77, D) tensor, got {getattr(context, 'shape', type(context))}")
+        dtype = self.time_embed[0].weight.dtype
+        timesteps = torch.as_tensor(timesteps, device=x.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(n)
+        context = context.to(dtype)
+        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))  # (N, 4·mc)
+        emb = emb + self.text_embed(context.mean(dim=1))  # pooled text
+        if camera is not None:
+            if camera.shape[0] != n:
+                raise ValueError(f"camera has {camera.shape[0]} rows, x has {n}; give one camera per row")
+            emb = emb + self.camera_embed(camera.to(dtype))
+        h = x.to(dtype)
+        skips = []
+        for stage in self.input_blocks:
+            h = stage(h, emb, context, num_frames)
+            skips.append(h)
+        h = self.middle_block(h, emb, context, num_frames)
+        for stage in self.output_blocks:
+            h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, num_frames)
+        return self.out(h).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------- schedule
+@dataclass
+class ToyNoiseSchedule(NoiseSchedule):
+    """A `NoiseSchedule` whose `diffusers_config()` carries its own betas (diffusers' `trained_betas`)."""
+
+    def diffusers_config(self) -> Dict[str, object]:
+        a = self.alphas_cumprod.double()
+        betas = 1.0 - a / torch.cat([torch.ones(1, dtype=torch.float64), a[:-1]])
+        cfg = dict(super().diffusers_config())
+        cfg.update(trained_betas=betas.tolist(), beta_schedule="linear")
+        return cfg
+
+
+def toy_schedule(logsnr_max: float = 9.0, logsnr_min: float = -10.0, n: int = 1000,
+                 prediction_type: str = "v_prediction") -> ToyNoiseSchedule:
+    """ᾱ_t = sigmoid(λ_t), λ_t linear from logsnr_max (t=0) to logsnr_min (t=n-1); computed in float64."""
+    lam = torch.linspace(float(logsnr_max), float(logsnr_min), int(n), dtype=torch.float64)
+    return ToyNoiseSchedule(torch.sigmoid(lam), prediction_type)
+
+
 # ----------------------------------------------------------------------------------------------------- token table
 def initial_token_table(config: ToyBackboneConfig) -> torch.Tensor:
     """(vocab, D) float32: the token-embedding table the trainer starts from, regenerated from the config's seed."""
@@ -158,6 +245,20 @@ def table_checksum(table: torch.Tensor) -> List[float]:
 
 
 # ----------------------------------------------------------------------------------------------------- build
+def _zero_residual_branches(text: TextEncoder) -> None:
+    """Zero the last linear of every attention and MLP branch (`out_proj`, `fc2`), so a fresh encoder is the
+    identity on the residual stream followed by the final LayerNorm: each output position starts as its own
+    normalised token + position embedding, and captions are distinguishable from step 0. With transformers' random
+    init instead, the branch outputs (norm ~1) swamp the 0.02-scale embeddings, every caption encodes to nearly the
+    same states (0.1 of 7 apart), and in a trial the UNet still ignored the text after 1,000 steps (cond and uncond
+    ε differed by 0.02%). The zeroed weights still get gradients (a linear layer's weight gradient needs only its
+    input), so the branches grow from zero during training."""
+    for layer in text._core.encoder.layers:
+        for lin in (layer.self_attn.out_proj, layer.mlp.fc2):
+            lin.weight.zero_()
+            lin.bias.zero_()
+
+
 def build_toy_backbone(
     config: Optional[ToyBackboneConfig] = None,
     seed: int = 0,
@@ -172,13 +273,14 @@ def build_toy_backbone(
         text = TextEncoder.from_config(dict(config.text))
         with torch.no_grad():
             text.token_embedding.weight.copy_(initial_token_table(config))
-        unet = MultiViewUNet(**copy.deepcopy(config.unet))
+            _zero_residual_branches(text)
+        unet = ToyMultiViewUNet(**copy.deepcopy(config.unet))
     backbone = Backbone(
         name="toy",
         tokenizer=tokenizer or ClipTokenizer.default(),
         text_encoder=text,
         unet=unet,
-        schedule=NoiseSchedule.scaled_linear(config.prediction_type, style="ldm"),
+        schedule=toy_schedule(config.logsnr_max, config.logsnr_min, config.num_train_timesteps, config.prediction_type),
         resolution=int(config.resolution),
         vae=None,
         supports_camera=config.unet.get("camera_dim") is not None,
@@ -375,14 +477,15 @@ def sample_toy(
         for i, t in enumerate(ts):
             t_in = torch.full((2 * b * F,), t, device=device, dtype=torch.long)
             out = backbone(torch.cat([x, x]).to(dtype), t_in, ctx_in, camera=cam_in, num_frames=F).float()
-            e_u, e_c = out.chunk(2)
-            eps = e_u + cfg * (e_c - e_u)
-            a_t = float(ac[t])
-            a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else float(ac[0])
-            x0 = (x - (1 - a_t) ** 0.5 * eps) / a_t**0.5
+            o_u, o_c = out.chunk(2)
+            model_out = o_u + cfg * (o_c - o_u)  # guidance in the model's own output space (ε or v)
+            t_b = torch.full((x.shape[0],), t, dtype=torch.long)
+            x0 = sched.predict_x0(x, model_out, t_b)
             if clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
-                eps = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+            a_t = float(ac[t])
+            eps = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
+            a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else float(ac[0])
             x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
         outs.append(((backbone.decode_latents(x).float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
     out = torch.cat(outs)
@@ -418,6 +521,9 @@ __all__ = [
     "default_unet_config",
     "small_test_config",
     "build_toy_backbone",
+    "ToyMultiViewUNet",
+    "toy_schedule",
+    "ToyNoiseSchedule",
     "initial_token_table",
     "save_toy_backbone",
     "load_toy_backbone",

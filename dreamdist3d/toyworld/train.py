@@ -55,6 +55,9 @@ from dreamdist3d.toyworld.objects import (
     ASPECT_RANGE,
     COLOURS,
     PALETTE,
+    PART_SHAPES,
+    PLACEMENTS,
+    SHAPES,
     SIZE_MAX,
     SIZE_MIN,
     WORLD,
@@ -81,6 +84,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     text_dropout: float = 0.1
+    aux_weight: float = 0.1  # auxiliary attribute regression from the mean-pooled text states (0: off)
     interp_caption_prob: float = 0.3  # for blended objects: the blend's own caption instead of mixed embeddings
     noise_fraction: float = 0.5
     noise_std: float = 0.4  # max relative std of the token-embedding noise
@@ -249,6 +253,29 @@ class Batch:
     ids_b: torch.Tensor  # (batch_mv + batch_2d, 77)
     mix: torch.Tensor  # (batch_mv + batch_2d,) weight of ids_b
     noisy: torch.Tensor  # (batch_mv + batch_2d,) bool: add embedding noise
+    attributes: torch.Tensor  # (batch_mv + batch_2d, ATTRIBUTE_DIM) attribute targets of the rendered objects
+    has_text: torch.Tensor  # (batch_mv + batch_2d,) bool: False where the caption was dropped
+
+
+ATTRIBUTE_DIM = 2 + 2 + len(SHAPES) + 1 + 2 + len(PART_SHAPES) + len(PLACEMENTS)
+
+
+def attribute_targets(spec: ObjectSpec) -> torch.Tensor:
+    """(ATTRIBUTE_DIM,) regression targets of the auxiliary text loss: body hue on the unit circle, size and aspect
+    scaled to about [-1, 1], shape one-hot, part flag, part hue on the circle, part shape and placement one-hots."""
+    h = math.radians(spec.hue)
+    v = [math.cos(h), math.sin(h), 2.0 * (spec.size - SIZE_MIN) / (SIZE_MAX - SIZE_MIN) - 1.0,
+         2.0 * (spec.aspect - 0.6) / 0.9 - 1.0]
+    v += [1.0 if spec.shape == s else 0.0 for s in SHAPES]
+    p = spec.part
+    if p is None:
+        v += [0.0] * (3 + len(PART_SHAPES) + len(PLACEMENTS))
+    else:
+        ph = math.radians(p.hue)
+        v += [1.0, math.cos(ph), math.sin(ph)]
+        v += [1.0 if p.shape == s else 0.0 for s in PART_SHAPES]
+        v += [1.0 if p.placement == s else 0.0 for s in PLACEMENTS]
+    return torch.tensor(v, dtype=torch.float32)
 
 
 def draw_batch(cache: DataCache, cfg: TrainConfig, rng: np.random.Generator, tokenizer: ClipTokenizer) -> Batch:
@@ -291,7 +318,10 @@ def draw_batch(cache: DataCache, cfg: TrainConfig, rng: np.random.Generator, tok
         ids_b.append(ib)
         mix.append(t)
         noisy.append(nz)
+    objs = [cache.items[int(i)].spec for i in list(mv) + list(sv)]
     return Batch(
+        attributes=torch.stack([attribute_targets(o) for o in objs]),
+        has_text=torch.tensor([r[0] != "empty" for r in rows], dtype=torch.bool),
         x0=x0,
         cameras=cams,
         ids_a=torch.stack(ids_a).long(),
@@ -362,7 +392,13 @@ class Trainer:
         self.backbone.unet.train()
         self.ema = build_toy_backbone(self.model_config, seed=cfg.seed, device=device, tokenizer=self.tokenizer)
         self.ema.unet.requires_grad_(False)
+        # the auxiliary head (not part of the backbone, not shipped): text states -> object attributes
+        width = int(self.model_config.text["hidden_size"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 17)
+            self.aux_head = torch.nn.Linear(width, ATTRIBUTE_DIM).to(self.device)
         table, others = _trainable(self.backbone)
+        others = others + list(self.aux_head.parameters())
         self.opt = torch.optim.Adam(
             [{"params": others, "lr_scale": 1.0}, {"params": [table], "lr_scale": cfg.embedding_lr_scale}],
             lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,
@@ -372,6 +408,7 @@ class Trainer:
         self.step = 0
         self.total_steps = cfg.steps
         self.losses: List[float] = []
+        self.diag: Dict[str, list] = {}  # [sum, count] per diagnostic since the last log line (not training state)
         self.elapsed = 0.0  # training seconds (without the cache)
         self.cache: Optional[DataCache] = None
 
@@ -386,6 +423,7 @@ class Trainer:
             "text": self.backbone.text_encoder.state_dict(),
             "ema_unet": self.ema.unet.state_dict(),
             "ema_text": self.ema.text_encoder.state_dict(),
+            "aux_head": self.aux_head.state_dict(),
             "opt": self.opt.state_dict(),
             "rng": self.rng.bit_generator.state,
             "gen": self.gen.get_state(),
@@ -411,6 +449,7 @@ class Trainer:
         self.backbone.text_encoder.load_state_dict(st["text"])
         self.ema.unet.load_state_dict(st["ema_unet"])
         self.ema.text_encoder.load_state_dict(st["ema_text"])
+        self.aux_head.load_state_dict(st["aux_head"])
         self.opt.load_state_dict(st["opt"])
         self.rng.bit_generator.state = st["rng"]
         self.gen.set_state(st["gen"])
@@ -432,7 +471,22 @@ class Trainer:
         out_mv = bb.unet(x_t[:n_mv], t[:n_mv], ctx_mv, camera=batch.cameras.to(self.device), num_frames=4)
         out_2d = bb.unet(x_t[n_mv:], t[n_mv:], ctx[cfg.batch_mv:], camera=None, num_frames=1)
         target = bb.schedule.target(x0, noise, t)
-        loss = F.mse_loss(torch.cat([out_mv, out_2d]), target)
+        per_row = (torch.cat([out_mv, out_2d]) - target).pow(2).mean(dim=(1, 2, 3))  # (R,)
+        loss = per_row.mean()
+        diffusion_loss = loss.detach()
+        # diagnostic: loss at high noise (t ≥ 3/4 T, where only the text tells the object) with and without a caption
+        caption_row = torch.cat([batch.has_text[: cfg.batch_mv].repeat_interleave(4), batch.has_text[cfg.batch_mv:]])
+        high = (t >= 3 * bb.schedule.num_train_timesteps // 4).cpu()
+        for key, sel in (("high_t_with_text", high & caption_row), ("high_t_without_text", high & ~caption_row)):
+            if bool(sel.any()):
+                acc = self.diag.setdefault(key, [0.0, 0])
+                acc[0] += float(per_row.detach().cpu()[sel].sum())
+                acc[1] += int(sel.sum())
+        if cfg.aux_weight > 0 and bool(batch.has_text.any()):
+            pred = self.aux_head(ctx.mean(dim=1))  # (B, ATTRIBUTE_DIM) from the mean over the 77 positions
+            keep = batch.has_text.to(self.device)
+            aux = F.mse_loss(pred[keep], batch.attributes.to(self.device)[keep])
+            loss = loss + cfg.aux_weight * aux
 
         lr = lr_at(self.step, cfg, self.total_steps)
         for g in self.opt.param_groups:
@@ -440,11 +494,11 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         table, others = _trainable(bb)
-        torch.nn.utils.clip_grad_norm_(others + [table], cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(others + [table] + list(self.aux_head.parameters()), cfg.grad_clip)
         self.opt.step()
         self._update_ema()
         self.step += 1
-        value = float(loss.detach())
+        value = float(diffusion_loss)
         self.losses.append(value)
         return value
 
@@ -487,7 +541,9 @@ class Trainer:
                 bar.total = self.total_steps
             if log is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
                 log(json.dumps({"step": self.step, "loss": round(smooth, 5), "lr": lr_at(self.step - 1, self.cfg, self.total_steps),
+                                **{k: round(v[0] / max(v[1], 1), 4) for k, v in self.diag.items()},
                                 "elapsed_s": round(self.elapsed + now - t_loop, 1)}))
+                self.diag = {}
             if budget_end is not None and until is None:
                 stop = self.total_steps
             if checkpoint is not None and (self.step % self.cfg.ckpt_every == 0 or self.step in (stop, self.total_steps)):
