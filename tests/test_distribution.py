@@ -122,6 +122,22 @@ def test_clean_mode_adds_positions_once(official):
     assert (pl_off.encode()[0][0] - hidden[0]).abs().max() > 0.1
 
 
+def test_caption_as_a_distribution_encodes_as_the_caption(official, tmp_path):
+    """from_caption: K=1, the caption's token embeddings as ctx; every sample is the caption's encoding."""
+    _, _, enc = official
+    tok = ClipTokenizer.default()
+    caption = "a small red cone with a blue sphere on top"
+    dist = PromptDistribution.from_caption(caption, enc, tok, backbone="test")
+    back = PromptDistribution.load(dist.save(tmp_path / "caption.safetensors"))
+    assert back.meta.n_prompts == 1 and back.meta.n_ctx == len(tok.encode(caption)) and caption in back.meta.source
+    gauss = back.learner(enc, tok).fit()
+    ref = enc.encode_ids(tok([caption]))[0]
+    torch.testing.assert_close(gauss.mean, ref, atol=1e-6, rtol=0)
+    assert gauss.std.abs().max() == 0
+    with pytest.raises(ValueError, match="empty"):
+        PromptDistribution.from_caption("", enc, tok)
+
+
 def test_k1_gives_zero_std_and_zero_ortho(official):
     _, _, enc = official
     pl = PromptLearner(enc, ClipTokenizer.default(), n_ctx=2, n_prompts=1, generator=torch.Generator().manual_seed(0))

@@ -73,6 +73,24 @@ class PromptDistribution:
         )
         return cls(ctx, meta)
 
+    @classmethod
+    def from_caption(cls, caption: str, text_encoder: TextEncoder, tokenizer: ClipTokenizer,
+                     backbone: str = "") -> "PromptDistribution":
+        """A plain caption as a degenerate distribution: K=1, its L word-token embeddings as the context, clean
+        positions, so every sample (std 0) encodes exactly as the caption does. Lets a caption baseline run through
+        everything that takes a distribution (the 3D prompt processor, previews, the evaluator)."""
+        ids = tokenizer.encode(caption)
+        if not ids:
+            raise ValueError("from_caption: the caption is empty; an empty prompt has no tokens to hold")
+        if len(ids) + 2 > text_encoder.max_length:
+            raise ValueError(f"from_caption: {len(ids)} tokens + SOS/EOS > {text_encoder.max_length}; shorten the caption")
+        with torch.no_grad():
+            ctx = text_encoder.embed_tokens(torch.tensor(ids, dtype=torch.long, device=text_encoder.device))
+        meta = DistributionMeta(n_ctx=len(ids), n_prompts=1, position_mode="clean",
+                                text_encoder=text_encoder.fingerprint(), backbone=backbone,
+                                source=f"caption: {caption}")
+        return cls(ctx.detach().float().cpu()[None], meta)
+
     def learner(self, text_encoder: TextEncoder, tokenizer: ClipTokenizer, check_encoder: bool = True,
                 source: str = "") -> PromptLearner:
         """A PromptLearner holding this ctx, after checking it belongs to `text_encoder`."""
