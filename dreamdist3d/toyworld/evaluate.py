@@ -45,6 +45,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from dreamdist3d.toyworld.backbone import DEFAULT_GUIDANCE
+
 METHODS = ("K=32", "K=1", "caption")
 METRICS = ("n", "reject", "in_dist", "in_dist_acc", "coverage", "density", "precision", "recall", "diversity", "pix_div")
 DEFAULT_READER = "outputs/toyworld/attribute-reader.safetensors"
@@ -65,7 +67,7 @@ class EvalConfig:
     batch_size: int = 4
     n_samples: int = 4
     sample_steps: int = 25
-    guidance: float = 7.0
+    guidance: float = DEFAULT_GUIDANCE
     scale: float = 1.0
     k: int = 5  # k of the k-NN balls of coverage/density
     seed: int = 0
@@ -74,6 +76,8 @@ class EvalConfig:
     steps_3d: int = 300
     config_3d: str = "configs/toy/toy-3d.yaml"
     oracles: bool = True  # calibration rows from exact renders of ideal generators (seconds)
+    caption_check: int = 64  # seen-world captions generated and read back first (`caption_match`); 0 = skip
+    caption_check_only: bool = False  # stop after the caption check (no reference sets)
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
@@ -153,6 +157,92 @@ def get_reader(path: str, n_train: int = 4000, seed: int = 0):
     p.parent.mkdir(parents=True, exist_ok=True)
     reader.save(p)
     return reader
+
+
+# ----------------------------------------------------------------------------------------------------- backbone
+def caption_match(backbone, reader, n: int = 64, seed: int = 1000, steps: int = 25, guidance: float = DEFAULT_GUIDANCE,
+                  num_frames: int = 1, batch: int = 16) -> Dict[str, Any]:
+    """Does the backbone draw what its captions say? `n` objects of the toy world (grammar seed `seed`, a seed the
+    trainer's cache does not use), one caption each, generated (DDIM `steps`, CFG `guidance`; `num_frames` 1 = single
+    front views, 4 = 4-view sets read as one object) and read back: the fraction whose read colour, shape, part
+    presence, and colour AND shape match the caption's object (a rejected image matches nothing)."""
+    from dreamdist3d.toyworld.backbone import generate
+    from dreamdist3d.toyworld.objects import sample_objects
+
+    specs = sample_objects(n, seed)
+    captions = [s.caption(seed + i) for i, s in enumerate(specs)]
+    readings = []
+    for i in range(0, n, batch):
+        images = generate(backbone, captions[i:i + batch], steps=steps, cfg=guidance, num_frames=num_frames,
+                          seed=seed + i)  # (b, F, 3, 32, 32)
+        if num_frames == 1:
+            readings += reader.read(images[:, 0])
+        else:
+            readings += reader.read_views(images.flatten(0, 1), num_frames)
+    rows = []
+    for spec, r in zip(specs, readings):
+        colour = bool(r.ok and r.colour == spec.colour)
+        shape = bool(r.ok and r.shape == spec.shape)
+        part = bool(r.ok and bool(r.has_part) == (spec.part is not None))
+        rows.append({"caption": captions[len(rows)], "ok": r.ok, "colour": colour, "shape": shape, "part": part,
+                     "read_colour": r.colour, "read_shape": r.shape})
+
+    def rate(key: str) -> float:
+        return round(sum(bool(x[key]) for x in rows) / max(len(rows), 1), 3)
+
+    return {"n": n, "views": num_frames, "steps": steps, "guidance": guidance, "accepted": rate("ok"),
+            "colour": rate("colour"), "shape": rate("shape"), "part": rate("part"),
+            "colour_and_shape": round(sum(x["colour"] and x["shape"] for x in rows) / max(len(rows), 1), 3),
+            "samples": rows}
+
+
+@torch.no_grad()
+def interpolation_check(
+    backbone,
+    a,
+    b,
+    ts: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    cfg: float = DEFAULT_GUIDANCE,
+    steps: int = 25,
+    num_frames: int = 1,
+    seeds: Sequence[int] = (0, 1, 2, 3),
+) -> Dict[str, Any]:
+    """Generate from the interpolated token embeddings (1-t)·E[caption(a)] + t·E[caption(b)] (canonical captions,
+    which line up token by token when a and b differ in one word). Returns images (len(ts), len(seeds), F, 3, H, W)
+    and the conditioning used."""
+    from dreamdist3d.toyworld.backbone import sample_toy
+
+    tok = backbone.tokenizer
+    ia, ib = tok([a.caption()]), tok([b.caption()])
+    if int((ia > 0).sum()) != int((ib > 0).sum()):
+        raise ValueError(f"captions do not line up token by token: {a.caption()!r} vs {b.caption()!r}")
+    enc = backbone.text_encoder
+    ea, eb = enc.embed_tokens(ia), enc.embed_tokens(ib)
+    uncond = backbone.encode_text([""])
+    out = []
+    for t in ts:
+        ctx = enc(ea + float(t) * (eb - ea))  # (1,77,D)
+        imgs = [sample_toy(backbone, ctx, uncond, steps=steps, cfg=cfg, num_frames=num_frames, seed=s)[0] for s in seeds]
+        out.append(torch.stack(imgs))
+    return {"ts": list(ts), "images": torch.stack(out), "captions": (a.caption(), b.caption())}
+
+
+def interpolation_readout(backbone, reader, ts: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+                          seeds: Sequence[int] = (0, 1, 2, 3), guidance: float = DEFAULT_GUIDANCE) -> Dict[str, Any]:
+    """Is the text space continuous? "a red box" -> "a yellow box" (hues 0° and 58°) through interpolated token
+    embeddings: the circular mean of the hues the reader reads at each t (None where it rejects every seed)."""
+    from dreamdist3d.toyworld.attributes import _circ_mean
+    from dreamdist3d.toyworld.objects import PALETTE, ObjectSpec
+
+    a, b = ObjectSpec("box", hue=PALETTE["red"], size=0.82), ObjectSpec("box", hue=PALETTE["yellow"], size=0.82)
+    res = interpolation_check(backbone, a, b, ts=ts, seeds=seeds, cfg=guidance)
+    hues = []
+    for imgs in res["images"]:  # (seeds, F, 3, H, W)
+        rs = [r for r in reader.read(imgs[:, 0]) if r.ok]
+        hues.append(None if not rs else round(_circ_mean(torch.tensor([r.hue for r in rs]),
+                                                         torch.ones(len(rs))), 1))
+    return {"captions": list(res["captions"]), "ts": list(ts), "hues": hues,
+            "accepted": [len([r for r in reader.read(i[:, 0]) if r.ok]) / len(seeds) for i in res["images"]]}
 
 
 # ----------------------------------------------------------------------------------------------------- sheet
@@ -325,6 +415,14 @@ def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     backbone = backbone or load_backbone(cfg.weights)
     reader = reader or get_reader(cfg.reader, cfg.reader_train, cfg.seed)
+    check = None
+    if cfg.caption_check:
+        check = caption_match(backbone, reader, n=cfg.caption_check, steps=cfg.sample_steps, guidance=cfg.guidance)
+        check["interpolation"] = interpolation_readout(backbone, reader, guidance=cfg.guidance)
+        print(format_caption_match(check))
+    if cfg.caption_check_only:
+        (out / "caption-check.json").write_text(json.dumps(check, indent=1))
+        return {"caption_check": check}
     per_set = {name: evaluate_refset(cfg, backbone, reader, name, out) for name in cfg.refsets}
     rows = [r for v in per_set.values() for r in v["rows"]]
     table = format_table(rows)
@@ -332,15 +430,17 @@ def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
         "config": asdict(cfg),
         "backbone": str(backbone.source),
         "reader": {"path": cfg.reader, **{k: v for k, v in reader.meta.items() if not isinstance(v, (list, dict))}},
+        "caption_check": check,
         "refsets": per_set,
         "table": rows,
         "claim": claim_check(rows),
         "times": {"wall_s": round(time.perf_counter() - t_wall, 1), "cpu_s": round(time.process_time() - t_cpu, 1)},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    md = [f"# Toy-world evaluation\n", f"backbone: `{backbone.source}`; {cfg.n} samples per method; learning "
+    md = ["# Toy-world evaluation\n", f"backbone: `{backbone.source}`; {cfg.n} samples per method; learning "
           f"{cfg.steps} steps (K={cfg.n_prompts} and K=1, n_ctx {cfg.n_ctx}, lr {cfg.lr}); DDIM {cfg.sample_steps} "
-          f"steps, CFG {cfg.guidance}.\n", table, "", "Captions of the caption baseline (medoid of each set): "
+          f"steps, CFG {cfg.guidance}.\n", *([format_caption_match(check), ""] if check else []), table, "",
+          "Captions of the caption baseline (medoid of each set): "
           + "; ".join(f"{k}: \"{v['caption']}\"" for k, v in per_set.items()), "", "Claim (K=32 coverage > K=1 at a "
           "similar in-distribution rate): " + "; ".join(f"{k}: {v}" for k, v in report["claim"].items()), "",
           *[f"![{k}](sheet-{k}.png)" for k in per_set]]
@@ -349,6 +449,16 @@ def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
     print(f"[toy-eval] report: {out / 'report.md'} ({report['times']['wall_s']} s wall, {report['times']['cpu_s']} s CPU)",
           file=sys.stderr)
     return report
+
+
+def format_caption_match(check: Dict[str, Any]) -> str:
+    return (f"caption check ({check['n']} seen-world captions, {check['views']} view(s), DDIM {check['steps']}, CFG "
+            f"{check['guidance']}): accepted {check['accepted']:.2f}, colour {check['colour']:.2f}, shape "
+            f"{check['shape']:.2f}, part {check['part']:.2f}, colour and shape {check['colour_and_shape']:.2f}"
+            + ("" if "interpolation" not in check else
+               "\ninterpolated text embeddings, {} -> {}: read hue {}".format(
+                   *(f'"{c}"' for c in check["interpolation"]["captions"]),
+                   " → ".join("rejected" if h is None else f"{h:.0f}°" for h in check["interpolation"]["hues"]))))
 
 
 def claim_check(rows: Sequence[Dict[str, Any]], tol: float = 0.15) -> Dict[str, str]:
@@ -381,6 +491,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also N 3D runs per learned distribution, read on 4 turntable views each (default 0: 2D only)")
     p.add_argument("--steps-3d", type=int, default=d.steps_3d, help=f"SDS steps per 3D run (default {d.steps_3d})")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--caption-check", type=int, default=d.caption_check,
+                   help=f"first generate this many seen-world captions and report how many the reader reads back "
+                        f"as captioned (default {d.caption_check}; 0 = skip)")
+    p.add_argument("--caption-check-only", action="store_true", help="stop after the caption check")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -399,10 +513,11 @@ def cli_run(args: argparse.Namespace) -> int:
         raise ValueError(f"--refset: unknown reference set(s) {unknown}; known: {sorted(REFSETS)}")
     cfg = EvalConfig(refsets=refsets, out=args.out, weights=args.weights, reader=args.reader, n=args.n,
                      steps=args.steps, seed=args.seed, progress=not args.quiet, n_3d=args.n_3d,
-                     steps_3d=args.steps_3d)
+                     steps_3d=args.steps_3d, caption_check=args.caption_check,
+                     caption_check_only=args.caption_check_only)
     evaluate(cfg)
     return 0
 
 
 __all__ = ["EvalConfig", "evaluate", "evaluate_refset", "score_readings", "format_table", "medoid_caption",
-           "get_reader", "claim_check", "pairwise_mean_distance", "METHODS", "METRICS"]
+           "get_reader", "claim_check", "caption_match", "interpolation_check", "interpolation_readout", "format_caption_match", "pairwise_mean_distance", "METHODS", "METRICS"]
