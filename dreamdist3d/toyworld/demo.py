@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
 from dreamdist3d.config import ConfigError
+from dreamdist3d.toyworld.backbone import DEFAULT_GUIDANCE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_3D_CONFIG = "configs/toy/toy-3d.yaml"
@@ -60,7 +60,7 @@ class DemoConfig:
     n_2d: int = 16
     n_4view: int = 4
     sample_steps: int = 25  # DDIM steps
-    guidance: float = 7.0  # classifier-free guidance scale of the toy sampler
+    guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale of the toy sampler (see backbone.py)
     scale: float = 1.0  # γ: spread of the prompt samples
     # 3D
     n_3d: int = 4  # runs with seeds seed..seed+n_3d-1
@@ -192,7 +192,7 @@ def prompt_samples(backbone, distribution_path: Path, n: int, seed: int, scale: 
 
 
 @torch.no_grad()
-def sample_images(backbone, context: torch.Tensor, num_frames: int, seed: int, steps: int = 25, guidance: float = 7.0,
+def sample_images(backbone, context: torch.Tensor, num_frames: int, seed: int, steps: int = 25, guidance: float = DEFAULT_GUIDANCE,
                   progress: bool = False, desc: str = "sampling", chunk: int = 8) -> torch.Tensor:
     """Toy DDIM samples of conditioning `context` (n,77,D) -> (n, F, 3, 32, 32) in [0,1]; chunks for a progress bar
     (each chunk's initial noise comes from its own seed: seed·100003 + index of its first sample)."""
