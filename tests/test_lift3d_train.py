@@ -5,7 +5,8 @@ datamodule, hash grid, renderer, guidance maths (CFG, recon loss with std rescal
 loop, with the denoiser replaced by an oracle that knows the data (every clean image is a red disk on white — what a
 red ball looks like from every camera of the relative-radius datamodule). SDS against it is a regression of the
 renders onto that image, so a working loop must lower the loss and turn the blob red; a broken gradient path,
-camera, compositing or optimizer does not.
+camera, compositing or optimizer does not. The same loop guided by a denoiser that really knows its world (the
+shipped toy backbone, from a caption) is tested in tests/test_toyworld_3d.py.
 """
 
 from __future__ import annotations
