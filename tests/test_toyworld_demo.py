@@ -158,7 +158,8 @@ def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
 
     reader = AttributeReader.fit(n_train=300, epochs=5)  # a rough reader is enough for the structure
     cfg = EvalConfig(refsets=["warm-cones-cylinders"], out=str(tmp_path / "eval"), n=6, n_prompts=4, steps=2,
-                     batch_size=2, n_samples=2, sample_steps=2, progress=False, n_3d=1, steps_3d=2)
+                     batch_size=2, n_samples=2, sample_steps=2, progress=False, n_3d=1, steps_3d=2,
+                     caption_check=4)
     report = evaluate(cfg, backbone=load_toy_backbone(tiny_weights), reader=reader)
     rows = report["table"]
     assert [r["method"] for r in rows] == ["reference", "oracle: set grammar", "oracle: one object",
@@ -176,6 +177,9 @@ def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
     assert by["oracle: one object"]["diversity"] == pytest.approx(0.0)
     assert by["oracle: set grammar"]["coverage"] > by["oracle: one object"]["coverage"]
     assert json.loads((out / "report.json").read_text())["table"][0]["method"] == "reference"
+    check = report["caption_check"]  # random tiny weights: only the structure (numbers in README, shipped weights)
+    assert check["n"] == 4 and len(check["samples"]) == 4 and 0.0 <= check["colour_and_shape"] <= check["colour"] <= 1
+    assert len(check["interpolation"]["hues"]) == 5 and "caption check (4 seen-world captions" in (out / "report.md").read_text()
     from PIL import Image
 
     assert Image.open(out / "sheet-warm-cones-cylinders.png").size[1] > 4 * 32

@@ -10,7 +10,10 @@ For each reference set (`REFSETS`), with the toy backbone:
   attribute feature (its "medoid caption": the best single caption naming part of the set);
 - **reference**: the reference renders themselves read back: the reader's own reject and in-distribution rates on
   clean renders (its coverage and precision are 1 by construction: each point lies in its own k-NN ball).
-All generated samples are single front views (2D mode, DDIM 25 steps, CFG 7, the same seeds for every method).
+All generated samples are single front views (2D mode, DDIM 25 steps, CFG `DEFAULT_GUIDANCE` = 2, the same seeds for every
+method). First, a caption check (`caption_match`: seen-world captions generated and read back) and an interpolation
+readout (`interpolation_readout`: hues along "a red box" -> "a yellow box" in embedding space) say how far the
+backbone itself can be trusted.
 With `n_3d > 0`, K=32 and K=1 also get N text-to-3D runs each (`configs/toy/toy-3d.yaml`, prompt-sample seeds
 0..N-1); each object is read on 4 turntable views (one aggregated reading: `AttributeReader.read_views`) and scored
 the same way (rows "K=32 (3D)", "K=1 (3D)"; no 3D runs for the caption baseline).
