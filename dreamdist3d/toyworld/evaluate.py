@@ -183,11 +183,11 @@ def caption_match(backbone, reader, n: int = 64, seed: int = 1000, steps: int = 
         else:
             readings += reader.read_views(images.flatten(0, 1), num_frames)
     rows = []
-    for spec, r in zip(specs, readings):
+    for caption, spec, r in zip(captions, specs, readings):
         colour = bool(r.ok and r.colour == spec.colour)
         shape = bool(r.ok and r.shape == spec.shape)
         part = bool(r.ok and bool(r.has_part) == (spec.part is not None))
-        rows.append({"caption": captions[len(rows)], "ok": r.ok, "colour": colour, "shape": shape, "part": part,
+        rows.append({"caption": caption, "ok": r.ok, "colour": colour, "shape": shape, "part": part,
                      "read_colour": r.colour, "read_shape": r.shape})
 
     def rate(key: str) -> float:
@@ -239,13 +239,12 @@ def interpolation_readout(backbone, reader, ts: Sequence[float] = (0.0, 0.25, 0.
 
     a, b = ObjectSpec("box", hue=PALETTE["red"], size=0.82), ObjectSpec("box", hue=PALETTE["yellow"], size=0.82)
     res = interpolation_check(backbone, a, b, ts=ts, seeds=seeds, cfg=guidance)
-    hues = []
+    hues, accepted = [], []
     for imgs in res["images"]:  # (seeds, F, 3, H, W)
         rs = [r for r in reader.read(imgs[:, 0]) if r.ok]
-        hues.append(None if not rs else round(_circ_mean(torch.tensor([r.hue for r in rs]),
-                                                         torch.ones(len(rs))), 1))
-    return {"captions": list(res["captions"]), "ts": list(ts), "hues": hues,
-            "accepted": [len([r for r in reader.read(i[:, 0]) if r.ok]) / len(seeds) for i in res["images"]]}
+        accepted.append(len(rs) / len(seeds))
+        hues.append(None if not rs else round(_circ_mean(torch.tensor([r.hue for r in rs]), torch.ones(len(rs))), 1))
+    return {"captions": list(res["captions"]), "ts": list(ts), "hues": hues, "accepted": accepted}
 
 
 # ----------------------------------------------------------------------------------------------------- sheet
@@ -421,6 +420,8 @@ def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
     check = None
     if cfg.caption_check:
         check = caption_match(backbone, reader, n=cfg.caption_check, steps=cfg.sample_steps, guidance=cfg.guidance)
+        check["four_view"] = caption_match(backbone, reader, n=cfg.caption_check, steps=cfg.sample_steps,
+                                           guidance=cfg.guidance, num_frames=4)
         check["interpolation"] = interpolation_readout(backbone, reader, guidance=cfg.guidance)
         print(format_caption_match(check))
     if cfg.caption_check_only:
@@ -455,13 +456,19 @@ def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
 
 
 def format_caption_match(check: Dict[str, Any]) -> str:
+    """The caption check as text: one line per view mode, then the interpolation readout."""
+    lines = [_caption_line(check)] + ([_caption_line(check["four_view"])] if "four_view" in check else [])
+    if "interpolation" in check:
+        it = check["interpolation"]
+        lines.append('interpolated text embeddings, "{}" -> "{}": read hue {}'.format(
+            *it["captions"], " → ".join("rejected" if h is None else f"{h:.0f}°" for h in it["hues"])))
+    return "\n".join(lines)
+
+
+def _caption_line(check: Dict[str, Any]) -> str:
     return (f"caption check ({check['n']} seen-world captions, {check['views']} view(s), DDIM {check['steps']}, CFG "
             f"{check['guidance']}): accepted {check['accepted']:.2f}, colour {check['colour']:.2f}, shape "
-            f"{check['shape']:.2f}, part {check['part']:.2f}, colour and shape {check['colour_and_shape']:.2f}"
-            + ("" if "interpolation" not in check else
-               "\ninterpolated text embeddings, {} -> {}: read hue {}".format(
-                   *(f'"{c}"' for c in check["interpolation"]["captions"]),
-                   " → ".join("rejected" if h is None else f"{h:.0f}°" for h in check["interpolation"]["hues"]))))
+            f"{check['shape']:.2f}, part {check['part']:.2f}, colour and shape {check['colour_and_shape']:.2f}")
 
 
 def claim_check(rows: Sequence[Dict[str, Any]], tol: float = 0.15) -> Dict[str, str]:
