@@ -551,6 +551,11 @@ class MultiViewUNet(nn.Module):
         return self
 
     # ------------------------------------------------------------------ forward
+    def condition_embedding(self, context) -> Optional[torch.Tensor]:
+        """(N, 4·mc) added to the timestep embedding before the camera's; None here (MVDream has none). A subclass
+        conditioning its ResBlocks on the text too (the toy UNet's pooled text) returns it."""
+        return None
+
     def forward(
         self,
         x: torch.Tensor,
@@ -568,6 +573,9 @@ class MultiViewUNet(nn.Module):
             timesteps = timesteps.expand(n)
 
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))  # (N, 4·mc)
+        extra = self.condition_embedding(context)
+        if extra is not None:
+            emb = emb + extra
         if camera is not None:
             if self.camera_dim is None:
                 raise ValueError("this UNet has no camera_embed (camera_dim=None); pass camera=None")

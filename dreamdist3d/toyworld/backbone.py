@@ -54,7 +54,7 @@ from torch import nn
 
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
-from dreamdist3d.backbones.multiview_unet import MultiViewUNet, TimestepEmbedding, timestep_embedding
+from dreamdist3d.backbones.multiview_unet import MultiViewUNet, TimestepEmbedding
 from dreamdist3d.backbones.schedule import NoiseSchedule
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
@@ -191,32 +191,16 @@ class ToyMultiViewUNet(MultiViewUNet):
             raise ValueError("ToyMultiViewUNet needs an int context_dim")
         self.text_embed = TimestepEmbedding(ctx_dim, self.model_channels * 4)
 
+    def condition_embedding(self, context: torch.Tensor) -> torch.Tensor:
+        """The pooled text (mean over the 77 positions) embedded like a timestep: (N, 4·mc), used by FiLM."""
+        dtype = self.time_embed[0].weight.dtype
+        return self.text_embed(context.to(dtype).mean(dim=1))
+
     def forward(self, x, timesteps, context, camera=None, num_frames: int = 1):
         n = x.shape[0]
-        if n % num_frames:
-            raise ValueError(f"batch {n} must be divisible by num_frames={num_frames} (rows are (b f), views contiguous)")
         if not torch.is_tensor(context) or context.ndim != 3 or context.shape[0] != n:
             raise ValueError(f"context must be a ({n}, 77, D) tensor, got {getattr(context, 'shape', type(context))}")
-        dtype = self.time_embed[0].weight.dtype
-        timesteps = torch.as_tensor(timesteps, device=x.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps.expand(n)
-        context = context.to(dtype)
-        emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))  # (N, 4·mc)
-        emb = emb + self.text_embed(context.mean(dim=1))  # pooled text
-        if camera is not None:
-            if camera.shape[0] != n:
-                raise ValueError(f"camera has {camera.shape[0]} rows, x has {n}; give one camera per row")
-            emb = emb + self.camera_embed(camera.to(dtype))
-        h = x.to(dtype)
-        skips = []
-        for stage in self.input_blocks:
-            h = stage(h, emb, context, num_frames)
-            skips.append(h)
-        h = self.middle_block(h, emb, context, num_frames)
-        for stage in self.output_blocks:
-            h = stage(torch.cat([h, skips.pop()], dim=1), emb, context, num_frames)
-        return self.out(h).to(x.dtype)
+        return super().forward(x, timesteps, context, camera=camera, num_frames=num_frames)
 
 
 # ----------------------------------------------------------------------------------------------------- schedule
