@@ -163,16 +163,22 @@ def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
     report = evaluate(cfg, backbone=load_toy_backbone(tiny_weights), reader=reader)
     rows = report["table"]
     assert [r["method"] for r in rows] == ["reference", "oracle: set grammar", "oracle: one object",
-                                           "oracle: whole world", "K=32", "K=1", "caption", "K=32 (3D)", "K=1 (3D)"]
+                                           "oracle: whole world", "K=32", "K=1", "caption", "K=32 (3D)", "K=1 (3D)",
+                                           "caption (3D)"]
     for r in rows:
         for key in ("reject", "in_dist", "coverage", "precision"):
             assert 0.0 <= r[key] <= 1.0, (r["method"], key, r[key])
         assert r["density"] >= 0.0
     assert rows[4]["n"] == 6
-    assert rows[0]["coverage"] == 1.0  # the reference renders cover themselves
     out = tmp_path / "eval"
-    assert (out / "report.md").read_text().count("| warm-cones-cylinders |") == 9
-    assert rows[-1]["n"] == 1  # one 3D object, read on 4 turntable views
+    assert (out / "report.md").read_text().count("| warm-cones-cylinders |") == 10
+    assert all(r["n"] == 1 for r in rows[-3:])  # one 3D object per method, read on 4 turntable views
+    # the caption baseline's 3D runs were driven by its caption saved as a K=1 distribution
+    from dreamdist3d.distribution import PromptDistribution
+
+    cap = PromptDistribution.load(report["refsets"]["warm-cones-cylinders"]["distributions"]["caption"])
+    assert cap.meta.source == f"caption: {report['refsets']['warm-cones-cylinders']['caption']}"
+    assert (out / "warm-cones-cylinders" / "3d" / "caption" / "runs" / "seed0").is_dir()
     by = {r["method"]: r for r in rows}  # the calibration rows: exact renders, whatever the reader's roughness
     assert by["oracle: one object"]["diversity"] == pytest.approx(0.0)
     assert by["oracle: set grammar"]["coverage"] > by["oracle: one object"]["coverage"]

@@ -9,21 +9,25 @@ For each reference set (`REFSETS`), with the toy backbone:
 - **caption**: the plain caption baseline, N samples of one caption — the reference object nearest to the set's mean
   attribute feature (its "medoid caption": the best single caption naming part of the set);
 - **reference**: the reference renders themselves read back: the reader's own reject and in-distribution rates on
-  clean renders (its coverage and precision are 1 by construction: each point lies in its own k-NN ball).
+  clean renders, and how much of the set's distribution 12 draws of it cover.
 All generated samples are single front views (2D mode, DDIM 25 steps, CFG `DEFAULT_GUIDANCE` = 2, the same seeds for every
 method). First, a caption check (`caption_match`: seen-world captions generated and read back) and an interpolation
 readout (`interpolation_readout`: hues along "a red box" -> "a yellow box" in embedding space) say how far the
 backbone itself can be trusted.
-With `n_3d > 0`, K=32 and K=1 also get N text-to-3D runs each (`configs/toy/toy-3d.yaml`, prompt-sample seeds
-0..N-1); each object is read on 4 turntable views (one aggregated reading: `AttributeReader.read_views`) and scored
-the same way (rows "K=32 (3D)", "K=1 (3D)"; no 3D runs for the caption baseline).
+With `n_3d > 0`, every method also gets N text-to-3D runs (`configs/toy/toy-3d.yaml`, seeds 0..N-1: a fresh
+prompt sample each for K=32; K=1 and the caption, whose one prompt is saved as a K=1 distribution with
+`PromptDistribution.from_caption`, differ only by the run's seed); each object is read on 4 turntable views (one
+aggregated reading: `AttributeReader.read_views`) and scored the same way (rows "K=32 (3D)", "K=1 (3D)",
+"caption (3D)").
 
 Each image is read by the `AttributeReader` (reject for out-of-world images) and scored:
 - `reject`: fraction of images the reader rejects;
 - `in_dist`: fraction of ALL images that are accepted and inside the reference set's attribute support
   (`AttributeSupport.contains`); `in_dist_acc`: the same among accepted images;
 - `coverage`, `density`, `precision`, `recall` (Naeem et al. 2020, k=5) on attribute features (`Reading.feature`),
-  real = the reference renders read by the same reader, fake = the accepted samples;
+  real = `n_real` (64) fresh objects of the reference set's own grammar (front views read by the same reader: the
+  distribution the references were drawn from; the 12 references alone make k=5 balls so wide that any spread
+  covers them all), fake = the accepted samples;
 - `diversity`: mean pairwise L2 distance between attribute features of accepted samples; `pix_div`: mean pairwise
   RMS pixel distance over all samples.
 Calibration rows (`oracles`, exact renders, no model): a perfect distribution (new objects of the set's own grammar),
@@ -73,6 +77,7 @@ class EvalConfig:
     guidance: float = DEFAULT_GUIDANCE
     scale: float = 1.0
     k: int = 5  # k of the k-NN balls of coverage/density
+    n_real: int = 64  # objects of the set's grammar that stand for its distribution in coverage/density/precision/recall
     seed: int = 0
     progress: bool = True
     n_3d: int = 0  # 3D runs per distribution (K=32 and K=1), read on 4 turntable views each; 0 = 2D only
@@ -305,6 +310,16 @@ def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
     return torch.stack(out)
 
 
+def real_features(reader, refset, n: int, seed: int = 0) -> torch.Tensor:
+    """(M, D) attribute features of n fresh objects of the set's grammar (front views; M ≤ n: the accepted ones), the
+    "real" distribution of coverage and density. Seeded apart from the references and the oracle rows."""
+    from dreamdist3d.toyworld.render import front_camera, render
+
+    specs = refset.grammar.sample_many(n, seed + 5000)
+    images = render(specs, front_camera()[None].expand(len(specs), 1, 16)).image
+    return reader.features(reader.read(images))
+
+
 def oracle_scores(reader, refset, real: torch.Tensor, n: int = 32, seed: int = 0, k: int = 5) -> List[Dict[str, Any]]:
     """The evaluator's calibration: exact renders (front view) of ideal generators, scored like the methods.
     "oracle: set grammar" = n new objects of the set's own grammar (a perfect distribution); "oracle: one object" =
@@ -338,9 +353,9 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
     folder = out / name
     ref_images, _ = render_references(name, folder / "reference")
     ref_read = reader.read(ref_images)
-    real = reader.features(ref_read)
+    real = real_features(reader, rs, cfg.n_real, cfg.seed)
     if real.shape[0] <= cfg.k:
-        raise RuntimeError(f"the reader accepted only {real.shape[0]} of {len(ref_read)} reference renders of {name}; "
+        raise RuntimeError(f"the reader accepted only {real.shape[0]} of {cfg.n_real} renders of {name}'s grammar; "
                            f"coverage needs more than k={cfg.k}")
     times: Dict[str, float] = {}
     samples: Dict[str, torch.Tensor] = {}
@@ -356,6 +371,11 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
                                         progress=cfg.progress, desc=f"{name} {method}")[:, 0]
         times[method] = round(time.perf_counter() - t0, 1)
     caption = medoid_caption(rs)
+    from dreamdist3d.distribution import PromptDistribution
+
+    dists["caption"] = str(PromptDistribution.from_caption(
+        caption, backbone.text_encoder, backbone.tokenizer, backbone=backbone.name
+    ).save(folder / "learn" / f"{name}-caption.safetensors"))
     t0 = time.perf_counter()
     ctx = backbone.encode_text([caption]).expand(cfg.n, -1, -1)
     samples["caption"] = sample_images(backbone, ctx, 1, seed=cfg.seed, steps=cfg.sample_steps, guidance=cfg.guidance,
@@ -367,7 +387,7 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
     if cfg.n_3d > 0:  # 3D runs of both learned distributions, read on 4 turntable views per object
         from dreamdist3d.toyworld.demo import launch_3d
 
-        for method in ("K=32", "K=1"):
+        for method in METHODS:
             t0 = time.perf_counter()
             objs = []
             for s3 in range(cfg.seed, cfg.seed + cfg.n_3d):
@@ -472,18 +492,20 @@ def _caption_line(check: Dict[str, Any]) -> str:
 
 
 def claim_check(rows: Sequence[Dict[str, Any]], tol: float = 0.15) -> Dict[str, str]:
-    """Per refset: does K=32 have higher coverage than K=1 with an in-distribution rate within `tol`?"""
+    """Per refset, in 2D and (where there are 3D rows) in 3D: does K=32 have higher coverage than K=1 with an
+    in-distribution rate within `tol`?"""
     out = {}
     for name in dict.fromkeys(r["refset"] for r in rows):
         by = {r["method"]: r for r in rows if r["refset"] == name}
-        a, b = by.get("K=32"), by.get("K=1")
-        if not a or not b:
-            continue
-        higher = a["coverage"] > b["coverage"]
-        similar = abs(a["in_dist"] - b["in_dist"]) <= tol
-        verdict = "holds" if (higher and similar) else "does not hold"
-        out[name] = (f"{verdict} (coverage {a['coverage']:.2f} vs {b['coverage']:.2f}, in-dist {a['in_dist']:.2f} "
-                     f"vs {b['in_dist']:.2f})")
+        for suffix in ("", " (3D)"):
+            a, b = by.get("K=32" + suffix), by.get("K=1" + suffix)
+            if not a or not b:
+                continue
+            higher = a["coverage"] > b["coverage"]
+            similar = abs(a["in_dist"] - b["in_dist"]) <= tol
+            verdict = "holds" if (higher and similar) else "does not hold"
+            out[name + suffix] = (f"{verdict} (coverage {a['coverage']:.2f} vs {b['coverage']:.2f}, in-dist "
+                                  f"{a['in_dist']:.2f} vs {b['in_dist']:.2f})")
     return out
 
 
