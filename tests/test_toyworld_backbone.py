@@ -22,13 +22,16 @@ from dreamdist3d.toyworld.backbone import (
 )
 from dreamdist3d.toyworld.objects import ObjectSpec, PartSpec, nearest_colour
 from dreamdist3d.toyworld.train import (
+    FAST_RECIPE,
     SOS,
+    TokenRows,
     TrainConfig,
     Trainer,
     aligned_pair,
     blend_ends,
     build_cache,
     train_toy_backbone,
+    vocabulary_ids,
 )
 
 WEIGHTS = default_weights_path()
@@ -136,14 +139,18 @@ def test_blend_pairs_line_up():
         assert len(ia) == len(ib) and ia != ib, (kind, a.caption(), b.caption())
 
 
-def _small(steps: int) -> TrainConfig:
+SPEED_SWITCHES = {k: v for k, v in FAST_RECIPE.items() if isinstance(v, bool)}  # the --fast recipe's switches
+
+
+def _small(steps: int, **switches) -> TrainConfig:
     return TrainConfig(steps=steps, batch_mv=2, batch_2d=2, cache_objects=8, cache_interp=4, warmup_steps=3,
-                       ckpt_every=3, lr=2e-3)
+                       ckpt_every=3, lr=2e-3, **switches)
 
 
-def test_training_runs_checkpoints_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("switches", [{}, SPEED_SWITCHES], ids=["shipped-recipe", "fast-switches"])
+def test_training_runs_checkpoints_and_resumes_exactly(tmp_path, switches):
     torch.set_num_threads(1)
-    cfg, model = _small(6), small_test_config()
+    cfg, model = _small(6, **switches), small_test_config()
     straight = Trainer(cfg, model, progress=False)
     straight.run()
     # 3 steps, checkpoint, a fresh trainer resumes and does the other 3
@@ -159,6 +166,56 @@ def test_training_runs_checkpoints_and_resumes_exactly(tmp_path):
     for a, b in zip(straight.backbone.text_encoder.state_dict().values(), resumed.backbone.text_encoder.state_dict().values()):
         assert torch.equal(a, b)
     assert len(straight.losses) == 6 and all(np.isfinite(straight.losses))
+
+
+def test_caption_vocabulary_holds_every_token_a_caption_can_have():
+    from dreamdist3d.text import ClipTokenizer
+    from dreamdist3d.toyworld.captions import caption
+    from dreamdist3d.toyworld.objects import interpolate_specs
+
+    tok = ClipTokenizer.default()
+    vocab = set(vocabulary_ids(tok).tolist())
+    assert {SOS, 49407, 0} <= vocab and 60 < len(vocab) < 200
+    rng = np.random.default_rng(7)
+    seen = set()
+    for _ in range(600):  # paraphrases of plain objects and of blends (compound colours such as "red-orange")
+        a, b, _ = blend_ends(rng)
+        for spec in (a, interpolate_specs(a, b, float(rng.uniform()))):
+            seen |= set(tok.encode(caption(spec, rng)))
+    assert seen <= vocab
+    assert len(seen) > 0.8 * (len(vocab) - 3)  # the vocabulary is not padded with tokens captions never use
+
+
+def test_token_rows_read_trained_rows_and_the_frozen_table_elsewhere():
+    table = torch.randn(50, 4)
+    rows = TokenRows(table, torch.tensor([0, 3, 7]))
+    with torch.no_grad():
+        rows.rows.add_(1.0)
+    ids = torch.tensor([[3, 5, 0], [7, 7, 49]])
+    out = rows(table, ids)
+    want = table[ids] + torch.isin(ids, torch.tensor([0, 3, 7]))[..., None].float()
+    torch.testing.assert_close(out, want)
+    rows(table, ids).sum().backward()
+    assert rows.rows.grad.tolist() == [[1.0] * 4, [1.0] * 4, [2.0] * 4]  # id 7 twice
+    rows.write_into(table)
+    torch.testing.assert_close(table[[0, 3, 7]], rows.rows.detach())
+
+
+def test_sparse_token_rows_train_as_the_whole_table_does():
+    """Training only the vocabulary's rows is the same optimisation as training all 49408 (the others get zero
+    gradients, so Adam never moves them): same losses, same weights."""
+    torch.set_num_threads(1)
+    model = small_test_config()
+    runs = {}
+    for sparse in (True, False):
+        tr = Trainer(_small(3, sparse_token_rows=sparse), model, progress=False)
+        tr.run()
+        runs[sparse] = tr
+    assert runs[True].losses == pytest.approx(runs[False].losses, rel=1e-5, abs=1e-7)
+    a = runs[True].ema.text_encoder.token_embedding.weight
+    b = runs[False].ema.text_encoder.token_embedding.weight
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert not torch.equal(a, initial_token_table(model))  # trained rows did move
 
 
 def test_train_writes_loadable_weights_and_record(tmp_path):

@@ -14,7 +14,6 @@ from dreamdist3d.toyworld.objects import (
     COLOURS,
     HUE_JITTER,
     PALETTE,
-    ObjectGrammar,
     ObjectSpec,
     PartSpec,
     hue_blend,

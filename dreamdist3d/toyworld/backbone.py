@@ -29,7 +29,7 @@ resolution 32, `supports_camera=True`, `schedule.prediction_type == "v_predictio
 
 Shipped weights (`data/toy-backbone.safetensors`, float16, about 3 MB; loaded as float32): every UNet and text
 encoder tensor except the (49408×64) token-embedding table, of which only the rows that training changed are stored
-(`token_rows.ids`, `token_rows.values`: the ~120 tokens of the toy captions plus SOS/EOS/pad). Every other row is
+(`token_rows.ids`, `token_rows.values`: the ~110 tokens of the toy captions plus SOS/EOS/pad). Every other row is
 regenerated at load from `torch.Generator().manual_seed(embedding_seed)` as `randn(49408, 64) · embedding_std`
 (0.02, CLIP's init scale), exactly the values the trainer started from (Adam without weight decay never moves a row
 whose gradient is always zero). A checksum of the regenerated table (`init_table_checksum`) is stored and checked

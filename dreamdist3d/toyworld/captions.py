@@ -53,6 +53,8 @@ _SIDE_TEMPLATES = (
     "{A}, {a_part} on the {side}",
 )
 _PLAIN_TEMPLATES = ("{A}", "{A}", "a single {body}", "{A} on its own", "a plain {body}")
+_PREFIXES = ("", "", "", "a 3d render of ", "a toy model of ", "a picture of ")
+_PART_SIZE_WORDS = ("small", "little")
 
 _VOWEL_SOUND = re.compile(r"^(a|e|i|o|u)", re.IGNORECASE)
 
@@ -99,14 +101,14 @@ def caption(spec: ObjectSpec, rng: Union[None, int, np.random.Generator] = None)
         p = spec.part
         part = f"{colour_phrase(p.hue, rng)} {_pick(PART_SHAPE_SYNONYMS[p.shape], rng)}"
         if rng is not None and rng.uniform() < 0.3:
-            part = f"{_pick(('small', 'little'), rng)} {part}"
+            part = f"{_pick(_PART_SIZE_WORDS, rng)} {part}"
         fields["a_part"] = _article(part)
         if p.placement == "top":
             template = _pick(_TOP_TEMPLATES, rng)
         else:
             template = _pick(_SIDE_TEMPLATES, rng)
             fields["side"] = p.placement
-    prefix = "" if rng is None else _pick(("", "", "", "a 3d render of ", "a toy model of ", "a picture of "), rng)
+    prefix = "" if rng is None else _pick(_PREFIXES, rng)
     text = template.format(**fields)
     if prefix:
         text = prefix + text
@@ -117,6 +119,17 @@ def captions(specs, seed: Optional[int] = None) -> List[str]:
     """Canonical captions (seed None) or one paraphrase per spec from a seeded generator."""
     rng = None if seed is None else np.random.default_rng(seed)
     return [caption(s, rng) for s in specs]
+
+
+def vocabulary_text() -> str:
+    """Every word and punctuation mark a caption can contain, as one string. CLIP's BPE splits text into words and
+    punctuation first and encodes each alone, so the tokens of this string are every token any caption can have."""
+    words = ["a", "an", "-", ","]
+    for table in (COLOUR_SYNONYMS, SHAPE_SYNONYMS, SIZE_SYNONYMS, ASPECT_SYNONYMS, PART_SHAPE_SYNONYMS, SIDE_WORDS):
+        words += [w for syns in table.values() for w in syns]
+    words += list(_PART_SIZE_WORDS) + list(_PREFIXES)
+    words += [re.sub(r"\{[a-z_]+\}", " ", t) for t in _TOP_TEMPLATES + _SIDE_TEMPLATES + _PLAIN_TEMPLATES]
+    return re.sub(r"\s+", " ", " ".join(words)).strip()
 
 
 # ----------------------------------------------------------------------------------------------------- parsing
@@ -158,4 +171,4 @@ def mentioned(text: str) -> Dict[str, Set[str]]:
     return out
 
 
-__all__ = ["caption", "captions", "body_phrase", "colour_phrase", "mentioned", "PART_SHAPE_SYNONYMS"]
+__all__ = ["caption", "captions", "vocabulary_text", "body_phrase", "colour_phrase", "mentioned", "PART_SHAPE_SYNONYMS"]

@@ -27,10 +27,11 @@ The loss is the v-prediction MSE over all rows (see `backbone.py` for why v). Th
 high noise (t ≥ 750) of rows with and without a caption: the gap is how much the model uses the text.
 
 Data: a cache rendered once at start (`cache_objects` plain + `cache_interp` blended objects, 4 views each, uint8),
-deterministic for the seed, rebuilt identically on resume. The text encoder (all of it, token table included) and
-the UNet are trained together with Adam (no weight decay, so token rows that never occur stay exactly at their
-seeded initial values and need not be shipped), linear warm-up then cosine decay, gradient clipping, and an EMA of
-the weights which is what is saved. Deterministic for a seed at a fixed thread count; checkpoints (atomic) every
+deterministic for the seed, rebuilt identically on resume. The text encoder (its token table through `TokenRows`:
+only the ~115 rows of the captions' vocabulary train, the rest stay at their seeded initial values and need not be
+shipped) and the UNet are trained together with Adam (no weight decay), linear warm-up then cosine decay, gradient
+clipping, and an EMA of the weights which is what is saved. The forward runs in bfloat16 autocast (`bf16`), float32
+weights. Deterministic for a seed at a fixed thread count; checkpoints (atomic) every
 `ckpt_every` steps and at the end hold the model, EMA, optimiser, both random generators and the loss history, so
 `--resume` continues bit-exactly.
 """
@@ -58,7 +59,7 @@ from dreamdist3d.toyworld.backbone import (
     build_toy_backbone,
     save_toy_backbone,
 )
-from dreamdist3d.toyworld.captions import caption
+from dreamdist3d.toyworld.captions import caption, vocabulary_text
 from dreamdist3d.toyworld.objects import (
     ASPECT_RANGE,
     COLOURS,
@@ -81,10 +82,18 @@ SOS, EOS = 49406, 49407
 
 @dataclass
 class TrainConfig:
-    steps: int = 4000  # total optimiser steps (the LR schedule depends on it); 37 min at 1.79 steps/s, 2 threads, 2 cores
+    """Defaults: the recipe of the shipped weights (37 min on 2 cores). `FAST_RECIPE` (`--fast`): 18 min, weaker."""
+
+    steps: int = 4000  # total optimiser steps (the LR schedule depends on it)
     seed: int = 0
     batch_mv: int = 12  # objects per step, 4 views each (48 UNet rows, num_frames=4, cameras)
     batch_2d: int = 16  # single views per step (num_frames=1, no camera)
+    # speed switches (`python benchmarks/toy_train.py` measures each); all off = the shipped weights' exact arithmetic
+    bf16: bool = False  # autocast the forward to bfloat16 (weights, optimiser and EMA stay float32)
+    channels_last: bool = False  # NHWC UNet weights (faster convolutions on CPU)
+    cpu_math_attention: bool = False  # on CPU, PyTorch's math attention kernel instead of flash (faster backward here)
+    sparse_token_rows: bool = False  # train only the caption vocabulary's token rows (`TokenRows`), not all 49408
+    fused_adam: bool = False  # torch's fused Adam kernel
     lr: float = 1.5e-3
     embedding_lr_scale: float = 0.2  # the token table learns at lr × this
     warmup_steps: int = 150
@@ -118,6 +127,14 @@ class TrainConfig:
         if "elevation_range" in d:
             d["elevation_range"] = tuple(d["elevation_range"])
         return TrainConfig(**d)
+
+
+# The ≤20-minute recipe (`dreamdist3d toyworld train --fast`): 3.8 steps/s instead of 1.8 on 2 cores, 4000 steps in
+# 17.6 min. Measured against the shipped recipe (README, "The toy world"): single views follow their captions as well,
+# 4-view sets less often, and learned prompts degrade much faster off the captions (its 3D runs from learned
+# distributions were unreadable), so the shipped weights keep the slower recipe. lr: 1.5e-3 and 2.5e-3 were worse here.
+FAST_RECIPE: Dict[str, Any] = dict(batch_mv=8, batch_2d=8, bf16=True, channels_last=True, cpu_math_attention=True,
+                                   sparse_token_rows=True, fused_adam=True, lr=1.2e-3)
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -345,11 +362,44 @@ def word_mask(ids: torch.Tensor) -> torch.Tensor:
     return (pos > 0) & (pos < eos)
 
 
-def conditioning(backbone: Backbone, batch: Batch, gen: torch.Generator, noise_std: float) -> torch.Tensor:
-    """(B,77,D) text-encoder states of the batch's (interpolated, noised) token embeddings; differentiable."""
+class TokenRows(torch.nn.Module):
+    """The token-embedding rows training moves: those of every word a caption can contain (`vocabulary_text`) plus
+    SOS, EOS and pad, ~115 of the table's 49408. They are one small parameter, so Adam, gradient clipping and the EMA
+    touch 115 rows a step instead of 49408 (the same result: rows that never occur get zero gradients). Ids outside
+    the vocabulary read the frozen table."""
+
+    def __init__(self, table: torch.Tensor, ids: torch.Tensor):
+        super().__init__()
+        self.register_buffer("ids", ids.long(), persistent=False)  # (U,)
+        row_of = torch.full((table.shape[0],), -1, dtype=torch.long, device=table.device)
+        row_of[self.ids] = torch.arange(len(self.ids), device=table.device)
+        self.register_buffer("row_of", row_of, persistent=False)  # (V,) index into rows, -1 outside
+        self.rows = torch.nn.Parameter(table.detach()[self.ids].clone())  # (U, D)
+
+    def forward(self, table: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """(..., L) ids -> (..., L, D): the trained row for vocabulary ids, the frozen table's row otherwise."""
+        token_ids = token_ids.to(table.device)
+        r = self.row_of[token_ids]
+        return torch.where((r >= 0)[..., None], self.rows[r.clamp(min=0)], table.detach()[token_ids])
+
+    @torch.no_grad()
+    def write_into(self, table: torch.Tensor) -> None:
+        table[self.ids] = self.rows.detach().to(table.dtype)
+
+
+def vocabulary_ids(tokenizer: ClipTokenizer) -> torch.Tensor:
+    """(U,) sorted ids of every token a toy caption can contain, with SOS, EOS and pad (0)."""
+    return torch.tensor(sorted(set(tokenizer.encode(vocabulary_text())) | {SOS, EOS, 0}), dtype=torch.long)
+
+
+def conditioning(backbone: Backbone, batch: Batch, gen: torch.Generator, noise_std: float,
+                 embed=None) -> torch.Tensor:
+    """(B,77,D) text-encoder states of the batch's (interpolated, noised) token embeddings; differentiable.
+    `embed`: ids (B,77) -> token embeddings (B,77,D); default the text encoder's own table."""
     enc = backbone.text_encoder
-    ea = enc.embed_tokens(batch.ids_a)
-    eb = enc.embed_tokens(batch.ids_b)
+    embed = embed or enc.embed_tokens
+    ea = embed(batch.ids_a)
+    eb = embed(batch.ids_b)
     w = batch.mix.to(ea.device)[:, None, None]
     emb = ea + w * (eb - ea)  # (B,77,D)
     mask = (word_mask(batch.ids_a) & batch.noisy[:, None]).to(emb.device)
@@ -371,10 +421,10 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.lr * f
 
 
-def _trainable(backbone: Backbone):
+def _dense(backbone: Backbone) -> List[torch.nn.Parameter]:
+    """Every backbone parameter except the token table (trained through `TokenRows`)."""
     table = backbone.text_encoder.token_embedding.weight
-    others = [p for p in backbone.text_encoder.parameters() if p is not table] + list(backbone.unet.parameters())
-    return table, others
+    return [p for p in backbone.text_encoder.parameters() if p is not table] + list(backbone.unet.parameters())
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -397,18 +447,31 @@ class Trainer:
         self.backbone = build_toy_backbone(self.model_config, seed=cfg.seed, device=device, tokenizer=self.tokenizer)
         self.backbone.text_encoder.clip.requires_grad_(True)
         self.backbone.unet.train()
+        if cfg.channels_last:
+            self.backbone.unet.to(memory_format=torch.channels_last)
         self.ema = build_toy_backbone(self.model_config, seed=cfg.seed, device=device, tokenizer=self.tokenizer)
         self.ema.unet.requires_grad_(False)
+        table = self.backbone.text_encoder.token_embedding.weight
+        ema_table = self.ema.text_encoder.token_embedding.weight
+        self.rows: Optional[TokenRows] = None  # sparse: the vocabulary's rows, trained in place of the table
+        self.ema_rows: Optional[TokenRows] = None
+        if cfg.sparse_token_rows:
+            table.requires_grad_(False)
+            vocab = vocabulary_ids(self.tokenizer).to(self.device)
+            self.rows = TokenRows(table, vocab)
+            self.ema_rows = TokenRows(ema_table, vocab).requires_grad_(False)
+        # what Adam and the EMA update for the token embeddings: the rows, or the whole table
+        self.table_param = self.rows.rows if self.rows is not None else table
+        self.ema_table_param = self.ema_rows.rows if self.ema_rows is not None else ema_table
         # the auxiliary head (not part of the backbone, not shipped): text states -> object attributes
         width = int(self.model_config.text["hidden_size"])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 17)
             self.aux_head = torch.nn.Linear(width, ATTRIBUTE_DIM).to(self.device)
-        table, others = _trainable(self.backbone)
-        others = others + list(self.aux_head.parameters())
+        others = _dense(self.backbone) + list(self.aux_head.parameters())
         self.opt = torch.optim.Adam(
-            [{"params": others, "lr_scale": 1.0}, {"params": [table], "lr_scale": cfg.embedding_lr_scale}],
-            lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0,
+            [{"params": others, "lr_scale": 1.0}, {"params": [self.table_param], "lr_scale": cfg.embedding_lr_scale}],
+            lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, **({"fused": True} if cfg.fused_adam else {}),
         )
         self.rng = np.random.default_rng([cfg.seed, 2])
         self.gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7)
@@ -421,6 +484,7 @@ class Trainer:
 
     # -------------------------------------------------------------- state
     def state(self) -> Dict[str, Any]:
+        self.sync_tables()
         return {
             "step": self.step,
             "total_steps": self.total_steps,
@@ -456,6 +520,10 @@ class Trainer:
         self.backbone.text_encoder.load_state_dict(st["text"])
         self.ema.unet.load_state_dict(st["ema_unet"])
         self.ema.text_encoder.load_state_dict(st["ema_text"])
+        if self.rows is not None:
+            with torch.no_grad():
+                self.rows.rows.copy_(self.backbone.text_encoder.token_embedding.weight[self.rows.ids])
+                self.ema_rows.rows.copy_(self.ema.text_encoder.token_embedding.weight[self.ema_rows.ids])
         self.aux_head.load_state_dict(st["aux_head"])
         self.opt.load_state_dict(st["opt"])
         self.rng.bit_generator.state = st["rng"]
@@ -463,8 +531,27 @@ class Trainer:
         self.losses = list(st["losses"])
         self.elapsed = float(st["elapsed"])
 
+    def sync_tables(self) -> None:
+        """Write the trained token rows (and their EMA) into the two backbones' tables (sparse rows only)."""
+        if self.rows is not None:
+            self.rows.write_into(self.backbone.text_encoder.token_embedding.weight)
+            self.ema_rows.write_into(self.ema.text_encoder.token_embedding.weight)
+
     # -------------------------------------------------------------- one step
     def train_step(self) -> float:
+        """One optimiser step, in bfloat16 autocast with `bf16`; with `cpu_math_attention` on CPU, attention uses
+        PyTorch's math kernel: the flash kernel's CPU backward is several times slower on these small shapes (64
+        queries × 77 keys). `python benchmarks/toy_train.py` measures each switch."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        if self.device.type == "cpu" and self.cfg.cpu_math_attention:
+            with amp, sdpa_kernel([SDPBackend.MATH]):
+                return self._step()
+        with amp:
+            return self._step()
+
+    def _step(self) -> float:
         cfg, bb = self.cfg, self.backbone
         batch = draw_batch(self.cache, cfg, self.rng, self.tokenizer)
         n_mv = cfg.batch_mv * 4
@@ -473,7 +560,8 @@ class Trainer:
         t = torch.cat([t_obj[: cfg.batch_mv].repeat_interleave(4), t_obj[cfg.batch_mv:]]).to(self.device)
         noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
         x_t = bb.schedule.add_noise(x0, noise, t)
-        ctx = conditioning(bb, batch, self.gen, cfg.noise_std)  # (B,77,D)
+        embed = None if self.rows is None else (lambda ids: self.rows(bb.text_encoder.token_embedding.weight, ids))
+        ctx = conditioning(bb, batch, self.gen, cfg.noise_std, embed=embed)  # (B,77,D)
         ctx_mv = ctx[: cfg.batch_mv].repeat_interleave(4, dim=0)
         out_mv = bb.unet(x_t[:n_mv], t[:n_mv], ctx_mv, camera=batch.cameras.to(self.device), num_frames=4)
         out_2d = bb.unet(x_t[n_mv:], t[n_mv:], ctx[cfg.batch_mv:], camera=None, num_frames=1)
@@ -500,8 +588,7 @@ class Trainer:
             g["lr"] = lr * g["lr_scale"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        table, others = _trainable(bb)
-        torch.nn.utils.clip_grad_norm_(others + [table] + list(self.aux_head.parameters()), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(_dense(bb) + [self.table_param] + list(self.aux_head.parameters()), cfg.grad_clip)
         self.opt.step()
         self._update_ema()
         self.step += 1
@@ -512,9 +599,8 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         d = min(self.cfg.ema_decay, (1.0 + self.step) / (10.0 + self.step))
-        for src, dst in ((self.backbone.unet, self.ema.unet), (self.backbone.text_encoder, self.ema.text_encoder)):
-            for p, q in zip(src.parameters(), dst.parameters()):
-                q.lerp_(p.detach(), 1.0 - d)  # lerp leaves rows with p == q exactly unchanged
+        src = [p.detach() for p in _dense(self.backbone) + [self.table_param]]
+        torch._foreach_lerp_(_dense(self.ema) + [self.ema_table_param], src, 1.0 - d)  # rows with p == q stay put
 
     # -------------------------------------------------------------- the loop
     def run(self, checkpoint: Optional[PathLike] = None, minutes: Optional[float] = None,
@@ -559,6 +645,7 @@ class Trainer:
                 self.save_checkpoint(checkpoint)
         bar.close()
         self.elapsed += time.time() - t_loop
+        self.sync_tables()
         tail = self.losses[-100:]
         return {
             "steps": self.step,
@@ -620,6 +707,7 @@ def train_toy_backbone(
 
 __all__ = [
     "TrainConfig",
+    "FAST_RECIPE",
     "Trainer",
     "DataCache",
     "build_cache",
@@ -627,6 +715,8 @@ __all__ = [
     "blend_ends",
     "aligned_pair",
     "conditioning",
+    "TokenRows",
+    "vocabulary_ids",
     "lr_at",
     "train_toy_backbone",
 ]
