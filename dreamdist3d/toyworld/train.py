@@ -27,11 +27,13 @@ The loss is the v-prediction MSE over all rows (see `backbone.py` for why v). Th
 high noise (t ≥ 750) of rows with and without a caption: the gap is how much the model uses the text.
 
 Data: a cache rendered once at start (`cache_objects` plain + `cache_interp` blended objects, 4 views each, uint8),
-deterministic for the seed, rebuilt identically on resume. The text encoder (its token table through `TokenRows`:
-only the ~115 rows of the captions' vocabulary train, the rest stay at their seeded initial values and need not be
-shipped) and the UNet are trained together with Adam (no weight decay), linear warm-up then cosine decay, gradient
-clipping, and an EMA of the weights which is what is saved. The forward runs in bfloat16 autocast (`bf16`), float32
-weights. Deterministic for a seed at a fixed thread count; checkpoints (atomic) every
+deterministic for the seed, rebuilt identically on resume. The text encoder (all of it, token table included) and
+the UNet are trained together with Adam (no weight decay, so token rows that never occur stay exactly at their
+seeded initial values and need not be shipped), linear warm-up then cosine decay, gradient clipping, and an EMA of
+the weights which is what is saved. Speed switches, all off in the shipped recipe and on in `FAST_RECIPE`: bfloat16
+autocast, channels-last UNet, the math attention kernel on CPU, fused Adam, and `sparse_token_rows` (only the ~115
+rows of the captions' vocabulary in Adam and the EMA, `TokenRows`: the same optimisation, less memory traffic).
+Deterministic for a seed at a fixed thread count; checkpoints (atomic) every
 `ckpt_every` steps and at the end hold the model, EMA, optimiser, both random generators and the loss history, so
 `--resume` continues bit-exactly.
 """
@@ -422,7 +424,7 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
 
 
 def _dense(backbone: Backbone) -> List[torch.nn.Parameter]:
-    """Every backbone parameter except the token table (trained through `TokenRows`)."""
+    """Every backbone parameter except the token table (Adam and the EMA hold that as `Trainer.table_param`)."""
     table = backbone.text_encoder.token_embedding.weight
     return [p for p in backbone.text_encoder.parameters() if p is not table] + list(backbone.unet.parameters())
 
