@@ -313,11 +313,9 @@ def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
 def real_features(reader, refset, n: int, seed: int = 0) -> torch.Tensor:
     """(M, D) attribute features of n fresh objects of the set's grammar (front views; M ≤ n: the accepted ones), the
     "real" distribution of coverage and density. Seeded apart from the references and the oracle rows."""
-    from dreamdist3d.toyworld.render import front_camera, render
+    from dreamdist3d.toyworld.render import render_specs
 
-    specs = refset.grammar.sample_many(n, seed + 5000)
-    images = render(specs, front_camera()[None].expand(len(specs), 1, 16)).image
-    return reader.features(reader.read(images))
+    return reader.features(reader.read(render_specs(refset.grammar.sample_many(n, seed + 5000)).image))
 
 
 def oracle_scores(reader, refset, real: torch.Tensor, n: int = 32, seed: int = 0, k: int = 5) -> List[Dict[str, Any]]:
@@ -326,14 +324,13 @@ def oracle_scores(reader, refset, real: torch.Tensor, n: int = 32, seed: int = 0
     one reference object n times (a perfect single prompt); "oracle: whole world" = n objects of the whole toy world
     (varied but not in the set)."""
     from dreamdist3d.toyworld.objects import WORLD
-    from dreamdist3d.toyworld.render import front_camera, render
+    from dreamdist3d.toyworld.render import render_specs
 
-    cam = front_camera()[None]
     out = []
     for method, specs in (("oracle: set grammar", refset.grammar.sample_many(n, seed + 999)),
                           ("oracle: one object", [refset.specs()[0]] * n),
                           ("oracle: whole world", WORLD.sample_many(n, seed + 7))):
-        images = render(specs, cam.expand(len(specs), 1, 16)).image
+        images = render_specs(specs).image
         out.append({"method": method, **score_readings(reader.read(images), refset.support, real, images, k=k)})
     return out
 

@@ -544,13 +544,13 @@ class Trainer:
         """One optimiser step, in bfloat16 autocast with `bf16`; with `cpu_math_attention` on CPU, attention uses
         PyTorch's math kernel: the flash kernel's CPU backward is several times slower on these small shapes (64
         queries × 77 keys). `python benchmarks/toy_train.py` measures each switch."""
+        from contextlib import nullcontext
+
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
-        if self.device.type == "cpu" and self.cfg.cpu_math_attention:
-            with amp, sdpa_kernel([SDPBackend.MATH]):
-                return self._step()
-        with amp:
+        math = self.device.type == "cpu" and self.cfg.cpu_math_attention
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16), \
+                (sdpa_kernel([SDPBackend.MATH]) if math else nullcontext()):
             return self._step()
 
     def _step(self) -> float:
