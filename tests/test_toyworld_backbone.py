@@ -22,7 +22,7 @@ from dreamdist3d.toyworld.backbone import (
 )
 from dreamdist3d.toyworld.objects import ObjectSpec, PartSpec, nearest_colour
 from dreamdist3d.toyworld.train import (
-    FAST_RECIPE,
+    FLOAT32,
     SOS,
     TokenRows,
     TrainConfig,
@@ -139,15 +139,12 @@ def test_blend_pairs_line_up():
         assert len(ia) == len(ib) and ia != ib, (kind, a.caption(), b.caption())
 
 
-SPEED_SWITCHES = {k: v for k, v in FAST_RECIPE.items() if isinstance(v, bool)}  # the --fast recipe's switches
-
-
 def _small(steps: int, **switches) -> TrainConfig:
     return TrainConfig(steps=steps, batch_mv=2, batch_2d=2, cache_objects=8, cache_interp=4, warmup_steps=3,
                        ckpt_every=3, lr=2e-3, **switches)
 
 
-@pytest.mark.parametrize("switches", [{}, SPEED_SWITCHES], ids=["shipped-recipe", "fast-switches"])
+@pytest.mark.parametrize("switches", [{}, FLOAT32], ids=["shipped-recipe", "float32"])
 def test_training_runs_checkpoints_and_resumes_exactly(tmp_path, switches):
     torch.set_num_threads(1)
     cfg, model = _small(6, **switches), small_test_config()
@@ -208,7 +205,7 @@ def test_sparse_token_rows_train_as_the_whole_table_does():
     model = small_test_config()
     runs = {}
     for sparse in (True, False):
-        tr = Trainer(_small(3, sparse_token_rows=sparse), model, progress=False)
+        tr = Trainer(_small(3, **{**FLOAT32, "sparse_token_rows": sparse}), model, progress=False)
         tr.run()
         runs[sparse] = tr
     assert runs[True].losses == pytest.approx(runs[False].losses, rel=1e-5, abs=1e-7)

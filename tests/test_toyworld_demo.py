@@ -147,7 +147,11 @@ def test_table_and_claim():
     assert lines[0].startswith("| refset | method | n |") and len(lines) == 4
     assert "0.800" in lines[2]
     assert claim_check(rows)["a"].startswith("holds")
-    rows[0]["in_dist"] = 0.0
+    rows[0]["in_dist"] = 0.0  # more coverage bought by leaving the set
+    assert claim_check(rows)["a"].startswith("does not hold")
+    rows[0]["in_dist"] = 1.0  # more coverage and more in distribution
+    assert claim_check(rows)["a"].startswith("holds")
+    rows[0]["coverage"] = 0.2
     assert claim_check(rows)["a"].startswith("does not hold")
     assert medoid_caption(get_refset("warm-cones-cylinders")) in get_refset("warm-cones-cylinders").captions()
 

@@ -37,9 +37,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="time budget instead: the step count is fixed from the speed of the first 20 steps so that "
                         "training ends after about this many minutes (with --steps: a cap on wall time)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--fast", action="store_true",
-                   help="the 20-minute recipe (8×4 + 8 rows per step, bfloat16, channels-last, math attention, sparse "
-                        "token rows, fused Adam, lr 1.2e-3): 18 min instead of 37, a weaker model (README)")
+    p.add_argument("--float32", action="store_true",
+                   help="turn every speed switch off (bfloat16 autocast, channels-last, math attention, sparse token "
+                        "rows, fused Adam): plain float32, 1.4× slower; for CPUs without bfloat16 support")
     p.add_argument("--out", default="outputs/toyworld/toy-backbone.safetensors",
                    help="weights file to write (a JSON record is written beside it; to refresh the shipped weights: "
                         "dreamdist3d/toyworld/data/toy-backbone.safetensors)")
@@ -58,11 +58,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 def _train_run(args: argparse.Namespace) -> int:
     import torch
 
-    from dreamdist3d.toyworld.train import FAST_RECIPE, TrainConfig, train_toy_backbone
+    from dreamdist3d.toyworld.train import FLOAT32, TrainConfig, train_toy_backbone
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
-    cfg = TrainConfig(seed=args.seed, **(FAST_RECIPE if args.fast else {}))
+    cfg = TrainConfig(seed=args.seed, **(FLOAT32 if args.float32 else {}))
     minutes = args.minutes
     if args.steps is not None:
         cfg.steps = int(args.steps)
@@ -139,7 +139,7 @@ def _eval_run(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: Dict[str, Subcommand] = {
-    "train": Subcommand("train the toy backbone from scratch (≈38 min on 2 CPU cores; --fast: 18 min, weaker)", _train_arguments, _train_run),
+    "train": Subcommand("train the toy backbone from scratch (≈18 min on 2 CPU cores)", _train_arguments, _train_run),
     "sample": Subcommand("generate images of captions with the toy backbone", _sample_arguments, _sample_run),
     "demo": Subcommand("the whole method end to end: reference set -> distribution -> 2D/4-view samples -> N 3D runs, "
                        "meshes, turntables and a gallery (minutes on a CPU)", _demo_arguments, _demo_run),

@@ -30,12 +30,15 @@ Data: a cache rendered once at start (`cache_objects` plain + `cache_interp` ble
 deterministic for the seed, rebuilt identically on resume. The text encoder (all of it, token table included) and
 the UNet are trained together with Adam (no weight decay, so token rows that never occur stay exactly at their
 seeded initial values and need not be shipped), linear warm-up then cosine decay, gradient clipping, and an EMA of
-the weights which is what is saved. Speed switches, all off in the shipped recipe and on in `FAST_RECIPE`: bfloat16
-autocast, channels-last UNet, the math attention kernel on CPU, fused Adam, and `sparse_token_rows` (only the ~115
-rows of the captions' vocabulary in Adam and the EMA, `TokenRows`: the same optimisation, less memory traffic).
-Deterministic for a seed at a fixed thread count; checkpoints (atomic) every
-`ckpt_every` steps and at the end hold the model, EMA, optimiser, both random generators and the loss history, so
-`--resume` continues bit-exactly.
+the weights which is what is saved. Speed switches, all on in the shipped recipe (`python benchmarks/toy_train.py`
+measures each; all off is the float32 arithmetic of the earlier, 37-minute weights): bfloat16 autocast (weights,
+Adam and the EMA stay float32), channels-last UNet, the math attention kernel on CPU, fused Adam, and
+`sparse_token_rows` (only the ~115 rows of the captions' vocabulary in Adam and the EMA, `TokenRows`: the same
+optimisation, less memory traffic).
+Deterministic for a seed at one thread; at two, the channels-last / bfloat16 CPU kernels now and then sum in another
+order (1e-7 loss differences, README), so a rerun is an equally good model, not the same bits. Checkpoints (atomic)
+every `ckpt_every` steps and at the end hold the model, EMA, optimiser, both random generators and the loss history,
+so `--resume` continues where training stopped (bit-exactly at one thread; tested).
 """
 
 from __future__ import annotations
@@ -84,18 +87,19 @@ SOS, EOS = 49406, 49407
 
 @dataclass
 class TrainConfig:
-    """Defaults: the recipe of the shipped weights (37 min on 2 cores). `FAST_RECIPE` (`--fast`): 18 min, weaker."""
+    """Defaults: the recipe of the shipped weights (4000 steps, 12×4 + 16 rows, every speed switch on: 17.6 min + 0.3
+    min rendering on the 2-core development CPU). Switches off: float32 arithmetic, 1.4× slower, no better (README)."""
 
     steps: int = 4000  # total optimiser steps (the LR schedule depends on it)
     seed: int = 0
     batch_mv: int = 12  # objects per step, 4 views each (48 UNet rows, num_frames=4, cameras)
     batch_2d: int = 16  # single views per step (num_frames=1, no camera)
-    # speed switches (`python benchmarks/toy_train.py` measures each); all off = the shipped weights' exact arithmetic
-    bf16: bool = False  # autocast the forward to bfloat16 (weights, optimiser and EMA stay float32)
-    channels_last: bool = False  # NHWC UNet weights (faster convolutions on CPU)
-    cpu_math_attention: bool = False  # on CPU, PyTorch's math attention kernel instead of flash (faster backward here)
-    sparse_token_rows: bool = False  # train only the caption vocabulary's token rows (`TokenRows`), not all 49408
-    fused_adam: bool = False  # torch's fused Adam kernel
+    # speed switches (`python benchmarks/toy_train.py` measures each); all off = plain float32 arithmetic
+    bf16: bool = True  # autocast the forward to bfloat16 (weights, optimiser and EMA stay float32)
+    channels_last: bool = True  # NHWC UNet weights (faster convolutions on CPU)
+    cpu_math_attention: bool = True  # on CPU, PyTorch's math attention kernel instead of flash (faster backward here)
+    sparse_token_rows: bool = True  # train only the caption vocabulary's token rows (`TokenRows`), not all 49408
+    fused_adam: bool = True  # torch's fused Adam kernel
     lr: float = 1.5e-3
     embedding_lr_scale: float = 0.2  # the token table learns at lr × this
     warmup_steps: int = 150
@@ -131,12 +135,8 @@ class TrainConfig:
         return TrainConfig(**d)
 
 
-# The ≤20-minute recipe (`dreamdist3d toyworld train --fast`): 3.8 steps/s instead of 1.8 on 2 cores, 4000 steps in
-# 17.6 min. Measured against the shipped recipe (README, "The toy world"): single views follow their captions as well,
-# 4-view sets less often, and learned prompts degrade much faster off the captions (its 3D runs from learned
-# distributions were unreadable), so the shipped weights keep the slower recipe. lr: 1.5e-3 and 2.5e-3 were worse here.
-FAST_RECIPE: Dict[str, Any] = dict(batch_mv=8, batch_2d=8, bf16=True, channels_last=True, cpu_math_attention=True,
-                                   sparse_token_rows=True, fused_adam=True, lr=1.2e-3)
+SPEED_SWITCHES = ("bf16", "channels_last", "cpu_math_attention", "sparse_token_rows", "fused_adam")
+FLOAT32: Dict[str, Any] = {k: False for k in SPEED_SWITCHES}  # every switch off (`--float32`): plain float32 training
 
 
 # ----------------------------------------------------------------------------------------------------- data
@@ -709,7 +709,8 @@ def train_toy_backbone(
 
 __all__ = [
     "TrainConfig",
-    "FAST_RECIPE",
+    "SPEED_SWITCHES",
+    "FLOAT32",
     "Trainer",
     "DataCache",
     "build_cache",
