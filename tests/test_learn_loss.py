@@ -1,4 +1,9 @@
-"""The learning loss against the official training step (dreamdist-trainstep-tiny-a), and fast == official."""
+"""The learning loss against the official training step (dreamdist-trainstep-tiny-a), and fast == official.
+
+Float32 tolerances allow a few units in the last place (atol 1e-6 plus rtol 1e-5; 1e-6 relative where the
+official code's result is a closed form): the fixtures were computed on another CPU, and on an AMD EPYC with
+AVX-512 torch's float32 kernels differ from them by up to 1.4e-6 (closed forms: 3.4e-7 relative). Every quirk these
+tests pin (double position embeddings, EOS index, min-SNR without +1) moves the numbers by 0.1 or more."""
 
 import pytest
 import torch
@@ -50,26 +55,26 @@ def test_official_training_step_parity(official, prediction, mode):
     torch.testing.assert_close(out.total, t[f"{p}.loss_total"], **rel)
     torch.testing.assert_close(out.mse, t[f"{p}.loss_mse"], **rel)
     torch.testing.assert_close(out.ortho, t[f"{p}.loss_ortho"], **rel)
-    torch.testing.assert_close(out.weights, t[f"{p}.mse_loss_weights"], atol=0, rtol=0)
-    torch.testing.assert_close(out.per_sample_mse, t[f"{p}.per_sample_mse"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.weights, t[f"{p}.mse_loss_weights"], atol=0, rtol=1e-6)
+    torch.testing.assert_close(out.per_sample_mse, t[f"{p}.per_sample_mse"], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out.model_pred, t[f"{p}.model_pred"], atol=1e-5, rtol=0)  # diffusers 0.24 vs today
 
     out.total.backward()
-    torch.testing.assert_close(pl.ctx.grad, t[f"{p}.ctx_grad"][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(pl.ctx.grad, t[f"{p}.ctx_grad"][0], atol=1e-6, rtol=1e-5)
     norm = torch.nn.utils.clip_grad_norm_([pl.ctx], 1.0)
     torch.testing.assert_close(norm, t[f"{p}.grad_norm_preclip"], atol=0, rtol=1e-6)
-    torch.testing.assert_close(pl.ctx.grad, t[f"{p}.ctx_grad_clipped"][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(pl.ctx.grad, t[f"{p}.ctx_grad_clipped"][0], atol=1e-6, rtol=1e-5)
     torch.optim.AdamW([pl.ctx], lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8).step()
-    torch.testing.assert_close(pl.ctx.detach(), t[f"{p}.ctx_after_adamw"][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(pl.ctx.detach(), t[f"{p}.ctx_after_adamw"][0], atol=1e-6, rtol=1e-5)
 
 
 def test_min_snr_has_no_plus_one_for_v(official):
     _, t, tm, _, _ = official
     ts = t["v.timesteps"].repeat_interleave(3)
     snr = official_snr(NoiseSchedule.scaled_linear("v_prediction", style="diffusers").alphas_cumprod, ts)
-    torch.testing.assert_close(snr, t["v.snr"], atol=0, rtol=0)
+    torch.testing.assert_close(snr, t["v.snr"], atol=0, rtol=1e-6)
     w = min_snr_weights(snr, 5.0).view(2, 3)
-    torch.testing.assert_close(w, t["v.mse_loss_weights"], atol=0, rtol=0)
+    torch.testing.assert_close(w, t["v.mse_loss_weights"], atol=0, rtol=1e-6)
     plus_one = torch.tensor(tm["v_prediction_plus1_info_only"]["weights"])
     assert (w - plus_one).abs().max() > 0.1  # the diffusers (SNR+1) variant is NOT what the official code does
     assert torch.equal(min_snr_weights(snr, 0.0), torch.ones_like(snr))
