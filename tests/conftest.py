@@ -13,6 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("DREAMDIST3D_REFERENCE", REPO.parent / "shared" / "reference"))
 DATASETS = REPO.parent / "shared" / "datasets"
 
+# Float32 parity with the official fixtures: a few units in the last place (and rtol 1e-6 where the official result
+# is a closed form). The fixtures were computed on another CPU; on an AMD EPYC with AVX-512 torch's float32 kernels
+# differ from them by up to 1.4e-6 (closed forms: 3.4e-7 relative). Every quirk the parity tests pin (double position
+# embeddings, EOS index, min-SNR without +1) moves the numbers by 0.1 or more.
+F32 = dict(atol=1e-6, rtol=1e-5)
+
 # Tiny models: one intra-op thread is fastest, and on a shared 2-core machine 2 threads can be 5-20x slower.
 torch.set_num_threads(1)
 

@@ -1,14 +1,12 @@
 """Text side against the official numbers: OpenCLIP tokenizer ids and text tower, transformers CLIP encoder.
 
-Float32 tolerances allow a few units in the last place (atol 1e-6 plus rtol 1e-5; 1e-6 relative where the
-official code's result is a closed form): the fixtures were computed on another CPU, and on an AMD EPYC with
-AVX-512 torch's float32 kernels differ from them by up to 1.4e-6 (closed forms: 3.4e-7 relative). Every quirk these
-tests pin (double position embeddings, EOS index, min-SNR without +1) moves the numbers by 0.1 or more."""
+Float32 tolerances: `conftest.F32` (why there)."""
 
 import json
 
 import pytest
 import torch
+from conftest import F32
 
 from dreamdist3d.text import ClipTokenizer, TextEncoder, fingerprints_match
 
@@ -64,7 +62,7 @@ def test_transformers_clip_on_embeddings_matches_official(reference):
         for i in range(4):
             # the official input already carries one position embedding; the encoder adds the table again
             hidden = enc(tensors[f"prompts_emb.{i}"][0])
-            torch.testing.assert_close(hidden, tensors[f"hidden.{i}"][0], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(hidden, tensors[f"hidden.{i}"][0], **F32)
 
 
 def test_text_encoder_is_causal_and_frozen(reference):

@@ -87,8 +87,9 @@ SOS, EOS = 49406, 49407
 
 @dataclass
 class TrainConfig:
-    """Defaults: the recipe of the shipped weights (4000 steps, 12×4 + 16 rows, every speed switch on: 17.6 min + 0.3
-    min rendering on the 2-core development CPU). Switches off: float32 arithmetic, 1.4× slower, no better (README)."""
+    """Defaults: the recipe of the shipped weights (4000 steps, 12×4 + 16 rows, every speed switch on: 17.6 and 18.8
+    min in two runs, +0.3 min rendering, on the 2-core development CPU). Switches off: plain float32, about 1.4×
+    slower, and its model was no better on the caption check (README)."""
 
     steps: int = 4000  # total optimiser steps (the LR schedule depends on it)
     seed: int = 0
