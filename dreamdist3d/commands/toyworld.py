@@ -139,7 +139,7 @@ def _eval_run(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS: Dict[str, Subcommand] = {
-    "train": Subcommand("train the toy backbone from scratch (≈18 min on 2 CPU cores)", _train_arguments, _train_run),
+    "train": Subcommand("train the toy backbone from scratch (≈19 min on 2 CPU cores)", _train_arguments, _train_run),
     "sample": Subcommand("generate images of captions with the toy backbone", _sample_arguments, _sample_run),
     "demo": Subcommand("the whole method end to end: reference set -> distribution -> 2D/4-view samples -> N 3D runs, "
                        "meshes, turntables and a gallery (minutes on a CPU)", _demo_arguments, _demo_run),
