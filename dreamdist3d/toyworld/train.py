@@ -35,8 +35,8 @@ measures each; all off is the float32 arithmetic of the earlier, 37-minute weigh
 Adam and the EMA stay float32), channels-last UNet, the math attention kernel on CPU, fused Adam, and
 `sparse_token_rows` (only the ~115 rows of the captions' vocabulary in Adam and the EMA, `TokenRows`: the same
 optimisation, less memory traffic).
-Deterministic for a seed at one thread; at two, the channels-last / bfloat16 CPU kernels now and then sum in another
-order (1e-7 loss differences, README), so a rerun is an equally good model, not the same bits. Checkpoints (atomic)
+Deterministic for a seed at one thread; at two, runs with channels-last on now and then round differently (1e-7 loss
+differences, README), so a rerun is an equally good model, not the same bits. Checkpoints (atomic)
 every `ckpt_every` steps and at the end hold the model, EMA, optimiser, both random generators and the loss history,
 so `--resume` continues where training stopped (bit-exactly at one thread; tested).
 """
