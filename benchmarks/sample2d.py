@@ -37,12 +37,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dreamdist3d.distribution import PromptDistribution, PromptLearner  # noqa: E402
+from dreamdist3d.distribution import DistributionSpec, PromptDistribution, PromptLearner  # noqa: E402
 from dreamdist3d.sample2d.sd21 import (  # noqa: E402
     SampleSettings,
     SD21Sampler,
     _float32,
-    components_from_args,
     dtype_name,
     image_seeds,
     resolve_device,
@@ -143,7 +142,7 @@ def run_ours(sampler: SD21Sampler, dist: Path, settings: SampleSettings, out: Pa
     sampler.timings.clear()
     sync(sampler.device)
     t0 = time.perf_counter()
-    mixture = sampler.fit(components_from_args([str(dist)]))
+    mixture = sampler.fit(DistributionSpec.from_lists([str(dist)]))
     sample_to_folder(sampler, mixture, settings, out, save_embeddings=True)
     sync(sampler.device)
     total = time.perf_counter() - t0
@@ -205,7 +204,7 @@ def main() -> int:
         build_s = time.perf_counter() - t0
         size = sampler.native_size
         # warm-up (kernels, allocator), then the embeddings the bare path uses: the same draws as ours
-        mixture = sampler.fit(components_from_args([str(dist)]))
+        mixture = sampler.fit(DistributionSpec.from_lists([str(dist)]))
         law = mixture.law()
         sampler.generate(sampler.draw(law, [0]), [0], sampler.negative_embeds("blurry"), steps=2, cfg=args.cfg)
         embeds = sampler.draw(law, [image_seeds(settings.seed, i)[0] for i in range(settings.n)]).float().cpu()

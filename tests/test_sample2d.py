@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from dreamdist3d.backbones.tiny import tiny_sd21_folder
 from dreamdist3d.cli import main
-from dreamdist3d.distribution import PromptDistribution, PromptLearner
+from dreamdist3d.distribution import DistributionSpec, PromptDistribution, PromptLearner
 from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid
 from dreamdist3d.sample2d.metadata import PNG_KEY, read_png_record
 from dreamdist3d.sample2d.sd21 import (
@@ -24,8 +24,6 @@ from dreamdist3d.sample2d.sd21 import (
     SampleSettings,
     SD21Sampler,
     check_sd21_folder,
-    components_from_args,
-    draw_eps,
     image_seeds,
     resolve_device,
     resolve_dtype,
@@ -96,8 +94,8 @@ def test_images_equal_bare_diffusers_call(world, tmp_path, scheduler):
     import diffusers
 
     sampler = SD21Sampler.from_folder(world["folder"], scheduler=scheduler)
-    comps = components_from_args([world["files"][0]], scales=[0.8])
-    mixture = sampler.fit(comps, prefix="a photo of", suffix="jumping on the grass")
+    spec = DistributionSpec.from_lists([world["files"][0]], scales=[0.8], prefix="a photo of", suffix="jumping on the grass")
+    mixture = sampler.fit(spec)
     settings = SampleSettings(n=3, steps=STEPS, cfg=7.5, seed=11, batch_size=2, negative="blurry, dark")
     records = sample_to_folder(sampler, mixture, settings, tmp_path, save_embeddings=True)
     saved = load_file(str(tmp_path / "embeddings.safetensors"))
@@ -149,8 +147,8 @@ def test_gamma_zero_gives_the_mean_in_every_image(world, tmp_path, capsys):
 
 
 def test_metadata_png_text_json_sidecar_and_grid(world, sampler, tmp_path):
-    comps = components_from_args(world["files"], weights=[0.25, 0.75], scales=[1.0, 0.5])
-    mixture = sampler.fit(comps, suffix="at night")
+    mixture = sampler.fit(DistributionSpec.from_lists(world["files"], weights=[0.25, 0.75], scales=[1.0, 0.5],
+                                                      suffix="at night"))
     settings = SampleSettings(n=5, steps=STEPS, cfg=5.0, seed=7, batch_size=4, negative="blurry")
     records = sample_to_folder(sampler, mixture, settings, tmp_path)
     assert [r["file"] for r in records] == [f"{i:04d}.png" for i in range(5)]
@@ -206,7 +204,7 @@ def test_labelled_grid_places_cells_and_draws_labels():
 
 
 def test_sweeps_share_eps_per_column(world, sampler, tmp_path):
-    mixture = sampler.fit(components_from_args(world["files"], weights=[0.5, 0.5]))
+    mixture = sampler.fit(DistributionSpec.from_lists(world["files"], weights=[0.5, 0.5]))
     settings = SampleSettings(n=2, steps=2, cfg=7.5, seed=3, batch_size=4)
     path, cells = sweep_to_grid(sampler, mixture, settings, tmp_path, kind="scale", gammas=[0, 1, 2])
     assert path.name == "sweep-scale.png" and len(cells) == 6
@@ -227,7 +225,7 @@ def test_sweeps_share_eps_per_column(world, sampler, tmp_path):
     assert cells[0]["embedding"]["law_mean_norm"] == pytest.approx(float(g0.mean.norm()), rel=1e-6)
     assert cells[-1]["embedding"]["law_mean_norm"] == pytest.approx(float(g1.mean.norm()), rel=1e-6)
     with pytest.raises(ValueError, match="exactly two"):
-        sweep_to_grid(sampler, sampler.fit(components_from_args(world["files"][:1])), settings, tmp_path, kind="mix")
+        sweep_to_grid(sampler, sampler.fit(DistributionSpec.from_lists(world["files"][:1])), settings, tmp_path, kind="mix")
 
 
 def test_sweep_command(world, tmp_path):
@@ -241,13 +239,13 @@ def test_sweep_command(world, tmp_path):
 
 def test_clear_errors(world, tmp_path, capsys):
     with pytest.raises(ValueError, match="sum to 1.*0.9"):
-        components_from_args(world["files"], weights=[0.3, 0.6])
-    with pytest.raises(ValueError, match="one weight per distribution"):
-        components_from_args(world["files"], weights=[1.0])
+        DistributionSpec.from_lists(world["files"], weights=[0.3, 0.6])
+    with pytest.raises(ValueError, match="one weight per file"):
+        DistributionSpec.from_lists(world["files"], weights=[1.0])
     with pytest.raises(ValueError, match="≥ 0"):
-        components_from_args(world["files"][:1], scales=[-1])
+        DistributionSpec.from_lists(world["files"][:1], scales=[-1])
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        components_from_args([str(tmp_path / "missing.safetensors")])
+        DistributionSpec.from_lists([str(tmp_path / "missing.safetensors")])
     # CLI: exit code 2 and the reason, before any model is loaded
     args = ["sample", "--distribution", world["files"][0], "--distribution", world["files"][1], "--weight", "0.3", "0.6",
             "--sd21", str(world["folder"]), "--out", str(tmp_path / "x")]
@@ -273,10 +271,10 @@ def test_official_checkpoint_class_index(world, sampler):
     from conftest import reference_path
 
     pt = str(reference_path("dreamdist-official-ckpt-example.pt"))
-    mixture = sampler.fit(components_from_args([pt]))  # official files carry no encoder fingerprint: D must match
+    mixture = sampler.fit(DistributionSpec.from_lists([pt]))  # official files carry no encoder fingerprint: D must match
     assert mixture.parts[0].info["position_mode"] == "official" and mixture.law().mean.shape == (77, 32)
     with pytest.raises(ValueError, match="class index 1 is out of range"):
-        sampler.fit(components_from_args([pt], class_indices=[1]))
+        sampler.fit(DistributionSpec.from_lists([pt], class_indices=[1]))
 
 
 def test_devices_dtypes_and_memory_flags(world, tmp_path):
@@ -295,7 +293,7 @@ def test_devices_dtypes_and_memory_flags(world, tmp_path):
     sampler = SD21Sampler.from_folder(world["folder"], dtype=torch.bfloat16, attention_slicing=True, vae_tiling=True)
     te = sampler.pipe.text_encoder
     before = {k: v.clone() for k, v in te.state_dict().items()}
-    mixture = sampler.fit(components_from_args(world["files"][:1]))
+    mixture = sampler.fit(DistributionSpec.from_lists(world["files"][:1]))
     after = te.state_dict()
     assert te.dtype == torch.bfloat16 and all(torch.equal(after[k], v) for k, v in before.items())
     fp32 = PromptDistribution.load(world["files"][0]).learner(world["enc"], world["tok"]).fit()
@@ -311,7 +309,7 @@ def test_devices_dtypes_and_memory_flags(world, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (fp16 sampling on the device)")
 def test_cuda_fp16_matches_bare_pipeline(world, tmp_path):
     sampler = SD21Sampler.from_folder(world["folder"], device="cuda", dtype=torch.float16)
-    mixture = sampler.fit(components_from_args(world["files"][:1]))
+    mixture = sampler.fit(DistributionSpec.from_lists(world["files"][:1]))
     records = sample_to_folder(sampler, mixture, SampleSettings(n=2, steps=STEPS, batch_size=2), tmp_path,
                                save_embeddings=True)
     saved = load_file(str(tmp_path / "embeddings.safetensors"))
@@ -323,8 +321,16 @@ def test_cuda_fp16_matches_bare_pipeline(world, tmp_path):
         assert np.array_equal(np.asarray(Image.open(tmp_path / r["file"])), np.asarray(im))
 
 
+def draw_eps(seed, shape):
+    """The distribution seed rule, written out: sample `seed` is N(0, 1) from a CPU generator seeded with it."""
+    return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(seed)), dtype=torch.float32)
+
+
 def test_seed_layout():
     assert image_seeds(5, 2) == (7, 7 + LATENT_SEED_OFFSET)
     assert image_seeds(5, 2, same_latents=True) == (7, 5 + LATENT_SEED_OFFSET)
-    a, b = draw_eps(3, (77, 8)), draw_eps(3, (77, 8))
-    assert torch.equal(a, b) and not torch.equal(a, draw_eps(4, (77, 8)))
+    from dreamdist3d.distribution import PromptGaussian
+
+    g = PromptGaussian(torch.zeros(77, 8), torch.ones(77, 8))
+    assert torch.equal(g.noise(2, 3), torch.stack([draw_eps(3, (77, 8)), draw_eps(4, (77, 8))]))
+    assert torch.equal(g.noise(1, 4, start=0)[0], g.noise(2, 3)[1])  # sample i does not depend on how many

@@ -47,6 +47,7 @@ class DreamDistributionPromptProcessor(PromptProcessor):
         suffix: Optional[str] = None
         scale: float = 1.0  # γ
         mixture: List[Any] = field(default_factory=list)  # [{path, weight, scale}, ...], weights sum to 1
+        covariance: Optional[str] = None  # diag | lowrank; None: what the file records (official files: diag)
         seed: Optional[int] = None  # set it to ${seed}; None falls back to torch.initial_seed()
         view_dependent_prompting: bool = False  # direction suffix edits of the distribution, re-fitted
         # the model whose text encoder the distribution was learned with; None: pretrained_model_name_or_path
@@ -65,7 +66,7 @@ class DreamDistributionPromptProcessor(PromptProcessor):
             distribution=cfg.distribution, scale=cfg.scale, mixture=cfg.mixture, prefix=cfg.prefix, suffix=cfg.suffix,
             seed=int(seed) % (2**63), view_dependent=cfg.view_dependent_prompting, prefix_style=cfg.view_dependent_prompt_front,
             class_index=cfg.class_index, negative_prompt=cfg.negative_prompt, text_encoder=text_encoder, tokenizer=tokenizer,
-            where="system.prompt_processor", sample_path=cfg.sample_path, device=self.device,
+            where="system.prompt_processor", sample_path=cfg.sample_path, device=self.device, covariance=cfg.covariance,
         )
         del text_encoder
         self.prompt = self._prepared.prompt

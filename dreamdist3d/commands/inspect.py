@@ -20,8 +20,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", metavar="SRC", help="diffusers SD 2.1 folder or MVDream .pt: adds the interpretation and the scatter")
     p.add_argument("--prefix", default=None, help="re-encode with this prefix (edit) before fitting")
     p.add_argument("--suffix", default=None, help="re-encode with this suffix (edit) before fitting")
+    p.add_argument("--covariance", default=None, choices=["diag", "lowrank"],
+                   help="sampling mode of the γ scatter (default: what the file records)")
     p.add_argument("--n", type=int, default=64, help="samples per γ in the scatter (default 64)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="scatter sample i uses prompt sample seed+i (default 0)")
     p.add_argument("--plot", metavar="PNG", help="scatter output path (default: <file>.scatter.png)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -44,13 +46,14 @@ def context_summary(ctx: torch.Tensor) -> dict:
 
 
 def scatter_pca(gaussian, n: int, seed: int, path: Path, title: str) -> dict:
-    """2-D PCA of n samples at each γ in GAMMAS (same ε across γ), saved as a PNG. Returns the spread per γ."""
+    """2-D PCA of samples 0…n−1 of `seed` at each γ in GAMMAS (same noise across γ), saved as a PNG. Returns the
+    spread per γ."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    eps = torch.randn((n, *gaussian.mean.shape), generator=torch.Generator().manual_seed(seed))
+    eps = gaussian.noise(n, seed)
     samples = {g: gaussian.sample(n, scale=g, eps=eps).reshape(n, -1).float() for g in GAMMAS}
     allx = torch.cat(list(samples.values()))
     center = allx.mean(0)
@@ -87,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
         from dreamdist3d.text.load import load_text_side
 
         tok, enc = load_text_side(args.text_encoder)
-        learner = dist.learner(enc, tok, source=str(path))
-        g = learner.fit(args.prefix, args.suffix)
+        from dreamdist3d.distribution import DistributionSpec, fit
+
+        spec = DistributionSpec.from_lists([path], class_indices=[args.class_index], prefix=args.prefix,
+                                           suffix=args.suffix, covariance=args.covariance)
+        g = fit(spec, enc, tok, [dist]).law()
+        learner = dist.learner(enc, tok, source=str(path))  # for the token layout and the nearest-token reading
         lay = learner.layout(args.prefix, args.suffix)
         report["interpretation"] = {
             "mean_context": learner.interpret(),
@@ -98,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             ),
         }
         report["gaussian"] = {
+            "covariance": g.covariance,
             "std_mean": round(float(g.std.mean()), 6),
             "std_at_context_slots": round(float(g.std[lay.ctx_start : lay.ctx_start + learner.n_ctx].mean()), 6),
             "std_at_eos": round(float(g.std[lay.eos_index].mean()), 6),
@@ -121,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if "interpretation" in report:
         i, gs = report["interpretation"], report["gaussian"]
         print(f"  nearest tokens    {i['mean_context']!r}   (as a prompt: {i['with_prefix_suffix']!r})")
+        print(f"  sampling          covariance {gs['covariance']} (learned with {m['covariance']})")
         print(f"  fitted std        mean {gs['std_mean']:.4f}; context slots {gs['std_at_context_slots']:.4f}; EOS {gs['std_at_eos']:.4f}")
         sp = report["scatter"]["pc_spread_per_gamma"]
         print(f"  γ scatter         {report['scatter']['png']}  (PC spread " + ", ".join(f"γ={k}: {v:.4f}" for k, v in sp.items()) + ")")

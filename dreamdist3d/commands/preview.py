@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      help="learned prompt distribution (.safetensors from `dreamdist3d learn`, or an official .pt)")
     p.add_argument("--class-index", type=int, default=0, help="class of a multi-class official file (default 0)")
     p.add_argument("--scale", type=float, default=1.0, help="γ: spread of distribution samples (0 = mean; default 1)")
+    p.add_argument("--covariance", default=None, choices=["diag", "lowrank"],
+                   help="sampling mode (diag: the paper; lowrank: the K prompts' full covariance); default: the file's")
     p.add_argument("--prefix", default=None, help="edit: re-encode the distribution with this prefix")
     p.add_argument("--suffix", default=None, help="edit: re-encode the distribution with this suffix")
     p.add_argument("--negative", default="", help="negative / unconditional prompt (default \"\")")
@@ -29,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--elevation", type=float, default=15.0, help="camera elevation in degrees (default 15)")
     p.add_argument("--azimuth-start", type=float, default=0.0, help="azimuth of the first view in degrees (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="sample i uses prompt sample seed+i (as `sample` and 3D runs) and latent noise seed+2**31")
     p.add_argument("--out", default="preview.png", help="output PNG (JSON sidecar written beside it)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     req = PreviewRequest(
         mvdream=str(args.mvdream), prompt=args.prompt, distribution=args.distribution, class_index=args.class_index,
-        scale=args.scale, prefix=args.prefix, suffix=args.suffix, negative=args.negative, n=args.n,
+        scale=args.scale, covariance=args.covariance, prefix=args.prefix, suffix=args.suffix, negative=args.negative, n=args.n,
         steps=args.steps, cfg=args.cfg, elevation=args.elevation, azimuth_start=args.azimuth_start, seed=args.seed,
         device=device, dtype=args.dtype, check_encoder=not args.skip_encoder_check,
     )

@@ -26,6 +26,9 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
                    help="text before the learned tokens (edit; default: the distribution's training prefix)")
     g.add_argument("--suffix", default=None,
                    help='text after the learned tokens (edit, e.g. "jumping on the grass"; default: training suffix)')
+    g.add_argument("--covariance", default=None, choices=["diag", "lowrank"],
+                   help="sampling mode: diag (the paper: per-token σ) or lowrank (the K prompts' full covariance); "
+                        "default: what each file records (official files: diag)")
 
     m = p.add_argument_group("model and sampling")
     m.add_argument("--sd21", required=True, metavar="PATH",
@@ -60,16 +63,11 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
 
 def prepare(args: argparse.Namespace) -> Tuple[object, object, object]:
     """(sampler, fitted mixture, settings) from parsed arguments; cheap checks come before the model is loaded."""
-    from dreamdist3d.sample2d.sd21 import (
-        SampleSettings,
-        SD21Sampler,
-        check_sd21_folder,
-        components_from_args,
-        resolve_device,
-        resolve_dtype,
-    )
+    from dreamdist3d.distribution import DistributionSpec
+    from dreamdist3d.sample2d.sd21 import SampleSettings, SD21Sampler, check_sd21_folder, resolve_device, resolve_dtype
 
-    components = components_from_args(args.distribution, args.weight, args.scale, args.class_index)
+    spec = DistributionSpec.from_lists(args.distribution, args.weight, args.scale, args.class_index, args.prefix,
+                                       args.suffix, args.covariance)
     settings = SampleSettings(
         n=args.n, steps=args.steps, cfg=args.cfg, seed=args.seed, batch_size=args.batch_size, negative=args.negative,
         height=args.height, width=args.width, eta=args.eta, same_latents=args.same_latents,
@@ -79,7 +77,7 @@ def prepare(args: argparse.Namespace) -> Tuple[object, object, object]:
     check_sd21_folder(args.sd21)
     sampler = SD21Sampler.from_folder(args.sd21, device=device, dtype=dtype, scheduler=args.scheduler,
                                       attention_slicing=args.attention_slicing, vae_tiling=args.vae_tiling)
-    mixture = sampler.fit(components, args.prefix, args.suffix)
+    mixture = sampler.fit(spec)
     return sampler, mixture, settings
 
 

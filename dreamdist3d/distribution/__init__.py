@@ -1,11 +1,19 @@
-"""The method: PromptLearner, PromptGaussian, the PromptDistribution file and the official import."""
+"""The method: PromptLearner, PromptGaussian, the PromptDistribution file, the official import, and the ONE path from
+files to conditioning (`DistributionSpec` → `fit` → `PromptMixture.sample`, in conditioning.py)."""
 
+from dreamdist3d.distribution.conditioning import Component, DistributionSpec, PromptMixture, fit, load_files
 from dreamdist3d.distribution.errors import DistributionFileError, EncoderMismatchError
 from dreamdist3d.distribution.file import DistributionMeta, PromptDistribution, import_official
-from dreamdist3d.distribution.gaussian import PromptGaussian
+from dreamdist3d.distribution.gaussian import COVARIANCES, PromptGaussian
 from dreamdist3d.distribution.learner import POSITION_MODES, PromptLayout, PromptLearner
 
 __all__ = [
+    "COVARIANCES",
+    "Component",
+    "DistributionSpec",
+    "PromptMixture",
+    "fit",
+    "load_files",
     "DistributionFileError",
     "DistributionMeta",
     "EncoderMismatchError",

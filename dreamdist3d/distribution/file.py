@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Union
 import torch
 
 from dreamdist3d.distribution.errors import DistributionFileError, EncoderMismatchError
+from dreamdist3d.distribution.gaussian import COVARIANCES
 from dreamdist3d.distribution.learner import POSITION_MODES, PromptLearner
 from dreamdist3d.io import atomic_save_safetensors, read_safetensors
 from dreamdist3d.text import ClipTokenizer, TextEncoder, fingerprints_match
@@ -40,6 +41,7 @@ class DistributionMeta:
     prefix: str = ""
     suffix: str = ""
     position_mode: str = "clean"
+    covariance: str = "diag"  # the sampling mode it was learned with (official imports: diag, the paper's)
     text_encoder: Optional[Dict[str, Any]] = None  # TextEncoder.fingerprint(); None for imported official files
     backbone: str = ""
     steps: int = 0
@@ -64,11 +66,12 @@ class PromptDistribution:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_learner(cls, learner: PromptLearner, backbone: str = "", steps: int = 0, n_images: int = 0,
-                     source: str = "dreamdist3d learn", **extra: Any) -> "PromptDistribution":
+                     source: str = "dreamdist3d learn", covariance: str = "diag", **extra: Any) -> "PromptDistribution":
         ctx = learner.ctx.detach().float().cpu().clone()
         meta = DistributionMeta(
             n_ctx=learner.n_ctx, n_prompts=learner.n_prompts, prefix=learner.prefix, suffix=learner.suffix,
-            position_mode=learner.position_mode, text_encoder=learner.text_encoder.fingerprint(), backbone=backbone,
+            position_mode=learner.position_mode, covariance=covariance, text_encoder=learner.text_encoder.fingerprint(),
+            backbone=backbone,
             steps=int(steps), n_images=int(n_images), source=source, extra=dict(extra),
         )
         return cls(ctx, meta)
@@ -164,6 +167,8 @@ class PromptDistribution:
             raise DistributionFileError(f"{path}: ctx does not match its recorded checksum; the file was modified or damaged")
         if meta.position_mode not in POSITION_MODES:
             raise DistributionFileError(f"{path}: unknown position_mode {meta.position_mode!r}")
+        if meta.covariance not in COVARIANCES:
+            raise DistributionFileError(f"{path}: unknown covariance {meta.covariance!r} (known: {', '.join(COVARIANCES)})")
         return cls(ctx.float(), meta)
 
 

@@ -1,15 +1,24 @@
-"""`PromptGaussian`: the diagonal Gaussian over encoded prompts (77×D encoder states) that a distribution fits.
+"""`PromptGaussian`: the Gaussian over encoded prompts (77×D encoder states) that a distribution fits.
 
-Sampling with scale γ: `mean + γ·ε·std`. Mixing follows the official `generate.py` rule for distributions i with
-weights wᵢ (summing to 1) and scales γᵢ: mean = Σ wᵢ μᵢ, std = sqrt(Σ (wᵢ γᵢ σᵢ)²), i.e. the law of the weighted
-sum of independent Gaussians (not a mixture model, not a mix of samples).
+Two covariance modes, one law each:
+- `diag` (the paper): per token and channel, x = μ + γ·ε⊙σ with ε ~ N(0, I) of shape (77, D).
+- `lowrank`: the full covariance of the K encoded prompts h_k, x = μ + γ·Σ_k a_k·F_k with a ~ N(0, I_K) and
+  factor F_k = (h_k − μ)/√(K−1). Its diagonal is exactly σ² (σ the unbiased std over K), but it keeps what the
+  diagonal erases: variation shared across the 77 positions and D channels (a colour carried by every state of the
+  prompt moves together). K=1 gives F = 0, so both modes give μ.
+
+Mixing follows the official `generate.py` rule for distributions i with weights wᵢ (summing to 1) and scales γᵢ:
+mean = Σ wᵢ μᵢ, std = sqrt(Σ (wᵢ γᵢ σᵢ)²), i.e. the law of the weighted sum of independent Gaussians (not a mixture
+model). In `lowrank` mode the factors are concatenated, each scaled by wᵢγᵢ (same law: a sum of independent parts).
+
+The one seed rule (`noise`): sample i of a draw with seed s uses its own CPU generator seeded with s + i, so sample i
+does not depend on how many are drawn, and "seed s" names the same prompt in 2D, previews and 3D.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Tuple, Union
@@ -20,6 +29,10 @@ from dreamdist3d.distribution.errors import DistributionFileError
 from dreamdist3d.io import atomic_save_safetensors
 
 GAUSSIAN_FORMAT = "dreamdist3d.prompt-gaussian"
+COVARIANCES = ("diag", "lowrank")
+# Image noise (SD 2.1 latents, MVDream previews) of seed s is drawn with seed s + LATENT_SEED_OFFSET, so it never
+# repeats the numbers of prompt sample s.
+LATENT_SEED_OFFSET = 2**31
 
 
 def check_scale(scale: float, what: str = "scale γ") -> float:
@@ -29,18 +42,53 @@ def check_scale(scale: float, what: str = "scale γ") -> float:
     return scale
 
 
+def check_covariance(mode: str, what: str = "covariance") -> str:
+    if mode not in COVARIANCES:
+        raise ValueError(f"{what} must be one of {COVARIANCES} (diag: the paper's per-token σ; lowrank: the K prompts' "
+                         f"full covariance), got {mode!r}")
+    return mode
+
+
+def prompt_factor(hidden: torch.Tensor) -> torch.Tensor:
+    """(K, 77, D) encoded prompts → factor (K, 77, D) = (h_k − μ)/√(K−1); zeros for K=1. Differentiable."""
+    k = hidden.shape[0]
+    if k < 2:
+        return torch.zeros_like(hidden)
+    return (hidden - hidden.mean(0)) / math.sqrt(k - 1)
+
+
 @dataclass
 class PromptGaussian:
     mean: torch.Tensor  # (77, D)
     std: torch.Tensor  # (77, D)
+    factor: Optional[torch.Tensor] = None  # (R, 77, D); Σ_r factor_r² == std² when built by `fit`
+    covariance: str = "diag"
 
     def __post_init__(self) -> None:
         if self.mean.shape != self.std.shape or self.mean.ndim != 2:
             raise ValueError(f"mean and std must both be (77, D); got {tuple(self.mean.shape)} and {tuple(self.std.shape)}")
+        check_covariance(self.covariance)
+        if self.factor is not None and tuple(self.factor.shape[1:]) != tuple(self.mean.shape):
+            raise ValueError(f"factor must be (R, {', '.join(map(str, self.mean.shape))}); got {tuple(self.factor.shape)}")
+        if self.covariance == "lowrank" and self.factor is None:
+            raise ValueError("covariance='lowrank' needs the factor of the K encoded prompts (fit the distribution again)")
 
     @property
     def dim(self) -> int:
         return int(self.mean.shape[-1])
+
+    @property
+    def noise_shape(self) -> Tuple[int, ...]:
+        """Shape of one draw's standard normal: (77, D) for diag, (R,) for lowrank."""
+        return tuple(self.mean.shape) if self.covariance == "diag" else (int(self.factor.shape[0]),)
+
+    def noise(self, n: int, seed: int, start: int = 0) -> torch.Tensor:
+        """(n, *noise_shape) float32 on CPU: row i from `torch.Generator('cpu').manual_seed(seed + start + i)`."""
+        return torch.stack([
+            torch.randn(self.noise_shape, generator=torch.Generator("cpu").manual_seed(int(seed) + start + i),
+                        dtype=torch.float32)
+            for i in range(n)
+        ])
 
     def sample(
         self,
@@ -48,24 +96,38 @@ class PromptGaussian:
         scale: float = 1.0,
         generator: Optional[torch.Generator] = None,
         eps: Optional[torch.Tensor] = None,
+        seed: Optional[int] = None,
     ) -> torch.Tensor:
-        """n samples (n, 77, D) = mean + γ·ε·std; ε ~ N(0, 1) from `generator` (on the mean's device) or given."""
+        """n samples (n, 77, D). Noise: `eps` (n, *noise_shape) if given, else the seed rule with `seed`, else one
+        draw of (n, *noise_shape) from `generator`."""
         scale = check_scale(scale)
         if eps is None:
-            eps = torch.randn((n, *self.mean.shape), generator=generator, dtype=torch.float32,
-                              device=generator.device if generator is not None else "cpu")
-        eps = eps.to(self.mean.device, self.mean.dtype).reshape(-1, *self.mean.shape)
-        return self.mean + eps * (scale * self.std)
+            if seed is not None:
+                eps = self.noise(n, seed)
+            else:
+                eps = torch.randn((n, *self.noise_shape), generator=generator, dtype=torch.float32,
+                                  device=generator.device if generator is not None else "cpu")
+        eps = eps.to(self.mean.device, self.mean.dtype).reshape(-1, *self.noise_shape)
+        if self.covariance == "diag":
+            return self.mean + eps * (scale * self.std)
+        return self.mean + scale * torch.einsum("nr,rld->nld", eps, self.factor.to(self.mean))
 
     def scaled(self, scale: float) -> "PromptGaussian":
-        return PromptGaussian(self.mean, self.std * check_scale(scale))
+        s = check_scale(scale)
+        return PromptGaussian(self.mean, self.std * s, None if self.factor is None else self.factor * s, self.covariance)
+
+    def with_covariance(self, mode: str) -> "PromptGaussian":
+        return PromptGaussian(self.mean, self.std, self.factor, check_covariance(mode))
 
     def to(self, device=None, dtype=None) -> "PromptGaussian":
-        return PromptGaussian(self.mean.to(device=device, dtype=dtype), self.std.to(device=device, dtype=dtype))
+        f = None if self.factor is None else self.factor.to(device=device, dtype=dtype)
+        return PromptGaussian(self.mean.to(device=device, dtype=dtype), self.std.to(device=device, dtype=dtype), f,
+                              self.covariance)
 
     @staticmethod
     def mix(items: Sequence[Tuple["PromptGaussian", float, float]], tol: float = 1e-6) -> "PromptGaussian":
-        """Weighted sum of independent Gaussians: items are (gaussian, weight w, scale γ); weights must sum to 1."""
+        """Weighted sum of independent Gaussians: items are (gaussian, weight w, scale γ); weights must sum to 1.
+        All items must share one covariance mode; lowrank factors are concatenated, each scaled by w·γ."""
         if not items:
             raise ValueError("mix needs at least one (distribution, weight, scale) item")
         weights = [float(w) for _, w, _ in items]
@@ -74,18 +136,24 @@ class PromptGaussian:
         shapes = {tuple(g.mean.shape) for g, _, _ in items}
         if len(shapes) != 1:
             raise ValueError(f"cannot mix distributions over different encoders/shapes: {sorted(shapes)}")
+        modes = {g.covariance for g, _, _ in items}
+        if len(modes) != 1:
+            raise ValueError(f"cannot mix covariance modes {sorted(modes)}; choose one (--covariance)")
+        scales = [check_scale(s) for _, _, s in items]
         mean = sum(w * g.mean for (g, _, _), w in zip(items, weights))
-        var = sum((w * check_scale(s) * g.std) ** 2 for (g, _, s), w in zip(items, weights))
-        return PromptGaussian(mean, var.sqrt())
+        var = sum((w * s * g.std) ** 2 for (g, _, _), w, s in zip(items, weights, scales))
+        factor = None
+        if all(g.factor is not None for g, _, _ in items):
+            factor = torch.cat([w * s * g.factor for (g, _, _), w, s in zip(items, weights, scales)])
+        return PromptGaussian(mean, var.sqrt(), factor, modes.pop())
 
     # ------------------------------------------------------------------ files
     def save(self, path: Union[str, Path], metadata: Optional[dict] = None) -> None:
-        meta = {"format": GAUSSIAN_FORMAT, **(metadata or {})}
-        atomic_save_safetensors(
-            {"mean": self.mean.detach().cpu().contiguous(), "std": self.std.detach().cpu().contiguous()},
-            path,
-            {"dreamdist3d": json.dumps(meta)},
-        )
+        meta = {"format": GAUSSIAN_FORMAT, "covariance": self.covariance, **(metadata or {})}
+        tensors = {"mean": self.mean.detach().cpu().contiguous(), "std": self.std.detach().cpu().contiguous()}
+        if self.factor is not None:
+            tensors["factor"] = self.factor.detach().cpu().contiguous()
+        atomic_save_safetensors(tensors, path, {"dreamdist3d": json.dumps(meta)})
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "PromptGaussian":
@@ -93,6 +161,6 @@ class PromptGaussian:
 
         tensors, meta = read_safetensors(path)
         info = json.loads(meta.get("dreamdist3d", "{}"))
-        if info.get("format") != GAUSSIAN_FORMAT or set(tensors) != {"mean", "std"}:
-            raise DistributionFileError(f"{path} is not a saved PromptGaussian (expected tensors mean, std)")
-        return cls(tensors["mean"], tensors["std"])
+        if info.get("format") != GAUSSIAN_FORMAT or not {"mean", "std"} <= set(tensors) <= {"mean", "std", "factor"}:
+            raise DistributionFileError(f"{path} is not a saved PromptGaussian (expected tensors mean, std[, factor])")
+        return cls(tensors["mean"], tensors["std"], tensors.get("factor"), info.get("covariance", "diag"))

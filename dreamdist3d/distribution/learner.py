@@ -25,7 +25,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import nn
 
-from dreamdist3d.distribution.gaussian import PromptGaussian
+from dreamdist3d.distribution.gaussian import PromptGaussian, check_covariance, prompt_factor
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
 POSITION_MODES = ("clean", "official")
@@ -162,20 +162,28 @@ class PromptLearner(nn.Module):
         n_samples: Union[int, Tuple[int, ...]],
         generator: Optional[torch.Generator] = None,
         eps: Optional[torch.Tensor] = None,
+        covariance: str = "diag",
     ) -> torch.Tensor:
-        """mean + ε·std over the K prompts (differentiable): (*n_samples, 77, D)."""
+        """Differentiable samples (*n_samples, 77, D) of the K prompts' Gaussian: diag μ + ε·σ with ε (*n, 77, D),
+        or lowrank μ + Σ_k a_k·(h_k − μ)/√(K−1) with a = `eps` (*n, K)."""
+        check_covariance(covariance)
         mean, std = self.moments(hidden)
         shape = (n_samples,) if isinstance(n_samples, int) else tuple(n_samples)
+        tail = tuple(mean.shape) if covariance == "diag" else (hidden.shape[0],)
         if eps is None:
-            eps = torch.randn((*shape, *mean.shape), generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + eps.to(mean) * std
+            eps = torch.randn((*shape, *tail), generator=generator, device=mean.device, dtype=mean.dtype)
+        if covariance == "diag":
+            return mean + eps.to(mean) * std
+        return mean + torch.einsum("...k,kld->...ld", eps.to(mean), prompt_factor(hidden))
 
     @torch.no_grad()
     def fit(self, prefix: Optional[str] = None, suffix: Optional[str] = None) -> PromptGaussian:
-        """The Gaussian over encoder states of the K prompts re-encoded with this prefix/suffix (edits)."""
+        """The Gaussian over encoder states of the K prompts re-encoded with this prefix/suffix (edits), in diag mode
+        with the low-rank factor kept (`with_covariance("lowrank")` samples the K prompts' full covariance)."""
         hidden, _ = self.encode(prefix, suffix)
-        mean, std = self.moments(hidden.float())
-        return PromptGaussian(mean, std)
+        hidden = hidden.float()
+        mean, std = self.moments(hidden)
+        return PromptGaussian(mean, std, prompt_factor(hidden))
 
     @torch.no_grad()
     def interpret(self) -> str:

@@ -91,20 +91,24 @@ def write_preview(
     seed: int = 0,
     num_frames: int = 1,
     cameras: Optional[torch.Tensor] = None,
+    covariance: str = "diag",
 ) -> Path:
-    """Fit the current distribution, draw `n_samples` prompts (fixed seed: comparable across steps), render, save PNG."""
+    """Fit the current distribution, draw prompt samples 0…n_samples−1 of `seed` (comparable across steps) with the
+    run's covariance mode, render (image noise from seed + 2**31), save PNG."""
     from PIL import Image
 
     from dreamdist3d.io import atomic_path
 
-    g = torch.Generator().manual_seed(seed)
-    gauss = learner.fit()
-    cond = gauss.sample(n_samples, generator=g)  # (n, 77, D)
+    from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
+
+    g = torch.Generator().manual_seed(seed + LATENT_SEED_OFFSET)
+    cond = learner.fit().with_covariance(covariance).sample(n_samples, seed=seed)  # (n, 77, D)
     if num_frames > 1 and backbone.supports_camera:  # MVDream: the 4-view preview sampler of dreamdist3d.sample2d
         from dreamdist3d.sample2d.mvdream_preview import sample_views
 
         uncond = backbone.encode_text([""])
-        views = sample_views(backbone, cond.to(uncond.dtype), uncond, steps=steps, cfg=guidance, seed=seed,
+        views = sample_views(backbone, cond.to(uncond.dtype), uncond, steps=steps, cfg=guidance,
+                             seed=seed + LATENT_SEED_OFFSET,
                              num_frames=num_frames)  # (n, F, 3, H, W) in [0, 1]
         imgs = views.flatten(0, 1) * 2 - 1
     else:

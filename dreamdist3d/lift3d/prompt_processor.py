@@ -25,6 +25,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from dreamdist3d.config import ConfigError
+from dreamdist3d.distribution.conditioning import DistributionSpec, fit, load_files, resolve_covariance
+from dreamdist3d.distribution.errors import EncoderMismatchError
 from dreamdist3d.lift3d.base import BaseObject
 from dreamdist3d.registry import register
 from dreamdist3d.text.load import load_text_side
@@ -147,18 +149,14 @@ class PromptProcessorOutput:
 
 
 # ---------------------------------------------------------------------------------------------- the sample
-@dataclass
+@dataclass(frozen=True)
 class SampleSpec:
-    """Everything one prompt sample depends on. `files`: (path, weight, scale γ) — one file means weight 1."""
+    """What a run's ONE prompt sample depends on: the distribution spec, the seed and the view directions."""
 
-    files: List[Tuple[str, float, float]]
-    prefix: Optional[str] = None  # None: the prefix the distribution was learned with
-    suffix: Optional[str] = None
+    dist: DistributionSpec
     seed: int = 0
     view_dependent: bool = False
     prefix_style: bool = False  # view_dependent_prompt_front: "<dir> view of <prefix>" instead of "<suffix>, <dir> view"
-    class_index: int = 0
-    key: str = "system.prompt_processor.distribution"  # config key named in errors
 
 
 @dataclass
@@ -197,114 +195,62 @@ class PromptSample:
         return cls(st["text_embeddings"], st.get("text_embeddings_vd"), st["eps"], dict(st["meta"]))
 
 
-def load_distribution(path: str, key: str, class_index: int = 0):
-    from dreamdist3d.distribution import PromptDistribution
-
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"{key}: distribution file {p} does not exist; give a .safetensors written by `dreamdist3d learn` "
-            f"(or an official prompt_learner.pt), e.g. `{key}=cathedrals.safetensors`"
-        )
-    return PromptDistribution.load(p, class_index=class_index)
-
-
-def _edit(prefix: str, suffix: str, direction: Optional[str], prefix_style: bool) -> Tuple[str, str]:
-    if direction is None:
-        return prefix, suffix
+def direction_edit(direction: str, prefix_style: bool):
+    """The prefix/suffix edit of one view direction (threestudio's view-dependent prompt text)."""
     if prefix_style:
         word = "backside" if direction == "back" else direction
-        return f"{word} view of {prefix}".strip(), suffix
-    return prefix, f"{suffix}, {direction} view"
+        return lambda prefix, suffix: (f"{word} view of {prefix}".strip(), suffix)
+    return lambda prefix, suffix: (prefix, f"{suffix}, {direction} view")
 
 
-@torch.no_grad()
-def fit_spec(spec: SampleSpec, text_encoder, tokenizer, direction: Optional[str] = None, distributions=None):
-    """The (mixed, γ-scaled) PromptGaussian of `spec` for one direction edit (None: no view edit)."""
-    from dreamdist3d.distribution import PromptGaussian
-
-    items = []
-    for i, (path, weight, scale) in enumerate(spec.files):
-        dist = distributions[i] if distributions is not None else load_distribution(path, spec.key, spec.class_index)
-        try:
-            learner = dist.learner(text_encoder, tokenizer, source=f"{spec.key} ({path})")
-        except ValueError as e:  # EncoderMismatchError, shape mismatch
-            raise type(e)(f"{spec.key}: {e}") from None
-        prefix = learner.prefix if spec.prefix is None else spec.prefix
-        suffix = learner.suffix if spec.suffix is None else spec.suffix
-        prefix, suffix = _edit(prefix, suffix, direction, spec.prefix_style)
-        try:
-            g = learner.fit(prefix=prefix, suffix=suffix)
-        except ValueError as e:
-            raise ConfigError(f"{spec.key}: {e} (prefix/suffix come from system.prompt_processor.prefix/suffix)") from None
-        items.append((g, weight, scale))
-    return PromptGaussian.mix(items)
-
-
-def draw_prompt_sample(spec: SampleSpec, text_encoder, tokenizer) -> PromptSample:
-    """Fit, mix, and draw the ONE sample of a run (ε from a CPU generator seeded with spec.seed)."""
-    if not spec.files:
-        raise ConfigError(f"{spec.key} is not set: give a distribution file (or system.prompt_processor.mixture)")
-    dists = [load_distribution(p, spec.key, spec.class_index) for p, _, _ in spec.files]
-    base = fit_spec(spec, text_encoder, tokenizer, None, dists)
-    eps = torch.randn(base.mean.shape, generator=torch.Generator().manual_seed(int(spec.seed)), dtype=torch.float32)
-    text = base.sample(1, scale=1.0, eps=eps).float().cpu()  # (1, 77, D)
+def draw_prompt_sample(spec: SampleSpec, text_encoder, tokenizer, dists=None) -> PromptSample:
+    """Fit, mix, and draw the ONE sample of a run: sample 0 of `spec.seed` (the distribution seed rule); with view
+    dependence each direction's re-fitted law is drawn with the SAME noise."""
+    dists = dists if dists is not None else load_files(spec.dist)
+    mixture = fit(spec.dist, text_encoder, tokenizer, dists)
+    law = mixture.law()
+    eps = law.noise(1, spec.seed)  # (1, *noise_shape)
+    text = law.sample(1, eps=eps).float().cpu()  # (1, 77, D)
     vd = None
     if spec.view_dependent:
-        vd = torch.cat([fit_spec(spec, text_encoder, tokenizer, d, dists).sample(1, scale=1.0, eps=eps).float().cpu() for d in DIRECTIONS])
-    return PromptSample(text, vd, eps, spec_meta(spec, dists, text_encoder))
+        vd = torch.cat([fit(spec.dist, text_encoder, tokenizer, dists, edit=direction_edit(d, spec.prefix_style))
+                        .law().sample(1, eps=eps).float().cpu() for d in DIRECTIONS])
+    return PromptSample(text, vd, eps[0], spec_meta(spec, dists, mixture.covariance, text_encoder))
 
 
-def spec_meta(spec: SampleSpec, dists, text_encoder) -> Dict[str, Any]:
+def spec_meta(spec: SampleSpec, dists, covariance: str, text_encoder) -> Dict[str, Any]:
     return {
-        "files": [{"path": str(p), "weight": float(w), "scale": float(s), "ctx_sha256": d.meta.ctx_sha256 or ""}
-                  for (p, w, s), d in zip(spec.files, dists)],
-        "prefix": spec.prefix,
-        "suffix": spec.suffix,
+        "files": [{"path": c.path, "weight": float(c.weight), "scale": float(c.scale), "class_index": c.class_index,
+                   "ctx_sha256": d.meta.ctx_sha256 or ""} for c, d in zip(spec.dist.components, dists)],
+        "prefix": spec.dist.prefix,
+        "suffix": spec.dist.suffix,
+        "covariance": covariance,
         "seed": int(spec.seed),
         "view_dependent": bool(spec.view_dependent),
         "prefix_style": bool(spec.prefix_style),
-        "class_index": int(spec.class_index),
         "text_encoder": text_encoder.fingerprint(),
     }
 
 
 def sample_matches(sample: PromptSample, spec: SampleSpec, dists, text_encoder) -> List[str]:
     """Differences between what `sample` was drawn with and `spec` (empty: the sample belongs to this spec)."""
-    want, have = spec_meta(spec, dists, text_encoder), sample.meta
+    want = spec_meta(spec, dists, resolve_covariance(spec.dist, dists), text_encoder)
+    have = {"covariance": "diag", **sample.meta}  # samples drawn before the covariance modes existed are diag
     diffs = []
-    for k in ("prefix", "suffix", "seed", "view_dependent", "prefix_style", "class_index"):
+    for k in ("prefix", "suffix", "covariance", "seed", "view_dependent", "prefix_style"):
         if want[k] != have.get(k):
             diffs.append(f"{k}: saved {have.get(k)!r}, config {want[k]!r}")
-    strip = lambda fs: [(f["weight"], f["scale"], f["ctx_sha256"]) for f in fs]  # noqa: E731  (paths may move)
+    strip = lambda fs: [(f["weight"], f["scale"], f.get("class_index", 0), f["ctx_sha256"]) for f in fs]  # noqa: E731
     if strip(want["files"]) != strip(have.get("files", [])):
         diffs.append("distribution files / weights / scales differ")
     return diffs
 
 
-def files_from_config(distribution: Optional[str], scale: float, mixture: Sequence[Any], where: str) -> List[Tuple[str, float, float]]:
-    if mixture:
-        if distribution:
-            raise ConfigError(f"set either {where}.distribution or {where}.mixture, not both")
-        files = []
-        for i, item in enumerate(mixture):
-            item = dict(item)
-            unknown = set(item) - {"path", "weight", "scale"}
-            if unknown or "path" not in item:
-                raise ConfigError(f"{where}.mixture[{i}] must be {{path, weight, scale}}; got keys {sorted(item)}")
-            files.append((str(item["path"]), float(item.get("weight", 1.0 / len(mixture))), float(item.get("scale", scale))))
-        return files
-    if not distribution:
-        raise ConfigError(
-            f"{where}.distribution is not set: give the distribution file, e.g. `{where}.distribution=cathedrals.safetensors`"
-        )
-    return [(str(distribution), 1.0, float(scale))]
-
-
-def describe(files: Sequence[Tuple[str, float, float]], prefix: Optional[str], suffix: Optional[str]) -> str:
-    parts = [f"<{Path(p).stem}>" + (f"*{w:g}" if len(files) > 1 else "") for p, w, _ in files]
-    text = "+".join(parts)
-    return " ".join(x for x in (prefix or "", text, suffix or "") if x)
+def describe(spec: DistributionSpec) -> str:
+    """For logs: "a photo of <cathedrals>"."""
+    many = len(spec.components) > 1
+    text = "+".join(f"<{Path(c.path).stem}>" + (f"*{c.weight:g}" if many else "") for c in spec.components)
+    return " ".join(x for x in (spec.prefix or "", text, spec.suffix or "") if x)
 
 
 # ---------------------------------------------------------------------------------------------- shared glue
@@ -320,21 +266,25 @@ def prepare_prompt(
     *, distribution: Optional[str], scale: float, mixture: Sequence[Any], prefix: Optional[str], suffix: Optional[str],
     seed: int, view_dependent: bool, prefix_style: bool, class_index: int, negative_prompt: str,
     text_encoder, tokenizer, where: str = "system.prompt_processor", sample_path=None,
-    sample: Optional[PromptSample] = None, device="cpu",
+    sample: Optional[PromptSample] = None, device="cpu", covariance: Optional[str] = None,
 ) -> PreparedPrompt:
     """Everything a distribution prompt processor needs — ours and the threestudio extension's.
 
     Uses `sample` (from a checkpoint) or the file at `sample_path` when present (after checking it was drawn with
     these settings), else draws the one sample; writes it to `sample_path`; encodes the negative prompt."""
-    files = files_from_config(distribution, scale, mixture, where)
-    spec = SampleSpec(files=files, prefix=prefix, suffix=suffix, seed=int(seed), view_dependent=view_dependent,
-                      prefix_style=prefix_style, class_index=class_index,
-                      key=f"{where}.mixture" if mixture else f"{where}.distribution")
+    try:
+        dist_spec = DistributionSpec.from_config(distribution, scale, mixture, class_index, prefix, suffix, covariance,
+                                                 where=where)
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    spec = SampleSpec(dist_spec, seed=int(seed), view_dependent=view_dependent, prefix_style=prefix_style)
     saved = Path(sample_path) if sample_path else None
     enc_device = text_encoder.device
     text_encoder.to(device)  # encode where the run computes, then give the memory back
     try:
-        dists = [load_distribution(p, spec.key, class_index) for p, _, _ in files]
+        dists = load_files(dist_spec)
         if sample is None and saved is not None and saved.is_file():
             sample = PromptSample.load(saved)
         if sample is not None:
@@ -345,7 +295,12 @@ def prepare_prompt(
                     f"Start a new run (or delete {saved.name if saved else SAMPLE_FILE}) to draw a new sample"
                 )
         else:
-            sample = draw_prompt_sample(spec, text_encoder, tokenizer)
+            try:
+                sample = draw_prompt_sample(spec, text_encoder, tokenizer, dists)
+            except EncoderMismatchError:
+                raise
+            except ValueError as e:  # prompt too long after the edit
+                raise ConfigError(f"{e} (prefix/suffix come from {where}.prefix/suffix)") from None
         ids = tokenizer([negative_prompt]).to(text_encoder.device)
         with torch.no_grad():
             uncond = text_encoder.encode_ids(ids).float().cpu()
@@ -355,7 +310,7 @@ def prepare_prompt(
             torch.cuda.empty_cache()
     if saved is not None:
         sample.save(saved)
-    return PreparedPrompt(sample, uncond, describe(files, prefix, suffix), spec)
+    return PreparedPrompt(sample, uncond, describe(dist_spec), spec)
 
 
 # ---------------------------------------------------------------------------------------------- the processor
@@ -392,6 +347,7 @@ class DreamDistributionPromptProcessor(BaseObject):
         suffix: Optional[str] = None
         scale: float = 1.0  # γ
         mixture: List[Any] = field(default_factory=list)  # [{path, weight, scale}, ...]; weights sum to 1
+        covariance: Optional[str] = None  # diag | lowrank; None: what the file records (official files: diag)
         seed: Optional[int] = None  # None: the run's seed
         view_dependent_prompting: bool = False
 
@@ -417,7 +373,7 @@ class DreamDistributionPromptProcessor(BaseObject):
             seed=int(cfg.seed if cfg.seed is not None else seed), view_dependent=cfg.view_dependent_prompting,
             prefix_style=cfg.view_dependent_prompt_front, class_index=cfg.class_index, negative_prompt=cfg.negative_prompt,
             text_encoder=enc, tokenizer=tok, where=w, sample_path=(Path(save_dir) / SAMPLE_FILE) if save_dir else None,
-            sample=sample, device=self.device,
+            sample=sample, device=self.device, covariance=cfg.covariance,
         )
         self.spec, self.sample, self.uncond = prepared.spec, prepared.sample, prepared.uncond
         self.directions = make_directions(cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold, cfg.view_dependent_prompt_front)

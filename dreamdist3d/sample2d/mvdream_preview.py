@@ -11,7 +11,8 @@ Sampler (MVDream `t2i.py` + LDM `DDIMSampler`, η = 0):
 - each sample is F = 4 views (rows `(b f)`), cameras `get_camera(4, elevation, azimuth_start)`;
 - guidance batch `[uncond, cond]` (MVDream's sampler order; MVDream-threestudio uses the reverse), the camera
   passed to both halves, `num_frames=4`, output `uncond + cfg·(cond − uncond)`;
-- initial noise from a CPU `torch.Generator(seed)` (identical on every device), decoded with the VAE,
+- initial noise from a CPU `torch.Generator(seed)` (identical on every device; `run_preview` passes
+  seed + 2**31, the latent rule of SD 2.1 sampling, so it never shares numbers with prompt sample `seed`), decoded with the VAE,
   `clamp((x + 1) / 2, 0, 1)`.
 """
 
@@ -28,9 +29,8 @@ import torch
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
 from dreamdist3d.backbones.schedule import NoiseSchedule
+from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 
-# A distribution's samples use their own stream, so they never share random numbers with the initial noise.
-DISTRIBUTION_SEED_OFFSET = 1_000_003
 
 
 def make_ddim_scheduler(schedule: NoiseSchedule, steps: int):
@@ -140,6 +140,7 @@ class PreviewRequest:
     distribution: Optional[str] = None
     class_index: int = 0
     scale: float = 1.0
+    covariance: Optional[str] = None  # diag | lowrank; None: what the file records
     prefix: Optional[str] = None
     suffix: Optional[str] = None
     negative: str = ""
@@ -171,16 +172,16 @@ def conditioning_from_distribution(
     seed: int = 0,
     class_index: int = 0,
     check_encoder: bool = True,
+    covariance: Optional[str] = None,
 ) -> torch.Tensor:
-    """(n, 77, D) samples of a learned prompt distribution, re-fitted with `prefix`/`suffix` (None: as learned),
-    spread scaled by `scale` (0: the mean). Drawn on CPU from `seed + DISTRIBUTION_SEED_OFFSET`."""
-    from dreamdist3d.distribution import PromptDistribution
+    """(n, 77, D) samples 0…n−1 of `seed` (the distribution seed rule, as 2D and 3D) of a learned prompt
+    distribution, re-fitted with `prefix`/`suffix` (None: as learned), spread scaled by `scale` (0: the mean)."""
+    from dreamdist3d.distribution import DistributionSpec, fit
 
-    dist = PromptDistribution.load(path, class_index=class_index)
-    learner = dist.learner(backbone.text_encoder, backbone.tokenizer, check_encoder=check_encoder, source=str(path))
-    gauss = learner.fit(prefix=prefix, suffix=suffix).to("cpu", torch.float32)
-    g = torch.Generator().manual_seed(int(seed) + DISTRIBUTION_SEED_OFFSET)
-    return gauss.sample(n, scale=scale, generator=g)
+    spec = DistributionSpec.from_lists([path], scales=[scale], class_indices=[class_index], prefix=prefix, suffix=suffix,
+                                       covariance=covariance, key="--distribution")
+    mixture = fit(spec, backbone.text_encoder, backbone.tokenizer, check_encoder=check_encoder)
+    return mixture.sample(n, seed).to("cpu", torch.float32)
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -208,12 +209,13 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
     else:
         context = conditioning_from_distribution(
             backbone, req.distribution, req.n, req.scale, req.prefix, req.suffix, req.seed, req.class_index,
-            req.check_encoder,
+            req.check_encoder, req.covariance,
         )
     uncond = backbone.encode_text([req.negative])
     images = sample_views(
         backbone, context.to(backbone.device, backbone.text_encoder.dtype), uncond, steps=req.steps, cfg=req.cfg,
-        elevation=req.elevation, azimuth_start=req.azimuth_start, seed=req.seed, num_frames=req.num_frames,
+        elevation=req.elevation, azimuth_start=req.azimuth_start, seed=req.seed + LATENT_SEED_OFFSET,
+        num_frames=req.num_frames,
         progress=progress,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +236,8 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         "view_azimuths_deg": azimuths,
         "ddim_timesteps": ddim_timesteps(backbone.schedule, req.steps).tolist(),
         "guidance_order": "[uncond, cond]",
-        "distribution_seed": req.seed + DISTRIBUTION_SEED_OFFSET if req.distribution else None,
+        "prompt_sample_seeds": [req.seed + i for i in range(req.n)] if req.distribution else None,
+        "latent_seed": req.seed + LATENT_SEED_OFFSET,
         "backbone": backbone.fingerprint(),
     }
     out.with_suffix(".json").write_text(json.dumps(side, indent=1))
@@ -242,7 +245,6 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
 
 
 __all__ = [
-    "DISTRIBUTION_SEED_OFFSET",
     "PreviewRequest",
     "conditioning_from_distribution",
     "conditioning_from_prompt",

@@ -2,10 +2,11 @@
 
 The pipeline is loaded from a local diffusers folder (`local_files_only=True`, nothing downloaded). Each distribution
 is re-fitted with the requested prefix/suffix (text edits) by the pipeline's own text encoder (wrapped as our
-`TextEncoder`, run in float32 even when the pipeline is fp16/bf16), the fitted Gaussians are mixed
-(`PromptGaussian.mix`: mean Σwμ, std sqrt(Σ(wγσ)²)), and every image gets its own draw
+`TextEncoder`, run in float32 even when the pipeline is fp16/bf16) through the one distribution path
+(`dreamdist3d.distribution.fit`: mean Σwμ, std sqrt(Σ(wγσ)²)), and every image gets its own draw (the seed rule)
 
-    e_i = mean + ε_i·std,   ε_i = randn((1, 77, D), generator=torch.Generator("cpu").manual_seed(sample_seed_i))
+    e_i = mean + ε_i·std (diag),  ε_i = randn((77, D), generator=torch.Generator("cpu").manual_seed(sample_seed_i))
+    e_i = mean + Σ_k a_ik·F_k (lowrank), a_i = randn((K,), same generator)
 
 which is fed as `prompt_embeds`. Latents come from a second per-image CPU generator seeded with `latent_seed_i`
 (a different stream, so ε and the initial noise are never the same numbers), so a bare diffusers call
@@ -34,8 +35,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from dreamdist3d.distribution import PromptDistribution, PromptGaussian
-from dreamdist3d.distribution.gaussian import check_scale
+from dreamdist3d.distribution import DistributionSpec, PromptGaussian, PromptMixture, fit
+from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, check_scale
 from dreamdist3d.io import atomic_save_safetensors
 from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid
 from dreamdist3d.sample2d.metadata import embedding_stats, save_png, to_uint8, write_json
@@ -51,7 +52,6 @@ SCHEDULERS = {
     "euler-a": "EulerAncestralDiscreteScheduler",
     "dpm++": "DPMSolverMultistepScheduler",
 }
-LATENT_SEED_OFFSET = 2**31
 DEFAULT_GAMMAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 RECORD_KIND = "dreamdist3d.sample2d.sd21"
@@ -179,108 +179,9 @@ def _float32(module: torch.nn.Module) -> Iterator[None]:
         module.to(dtype)
 
 
-def draw_eps(sample_seed: int, shape: Sequence[int]) -> torch.Tensor:
-    """ε ~ N(0, 1) of `shape` (77, D) from a CPU generator seeded with `sample_seed` (float32, device independent)."""
-    return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(int(sample_seed)), dtype=torch.float32)
-
-
 def image_seeds(seed: int, index: int, same_latents: bool = False) -> Tuple[int, int]:
     """(sample_seed, latent_seed) of image `index` of a run with base `seed`."""
     return seed + index, seed + (0 if same_latents else index) + LATENT_SEED_OFFSET
-
-
-# ---------------------------------------------------------------------------------------------- mixtures
-@dataclass(frozen=True)
-class Component:
-    """One distribution of a mixture: file, weight w, diversity scale γ, class index (official multi-class files)."""
-
-    path: str
-    weight: float = 1.0
-    scale: float = 1.0
-    class_index: int = 0
-
-
-def _broadcast(values: Optional[Sequence], k: int, default, flag: str) -> list:
-    if values is None or len(values) == 0:
-        return [default] * k
-    if len(values) == 1:
-        return list(values) * k
-    if len(values) != k:
-        raise ValueError(f"{flag} got {len(values)} values for {k} --distribution files; give one value or one per distribution")
-    return list(values)
-
-
-def components_from_args(
-    paths: Sequence[PathLike],
-    weights: Optional[Sequence[float]] = None,
-    scales: Optional[Sequence[float]] = None,
-    class_indices: Optional[Sequence[int]] = None,
-    tol: float = 1e-6,
-) -> List[Component]:
-    """Checked mixture components from CLI-style lists (one value broadcasts; weights default to equal shares).
-
-    Raises before anything heavy is loaded: missing files, weights that do not sum to 1, negative scales."""
-    if not paths:
-        raise ValueError("give at least one --distribution file (.safetensors from `dreamdist3d learn`, or an official .pt)")
-    k = len(paths)
-    for p in paths:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"distribution file {p} does not exist")
-    if weights is None or len(weights) == 0:
-        ws = [1.0 / k] * k
-    else:
-        if len(weights) != k:
-            raise ValueError(f"--weight got {len(weights)} values for {k} --distribution files; give one weight per distribution")
-        ws = [float(w) for w in weights]
-        if abs(sum(ws) - 1.0) > tol:
-            raise ValueError(
-                f"mixture weights must sum to 1, got {ws} (sum {sum(ws):.6g}); e.g. --weight 0.5 0.5 for two distributions"
-            )
-    ss = [check_scale(s, "--scale γ") for s in _broadcast(scales, k, 1.0, "--scale")]
-    cs = [int(c) for c in _broadcast(class_indices, k, 0, "--class-index")]
-    if any(c < 0 for c in cs):
-        raise ValueError(f"--class-index must be ≥ 0, got {cs}")
-    return [Component(str(p), w, s, c) for p, w, s, c in zip(paths, ws, ss, cs)]
-
-
-@dataclass
-class FittedComponent:
-    component: Component
-    gaussian: PromptGaussian  # (77, D) float32 on the pipeline device
-    info: Dict[str, Any]
-
-
-@dataclass
-class PromptMixture:
-    """Fitted distributions with their weights and scales; `law()` is the Gaussian images are drawn from."""
-
-    parts: List[FittedComponent]
-    prefix: Optional[str]  # as requested (None: each distribution's training prefix)
-    suffix: Optional[str]
-
-    def law(self, gamma: float = 1.0, weights: Optional[Sequence[float]] = None) -> PromptGaussian:
-        """Mixed Gaussian; `gamma` multiplies every component's scale (γ sweeps), `weights` override (mix sweeps).
-
-        One distribution with weight 1 is N(μ, (γσ)²) directly (no mixing arithmetic), so γ=0 gives μ exactly."""
-        gamma = check_scale(gamma, "γ")
-        ws = [p.component.weight for p in self.parts] if weights is None else [float(w) for w in weights]
-        if len(ws) != len(self.parts):
-            raise ValueError(f"{len(ws)} weights for {len(self.parts)} distributions")
-        if len(self.parts) == 1 and ws[0] == 1.0:
-            return self.parts[0].gaussian.scaled(self.parts[0].component.scale * gamma)
-        return PromptGaussian.mix([(p.gaussian, w, p.component.scale * gamma) for p, w in zip(self.parts, ws)])
-
-    def describe(self, gamma: float = 1.0, weights: Optional[Sequence[float]] = None) -> Dict[str, Any]:
-        """The metadata of this mixture: γ, weights, scales, edit, and each file's identity."""
-        ws = [p.component.weight for p in self.parts] if weights is None else [float(w) for w in weights]
-        scales = [p.component.scale * gamma for p in self.parts]
-        return {
-            "gamma": scales[0] if len(scales) == 1 else scales,
-            "weights": ws,
-            "scales": scales,
-            "edit": {"prefix": self.prefix, "suffix": self.suffix},
-            "distributions": [{**p.info, "weight": w, "scale": s} for p, w, s in zip(self.parts, ws, scales)],
-        }
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -386,31 +287,10 @@ class SD21Sampler:
 
     # ------------------------------------------------------------------ the method
     @torch.no_grad()
-    def fit(self, components: Sequence[Component], prefix: Optional[str] = None, suffix: Optional[str] = None) -> PromptMixture:
-        """Load and re-fit every distribution with this prefix/suffix (None: its training one), in float32."""
-        parts = []
+    def fit(self, spec: DistributionSpec) -> PromptMixture:
+        """Load and re-fit every distribution of `spec` with its prefix/suffix (None: the training text), in float32."""
         with self._timed("fit"), _float32(self.pipe.text_encoder):
-            for comp in components:
-                dist = PromptDistribution.load(comp.path, class_index=comp.class_index)
-                learner = dist.learner(self.text_encoder, self.tokenizer, source=comp.path)
-                gaussian = learner.fit(prefix, suffix)
-                meta = dist.meta
-                info = {
-                    "path": str(comp.path),
-                    "class_index": comp.class_index,
-                    "n_prompts": meta.n_prompts,
-                    "n_ctx": meta.n_ctx,
-                    "position_mode": meta.position_mode,
-                    "backbone": meta.backbone,
-                    "training_prefix": meta.prefix,
-                    "training_suffix": meta.suffix,
-                    "prefix_used": learner.prefix if prefix is None else prefix,
-                    "suffix_used": learner.suffix if suffix is None else suffix,
-                    "ctx_sha256": meta.ctx_sha256,
-                    "source": meta.source,
-                }
-                parts.append(FittedComponent(comp, gaussian, info))
-        return PromptMixture(parts, prefix, suffix)
+            return fit(spec, self.text_encoder, self.tokenizer)
 
     @torch.no_grad()
     def negative_embeds(self, text: str) -> torch.Tensor:
@@ -424,9 +304,9 @@ class SD21Sampler:
 
     @torch.no_grad()
     def draw(self, law: PromptGaussian, sample_seeds: Sequence[int]) -> torch.Tensor:
-        """(B, 77, D) float32 samples of `law`, one seeded ε per image."""
+        """(B, 77, D) float32 samples of `law`: image b gets sample 0 of seed `sample_seeds[b]` (the seed rule)."""
         with self._timed("draw"):
-            eps = torch.stack([draw_eps(s, law.mean.shape) for s in sample_seeds])
+            eps = torch.cat([law.noise(1, s) for s in sample_seeds])
             return law.sample(len(sample_seeds), scale=1.0, eps=eps)
 
     @torch.no_grad()
@@ -659,18 +539,14 @@ def sweep_to_grid(
 
 
 __all__ = [
-    "Component",
     "DEFAULT_GAMMAS",
     "DEFAULT_MIX_WEIGHTS",
     "DTYPES",
     "LATENT_SEED_OFFSET",
-    "PromptMixture",
     "SCHEDULERS",
     "SD21Sampler",
     "SampleSettings",
     "check_sd21_folder",
-    "components_from_args",
-    "draw_eps",
     "image_seeds",
     "load_sd21_pipeline",
     "resolve_device",

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from dreamdist3d.config import ConfigError
+from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 from dreamdist3d.toyworld.backbone import DEFAULT_GUIDANCE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -182,13 +183,14 @@ def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_p
 
 
 @torch.no_grad()
-def prompt_samples(backbone, distribution_path: Path, n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
-    """n fresh prompt samples (n,77,D) = mean + γ·ε·std of the learned distribution (ε from a CPU generator)."""
-    from dreamdist3d.distribution import PromptDistribution
+def prompt_samples(backbone, distribution_path: Path, n: int, seed: int, scale: float = 1.0,
+                   covariance=None) -> torch.Tensor:
+    """Prompt samples 0…n−1 of `seed` (n,77,D) of the learned distribution (the distribution seed rule: sample i is
+    also what a 3D run with seed `seed + i` draws)."""
+    from dreamdist3d.distribution import DistributionSpec, fit
 
-    dist = PromptDistribution.load(distribution_path)
-    gauss = dist.learner(backbone.text_encoder, backbone.tokenizer, source=str(distribution_path)).fit()
-    return gauss.sample(n, scale=scale, generator=torch.Generator().manual_seed(int(seed))).float()
+    spec = DistributionSpec.from_lists([distribution_path], scales=[scale], covariance=covariance)
+    return fit(spec, backbone.text_encoder, backbone.tokenizer).sample(n, seed).float()
 
 
 @torch.no_grad()
@@ -312,8 +314,9 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
 
     with clock.stage("samples_2d"):
         if cfg.n_2d:
-            ctx = prompt_samples(backbone, dist_path, cfg.n_2d, seed=cfg.seed + 1000, scale=cfg.scale)
-            imgs = sample_images(backbone, ctx, 1, seed=cfg.seed, steps=cfg.sample_steps, guidance=cfg.guidance,
+            ctx = prompt_samples(backbone, dist_path, cfg.n_2d, seed=cfg.seed, scale=cfg.scale)
+            imgs = sample_images(backbone, ctx, 1, seed=cfg.seed + LATENT_SEED_OFFSET, steps=cfg.sample_steps,
+                                 guidance=cfg.guidance,
                                  progress=cfg.progress, desc="2D samples")
             cols = 8 if cfg.n_2d >= 8 else cfg.n_2d
             rows = (cfg.n_2d + cols - 1) // cols
@@ -321,8 +324,9 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
             files["samples_2d"] = save_grid(out / "samples-2d.png", flat.reshape(rows, cols, *imgs.shape[2:]))
     with clock.stage("previews_4view"):
         if cfg.n_4view:
-            ctx = prompt_samples(backbone, dist_path, cfg.n_4view, seed=cfg.seed + 2000, scale=cfg.scale)
-            imgs = sample_images(backbone, ctx, 4, seed=cfg.seed + 1, steps=cfg.sample_steps, guidance=cfg.guidance,
+            ctx = prompt_samples(backbone, dist_path, cfg.n_4view, seed=cfg.seed, scale=cfg.scale)
+            imgs = sample_images(backbone, ctx, 4, seed=cfg.seed + LATENT_SEED_OFFSET + 1, steps=cfg.sample_steps,
+                                 guidance=cfg.guidance,
                                  progress=cfg.progress, desc="4-view previews", chunk=4)
             files["previews_4view"] = save_grid(out / "previews-4view.png", imgs)
 
