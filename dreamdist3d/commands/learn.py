@@ -36,6 +36,8 @@ FLAGS = [
     ("--n-samples", "n_samples", int, "reparameterised samples per image (default 4)"),
     ("--lr", "lr", float, "AdamW learning rate (default 1e-3)"),
     ("--loss", "loss", str, "fast (K prompts encoded once) | official (per item, as train.py)"),
+    ("--objective", "objective", str, "official (the paper) | wta | softmin | assign (default official)"),
+    ("--covariance", "covariance", str, "diag (the paper) | lowrank (the K prompts' full covariance) (default diag)"),
     ("--prefix", "prefix", str, "fixed text before the learned tokens"),
     ("--suffix", "suffix", str, "fixed text after the learned tokens"),
     ("--position-mode", "position_mode", str, "clean | official (default: official with --loss official, else clean)"),

@@ -138,6 +138,18 @@ def _eval_run(args: argparse.Namespace) -> int:
     return cli_run(args)
 
 
+def _arms_arguments(p: argparse.ArgumentParser) -> None:
+    from dreamdist3d.toyworld.arms import add_arguments
+
+    add_arguments(p)
+
+
+def _arms_run(args: argparse.Namespace) -> int:
+    from dreamdist3d.toyworld.arms import cli_run
+
+    return cli_run(args)
+
+
 SUBCOMMANDS: Dict[str, Subcommand] = {
     "train": Subcommand("train the toy backbone from scratch (≈19 min on 2 CPU cores)", _train_arguments, _train_run),
     "sample": Subcommand("generate images of captions with the toy backbone", _sample_arguments, _sample_run),
@@ -145,6 +157,9 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
                        "meshes, turntables and a gallery (minutes on a CPU)", _demo_arguments, _demo_run),
     "eval": Subcommand("evaluate K=32 vs K=1 vs a caption on toy reference sets (in-distribution rate, coverage, "
                        "density, diversity)", _eval_arguments, _eval_run),
+    "arms": Subcommand("compare learning objectives × covariance modes (and K=1, captions) over seeds on toy "
+                       "reference sets: coverage, in-distribution rate, colour spread (mean ± std)", _arms_arguments,
+                       _arms_run),
 }
 
 

@@ -11,6 +11,16 @@
   cameras; F = 1 in 2D.
 - L_ortho = mean over off-diagonal pairs of squared cosine similarity of the pooled (EOS) states.
 
+Objectives (`objective`), all on ℓ_{b,r} = w(t_b)·mse_{b,r} of R samples per image that share its noise and timestep:
+- `official`: mean_{b,r} ℓ — the paper. Its optimum is every sample at the one best prompt: nothing rewards spread.
+- `wta` (relaxed winner-take-all): mean_b [(1−δ)·min_r ℓ_{b,r} + δ·mean_r ℓ_{b,r}], δ = 0.1: each image trains the
+  samples that already explain it best, so different regions of the Gaussian can specialise on different images.
+- `softmin`: mean_b −τ_b·log mean_r exp(−ℓ_{b,r}/τ_b), τ_b = τ·mean_r ℓ_{b,r} (detached; scale-free), τ = 0.1.
+- `assign` (control): no sampling; prompt k is assigned to image k mod N (and image n to prompt n mod K when K < N);
+  each row uses one of its image's prompts, mean_{b,r} ℓ (the "prompts assigned to images" control).
+Covariance (`covariance`) is the law of the reparameterised samples: `diag` μ + ε⊙σ with ε (B, R, 77, D), or
+`lowrank` μ + Σ_k a_k·(h_k − μ)/√(K−1) with a (B, R, K).
+
 `mode="official"` arranges the computation as the official train.py/PromptLearner do: the K prompts are stacked per
 batch item and run through the text encoder as B·K sequences, μ/σ/ortho per item. `mode="fast"` (ours) encodes the K
 prompts once (K sequences) and broadcasts μ, σ to the B items. Every item's prompts are identical, so the loss is the
@@ -19,6 +29,7 @@ same number and the gradient equal up to float re-association (measured 2e-8 on 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -26,8 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from dreamdist3d.backbones.schedule import NoiseSchedule
+from dreamdist3d.distribution.gaussian import check_covariance, prompt_factor
 
 LOSS_MODES = ("fast", "official")
+OBJECTIVES = ("official", "wta", "softmin", "assign")
 
 
 def official_snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -55,25 +68,61 @@ class LossOutput:
     model_pred: Optional[torch.Tensor] = None  # (B, R, [F,] C, h, w) detached, when asked for
 
 
-def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast"):
-    """(context (B, R, 77, D), ortho scalar) from the learner's K prompts and ε (B, R, 77, D)."""
+def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covariance: str = "diag",
+                        prompt_index: Optional[torch.Tensor] = None):
+    """(context (B, R, 77, D), ortho scalar) from the learner's K prompts and the noise `eps`: (B, R, 77, D) for diag,
+    (B, R, K) for lowrank. With `prompt_index` (B, R) long (objective `assign`) row (b, r) is prompt h_k itself."""
     if mode not in LOSS_MODES:
         raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {mode!r}")
-    b = eps.shape[0]
+    check_covariance(covariance)
+    b = eps.shape[0] if eps is not None else prompt_index.shape[0]
     if mode == "fast":
         hidden, pooled = learner.encode()  # (K, 77, D), (K, D): the K prompts, once
+        if prompt_index is not None:
+            return hidden[prompt_index], learner.orthogonal_loss(pooled)
         mean, std = learner.moments(hidden)  # (77, D) each
-        context = mean + eps.to(mean) * std  # (B, R, 77, D)
+        if covariance == "diag":
+            context = mean + eps.to(mean) * std  # (B, R, 77, D)
+        else:
+            context = mean + torch.einsum("brk,kld->brld", eps.to(mean), prompt_factor(hidden))
         return context, learner.orthogonal_loss(pooled)
     # official: ctx[cls_idx] stacked per item -> B·K sequences through the encoder, moments per item
     x, eos = learner.input_embeddings()  # (K, 77, D)
     k = x.shape[0]
     hidden = learner.text_encoder(x.repeat(b, 1, 1), add_position=True).view(b, k, *x.shape[1:])  # (B, K, 77, D)
     pooled = hidden[:, :, eos]  # (B, K, D)
+    if prompt_index is not None:
+        return hidden.gather(1, prompt_index[..., None, None].expand(-1, -1, *hidden.shape[2:])), \
+            learner.orthogonal_loss(pooled)
     mean = hidden.mean(1)  # (B, 77, D)
+    if covariance == "lowrank":
+        factor = (hidden - mean[:, None]) / max(k - 1, 1) ** 0.5  # (B, K, 77, D); zeros for K=1
+        return mean[:, None] + torch.einsum("brk,bkld->brld", eps.to(mean), factor), learner.orthogonal_loss(pooled)
     std = hidden.std(1) if k > 1 else torch.zeros_like(mean)
     context = mean[:, None] + eps.to(mean) * std[:, None]  # (B, R, 77, D)
     return context, learner.orthogonal_loss(pooled)
+
+
+def assigned_prompts(image_index: torch.Tensor, choice: torch.Tensor, n_prompts: int, n_images: int) -> torch.Tensor:
+    """Objective `assign`: (B,) image indices and (B, R) random non-negative ints → (B, R) prompt indices.
+    Prompt k belongs to image k mod N; an image with no prompt of its own (K < N) uses prompt n mod K."""
+    if n_prompts < n_images:
+        return (image_index % n_prompts)[:, None].expand_as(choice).clone()
+    own = (n_prompts - 1 - image_index) // n_images + 1  # how many prompts k ≡ n (mod N) exist, (B,)
+    return image_index[:, None] + n_images * (choice % own[:, None])
+
+
+def reduce_objective(losses: torch.Tensor, objective: str, delta: float = 0.1, tau: float = 0.1) -> torch.Tensor:
+    """losses ℓ (B, R) (weighted per-sample diffusion losses) → the scalar objective (see the module docstring)."""
+    if objective in ("official", "assign"):
+        return losses.mean()
+    if objective == "wta":
+        return ((1.0 - delta) * losses.min(dim=1).values + delta * losses.mean(dim=1)).mean()
+    if objective == "softmin":
+        t = (tau * losses.mean(dim=1, keepdim=True)).detach().clamp_min(1e-12)  # (B, 1)
+        r = losses.shape[1]
+        return (-t[:, 0] * (torch.logsumexp(-losses / t, dim=1) - math.log(r))).mean()
+    raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
 def distribution_loss(
@@ -89,21 +138,31 @@ def distribution_loss(
     cameras: Optional[torch.Tensor] = None,
     mode: str = "fast",
     keep_pred: bool = False,
+    covariance: str = "diag",
+    objective: str = "official",
+    prompt_index: Optional[torch.Tensor] = None,
+    objective_delta: float = 0.1,
+    objective_tau: float = 0.1,
 ) -> LossOutput:
     """One training loss.
 
     latents, noise: (B, C, h, w) in 2D or (B, F, C, h, w) multi-view (scaled latents); timesteps (B,) long;
-    eps (B, R, 77, D); cameras (B, F, 16) for multi-view (None: no camera conditioning, F views still attend jointly);
+    eps (B, R, 77, D) (diag) or (B, R, K) (lowrank); prompt_index (B, R) for objective `assign` (then eps is None);
+    cameras (B, F, 16) for multi-view (None: no camera conditioning, F views still attend jointly);
     denoiser(x (N,C,h,w), t (N,), context (N,77,D), camera=(N,16)|None, num_frames=F) -> (N,C,h,w).
     """
-    bsz, r = eps.shape[:2]
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if (objective == "assign") != (prompt_index is not None):
+        raise ValueError("objective 'assign' takes prompt_index (B, R) instead of eps; the others take eps")
+    bsz, r = (eps if eps is not None else prompt_index).shape[:2]
     multiview = latents.ndim == 5
     views = latents.shape[1] if multiview else 1
     chw = latents.shape[-3:]
     if latents.shape[0] != bsz or timesteps.shape != (bsz,):
-        raise ValueError(f"batch mismatch: latents {tuple(latents.shape)}, timesteps {tuple(timesteps.shape)}, eps {tuple(eps.shape)}")
+        raise ValueError(f"batch mismatch: latents {tuple(latents.shape)}, timesteps {tuple(timesteps.shape)}, rows ({bsz}, {r})")
 
-    context, ortho = prompt_conditioning(learner, eps, mode)  # (B, R, 77, D), scalar
+    context, ortho = prompt_conditioning(learner, eps, mode, covariance, prompt_index)  # (B, R, 77, D), scalar
 
     noisy = schedule.add_noise(latents, noise, timesteps)  # (B, [F,] C, h, w)
     target = schedule.target(latents, noise, timesteps).float()
@@ -121,9 +180,10 @@ def distribution_loss(
     per_sample = per_sample.mean(dim=tuple(range(2, per_sample.ndim)))  # (B, R)
     snr = official_snr(schedule.alphas_cumprod, timesteps.repeat_interleave(r))  # (B·R,), b-major as official
     weights = min_snr_weights(snr, snr_gamma).view(bsz, r)
-    mse = (per_sample * weights).mean()
+    mse = reduce_objective(per_sample * weights, objective, objective_delta, objective_tau)
     total = mse + ortho_weight * ortho
     return LossOutput(total, mse, ortho, per_sample.detach(), weights.detach(), pred.detach() if keep_pred else None)
 
 
-__all__ = ["LOSS_MODES", "LossOutput", "distribution_loss", "min_snr_weights", "official_snr", "prompt_conditioning"]
+__all__ = ["LOSS_MODES", "OBJECTIVES", "LossOutput", "assigned_prompts", "distribution_loss", "min_snr_weights",
+           "official_snr", "prompt_conditioning", "reduce_objective"]

@@ -50,17 +50,18 @@ import torch
 
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.config import ConfigError, parse_structured
-from dreamdist3d.distribution import PromptDistribution, PromptLearner
+from dreamdist3d.distribution import COVARIANCES, PromptDistribution, PromptLearner
 from dreamdist3d.io import atomic_path, atomic_torch_save
 from dreamdist3d.learn.data import LatentCache, is_multiview_folder, load_references
-from dreamdist3d.learn.loss import LOSS_MODES, distribution_loss
+from dreamdist3d.learn.loss import LOSS_MODES, OBJECTIVES, assigned_prompts, distribution_loss
 
 CHECKPOINT_FORMAT = "dreamdist3d.learn-checkpoint"
 CHECKPOINT_VERSION = 1
 MODES = ("auto", "2d", "4view")
 PRECISIONS = ("no", "fp16", "bf16")
 # Changing these on resume would make the checkpoint mean something else.
-RESUME_MUST_MATCH = ("n_ctx", "n_prompts", "prefix", "suffix", "position_mode", "mode", "backbone")
+RESUME_MUST_MATCH = ("n_ctx", "n_prompts", "prefix", "suffix", "position_mode", "mode", "backbone", "objective",
+                     "covariance")
 
 
 @dataclass
@@ -84,6 +85,10 @@ class LearnConfig:
     suffix: str = ""
     position_mode: str = ""  # "" = "official" with loss=official, else "clean"
     n_samples: int = 4  # R reparameterised samples per image
+    objective: str = "official"  # official (the paper) | wta | softmin | assign (see learn/loss.py)
+    covariance: str = "diag"  # law of the reparameterised samples, recorded in the file: diag | lowrank
+    objective_delta: float = 0.1  # wta: weight of the mean over the R samples
+    objective_tau: float = 0.1  # softmin: temperature relative to the image's mean loss
     batch_size: int = 4  # per process
     steps: int = 2000
     max_steps: int = 0  # stop (pause) at this step; 0 = run to `steps`. The run resumes with resume=latest.
@@ -218,16 +223,28 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
         idx = stream.take(global_batch, gen)
         flips = torch.rand(global_batch, generator=gen) < 0.5 if cache.flips == 2 else None
         timesteps = torch.randint(0, n_train_t, (global_batch,), generator=gen)
-        eps = torch.randn((global_batch, cfg.n_samples, backbone.text_encoder.max_length, dim), generator=gen)
+        eps, prompt_index = None, None
+        if cfg.objective == "assign":
+            choice = torch.randint(0, 2**31 - 1, (global_batch, cfg.n_samples), generator=gen)
+        elif cfg.covariance == "diag":
+            eps = torch.randn((global_batch, cfg.n_samples, backbone.text_encoder.max_length, dim), generator=gen)
+        else:  # lowrank: one coefficient per prompt
+            eps = torch.randn((global_batch, cfg.n_samples, cfg.n_prompts), generator=gen)
         latents = cache.sample(idx, flips, gen)  # (GB, [F,] C, h, w)
         noise = torch.randn(latents.shape, generator=gen)
-        idx, timesteps, eps, latents, noise = idx[mine], timesteps[mine], eps[mine], latents[mine], noise[mine]
+        idx, timesteps, latents, noise = idx[mine], timesteps[mine], latents[mine], noise[mine]
+        if eps is not None:
+            eps = eps[mine].to(device)
+        else:
+            prompt_index = assigned_prompts(idx, choice[mine], cfg.n_prompts, len(refs)).to(device)
         cams = cache.cameras[idx.to(cache.cameras.device)] if multiview else None
 
         with autocast():
             out = distribution_loss(learner, backbone, schedule, latents, noise.to(device), timesteps.to(device),
-                                    eps.to(device), snr_gamma=cfg.snr_gamma, ortho_weight=cfg.ortho_weight,
-                                    cameras=cams, mode=cfg.loss)
+                                    eps, snr_gamma=cfg.snr_gamma, ortho_weight=cfg.ortho_weight,
+                                    cameras=cams, mode=cfg.loss, covariance=cfg.covariance, objective=cfg.objective,
+                                    prompt_index=prompt_index, objective_delta=cfg.objective_delta,
+                                    objective_tau=cfg.objective_tau)
         loss_value = _mean_over_processes(out.total.detach().float(), world)
         if not torch.isfinite(loss_value):
             saved = last_ckpt
@@ -281,6 +298,7 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
             learner, backbone=backbone.name, steps=step, n_images=len(refs), images=str(cfg.images),
             backbone_source=backbone.source, prediction_type=backbone.schedule.prediction_type,
             mode="4view" if multiview else "2d", loss=cfg.loss, run=str(run_dir), complete=step >= cfg.steps,
+            covariance=cfg.covariance, objective=cfg.objective,
         )
         dist.save(dist_path)
         if cfg.out:
@@ -328,6 +346,14 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
         raise bad("mode", f"must be one of {MODES}, got {cfg.mode!r}")
     if cfg.loss not in LOSS_MODES:
         raise bad("loss", f"must be one of {LOSS_MODES}, got {cfg.loss!r}")
+    if cfg.objective not in OBJECTIVES:
+        raise bad("objective", f"must be one of {OBJECTIVES}, got {cfg.objective!r}")
+    if cfg.covariance not in COVARIANCES:
+        raise bad("covariance", f"must be one of {COVARIANCES}, got {cfg.covariance!r}")
+    if not 0.0 <= cfg.objective_delta <= 1.0:
+        raise bad("objective_delta", f"must lie in [0, 1], got {cfg.objective_delta}")
+    if not cfg.objective_tau > 0:
+        raise bad("objective_tau", f"must be > 0, got {cfg.objective_tau}")
     if cfg.mixed_precision not in PRECISIONS:
         raise bad("mixed_precision", f"must be one of {PRECISIONS}, got {cfg.mixed_precision!r}")
     for key in ("n_ctx", "n_prompts", "n_samples", "batch_size", "steps", "num_views"):
@@ -630,7 +656,7 @@ def _preview(run_dir: Path, step: int, cfg: LearnConfig, backbone: Backbone, lea
         cameras = get_camera(frames, elevation=15, azimuth_start=0)
     write_preview(run_dir / "previews" / f"step-{step:07d}.png", backbone, learner, n_samples=cfg.preview_samples,
                   steps=cfg.preview_steps, guidance=cfg.preview_guidance, seed=cfg.seed + 1, num_frames=frames,
-                  cameras=cameras)
+                  cameras=cameras, covariance=cfg.covariance)
 
 
 __all__ = ["LearnConfig", "LearnResult", "NonFiniteLossError", "find_checkpoint", "latest_checkpoint", "launch_entry",

@@ -169,7 +169,8 @@ def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, Lis
 
 def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_prompts: int = 32, n_ctx: int = 4,
                        steps: int = 300, lr: float = 1e-3, batch_size: int = 4, n_samples: int = 4, seed: int = 0,
-                       prefix: str = "", progress: bool = True, device: str = "cpu"):
+                       prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "official",
+                       covariance: str = "diag"):
     """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult."""
     from dreamdist3d.learn.recipe import LearnConfig, learn
 
@@ -177,7 +178,7 @@ def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_p
         name=name, images=str(images_dir), mode="2d", backbone="dreamdist3d.toyworld.backbone:load_toy_backbone",
         flip=False, n_ctx=n_ctx, n_prompts=n_prompts, prefix=prefix, n_samples=n_samples, batch_size=batch_size,
         steps=steps, lr=lr, seed=seed, device=device, checkpoint_every=steps, keep_checkpoints=1, preview_every=0,
-        out_dir=str(out_dir), progress=progress,
+        out_dir=str(out_dir), progress=progress, objective=objective, covariance=covariance,
     )
     return learn(cfg, backbone=backbone)
 

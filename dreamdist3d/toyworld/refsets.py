@@ -212,6 +212,14 @@ REFSETS: Dict[str, RefSet] = {
             seed=505,
             held_out=True,
         ),
+        RefSet(  # defined with the low-rank/set-covering work (2026-12) and never tuned on
+            "jewel-boxes-spheres",
+            "boxes and spheres in four far-apart hues (red, green, blue, purple), a few with a part",
+            ObjectGrammar(shapes=("box", "sphere"), colours=("red", "green", "blue", "purple"), part_prob=0.3),
+            n=12,
+            seed=606,
+            held_out=True,
+        ),
     )
 }
 

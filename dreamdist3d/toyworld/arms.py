@@ -1,0 +1,255 @@
+"""Which learning objective and covariance mode cover a reference set? (`dreamdist3d toyworld arms`)
+
+For each reference set, learning seed and arm (objective × covariance, K=1, caption, and the calibration rows "the
+references' own captions as the K prompts" sampled diag / lowrank), with the toy backbone and the one distribution
+path (`dreamdist3d.distribution.fit`, sample i of seed s from generator s+i):
+
+1. learn (the recipe, `steps` steps, K=32) → distribution file; its K learned prompts and μ are kept too;
+2. draw `n` prompt samples, generate single front views (DDIM `sample_steps`, CFG 2) and read them;
+3. decode each learned prompt h_k on its own and μ (4 noise seeds) and read their colours.
+
+Scores per run: the evaluator's (`score_readings`: reject, in-distribution rate, coverage/density/precision/recall
+against 64 fresh objects of the set's grammar, diversity), plus colour measures that say directly whether samples
+collapse to the mean: `colour_tv` (total-variation distance between the read colours of accepted samples and the
+set's grammar, uniform over its colours), `colours_hit2` (how many of the set's colours at least two samples have),
+`prompt_colours` (colour histogram of the K prompts decoded one by one) and `mean_colour` (of μ, majority of 4).
+
+Every finished run is cached as `<out>/runs/<set>/<arm>/seed<s>.json`, so an interrupted sweep resumes and a table
+can be made from whatever finished (`--table-only`). The table reports mean ± std over learning seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, PromptGaussian, prompt_factor
+
+# arm -> learning settings (None: not learned)
+ARMS: Dict[str, Optional[Dict[str, Any]]] = {
+    "official+diag": {"objective": "official", "covariance": "diag"},
+    "official+lowrank": {"objective": "official", "covariance": "lowrank"},
+    "wta+diag": {"objective": "wta", "covariance": "diag"},
+    "wta+lowrank": {"objective": "wta", "covariance": "lowrank"},
+    "softmin+lowrank": {"objective": "softmin", "covariance": "lowrank"},
+    "assign+lowrank": {"objective": "assign", "covariance": "lowrank"},
+    "K=1": {"objective": "official", "covariance": "diag", "n_prompts": 1},
+    "captions+diag": None,  # calibration: the references' exact captions as the K prompts
+    "captions+lowrank": None,
+    "caption": None,  # the medoid caption, one prompt
+}
+SCORES = ("reject", "in_dist", "coverage", "precision", "diversity", "colour_tv", "colours_hit2")
+
+
+@dataclass
+class ArmsConfig:
+    refsets: List[str] = field(default_factory=lambda: ["large-tall-greens", "jewel-boxes-spheres",
+                                                         "warm-cones-cylinders", "cool-round-topped"])
+    arms: List[str] = field(default_factory=lambda: list(ARMS))
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    out: str = "outputs/toyworld/arms"
+    weights: str = ""
+    reader: str = "outputs/toyworld/attribute-reader.safetensors"
+    n: int = 32
+    steps: int = 300
+    n_prompts: int = 32
+    n_ctx: int = 4
+    lr: float = 1e-3
+    batch_size: int = 4
+    n_samples: int = 4
+    sample_steps: int = 25
+    guidance: float = 2.0
+    k: int = 5
+    n_real: int = 64
+    progress: bool = False
+
+
+# ----------------------------------------------------------------------------------------------------- colour measures
+def colour_scores(readings: Sequence[Any], colours: Sequence[str]) -> Dict[str, Any]:
+    """Histogram of the read colours of accepted images; TV distance to uniform over `colours`; colours hit ≥ 2."""
+    got = Counter(r.colour for r in readings if r.ok)
+    total = sum(got.values())
+    hist = {c: got.get(c, 0) for c in sorted(set(got) | set(colours))}
+    if total == 0:
+        tv = 1.0
+    else:
+        q = {c: (1.0 / len(colours) if c in colours else 0.0) for c in hist}
+        tv = 0.5 * sum(abs(hist[c] / total - q[c]) for c in hist)
+    return {"colour_hist": hist, "colour_tv": tv, "colours_hit2": sum(1 for c in colours if got.get(c, 0) >= 2)}
+
+
+def majority(readings: Sequence[Any]) -> str:
+    got = Counter(r.colour for r in readings if r.ok)
+    return got.most_common(1)[0][0] if got else "rejected"
+
+
+# ----------------------------------------------------------------------------------------------------- one run
+@torch.no_grad()
+def _images(backbone, context: torch.Tensor, cfg: ArmsConfig, seed: int) -> torch.Tensor:
+    from dreamdist3d.toyworld.demo import sample_images
+
+    return sample_images(backbone, context, 1, seed=seed + LATENT_SEED_OFFSET, steps=cfg.sample_steps,
+                         guidance=cfg.guidance)[:, 0]
+
+
+def caption_law(backbone, captions: Sequence[str], covariance: str) -> PromptGaussian:
+    """The Gaussian of the encoded captions (K, 77, D) as if they were K learned prompts."""
+    hidden = torch.cat([backbone.encode_text([c]) for c in captions]).float()
+    mean = hidden.mean(0)
+    std = hidden.std(0) if hidden.shape[0] > 1 else torch.zeros_like(mean)
+    return PromptGaussian(mean, std, prompt_factor(hidden), covariance)
+
+
+def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int, folder: Path,
+            real: torch.Tensor) -> Dict[str, Any]:
+    from dreamdist3d.distribution import DistributionSpec, PromptDistribution, fit
+    from dreamdist3d.toyworld.demo import learn_distribution, render_references
+    from dreamdist3d.toyworld.evaluate import medoid_caption, score_readings
+    from dreamdist3d.toyworld.refsets import get_refset
+
+    rs = get_refset(refset)
+    colours = list(rs.grammar.colours)
+    t0 = time.perf_counter()
+    refs = folder / "reference"
+    if not refs.is_dir():
+        render_references(refset, refs)
+    record: Dict[str, Any] = {"refset": refset, "arm": arm, "seed": seed}
+    points: Optional[torch.Tensor] = None  # (K, 77, D) the prompts themselves
+    settings = ARMS[arm]
+    if settings is not None:
+        res = learn_distribution(backbone, refs, folder / "learn", name=f"{arm}-s{seed}".replace("+", "_").replace("=", ""),
+                                 n_prompts=settings.get("n_prompts", cfg.n_prompts), n_ctx=cfg.n_ctx, steps=cfg.steps,
+                                 lr=cfg.lr, batch_size=cfg.batch_size, n_samples=cfg.n_samples, seed=seed,
+                                 progress=cfg.progress, objective=settings["objective"],
+                                 covariance=settings["covariance"])
+        record["loss_last20"] = statistics.fmean(res.history["loss"][-20:])
+        spec = DistributionSpec.from_lists([res.distribution])
+        mixture = fit(spec, backbone.text_encoder, backbone.tokenizer)
+        law = mixture.law()
+        dist = PromptDistribution.load(res.distribution)
+        hidden, _ = dist.learner(backbone.text_encoder, backbone.tokenizer).encode()
+        points = hidden.float()
+    elif arm.startswith("captions+"):
+        law = caption_law(backbone, rs.captions(), arm.split("+")[1])
+        points = torch.cat([backbone.encode_text([c]) for c in rs.captions()]).float()
+    else:  # caption
+        cap = medoid_caption(rs)
+        record["caption"] = cap
+        law = caption_law(backbone, [cap], "diag")
+    samples = law.sample(cfg.n, seed=seed)
+    images = _images(backbone, samples, cfg, seed)
+    readings = reader.read(images)
+    record.update(score_readings(readings, rs.support, real, images, k=cfg.k))
+    record.update(colour_scores(readings, colours))
+    if points is not None and points.shape[0] > 1:
+        pr = reader.read(_images(backbone, points, cfg, seed + 1))
+        record["prompt_colours"] = dict(Counter(r.colour if r.ok else "rejected" for r in pr))
+        record["prompts_colour_tv"] = colour_scores(pr, colours)["colour_tv"]
+    mr = reader.read(_images(backbone, law.mean[None].expand(4, -1, -1).contiguous(), cfg, seed + 2))
+    record["mean_colour"] = majority(mr)
+    record["time_s"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------- the sweep
+def run_arms(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]]:
+    """Every (refset, arm, seed) not yet cached; returns all cached records of the config."""
+    from dreamdist3d.toyworld.demo import load_backbone
+    from dreamdist3d.toyworld.evaluate import get_reader, real_features
+    from dreamdist3d.toyworld.refsets import get_refset
+
+    unknown = [a for a in cfg.arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}; known: {list(ARMS)}")
+    out = Path(cfg.out)
+    records = []
+    for refset in cfg.refsets:
+        real = None
+        for seed in cfg.seeds:
+            for arm in cfg.arms:
+                path = out / "runs" / refset / arm / f"seed{seed}.json"
+                if path.is_file():
+                    records.append(json.loads(path.read_text()))
+                    continue
+                backbone = backbone or load_backbone(cfg.weights)
+                reader = reader or get_reader(cfg.reader)
+                if real is None:
+                    real = real_features(reader, get_refset(refset), cfg.n_real, 0)
+                rec = run_one(cfg, backbone, reader, refset, arm, seed, out / "work" / refset, real)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(rec, indent=1, default=str))
+                records.append(rec)
+                print(f"[arms] {refset} {arm} seed {seed}: in-dist {rec['in_dist']:.2f} coverage {rec['coverage']:.2f} "
+                      f"colour TV {rec['colour_tv']:.2f} colours≥2 {rec['colours_hit2']} μ {rec['mean_colour']} "
+                      f"({rec['time_s']} s)", file=sys.stderr, flush=True)
+    return records
+
+
+def table(records: Sequence[Dict[str, Any]]) -> str:
+    """Markdown: one row per (refset, arm), mean ± std over seeds, plus μ's colours and the prompts' colours."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["refset"], r["arm"]), []).append(r)
+    cols = ("refset", "arm", "seeds", *SCORES, "μ colour", "decoded prompts (seed 0)")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    order = {a: i for i, a in enumerate(ARMS)}
+    for (refset, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+        cells = [refset, arm, str(len(rs))]
+        for key in SCORES:
+            vals = [float(r[key]) for r in rs if r.get(key) is not None and not math.isnan(float(r[key]))]
+            if not vals:
+                cells.append("–")
+            elif len(vals) == 1:
+                cells.append(f"{vals[0]:.2f}")
+            else:
+                cells.append(f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}")
+        cells.append(", ".join(str(r.get("mean_colour")) for r in rs))
+        pc = rs[0].get("prompt_colours")
+        cells.append(" ".join(f"{k} {v}" for k, v in sorted(pc.items(), key=lambda kv: -kv[1])) if pc else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = ArmsConfig()
+    p.add_argument("--refset", action="append", default=None, help=f"reference set, repeatable (default {d.refsets})")
+    p.add_argument("--arm", action="append", default=None, help=f"arm, repeatable (default all: {list(ARMS)})")
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="learning seeds (default 0 1 2)")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--steps", type=int, default=d.steps, help=f"learning steps per arm (default {d.steps})")
+    p.add_argument("--n", type=int, default=d.n, help=f"samples per run (default {d.n})")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--table-only", action="store_true", help="print the table of the cached runs and stop")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    d = ArmsConfig()
+    cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
+                     steps=args.steps, n=args.n)
+    if args.table_only:
+        recs = [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs/*/*/seed*.json"))]
+    else:
+        recs = run_arms(cfg)
+    text = table(recs)
+    print(text)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "table.md").write_text(text + "\n")
+    (Path(cfg.out) / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    return 0
+
+
+__all__ = ["ARMS", "ArmsConfig", "caption_law", "colour_scores", "run_arms", "run_one", "table"]
