@@ -24,10 +24,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from dreamdist3d.backbones.load import load_text_side
 from dreamdist3d.config import ConfigError
 from dreamdist3d.lift3d.base import BaseObject
 from dreamdist3d.registry import register
-from dreamdist3d.text.load import load_text_side
 
 SAMPLE_FILE = "prompt_sample.safetensors"
 SAMPLE_FORMAT = "dreamdist3d.prompt-sample"

@@ -132,7 +132,7 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
                 progress: bool = False) -> Dict[str, Any]:
     """Load the backbone (unless given), build the conditioning, sample, write `out` (PNG grid) and
     `out.with_suffix('.json')` (every setting). Returns the sidecar dict."""
-    from dreamdist3d.backbones.mvdream import load_mvdream
+    from dreamdist3d.backbones.load import load_backbone
 
     if (req.prompt is None) == (req.distribution is None):
         raise ValueError("give exactly one of a prompt (--prompt) or a distribution file (--distribution)")
@@ -144,7 +144,8 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         raise ValueError("--prefix/--suffix edit a learned distribution; with --prompt write them into the prompt")
     out = Path(out)
     if backbone is None:
-        backbone = load_mvdream(req.mvdream, device=req.device, dtype=DTYPES[req.dtype], config_key="--mvdream")
+        backbone = load_backbone(req.mvdream, device=req.device, dtype=DTYPES[req.dtype], config_key="--mvdream",
+                                 default_kind="mvdream")
     if req.prompt is not None:
         context = conditioning_from_prompt(backbone, req.prompt, req.n)
     else:
