@@ -72,7 +72,7 @@ class LearnConfig:
     images: str = ""  # folder of reference images, or of multi-view object folders (4view)
     mode: str = "auto"  # auto (4view if the folder holds object folders with cameras.json) | 2d | 4view
     num_views: int = 4  # views per object in 4view mode
-    backbone: str = "mvdream"  # mvdream | sd21 | "package.module:function" (returns a Backbone; device=, dtype=)
+    backbone: str = "mvdream"  # mvdream | sd21 | any backbones.load spec: toy[:W], mvdream:P, "package.module:function"
     mvdream: str = ""  # MVDream checkpoint (sd-v2.1-base-4view.pt or .safetensors) for backbone=mvdream
     sd21: str = ""  # local diffusers SD 2.1 folder for backbone=sd21
     resolution: int = 0  # 0 = the backbone's native resolution
