@@ -30,14 +30,8 @@ captions, renderer live in `dreamdist3d.toyworld`, which imports this, never the
   `schedule.predict_eps` / `predict_x0` (as for SD 2.1 768-v); `schedule.diffusers_config()` carries the exact
   betas (`trained_betas`) and the prediction type. The sampler clamps x0 to [-1, 1] (pixel space).
 
-Shipped weights (`dreamdist3d/backbones/data/toy-backbone.safetensors`, see `toy_weights.py`; float16, about 3 MB; loaded as float32): every UNet and text
-encoder tensor except the (49408×64) token-embedding table, of which only the rows that training changed are stored
-(`token_rows.ids`, `token_rows.values`: the ~110 tokens of the toy captions plus SOS/EOS/pad). Every other row is
-regenerated at load from `torch.Generator().manual_seed(embedding_seed)` as `randn(49408, 64) · embedding_std`
-(0.02, CLIP's init scale), exactly the values the trainer started from (Adam without weight decay never moves a row
-whose gradient is always zero). A checksum of the regenerated table (`init_table_checksum`) is stored and checked
-at load, so a change of torch's random generator is caught. The JSON beside it (`toy-backbone.json`) holds the
-config and the training record (steps, minutes, loss, seed, command).
+Shipped weights: `dreamdist3d/backbones/data/toy-backbone.safetensors` (float16, about 3 MB, only the trained rows of
+the token table; format and loader in `toy_weights.py`).
 
 Sampling: `sample_toy` (the one DDIM sampler of `backbones.ddim`, η = 0, classifier-free guidance in the model's
 output space, MVDream's timesteps, x0 clamped; 4 views with cameras or single views without) and `generate`
