@@ -51,7 +51,7 @@ from dreamdist3d.backbones.base import Backbone  # noqa: E402
 from dreamdist3d.backbones.schedule import NoiseSchedule  # noqa: E402
 from dreamdist3d.distribution import PromptLearner  # noqa: E402
 from dreamdist3d.learn.data import LatentCache, ReferenceSet  # noqa: E402
-from dreamdist3d.learn.loss import distribution_loss  # noqa: E402
+from dreamdist3d.learn.loss import assigned_prompts, distribution_loss  # noqa: E402
 from dreamdist3d.text import ClipTokenizer, TextEncoder  # noqa: E402
 
 B, K, R, N_CTX = 4, 32, 4, 4
@@ -158,15 +158,27 @@ def official_step(bb: Backbone, learner: PromptLearner, opt, images: torch.Tenso
     return value
 
 
-def our_step(bb: Backbone, learner: PromptLearner, opt, cache: LatentCache, step: int, dev, autocast) -> float:
-    """The recipe's step: cached posterior, K prompts encoded once."""
+# variant -> (objective, covariance) of our step; equal rows (B·R UNet rows) in every one
+OUR_VARIANTS = {"ours": ("official", "diag"), "ours-wta-lowrank": ("wta", "lowrank"),
+                "ours-softmin-lowrank": ("softmin", "lowrank"), "ours-assign": ("assign", "lowrank")}
+
+
+def our_step(bb: Backbone, learner: PromptLearner, opt, cache: LatentCache, step: int, dev, autocast,
+             objective: str = "official", covariance: str = "diag") -> float:
+    """The recipe's step: cached posterior, K prompts encoded once; the objective/covariance of the variant."""
     g = torch.Generator().manual_seed(1000 + step)  # step_randomness's draws, the posterior one inside cache.sample
     t = torch.randint(0, 1000, (B,), generator=g)
-    eps = torch.randn((B, R, 77, learner.ctx.shape[-1]), generator=g)
+    eps, index = torch.randn((B, R, 77, learner.ctx.shape[-1]), generator=g), None
+    if covariance == "lowrank":
+        eps = eps[..., 0, :K]  # (B, R, K) coefficients
+    if objective == "assign":
+        eps, index = None, assigned_prompts(torch.arange(B), torch.randint(0, 1000, (B, R), generator=g), K, B).to(dev)
     latents = cache.sample(torch.arange(B), None, g)
     noise = torch.randn(latents.shape, generator=g)
     with autocast():
-        out = distribution_loss(learner, bb, bb.schedule, latents, noise.to(dev), t.to(dev), eps.to(dev), mode="fast")
+        out = distribution_loss(learner, bb, bb.schedule, latents, noise.to(dev), t.to(dev),
+                                None if eps is None else eps.to(dev), mode="fast", objective=objective,
+                                covariance=covariance, prompt_index=index)
     opt.zero_grad(set_to_none=True)
     out.total.backward()
     torch.nn.utils.clip_grad_norm_([learner.ctx], 1.0)
@@ -191,9 +203,10 @@ def worker(args) -> dict:
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t_setup = time.perf_counter()
-    if args.variant == "ours":  # one-off cost: encode every image once (counted separately)
+    if args.variant in OUR_VARIANTS:  # one-off cost: encode every image once (counted separately)
         cache = LatentCache.build(bb, ReferenceSet(images.float().cpu(), [None] * B), flip=False, device=dev)
-        step_fn = lambda i: our_step(bb, learner, opt, cache, i, dev, autocast)  # noqa: E731
+        objective, covariance = OUR_VARIANTS[args.variant]
+        step_fn = lambda i: our_step(bb, learner, opt, cache, i, dev, autocast, objective, covariance)  # noqa: E731
     else:
         step_fn = lambda i: official_step(bb, learner, opt, images, i, dev, autocast)  # noqa: E731
     sync()
@@ -279,6 +292,8 @@ def main(argv=None) -> int:
                    help="UNet/VAE convolutions channels-last in BOTH variants (the recipe's default)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--flops-only", action="store_true", help="only the FLOP table (no timing)")
+    p.add_argument("--no-objectives", action="store_true",
+                   help="skip the objective table (wta/softmin with low-rank samples, assign vs the official objective)")
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cpu = args.device == "cpu"
@@ -297,7 +312,8 @@ def main(argv=None) -> int:
         print_flops(args)
         return 0
     rows = {}
-    for variant in ("official", "ours"):
+    variants = ["official", "ours"] + ([] if args.no_objectives else [v for v in OUR_VARIANTS if v != "ours"])
+    for variant in variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--variant", variant] + [
             f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
             ("device", "dtype", "backbone", "steps", "unet_width", "text_width", "vae_width", "resolution",
@@ -332,6 +348,15 @@ def main(argv=None) -> int:
         print(f"| {name} | {r['sec']:.2f} | {r['cpu_sec']:.2f} | {1 / r['cpu_sec']:.3f} | {m} | {r['setup']:.2f} |")
     print(f"speed-up ours/official: wall {off['sec'] / ours['sec']:.2f}×, process CPU time "
           f"{off['cpu_sec'] / ours['cpu_sec']:.2f}×; peak memory official/ours: {off['peak_mb'] / ours['peak_mb']:.2f}×")
+    if not args.no_objectives:
+        print()
+        print("Objective cost at equal rows (B·R UNet rows), relative to our step with the official objective (goal ≤ 1.3×):")
+        print("| objective + covariance | wall s/step | CPU s/step | CPU time vs ours |")
+        print("|---|---|---|---|")
+        for v in OUR_VARIANTS:
+            r = rows[v]
+            print(f"| {' + '.join(OUR_VARIANTS[v])} | {r['sec']:.2f} | {r['cpu_sec']:.2f} | "
+                  f"{r['cpu_sec'] / ours['cpu_sec']:.2f}× |")
     print()
     print_flops(args)
     return 0

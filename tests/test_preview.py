@@ -14,7 +14,8 @@ from dreamdist3d.backbones.mvdream import ldm_schedule_buffers, load_mvdream
 from dreamdist3d.backbones.schedule import NoiseSchedule
 from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
 from dreamdist3d.cli import main
-from dreamdist3d.sample2d.mvdream_preview import ddim_timesteps, make_ddim_scheduler, sample_views
+from dreamdist3d.backbones.ddim import ddim_timesteps, make_ddim_scheduler
+from dreamdist3d.sample2d.mvdream_preview import sample_views
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +27,10 @@ def ckpt(tmp_path_factory):
 
 def test_ddim_timesteps_are_mvdreams():
     sched = NoiseSchedule.scaled_linear("epsilon", style="ldm")
-    t = ddim_timesteps(sched, 50)
+    t = ddim_timesteps(sched.num_train_timesteps, 50)
     assert t.tolist() == list(range(981, 0, -20)) and len(t) == 50
     assert t.tolist() == (np.asarray(list(range(0, 1000, 1000 // 50))) + 1)[::-1].tolist()  # LDM make_ddim_timesteps
-    assert ddim_timesteps(sched, 4).tolist() == [751, 501, 251, 1]
+    assert ddim_timesteps(sched.num_train_timesteps, 4).tolist() == [751, 501, 251, 1]
     s = make_ddim_scheduler(sched, 50)
     assert torch.equal(s.alphas_cumprod, ldm_schedule_buffers()["alphas_cumprod"])
     assert float(s.final_alpha_cumprod) == float(s.alphas_cumprod[0])  # LDM: ᾱ_prev of the last step is ᾱ_0

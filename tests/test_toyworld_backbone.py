@@ -10,16 +10,15 @@ import torch
 
 from dreamdist3d.backbones.cameras import get_camera
 from dreamdist3d.toyworld.attributes import analyse
-from dreamdist3d.toyworld.backbone import (
+from dreamdist3d.backbones.toy import (
     DEFAULT_GUIDANCE,
     build_toy_backbone,
-    default_weights_path,
     generate,
     initial_token_table,
-    load_toy_backbone,
     small_test_config,
     toy_config_of,
 )
+from dreamdist3d.backbones.toy_weights import default_weights_path, load_toy_backbone
 from dreamdist3d.toyworld.objects import ObjectSpec, PartSpec, nearest_colour
 from dreamdist3d.toyworld.train import (
     FLOAT32,
@@ -251,7 +250,7 @@ def test_sampler_equals_diffusers_ddim_and_schedule_is_exact():
     """sample_toy (without x0 clamping) = diffusers' DDIMScheduler built from schedule.diffusers_config()."""
     from diffusers import DDIMScheduler
 
-    from dreamdist3d.toyworld.backbone import sample_toy, toy_schedule
+    from dreamdist3d.backbones.toy import sample_toy, toy_schedule
 
     torch.set_num_threads(1)
     sched = toy_schedule()

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from dreamdist3d.toyworld.attributes import Reading, spec_feature
-from dreamdist3d.toyworld.backbone import build_toy_backbone, save_toy_backbone, small_test_config
+from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
+from dreamdist3d.backbones.toy_weights import save_toy_backbone
 from dreamdist3d.toyworld.evaluate import (
     METRICS,
     EvalConfig,
@@ -158,13 +159,13 @@ def test_table_and_claim():
 
 def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
     from dreamdist3d.toyworld.attributes import AttributeReader
-    from dreamdist3d.toyworld.backbone import load_toy_backbone
+    from dreamdist3d.backbones.load import load_backbone
 
     reader = AttributeReader.fit(n_train=300, epochs=5)  # a rough reader is enough for the structure
     cfg = EvalConfig(refsets=["warm-cones-cylinders"], out=str(tmp_path / "eval"), n=6, n_prompts=4, steps=2,
                      batch_size=2, n_samples=2, sample_steps=2, progress=False, n_3d=1, steps_3d=2,
                      caption_check=4)
-    report = evaluate(cfg, backbone=load_toy_backbone(tiny_weights), reader=reader)
+    report = evaluate(cfg, backbone=load_backbone(f"toy:{tiny_weights}"), reader=reader)
     rows = report["table"]
     assert [r["method"] for r in rows] == ["reference", "oracle: set grammar", "oracle: one object",
                                            "oracle: whole world", "K=32", "K=1", "caption", "K=32 (3D)", "K=1 (3D)",

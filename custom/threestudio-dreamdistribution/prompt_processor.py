@@ -1,5 +1,5 @@
-"""The threestudio adapter. Everything it computes comes from `dreamdist3d.lift3d.prompt_processor`:
-`load_text_side` (the text encoder of the MVDream checkpoint / SD 2.1 folder, no UNet) and `prepare_prompt` (fit
+"""The threestudio adapter. Everything it computes comes from dreamdist3d: `backbones.load.load_text_side` (the
+text encoder of the MVDream checkpoint / SD 2.1 folder, no UNet) and `lift3d.prompt_processor.prepare_prompt` (fit
 the distribution with the prefix/suffix edits, γ and the mixture; draw ONE sample with the seed; reuse/write the
 sample file; encode the negative prompt).
 
@@ -19,7 +19,7 @@ import torch
 from threestudio.models.prompt_processors.base import PromptProcessor, PromptProcessorOutput
 
 from dreamdist3d.lift3d.prompt_processor import prepare_prompt
-from dreamdist3d.text.load import load_text_side
+from dreamdist3d.backbones.load import load_text_side
 
 
 @dataclass

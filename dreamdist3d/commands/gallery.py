@@ -85,13 +85,14 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
 
 def _load_shared_backbone(parsed, extras):
     """Load the guidance checkpoint once for all sequential runs."""
+    from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.launch import load_config
-    from dreamdist3d.lift3d.guidance import load_backbone
 
     cfg = load_config(parsed.config, extras, make_dirs=False)
     g = dict(cfg.system.get("guidance") or {})
     key = "system.guidance.ckpt_path" if g.get("ckpt_path") else "system.guidance.pretrained_model_name_or_path"
-    return load_backbone(g.get("ckpt_path") or g.get("pretrained_model_name_or_path"), key)
+    return load_backbone(g.get("ckpt_path") or g.get("pretrained_model_name_or_path"), config_key=key,
+                         default_kind="mvdream")
 
 
 def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[int]:

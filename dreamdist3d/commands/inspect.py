@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     dist = PromptDistribution.load(path, class_index=args.class_index)
     report = {"file": str(path), "metadata": asdict(dist.meta), "context": context_summary(dist.ctx)}
     if args.text_encoder:
-        from dreamdist3d.text.load import load_text_side
+        from dreamdist3d.backbones.load import load_text_side
 
         tok, enc = load_text_side(args.text_encoder)
         from dreamdist3d.distribution import DistributionSpec, fit

@@ -21,7 +21,8 @@ HELP = "learn a prompt distribution from reference images (MVDream 2D / 4-view, 
 # flag -> (config key, type, help)
 FLAGS = [
     ("--images", "images", str, "folder of reference images (or of multi-view object folders with cameras.json)"),
-    ("--backbone", "backbone", str, "mvdream | sd21 | package.module:function returning a Backbone (default mvdream)"),
+    ("--backbone", "backbone", str, "mvdream | sd21 (paths from --mvdream / --sd21) | toy[:WEIGHTS] | mvdream:PATH | "
+                                    "sd21:DIR | package.module:function returning a Backbone (default mvdream)"),
     ("--mvdream", "mvdream", str, "MVDream checkpoint (sd-v2.1-base-4view.pt or .safetensors)"),
     ("--sd21", "sd21", str, "local diffusers Stable Diffusion 2.1 folder"),
     ("--mode", "mode", str, "auto | 2d | 4view (default auto: 4view when the folder holds object folders)"),

@@ -42,7 +42,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                         "rows, fused Adam): plain float32, 1.4× slower; for CPUs without bfloat16 support")
     p.add_argument("--out", default="outputs/toyworld/toy-backbone.safetensors",
                    help="weights file to write (a JSON record is written beside it; to refresh the shipped weights: "
-                        "dreamdist3d/toyworld/data/toy-backbone.safetensors)")
+                        "dreamdist3d/backbones/data/toy-backbone.safetensors)")
     p.add_argument("--checkpoint", default=None,
                    help="training checkpoint (default: <out stem>-ckpt.pt beside --out, or in outputs/toyworld/ when "
                         "--out is in the package's data folder), written atomically every "
@@ -82,7 +82,7 @@ def _train_run(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------------- sample
 def _sample_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamdist3d.toyworld.backbone import DEFAULT_GUIDANCE
+    from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
 
     p.add_argument("--prompt", action="append", required=True, help="caption (repeat for several)")
     p.add_argument("--weights", default=None, help="toy backbone weights (default: the shipped ones)")
@@ -100,9 +100,10 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
 def _sample_run(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from dreamdist3d.toyworld.backbone import generate, load_toy_backbone
+    from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.backbones.toy import generate
 
-    bb = load_toy_backbone(args.weights)
+    bb = load_backbone(f"toy:{args.weights or ''}", config_key="--weights")
     prompts = [p for p in args.prompt for _ in range(args.n)]
     images = generate(bb, prompts, steps=args.steps, cfg=args.cfg, num_frames=args.views, seed=args.seed)
     n, f, _, h, w = images.shape  # one row per sample, one column per view

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import importlib
 import json
 import os
 import sys
@@ -49,6 +48,7 @@ from typing import Dict, List, Optional
 import torch
 
 from dreamdist3d.backbones.base import Backbone
+from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.distribution import COVARIANCES, PromptDistribution, PromptLearner
 from dreamdist3d.io import atomic_path, atomic_torch_save
@@ -73,7 +73,7 @@ class LearnConfig:
     images: str = ""  # folder of reference images, or of multi-view object folders (4view)
     mode: str = "auto"  # auto (4view if the folder holds object folders with cameras.json) | 2d | 4view
     num_views: int = 4  # views per object in 4view mode
-    backbone: str = "mvdream"  # mvdream | sd21 | "package.module:function" (returns a Backbone; device=, dtype=)
+    backbone: str = "mvdream"  # mvdream | sd21 | any backbones.load spec: toy[:W], mvdream:P, "package.module:function"
     mvdream: str = ""  # MVDream checkpoint (sd-v2.1-base-4view.pt or .safetensors) for backbone=mvdream
     sd21: str = ""  # local diffusers SD 2.1 folder for backbone=sd21
     resolution: int = 0  # 0 = the backbone's native resolution
@@ -160,7 +160,8 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
 
     # ---------------------------------------------------------------- backbone (frozen)
     if backbone is None:
-        backbone = load_backbone(cfg, device, weight_dtype)
+        spec, key = backbone_spec(cfg)
+        backbone = load_backbone(spec, device=device, dtype=weight_dtype, config_key=key)
     else:
         backbone.to(device=device)
     for m in (backbone.unet, backbone.vae, backbone.text_encoder):
@@ -366,32 +367,14 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
     return LearnConfig(**{**asdict(cfg), "position_mode": position_mode, "name": name})
 
 
-def load_backbone(cfg: LearnConfig, device: torch.device, dtype: torch.dtype) -> Backbone:
-    """The frozen backbone named by `cfg.backbone` (mvdream | sd21 | "module:function")."""
-    kind = cfg.backbone
-    if kind == "mvdream":
-        if not cfg.mvdream:
-            raise ConfigError("backbone=mvdream needs the checkpoint path: --mvdream sd-v2.1-base-4view.pt (key 'mvdream')")
-        from dreamdist3d.backbones.mvdream import load_mvdream
-
-        return load_mvdream(cfg.mvdream, device=device, dtype=dtype, config_key="--mvdream")
-    if kind == "sd21":
-        if not cfg.sd21:
-            raise ConfigError("backbone=sd21 needs a local diffusers folder: --sd21 FOLDER (key 'sd21')")
-        from dreamdist3d.backbones.sd21 import load_sd21
-
-        return load_sd21(cfg.sd21, device=device, dtype=dtype, config_key="--sd21")
-    if ":" in kind:
-        module, _, fn = kind.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module), fn)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"backbone '{kind}': cannot import {fn} from {module} ({e})") from None
-        bb = factory(device=device, dtype=dtype)
-        if not isinstance(bb, Backbone):
-            raise ConfigError(f"backbone '{kind}' returned {type(bb).__name__}, expected a dreamdist3d Backbone")
-        return bb
-    raise ConfigError(f"config key 'backbone': unknown backbone {kind!r}; use mvdream, sd21 or 'package.module:function'")
+def backbone_spec(cfg: LearnConfig) -> tuple:
+    """(spec for `backbones.load.load_backbone`, the flag it came from): `backbone: mvdream` / `sd21` take their
+    path from the `mvdream` / `sd21` keys; anything else (toy, toy:W, mvdream:P, module:function) is a spec itself."""
+    if cfg.backbone == "mvdream":
+        return f"mvdream:{cfg.mvdream}", "--mvdream"
+    if cfg.backbone == "sd21":
+        return f"sd21:{cfg.sd21}", "--sd21"
+    return cfg.backbone, "--backbone"
 
 
 def _enable_gradient_checkpointing(unet) -> None:
@@ -660,4 +643,4 @@ def _preview(run_dir: Path, step: int, cfg: LearnConfig, backbone: Backbone, lea
 
 
 __all__ = ["LearnConfig", "LearnResult", "NonFiniteLossError", "find_checkpoint", "latest_checkpoint", "launch_entry",
-           "learn", "load_backbone", "write_loss_curve"]
+           "learn", "backbone_spec", "write_loss_curve"]

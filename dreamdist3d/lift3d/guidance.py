@@ -24,21 +24,10 @@ import torch.nn.functional as F
 
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import c2w_to_mvdream_camera
+from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.config import ConfigError
 from dreamdist3d.lift3d.base import C, BaseModule
 from dreamdist3d.registry import register
-
-
-def load_backbone(path: Optional[str], key: str, device: torch.device | str = "cpu") -> Backbone:
-    """The MVDream backbone from the checkpoint at `path` (the config key `key` set it; named in errors)."""
-    if not path:
-        raise ConfigError(
-            f"{key} is not set: give the path of the MVDream checkpoint (sd-v2.1-base-4view.pt, or a .safetensors "
-            f"re-save), e.g. `{key}=/models/sd-v2.1-base-4view.pt`; nothing is downloaded"
-        )
-    from dreamdist3d.backbones.mvdream import load_mvdream
-
-    return load_mvdream(path, device=device, config_key=key)
 
 
 @register("multiview-diffusion-guidance")
@@ -47,7 +36,7 @@ class MultiviewDiffusionGuidance(BaseModule):
     class Config(BaseModule.Config):
         model_name: str = "sd-v2.1-base-4view"
         ckpt_path: Optional[str] = None  # MVDream-threestudio's key; same meaning as pretrained_model_name_or_path
-        pretrained_model_name_or_path: Optional[str] = None  # local path of the MVDream checkpoint
+        pretrained_model_name_or_path: Optional[str] = None  # MVDream checkpoint path, or a backbone spec (toy, …)
         guidance_scale: float = 50.0
         grad_clip: Optional[Any] = None  # only used by the recon_loss=false branch (a C(...) schedule)
         half_precision_weights: bool = True  # on CUDA: UNet weights in fp16, called under fp16 autocast
@@ -69,7 +58,8 @@ class MultiviewDiffusionGuidance(BaseModule):
         self.device = torch.device(device)
         if backbone is None:
             key = f"{self.where}.ckpt_path" if cfg.ckpt_path else f"{self.where}.pretrained_model_name_or_path"
-            backbone = load_backbone(cfg.ckpt_path or cfg.pretrained_model_name_or_path, key, device="cpu")
+            backbone = load_backbone(cfg.ckpt_path or cfg.pretrained_model_name_or_path, device="cpu", config_key=key,
+                                     default_kind="mvdream")
         if not backbone.supports_camera:
             raise ConfigError(f"{self.where}: backbone '{backbone.name}' has no camera conditioning; MVDream guidance needs one")
         self.backbone = backbone

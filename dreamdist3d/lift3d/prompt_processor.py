@@ -24,12 +24,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from dreamdist3d.backbones.load import load_text_side
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.conditioning import DistributionSpec, fit, load_files, resolve_covariance
 from dreamdist3d.distribution.errors import EncoderMismatchError
 from dreamdist3d.lift3d.base import BaseObject
 from dreamdist3d.registry import register
-from dreamdist3d.text.load import load_text_side
 
 SAMPLE_FILE = "prompt_sample.safetensors"
 SAMPLE_FORMAT = "dreamdist3d.prompt-sample"

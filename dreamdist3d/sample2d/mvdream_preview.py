@@ -4,16 +4,12 @@ The core, `sample_views(backbone, context (n,77,D), ...)`, takes conditioning *e
 (`Backbone.encode_text`) and samples of a learned prompt distribution (`PromptGaussian.sample`) go through exactly
 the same path.
 
-Sampler (MVDream `t2i.py` + LDM `DDIMSampler`, η = 0):
-- timesteps `range(0, 1000, 1000 // S) + 1`, descending (981, 961, …, 1 for S = 50): diffusers `DDIMScheduler` with
-  `timestep_spacing="leading"`, `steps_offset=1`, `set_alpha_to_one=False`; its ᾱ table is replaced by the
-  backbone's (MVDream's float64-computed buffers), so every step uses the official numbers;
-- each sample is F = 4 views (rows `(b f)`), cameras `get_camera(4, elevation, azimuth_start)`;
-- guidance batch `[uncond, cond]` (MVDream's sampler order; MVDream-threestudio uses the reverse), the camera
-  passed to both halves, `num_frames=4`, output `uncond + cfg·(cond − uncond)`;
-- initial noise from a CPU `torch.Generator(seed)` (identical on every device; `run_preview` passes
-  seed + 2**31, the latent rule of SD 2.1 sampling, so it never shares numbers with prompt sample `seed`), decoded with the VAE,
-  `clamp((x + 1) / 2, 0, 1)`.
+Sampler: the one DDIM of `dreamdist3d.backbones.ddim` (MVDream `t2i.py` + LDM `DDIMSampler`, η = 0: timesteps
+`range(0, 1000, 1000 // S) + 1` descending, the backbone's float64-made ᾱ, guidance batch `[uncond, cond]`
+(MVDream's sampler order; MVDream-threestudio uses the reverse), initial noise from a CPU `torch.Generator(seed)`),
+with F = 4 views per sample (rows `(b f)`), cameras `get_camera(4, elevation, azimuth_start)` passed to both
+halves, decoded with the VAE, `clamp((x + 1) / 2, 0, 1)`. `run_preview` passes seed + 2**31 as the noise seed (the
+latent rule of SD 2.1 sampling), so the noise never shares numbers with prompt sample `seed`.
 """
 
 from __future__ import annotations
@@ -21,36 +17,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
 
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
-from dreamdist3d.backbones.schedule import NoiseSchedule
+from dreamdist3d.backbones.ddim import ddim_sample, ddim_timesteps
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 
-
-
-def make_ddim_scheduler(schedule: NoiseSchedule, steps: int):
-    """diffusers DDIMScheduler equal to MVDream's DDIM (leading spacing, offset 1, ᾱ_prev(first) = ᾱ_0, η = 0)."""
-    from diffusers import DDIMScheduler
-
-    if steps < 1 or steps > schedule.num_train_timesteps:
-        raise ValueError(f"steps must be in 1..{schedule.num_train_timesteps}, got {steps}")
-    cfg = dict(schedule.diffusers_config())
-    cfg.update(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, clip_sample=False)
-    sched = DDIMScheduler(**cfg)
-    sched.alphas_cumprod = schedule.alphas_cumprod.clone().float()  # the backbone's exact ᾱ (MVDream: float64-made)
-    sched.final_alpha_cumprod = sched.alphas_cumprod[0]
-    sched.set_timesteps(steps)
-    return sched
-
-
-def ddim_timesteps(schedule: NoiseSchedule, steps: int) -> torch.Tensor:
-    """(steps,) descending DDIM timesteps, e.g. 981, 961, …, 1 for 50 steps."""
-    return make_ddim_scheduler(schedule, steps).timesteps.clone()
 
 
 @torch.no_grad()
@@ -75,43 +51,9 @@ def sample_views(
     so `max_batch` changes only memory use (and float rounding)."""
     if not backbone.supports_camera:
         raise ValueError(f"backbone '{backbone.name}' has no camera conditioning; MVDream previews need an MVDream backbone")
-    if context.ndim != 3:
-        raise ValueError(f"context must be (n, 77, D), got {tuple(context.shape)}")
-    n, F = context.shape[0], num_frames
-    device = backbone.device
-    uncond = uncond.reshape(1, *uncond.shape[-2:])
-    sched = make_ddim_scheduler(backbone.schedule, steps)
-    c, s = backbone.latent_channels, backbone.latent_size
-    g = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((n * F, c, s, s), generator=g, dtype=torch.float32)
-    camera = get_camera(F, elevation=elevation, azimuth_start=azimuth_start).to(device)  # (F, 16)
-
-    outs: List[torch.Tensor] = []
-    timesteps = sched.timesteps
-    for start in range(0, n, max_batch):
-        b = min(max_batch, n - start)
-        x = noise[start * F : (start + b) * F].to(device)
-        cond = context[start : start + b].to(device).repeat_interleave(F, dim=0)  # (b·F, 77, D)
-        ctx_in = torch.cat([uncond.to(device, cond.dtype).expand_as(cond), cond])  # [uncond, cond]
-        cam_in = camera.repeat(2 * b, 1)
-        iterator = timesteps
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(timesteps, desc=f"DDIM samples {start + 1}-{start + b}/{n}", leave=False)
-        for t in iterator:
-            t_in = torch.full((2 * b * F,), int(t), device=device, dtype=torch.long)
-            out = backbone(torch.cat([x, x]), t_in, ctx_in, camera=cam_in, num_frames=F).float()
-            e_uncond, e_cond = out.chunk(2)
-            model_out = e_uncond + cfg * (e_cond - e_uncond)
-            x = sched.step(model_out, int(t), x, eta=0.0).prev_sample
-        if return_latents:
-            outs.append(x.cpu())
-        else:
-            img = backbone.decode_latents(x).float()
-            outs.append(((img + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
-    out = torch.cat(outs)
-    return out.reshape(n, F, *out.shape[1:])
+    camera = get_camera(num_frames, elevation=elevation, azimuth_start=azimuth_start)  # (F, 16)
+    return ddim_sample(backbone, context, uncond, steps=steps, cfg=cfg, camera=camera, num_frames=num_frames,
+                       seed=seed, max_batch=max_batch, return_latents=return_latents, progress=progress)
 
 
 def image_grid(images: torch.Tensor):
@@ -191,7 +133,7 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
                 progress: bool = False) -> Dict[str, Any]:
     """Load the backbone (unless given), build the conditioning, sample, write `out` (PNG grid) and
     `out.with_suffix('.json')` (every setting). Returns the sidecar dict."""
-    from dreamdist3d.backbones.mvdream import load_mvdream
+    from dreamdist3d.backbones.load import load_backbone
 
     if (req.prompt is None) == (req.distribution is None):
         raise ValueError("give exactly one of a prompt (--prompt) or a distribution file (--distribution)")
@@ -203,7 +145,8 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         raise ValueError("--prefix/--suffix edit a learned distribution; with --prompt write them into the prompt")
     out = Path(out)
     if backbone is None:
-        backbone = load_mvdream(req.mvdream, device=req.device, dtype=DTYPES[req.dtype], config_key="--mvdream")
+        backbone = load_backbone(req.mvdream, device=req.device, dtype=DTYPES[req.dtype], config_key="--mvdream",
+                                 default_kind="mvdream")
     if req.prompt is not None:
         context = conditioning_from_prompt(backbone, req.prompt, req.n)
     else:
@@ -234,7 +177,7 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
             "order": "row-major views of sample 0, then sample 1, …" ,
         },
         "view_azimuths_deg": azimuths,
-        "ddim_timesteps": ddim_timesteps(backbone.schedule, req.steps).tolist(),
+        "ddim_timesteps": ddim_timesteps(backbone.schedule.num_train_timesteps, req.steps).tolist(),
         "guidance_order": "[uncond, cond]",
         "prompt_sample_seeds": [req.seed + i for i in range(req.n)] if req.distribution else None,
         "latent_seed": req.seed + LATENT_SEED_OFFSET,
@@ -248,9 +191,7 @@ __all__ = [
     "PreviewRequest",
     "conditioning_from_distribution",
     "conditioning_from_prompt",
-    "ddim_timesteps",
     "image_grid",
-    "make_ddim_scheduler",
     "run_preview",
     "sample_views",
 ]

@@ -33,6 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, PromptGaussian, prompt_factor
 
 # arm -> learning settings (None: not learned)
@@ -68,7 +69,7 @@ class ArmsConfig:
     batch_size: int = 4
     n_samples: int = 4
     sample_steps: int = 25
-    guidance: float = 2.0
+    guidance: float = DEFAULT_GUIDANCE
     k: int = 5
     n_real: int = 64
     progress: bool = False
@@ -164,7 +165,7 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
 # ----------------------------------------------------------------------------------------------------- the sweep
 def run_arms(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]]:
     """Every (refset, arm, seed) not yet cached; returns all cached records of the config."""
-    from dreamdist3d.toyworld.demo import load_backbone
+    from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.toyworld.evaluate import get_reader, real_features
     from dreamdist3d.toyworld.refsets import get_refset
 
@@ -181,7 +182,7 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]
                 if path.is_file():
                     records.append(json.loads(path.read_text()))
                     continue
-                backbone = backbone or load_backbone(cfg.weights)
+                backbone = backbone or load_backbone(f"toy:{cfg.weights}", config_key="weights")
                 reader = reader or get_reader(cfg.reader)
                 if real is None:
                     real = real_features(reader, get_refset(refset), cfg.n_real, 0)

@@ -28,9 +28,10 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 
+from dreamdist3d.backbones.load import load_backbone
+from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
-from dreamdist3d.toyworld.backbone import DEFAULT_GUIDANCE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_3D_CONFIG = "configs/toy/toy-3d.yaml"
@@ -113,12 +114,6 @@ def resolve_path(path: str) -> Path:
     return alt if alt.is_file() else p
 
 
-def load_backbone(weights: str = "", device: str = "cpu"):
-    from dreamdist3d.toyworld.backbone import load_toy_backbone
-
-    return load_toy_backbone(weights or None, device=device)
-
-
 def to_uint8(images: torch.Tensor):
     """(..., 3, H, W) in [0,1] -> numpy uint8 (..., H, W, 3)."""
     return (images.clamp(0, 1) * 255).round().byte().movedim(-3, -1).numpy()
@@ -175,7 +170,7 @@ def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_p
     from dreamdist3d.learn.recipe import LearnConfig, learn
 
     cfg = LearnConfig(
-        name=name, images=str(images_dir), mode="2d", backbone="dreamdist3d.toyworld.backbone:load_toy_backbone",
+        name=name, images=str(images_dir), mode="2d", backbone="toy",
         flip=False, n_ctx=n_ctx, n_prompts=n_prompts, prefix=prefix, n_samples=n_samples, batch_size=batch_size,
         steps=steps, lr=lr, seed=seed, device=device, checkpoint_every=steps, keep_checkpoints=1, preview_every=0,
         out_dir=str(out_dir), progress=progress, objective=objective, covariance=covariance,
@@ -201,7 +196,7 @@ def sample_images(backbone, context: torch.Tensor, num_frames: int, seed: int, s
     (each chunk's initial noise comes from its own seed: seed·100003 + index of its first sample)."""
     from tqdm.auto import tqdm
 
-    from dreamdist3d.toyworld.backbone import sample_toy
+    from dreamdist3d.backbones.toy import sample_toy
 
     uncond = backbone.encode_text([""])
     outs = []
@@ -293,7 +288,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
 
     with clock.stage("load_backbone"):
         if backbone is None:
-            backbone = load_backbone(cfg.weights, cfg.device)
+            backbone = load_backbone(f"toy:{cfg.weights}", device=cfg.device, config_key="weights")
     out.mkdir(parents=True, exist_ok=True)  # only once the weights loaded (a failed start leaves nothing)
     with clock.stage("references"):
         ref_images, ref_paths = render_references(cfg.refset, out / "reference")
@@ -456,4 +451,4 @@ def launch_entry(config_path: str, extras: Sequence[str]) -> int:
 
 
 __all__ = ["DemoConfig", "fast_config", "run_demo", "render_references", "learn_distribution", "prompt_samples",
-           "sample_images", "launch_3d", "export_run", "save_grid", "load_backbone"]
+           "sample_images", "launch_3d", "export_run", "save_grid"]

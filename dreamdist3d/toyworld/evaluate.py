@@ -52,7 +52,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from dreamdist3d.toyworld.backbone import DEFAULT_GUIDANCE
+from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
 
 METHODS = ("K=32", "K=1", "caption")
 METRICS = ("n", "reject", "in_dist", "in_dist_acc", "coverage", "density", "precision", "recall", "diversity", "pix_div")
@@ -174,7 +174,7 @@ def caption_match(backbone, reader, n: int = 64, seed: int = 1000, steps: int = 
     trainer's cache does not use), one caption each, generated (DDIM `steps`, CFG `guidance`; `num_frames` 1 = single
     front views, 4 = 4-view sets read as one object) and read back: the fraction whose read colour, shape, part
     presence, and colour AND shape match the caption's object (a rejected image matches nothing)."""
-    from dreamdist3d.toyworld.backbone import generate
+    from dreamdist3d.backbones.toy import generate
     from dreamdist3d.toyworld.objects import sample_objects
 
     specs = sample_objects(n, seed)
@@ -218,7 +218,7 @@ def interpolation_check(
     """Generate from the interpolated token embeddings (1-t)·E[caption(a)] + t·E[caption(b)] (canonical captions,
     which line up token by token when a and b differ in one word). Returns images (len(ts), len(seeds), F, 3, H, W)
     and the conditioning used."""
-    from dreamdist3d.toyworld.backbone import sample_toy
+    from dreamdist3d.backbones.toy import sample_toy
 
     tok = backbone.tokenizer
     ia, ib = tok([a.caption()]), tok([b.caption()])
@@ -427,12 +427,12 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
 
 def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
     """Run the evaluation for every reference set of `cfg`; writes report.json / report.md / sheets."""
-    from dreamdist3d.toyworld.demo import load_backbone
+    from dreamdist3d.backbones.load import load_backbone
 
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    backbone = backbone or load_backbone(cfg.weights)
+    backbone = backbone or load_backbone(f"toy:{cfg.weights}", config_key="weights")
     reader = reader or get_reader(cfg.reader, cfg.reader_train, cfg.seed)
     check = None
     if cfg.caption_check:

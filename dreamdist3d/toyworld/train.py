@@ -59,11 +59,8 @@ import torch.nn.functional as F
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
 from dreamdist3d.text import ClipTokenizer
-from dreamdist3d.toyworld.backbone import (
-    ToyBackboneConfig,
-    build_toy_backbone,
-    save_toy_backbone,
-)
+from dreamdist3d.backbones.toy import ToyBackboneConfig, build_toy_backbone
+from dreamdist3d.backbones.toy_weights import save_toy_backbone
 from dreamdist3d.toyworld.captions import caption, vocabulary_text
 from dreamdist3d.toyworld.objects import (
     ASPECT_RANGE,
@@ -677,7 +674,7 @@ def train_toy_backbone(
     """Train, write `out` (EMA weights, safetensors) and `out`.json (config + training record). Returns the record."""
     out = Path(out)
     if checkpoint is None:  # beside the weights; never inside the package's data folder (it would ship)
-        from dreamdist3d.toyworld.backbone import DATA_DIR
+        from dreamdist3d.backbones.toy_weights import DATA_DIR
 
         folder = Path("outputs/toyworld") if out.resolve().parent == DATA_DIR else out.parent
         checkpoint = folder / (out.stem + "-ckpt.pt")

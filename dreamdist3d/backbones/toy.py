@@ -1,8 +1,11 @@
 """The toy backbone: a tiny CLIP-architecture text encoder and a tiny pixel-space multi-view UNet, trained from
 scratch on the toy world (`dreamdist3d toyworld train`), behind the same `Backbone` API as MVDream.
 
-Get it with `load_toy_backbone(device="cpu") -> Backbone` (name "toy", `vae=None` = pixel space, images in [-1, 1],
-resolution 32, `supports_camera=True`, `schedule.prediction_type == "v_prediction"`).
+Get it with `load_backbone("toy")` (`dreamdist3d.backbones.load`; `"toy:PATH"` for other weights), which calls
+`toy_weights.load_toy_backbone` -> Backbone (name "toy", `vae=None` = pixel space, images in [-1, 1], resolution 32,
+`supports_camera=True`, `schedule.prediction_type == "v_prediction"`). This module holds the architecture, the
+schedule and the sampler; `toy_weights.py` the weights file (save/load). Nothing here knows the toy world (objects,
+captions, renderer live in `dreamdist3d.toyworld`, which imports this, never the reverse).
 
 - Text: `TextEncoder.from_config(CLIPTextConfig)` with the real CLIP BPE tokenizer (vocab 49408, 77 positions,
   SOS 49406, EOS 49407, pad 0), width 64, 3 layers, 4 heads. Its final-layer-normed states (B,77,64) condition the
@@ -27,26 +30,19 @@ resolution 32, `supports_camera=True`, `schedule.prediction_type == "v_predictio
   `schedule.predict_eps` / `predict_x0` (as for SD 2.1 768-v); `schedule.diffusers_config()` carries the exact
   betas (`trained_betas`) and the prediction type. The sampler clamps x0 to [-1, 1] (pixel space).
 
-Shipped weights (`data/toy-backbone.safetensors`, float16, about 3 MB; loaded as float32): every UNet and text
-encoder tensor except the (49408×64) token-embedding table, of which only the rows that training changed are stored
-(`token_rows.ids`, `token_rows.values`: the ~110 tokens of the toy captions plus SOS/EOS/pad). Every other row is
-regenerated at load from `torch.Generator().manual_seed(embedding_seed)` as `randn(49408, 64) · embedding_std`
-(0.02, CLIP's init scale), exactly the values the trainer started from (Adam without weight decay never moves a row
-whose gradient is always zero). A checksum of the regenerated table (`init_table_checksum`) is stored and checked
-at load, so a change of torch's random generator is caught. The JSON beside it (`toy-backbone.json`) holds the
-config and the training record (steps, minutes, loss, seed, command).
+Shipped weights: `dreamdist3d/backbones/data/toy-backbone.safetensors` (float16, about 3 MB, only the trained rows of
+the token table; format and loader in `toy_weights.py`).
 
-Sampling: `sample_toy` (DDIM, η = 0, classifier-free guidance in the model's output space, MVDream's timesteps;
-4 views with cameras or single views without) and `generate` (captions -> images).
+Sampling: `sample_toy` (the one DDIM sampler of `backbones.ddim`, η = 0, classifier-free guidance in the model's
+output space, MVDream's timesteps, x0 clamped; 4 views with cameras or single views without) and `generate`
+(captions -> images).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -54,21 +50,10 @@ from torch import nn
 
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
+from dreamdist3d.backbones.ddim import ddim_sample
 from dreamdist3d.backbones.multiview_unet import MultiViewUNet, TimestepEmbedding
 from dreamdist3d.backbones.schedule import NoiseSchedule
 from dreamdist3d.text import ClipTokenizer, TextEncoder
-
-DATA_DIR = Path(__file__).resolve().parent / "data"
-WEIGHTS_NAME = "toy-backbone.safetensors"
-RECORD_NAME = "toy-backbone.json"
-FORMAT = "dreamdist3d-toy-backbone/1"
-TOKEN_IDS_KEY = "token_rows.ids"
-TOKEN_VALUES_KEY = "token_rows.values"
-TOKEN_TABLE_KEY = "text.embeddings.token_embedding.weight"
-
-STORAGE_DTYPE = torch.float16  # weights are stored in float16 and computed in float32 (or the dtype asked for)
-
-PathLike = Union[str, Path]
 
 
 def default_text_config() -> Dict[str, Any]:
@@ -290,135 +275,7 @@ def toy_config_of(backbone: Backbone) -> ToyBackboneConfig:
     return ToyBackboneConfig.from_dict(dict(cfg))
 
 
-# ----------------------------------------------------------------------------------------------------- save / load
-def toy_state_tensors(backbone: Backbone, dtype: torch.dtype = STORAGE_DTYPE) -> Dict[str, torch.Tensor]:
-    """The tensors of the weights file: `unet.*`, `text.*` without the token table, and the changed token rows,
-    floating-point tensors cast to `dtype` (float16 keeps the file under 5 MB)."""
-    config = toy_config_of(backbone)
-    out: Dict[str, torch.Tensor] = {}
-    cast = lambda v: (v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()  # noqa: E731
-    for k, v in backbone.unet.state_dict().items():
-        out[f"unet.{k}"] = cast(v)
-    core = backbone.text_encoder._core
-    for k, v in core.state_dict().items():
-        key = f"text.{k}"
-        if key == TOKEN_TABLE_KEY:
-            continue
-        out[key] = cast(v)
-    table = backbone.text_encoder.token_embedding.weight.detach().float().cpu()
-    changed = (table != initial_token_table(config)).any(dim=1).nonzero().flatten()
-    out[TOKEN_IDS_KEY] = changed.to(torch.int64).contiguous()
-    out[TOKEN_VALUES_KEY] = cast(table[changed])
-    return out
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def save_toy_backbone(backbone: Backbone, path: PathLike, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Write the weights file (atomically) and, beside it, `<stem>.json` with the config and `record`.
-
-    Returns the JSON dict. The safetensors header carries the config too, so the weights file is self-contained."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    config = toy_config_of(backbone)
-    tensors = toy_state_tensors(backbone)
-    meta = {
-        "format": FORMAT,
-        "storage_dtype": str(STORAGE_DTYPE).replace("torch.", ""),
-        "config": config.to_dict(),
-        "init_table_checksum": table_checksum(initial_token_table(config)),
-        "stored_token_rows": int(tensors[TOKEN_IDS_KEY].numel()),
-        "parameters": {
-            "unet": sum(p.numel() for p in backbone.unet.parameters()),
-            "text_encoder_without_token_table": sum(
-                v.numel() for k, v in tensors.items() if k.startswith("text.")
-            ),
-            "token_table": int(backbone.text_encoder.token_embedding.weight.numel()),
-        },
-    }
-    _atomic_write(path, lambda p: save_file(tensors, str(p), metadata={"dreamdist3d_toy": json.dumps(meta)}))
-    doc = dict(meta, weights=path.name, size_bytes=path.stat().st_size, record=record or {})
-    _atomic_write(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(doc, indent=1)))
-    return doc
-
-
-def default_weights_path() -> Path:
-    return DATA_DIR / WEIGHTS_NAME
-
-
-def load_toy_backbone(
-    path: Optional[PathLike] = None,
-    device: Union[str, torch.device] = "cpu",
-    dtype: torch.dtype = torch.float32,
-    tokenizer: Optional[ClipTokenizer] = None,
-) -> Backbone:
-    """The trained toy Backbone ("toy", pixel space, 32 px, ε, cameras) from the shipped weights (or `path`).
-
-    Every tensor of the file is consumed and every parameter is set (strict)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path) if path is not None else default_weights_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"toy backbone weights not found at {path}; train them with `dreamdist3d toyworld train --out {path}`"
-        )
-    with safe_open(str(path), "pt") as f:
-        header = (f.metadata() or {}).get("dreamdist3d_toy")
-    if header is None:
-        raise ValueError(f"{path} is not a toy backbone file (no 'dreamdist3d_toy' metadata)")
-    meta = json.loads(header)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    config = ToyBackboneConfig.from_dict(meta["config"])
-    tensors = load_file(str(path))
-
-    backbone = build_toy_backbone(config, seed=0, tokenizer=tokenizer)
-    table = backbone.text_encoder.token_embedding.weight
-    if table_checksum(table.detach()) != meta["init_table_checksum"]:
-        raise ValueError(
-            f"{path}: the regenerated token-embedding rows differ from those the weights were trained with "
-            "(torch's random generator changed?); retrain with `dreamdist3d toyworld train`"
-        )
-    tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}
-    unet_sd = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
-    backbone.unet.load_state_dict(unet_sd, strict=True)
-    text_sd = {k[len("text."):]: v for k, v in tensors.items() if k.startswith("text.")}
-    ids, rows = tensors[TOKEN_IDS_KEY], tensors[TOKEN_VALUES_KEY]
-    full_table = table.detach().clone()
-    full_table[ids] = rows.to(full_table.dtype)
-    text_sd[TOKEN_TABLE_KEY[len("text."):]] = full_table
-    backbone.text_encoder._core.load_state_dict(text_sd, strict=True)
-    used = {f"unet.{k}" for k in unet_sd} | {f"text.{k}" for k in text_sd} | {TOKEN_IDS_KEY, TOKEN_VALUES_KEY}
-    extra = sorted(set(tensors) - used - {TOKEN_TABLE_KEY})
-    if extra:
-        raise ValueError(f"{path}: unexpected tensors {extra[:5]}")
-    backbone.source = str(path)
-    backbone.unet.eval()
-    backbone.unet.requires_grad_(False)
-    return backbone.to(device, dtype)
-
-
 # ----------------------------------------------------------------------------------------------------- sampling
-def ddim_timesteps(num_train_timesteps: int, steps: int) -> List[int]:
-    """MVDream / LDM DDIM timesteps (uniform, offset 1), descending: e.g. 951, 901, …, 1 for 20 of 1000."""
-    if not 1 <= steps <= num_train_timesteps:
-        raise ValueError(f"steps must be in 1..{num_train_timesteps}, got {steps}")
-    stride = num_train_timesteps // steps
-    return [t + 1 for t in range(0, num_train_timesteps, stride)][:steps][::-1]
-
-
 # Classifier-free guidance scale of the toy sampler, measured with `dreamdist3d toyworld eval --caption-check-only`
 # over CFG 1.5-7 on the shipped weights: the rate of samples read back as their caption peaks here (single views:
 # colour and shape 0.50 at CFG 2, 0.47 at 3, 0.33 at 5, 0.03 at 7); higher scales tint
@@ -446,50 +303,12 @@ def sample_toy(
     context (n,77,D), uncond (77,D)|(1,77,D). num_frames=4: 4-view sets with MVDream cameras
     `get_camera(4, elevation, azimuth_start)` (or `camera` (4,16)); num_frames=1 with `camera=None`: single views
     without a camera (2D mode; pass a (1,16) camera to condition one view on it). clip_x0: clamp the predicted x0
-    to [-1, 1] at each step (standard for pixel-space diffusion). Initial noise from a CPU generator (`seed`).
-    Returns images (n, F, 3, H, W) in [0, 1] on CPU."""
-    if context.ndim != 3:
-        raise ValueError(f"context must be (n, 77, D), got {tuple(context.shape)}")
-    n, F = context.shape[0], int(num_frames)
-    device = backbone.device
-    dtype = backbone.text_encoder.dtype
-    sched = backbone.schedule
-    ac = sched.alphas_cumprod
-    if camera is None and F > 1:
-        camera = get_camera(F, elevation=elevation, azimuth_start=azimuth_start)
-    if camera is not None:
-        camera = camera.reshape(-1, 16)
-        if camera.shape[0] != F:
-            raise ValueError(f"camera must have num_frames={F} rows, got {camera.shape[0]}")
-        camera = camera.to(device, dtype)
-    size, ch = backbone.latent_size, backbone.latent_channels
-    g = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((n * F, ch, size, size), generator=g, dtype=torch.float32)
-    ts = ddim_timesteps(sched.num_train_timesteps, steps)
-    uncond = uncond.reshape(1, *uncond.shape[-2:]).to(device, dtype)
-    outs = []
-    for start in range(0, n, max_batch):
-        b = min(max_batch, n - start)
-        x = noise[start * F:(start + b) * F].to(device)
-        cond = context[start:start + b].to(device, dtype).repeat_interleave(F, dim=0)  # (b·F,77,D)
-        ctx_in = torch.cat([uncond.expand_as(cond), cond])
-        cam_in = None if camera is None else camera.repeat(2 * b, 1)
-        for i, t in enumerate(ts):
-            t_in = torch.full((2 * b * F,), t, device=device, dtype=torch.long)
-            out = backbone(torch.cat([x, x]).to(dtype), t_in, ctx_in, camera=cam_in, num_frames=F).float()
-            o_u, o_c = out.chunk(2)
-            model_out = o_u + cfg * (o_c - o_u)  # guidance in the model's own output space (ε or v)
-            t_b = torch.full((x.shape[0],), t, dtype=torch.long)
-            x0 = sched.predict_x0(x, model_out, t_b)
-            if clip_x0:
-                x0 = x0.clamp(-1.0, 1.0)
-            a_t = float(ac[t])
-            eps = (x - a_t**0.5 * x0) / (1 - a_t) ** 0.5
-            a_prev = float(ac[ts[i + 1]]) if i + 1 < len(ts) else float(ac[0])
-            x = a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps
-        outs.append(((backbone.decode_latents(x).float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu())
-    out = torch.cat(outs)
-    return out.reshape(n, F, *out.shape[1:])
+    to [-1, 1] at each step (standard for pixel-space diffusion). Initial noise from a CPU generator (`seed`), drawn
+    for all n samples at once (`backbones.ddim`). Returns images (n, F, 3, H, W) in [0, 1] on CPU."""
+    if camera is None and int(num_frames) > 1:
+        camera = get_camera(int(num_frames), elevation=elevation, azimuth_start=azimuth_start)
+    return ddim_sample(backbone, context, uncond, steps=steps, cfg=cfg, camera=camera, num_frames=num_frames,
+                       seed=seed, clip_x0=clip_x0, max_batch=max_batch)
 
 
 @torch.no_grad()
@@ -525,12 +344,10 @@ __all__ = [
     "toy_schedule",
     "ToyNoiseSchedule",
     "initial_token_table",
-    "save_toy_backbone",
-    "load_toy_backbone",
-    "default_weights_path",
+    "table_checksum",
+    "toy_config_of",
     "sample_toy",
     "generate",
     "DEFAULT_GUIDANCE",
     "encode_captions",
-    "ddim_timesteps",
 ]
