@@ -15,6 +15,7 @@ COMMANDS = [
     "learn",
     "sample",
     "sweep",
+    "eval",
     "preview",
     "inspect",
     "export",
