@@ -204,3 +204,16 @@ def test_missing_sample_folder_and_processor_config(world, tmp_path, capsys):
     argv[argv.index("--dino") + 1] = str(bare)
     assert main(argv) == 2
     assert "--dino" in (err := capsys.readouterr().err) and "preprocessor_config.json" in err
+
+
+def test_scatter_places_points_and_lists_unplottable_sets():
+    import xml.etree.ElementTree as ET
+
+    from dreamdist3d.evaluation.report import scatter_svg
+
+    svg = scatter_svg([{"name": "a", "coverage": 0.0, "precision": 1.0}, {"name": "b", "coverage": 0.5, "precision": 0.5},
+                       {"name": "small", "coverage": None, "precision": None}], size=200)
+    root = ET.fromstring(svg)
+    circles = [c for c in root.iter() if c.tag.endswith("circle")]
+    assert [(float(c.get("cx")), float(c.get("cy"))) for c in circles] == [(48.0, 48.0), (100.0, 100.0)]
+    assert "not plotted (too few images): small" in svg

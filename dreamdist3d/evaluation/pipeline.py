@@ -98,6 +98,10 @@ def run_eval(spec: EvalSpec) -> Dict[str, Any]:
     names = _unique_names(spec.names or [Path(s).name for s in spec.samples])
     sets = [read_folder(s, views=spec.views, name=nm) for s, nm in zip(spec.samples, names)]
     folders = {"dinov2": spec.dinov2, "clip": spec.clip, **({"dino": spec.dino} if spec.dino else {})}
+    if not spec.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bars
     encoders = {kind: load_encoder(kind, f, spec.device) for kind, f in folders.items()}  # all errors before any work
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)

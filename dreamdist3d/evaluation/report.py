@@ -146,8 +146,9 @@ def render_html(report: Dict[str, Any], svg: str) -> str:
     h.append("</table>")
     h.append('<p class="small">FD/KD and precision/recall/density/coverage (k=5, Naeem et al. 2020) on DINOv2 CLS '
              "features; diversity = mean pairwise 1−cos (DINOv2); CLIP-I / DINO-I = mean cosine to the references; "
-             "CLIP-T = mean cosine to the prompt. With a few images per set these numbers are noisy: compare sets "
-             "of equal size against the same references.</p>")
+             "CLIP-T = mean cosine to the prompt. KD is an unbiased estimate, so it can be slightly negative when "
+             "the sets are alike. With a few images per set every number is noisy: compare sets of equal size "
+             "against the same references.</p>")
     for n in report.get("notes", []):
         h.append(f'<p class="note">{e(n)}</p>')
     h += ["<h2>Coverage vs precision</h2>", svg]
@@ -171,6 +172,8 @@ def render_html(report: Dict[str, Any], svg: str) -> str:
 def render_md(report: Dict[str, Any]) -> str:
     md = ["# dreamdist3d eval", "", f"References: `{report['refs']['folder']}` ({report['refs']['n']} images)."
           + (f" Prompt: \"{report['prompt']}\"." if report.get("prompt") else ""), "", format_table(report), ""]
+    md += ["FD/KD and precision/recall/density/coverage (k=5) on DINOv2 features; KD is an unbiased estimate (it can be "
+           "slightly negative for alike sets); with a few images per set every number is noisy.", ""]
     md += [f"- {n}" for n in report.get("notes", [])]
     md += ["", "![coverage vs precision](coverage-precision.svg)", "", "Nearest reference (DINOv2 cosine) per image:", ""]
     for s in report["sets"]:
