@@ -217,3 +217,21 @@ def test_scatter_places_points_and_lists_unplottable_sets():
     circles = [c for c in root.iter() if c.tag.endswith("circle")]
     assert [(float(c.get("cx")), float(c.get("cy"))) for c in circles] == [(48.0, 48.0), (100.0, 100.0)]
     assert "not plotted (too few images): small" in svg
+
+
+def test_turntable_read_at_evenly_spaced_frames(tmp_path):
+    import imageio.v2 as imageio
+
+    from dreamdist3d.evaluation.sources import read_folder
+
+    run = tmp_path / "runs" / "seed0"
+    (run / "save").mkdir(parents=True)
+    for step, level0 in ((5, 200), (40, 0)):  # two turntables: the newest step (40) is read
+        w = imageio.get_writer(str(run / "save" / f"it{step}-test.mp4"), fps=10, codec="libx264", macro_block_size=1)
+        for f in range(12):
+            w.append_data(np.full((32, 32, 3), level0 + 20 * f if step == 40 else level0, np.uint8))
+        w.close()
+    s = read_folder(tmp_path, views=4)
+    assert s.kind == "3d" and s.objects == 1 and [it.name for it in s.items] == [f"runs/seed0@view{i}" for i in range(4)]
+    levels = [float(np.asarray(it.load()).mean()) for it in s.items]
+    assert np.allclose(levels, [0, 60, 120, 180], atol=4)  # frames 0, 3, 6, 9 of 12

@@ -215,3 +215,14 @@ def test_toy_evaluator_numbers_unchanged():
         assert s[key] == pytest.approx(old[key], abs=1e-12)
     # distances now come from the differences themselves; torch.cdist's |a|²+|b|²-2a·b rounded at ~1e-10
     assert s["diversity"] == pytest.approx(_old_pairwise(fakes["world+noise"]), rel=1e-9)
+
+
+def test_frechet_agrees_with_the_usual_scipy_sqrtm_formula():
+    """FID code (pytorch-fid, torch-fidelity) takes tr(sqrtm(Σ1 Σ2)) with scipy; our eigen route gives the same."""
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((60, 12)), rng.standard_normal((50, 12)) @ rng.standard_normal((12, 12)) * 0.5 + 0.3
+    mu1, mu2, s1, s2 = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    usual = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert M.frechet_distance(a, b) == pytest.approx(usual, rel=1e-8)

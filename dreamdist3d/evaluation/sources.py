@@ -70,32 +70,33 @@ def turntable_video(run: Path) -> Optional[Path]:
 
 
 class _Video:
-    """Decodes a turntable once, on the first frame asked for."""
+    """A turntable's `views` evenly spaced frames (frame i·T/views of T), decoded on first use; only those frames are
+    kept in memory."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, views: int) -> None:
+        self.path, self.views = path, views
         self._frames: Optional[List[np.ndarray]] = None
 
-    def frames(self) -> List[np.ndarray]:
+    def frame(self, i: int) -> np.ndarray:
         if self._frames is None:
             import imageio.v2 as imageio
 
             reader = imageio.get_reader(str(self.path))
             try:
-                self._frames = [np.asarray(f)[..., :3] for f in reader]
+                frames = [np.asarray(f)[..., :3] for f in reader]
             finally:
                 reader.close()
-            if not self._frames:
+            if not frames:
                 raise ValueError(f"{self.path}: the video has no frames")
-        return self._frames
+            self._frames = [frames[(j * len(frames)) // self.views] for j in range(self.views)]
+        return self._frames[i]
 
 
-def _frame_loader(video: _Video, index: int, views: int):
+def _frame_loader(video: _Video, index: int):
     def load():
         from PIL import Image
 
-        frames = video.frames()
-        return Image.fromarray(frames[(index * len(frames)) // views]).convert("RGB")
+        return Image.fromarray(video.frame(index)).convert("RGB")
 
     return load
 
@@ -123,11 +124,11 @@ def read_folder(folder, views: int = 8, name: Optional[str] = None, flag: str = 
             video = turntable_video(run)
             if video is None:
                 continue
-            vh, v = file_hash(video), _Video(video)
+            vh, v = file_hash(video), _Video(video, views)
             rel = run.relative_to(folder).as_posix() if run != folder else run.name
             for i in range(views):
                 # the frame index depends on the frame count, unknown before decoding: key by (video, i, views)
-                items.append(ImageItem(f"{rel}@view{i}", f"{vh}:view{i}/{views}", _frame_loader(v, i, views)))
+                items.append(ImageItem(f"{rel}@view{i}", f"{vh}:view{i}/{views}", _frame_loader(v, i)))
         return ImageSet(name, folder, "3d", items, len(runs))
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
