@@ -20,6 +20,7 @@ COMMANDS = [
     "inspect",
     "export",
     "gallery",
+    "serve",
     "toyworld",
 ]
 

@@ -91,7 +91,9 @@ def scatter_svg(points: Sequence[Dict[str, Any]], x: str = "coverage", y: str = 
         cx, cy = px(p[x]), py(p[y])
         parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"><title>{html.escape(p["name"])}: '
                      f'{x} {p[x]:.3f}, {y} {p[y]:.3f}</title></circle>')
-        parts.append(f'<text x="{cx + 7:.1f}" y="{cy - 6:.1f}" fill="{c}">{html.escape(p["name"])}</text>')
+        right = p[x] > 0.6  # labels of points on the right go to their left, inside the plot
+        parts.append(f'<text x="{cx - 7 if right else cx + 7:.1f}" y="{cy - 6:.1f}" fill="{c}" '
+                     f'text-anchor="{"end" if right else "start"}">{html.escape(p["name"])}</text>')
     if missing:
         parts.append(f'<text x="{pad}" y="{pad - 8}" fill="#a00">not plotted (too few images): '
                      f'{html.escape(", ".join(missing))}</text>')
@@ -135,7 +137,7 @@ def render_html(report: Dict[str, Any], svg: str) -> str:
     e = html.escape
     models = ", ".join(f"{k} <code>{e(v['folder'])}</code>" for k, v in report["models"].items())
     h = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8"><title>dreamdist3d eval</title>',
-         f"<style>{CSS}</style></head><body>", "<h1>dreamdist3d eval</h1>",
+         f'<link rel="icon" href="data:,"><style>{CSS}</style></head><body>', "<h1>dreamdist3d eval</h1>",
          f'<p class="small">references: <code>{e(report["refs"]["folder"])}</code> ({report["refs"]["n"]} images)'
          + (f'; prompt: “{e(report["prompt"])}”' if report.get("prompt") else "")
          + f"; models: {models}"
