@@ -235,3 +235,36 @@ def test_turntable_read_at_evenly_spaced_frames(tmp_path):
     assert s.kind == "3d" and s.objects == 1 and [it.name for it in s.items] == [f"runs/seed0@view{i}" for i in range(4)]
     levels = [float(np.asarray(it.load()).mean()) for it in s.items]
     assert np.allclose(levels, [0, 60, 120, 180], atol=4)  # frames 0, 3, 6, 9 of 12
+
+
+def test_sweep_folder_gives_one_set_per_row_and_a_sweep_plot(world, tmp_path):
+    """A `dreamdist3d sweep --save-cells` folder: its cells, grouped by row (γ), as sets; coverage and precision
+    plotted against γ."""
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    from dreamdist3d.evaluation.pipeline import EvalSpec, run_eval
+
+    sweep = tmp_path / "sw"
+    sweep.mkdir()
+    rng = np.random.default_rng(7)
+    cells = []
+    for r, g in enumerate((0.0, 0.5, 1.0)):
+        for c in range(3):
+            f = f"sweep-scale-r{r}-c{c}.png"
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(sweep / f)
+            cells.append({"row": r, "col": c, "label": f"gamma={g:g}", "file": f})
+    (sweep / "sweep-scale.json").write_text(json.dumps({"sweep": "scale", "cells": cells}))
+    Image.new("RGB", (64, 32)).save(sweep / "sweep-scale.png")  # the sheet itself is not a sample
+    out = tmp_path / "out"
+    rep = run_eval(EvalSpec(refs=str(world["root"] / "refs"), samples=[str(sweep)], dinov2=str(world["dinov2"]),
+                            clip=str(world["clip"]), out=str(out), device="cpu", progress=False, kid_subsets=3))
+    assert [s["name"] for s in rep["sets"]] == ["sw gamma=0", "sw gamma=0.5", "sw gamma=1"]
+    assert [s["sweep"]["value"] for s in rep["sets"]] == [0.0, 0.5, 1.0] and rep["sets"][0]["sweep"]["param"] == "γ"
+    assert all(s["metrics"]["n"] == 3 for s in rep["sets"])
+    svg = ET.fromstring((out / "sweep-0.svg").read_text())
+    lines = [e for e in svg.iter() if e.tag.endswith("polyline")]
+    assert len(lines) == 2 and all(len(e.get("points").split()) == 3 for e in lines)  # coverage, precision x 3 γ
+    assert "Sweep: sw (sweep-scale)" in (out / "report.html").read_text()
+    assert "sweep-0.svg" in (out / "report.md").read_text()

@@ -89,14 +89,19 @@ def run_eval(spec: EvalSpec) -> Dict[str, Any]:
     """Evaluate every sample folder against the reference folder; writes report.json/.md/.html under spec.out."""
     from dreamdist3d.evaluation.features import FeatureCache, embed_items, load_encoder
     from dreamdist3d.evaluation.report import write_report
-    from dreamdist3d.evaluation.sources import read_folder
+    from dreamdist3d.evaluation.sources import read_folder, read_sweep
 
     t0 = time.perf_counter()
     if not spec.samples:
         raise ValueError("--samples: give at least one sample folder")
     refs = read_folder(spec.refs, flag="--refs")
     names = _unique_names(spec.names or [Path(s).name for s in spec.samples])
-    sets = [read_folder(s, views=spec.views, name=nm) for s, nm in zip(spec.samples, names)]
+    sets = []
+    for folder, nm in zip(spec.samples, names):  # a sweep folder gives one set per row (γ or w)
+        if Path(folder).is_dir() and any(Path(folder).glob("sweep-*.json")):
+            sets += read_sweep(folder)
+        else:
+            sets.append(read_folder(folder, views=spec.views, name=nm))
     folders = {"dinov2": spec.dinov2, "clip": spec.clip, **({"dino": spec.dino} if spec.dino else {})}
     if not spec.progress:
         from transformers.utils import logging as hf_logging
@@ -126,7 +131,8 @@ def run_eval(spec: EvalSpec) -> Dict[str, Any]:
         images = [{"name": it.name, "nearest_ref": refs.items[int(i)].name, "nearest_cos": float(c)}
                   for it, i, c in zip(s.items, idx, cos)]
         rows.append({"name": s.name, "folder": str(s.folder), "kind": s.kind, "objects": s.objects,
-                     "views": spec.views if s.kind == "3d" else None, "metrics": metrics, "images": images})
+                     "views": spec.views if s.kind == "3d" else None, "sweep": s.sweep, "metrics": metrics,
+                     "images": images})
     ref_row = {"n": len(refs.items), "diversity": M.finite_or_none(M.diversity(ref_feats["dinov2"])),
                "clip_t": M.finite_or_none(M.mean_cosine(ref_feats["clip"], text)) if text is not None else None}
     report = {

@@ -1,7 +1,8 @@
 """The eval report: `report.json` (everything), `report.md` (the table), `report.html` (what a person looks at).
 
 report.html: the metrics table; a coverage-vs-precision scatter, one point per sample set (inline SVG, also written
-as `coverage-precision.svg`); the references as thumbnails; each sample set as a sheet of thumbnails, each labelled
+as `coverage-precision.svg`); for a `dreamdist3d sweep --save-cells` folder (one set per row), coverage and precision
+against γ or w (`sweep-<i>.svg`); the references as thumbnails; each sample set as a sheet of thumbnails, each labelled
 with its nearest reference and the DINOv2 cosine to it. Thumbnails are JPEGs under `thumbs/`, named by content hash
 (re-runs reuse them). Nothing is fetched from the network when the page is viewed.
 """
@@ -101,6 +102,52 @@ def scatter_svg(points: Sequence[Dict[str, Any]], x: str = "coverage", y: str = 
     return "\n".join(parts)
 
 
+def sweep_groups(report: Dict[str, Any]) -> Dict[str, List[Dict[str, Any]]]:
+    """Sets that are rows of one `dreamdist3d sweep` (numeric γ or w), by sweep, sorted by value."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for s in report["sets"]:
+        sw = s.get("sweep")
+        if sw and sw.get("value") is not None:
+            groups.setdefault(sw["group"], []).append(s)
+    return {g: sorted(v, key=lambda s: s["sweep"]["value"]) for g, v in groups.items()}
+
+
+def sweep_svg(sets: Sequence[Dict[str, Any]], keys: Sequence[str] = ("coverage", "precision"), size=(420, 300)) -> str:
+    """Line plot of metrics in [0, 1] against the sweep's parameter (γ or w), one line per metric."""
+    W, H = size
+    pad_l, pad_r, pad_t, pad_b = 48, 90, 16, 40
+    xs = [s["sweep"]["value"] for s in sets]
+    x0, x1 = min(xs), max(xs)
+    span = (x1 - x0) or 1.0
+    param = sets[0]["sweep"]["param"]
+
+    def px(v: float) -> float:
+        return pad_l + (v - x0) / span * (W - pad_l - pad_r)
+
+    def py(v: float) -> float:
+        return H - pad_b - max(0.0, min(1.0, v)) * (H - pad_t - pad_b)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
+             f'font-family="sans-serif" font-size="11">', f'<rect width="{W}" height="{H}" fill="white"/>']
+    for t in (0.0, 0.5, 1.0):
+        parts.append(f'<line x1="{px(x0):.1f}" y1="{py(t):.1f}" x2="{px(x1):.1f}" y2="{py(t):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{px(x0) - 6:.1f}" y="{py(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    for v in xs:
+        parts.append(f'<text x="{px(v):.1f}" y="{H - pad_b + 14}" text-anchor="middle">{v:g}</text>')
+    parts.append(f'<text x="{(pad_l + W - pad_r) / 2:.0f}" y="{H - 8}" text-anchor="middle">{html.escape(param)} →</text>')
+    for i, key in enumerate(keys):
+        c = PALETTE[i % len(PALETTE)]
+        pts = [(px(s["sweep"]["value"]), py(s["metrics"][key])) for s in sets if s["metrics"].get(key) is not None]
+        if not pts:
+            continue
+        parts.append(f'<polyline fill="none" stroke="{c}" stroke-width="2" points="'
+                     + " ".join(f"{a:.1f},{b:.1f}" for a, b in pts) + '"/>')
+        parts += [f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{c}"/>' for a, b in pts]
+        parts.append(f'<text x="{pts[-1][0] + 8:.1f}" y="{pts[-1][1] + 4:.1f}" fill="{c}">{html.escape(key)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
 def write_thumbs(out: Path, items: Sequence[Any]) -> List[str]:
     """JPEG thumbnails (longest side THUMB) under out/thumbs/, named by content hash; returns relative paths."""
     import hashlib
@@ -154,6 +201,8 @@ def render_html(report: Dict[str, Any], svg: str) -> str:
     for n in report.get("notes", []):
         h.append(f'<p class="note">{e(n)}</p>')
     h += ["<h2>Coverage vs precision</h2>", svg]
+    for group, sets in sweep_groups(report).items():
+        h += [f"<h2>Sweep: {e(group)}</h2>", sweep_svg(sets)]
     h.append(f'<h2>References ({report["refs"]["n"]})</h2><div class="sheet">')
     h += [_figure(im["thumb"], e(im["name"])) for im in report["refs"]["images"]]
     h.append("</div>")
@@ -177,7 +226,9 @@ def render_md(report: Dict[str, Any]) -> str:
     md += ["FD/KD and precision/recall/density/coverage (k=5) on DINOv2 features; KD is an unbiased estimate (it can be "
            "slightly negative for alike sets); with a few images per set every number is noisy.", ""]
     md += [f"- {n}" for n in report.get("notes", [])]
-    md += ["", "![coverage vs precision](coverage-precision.svg)", "", "Nearest reference (DINOv2 cosine) per image:", ""]
+    md += ["", "![coverage vs precision](coverage-precision.svg)", ""]
+    md += [f"![sweep {g}](sweep-{i}.svg)" for i, g in enumerate(sweep_groups(report))]
+    md += ["", "Nearest reference (DINOv2 cosine) per image:", ""]
     for s in report["sets"]:
         md.append(f"- **{s['name']}**: " + "; ".join(f"{im['name']} → {im['nearest_ref']} ({im['nearest_cos']:.2f})"
                                                  for im in s["images"]))
@@ -201,11 +252,14 @@ def write_report(report: Dict[str, Any], out: Path, refs: Any, sets: Sequence[An
              "svg": out / "coverage-precision.svg"}
     texts = {"json": json.dumps(report, indent=1, ensure_ascii=False), "md": render_md(report),
              "html": render_html(report, svg), "svg": svg}
+    for i, sets in enumerate(sweep_groups(report).values()):
+        files[f"sweep{i}"], texts[f"sweep{i}"] = out / f"sweep-{i}.svg", sweep_svg(sets)
     for key, path in files.items():
         with atomic_path(path) as tmp:
             tmp.write_text(texts[key] + ("" if texts[key].endswith("\n") else "\n"), encoding="utf-8")
     return files
 
 
-__all__ = ["COLUMNS", "format_table", "render_html", "render_md", "scatter_svg", "table_rows", "write_report",
+__all__ = ["COLUMNS", "format_table", "render_html", "render_md", "scatter_svg", "sweep_groups", "sweep_svg",
+           "table_rows", "write_report",
            "write_thumbs"]

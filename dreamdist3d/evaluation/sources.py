@@ -11,6 +11,7 @@ A folder holding a turntable is read as 3D (its validation PNGs are ignored).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class ImageSet:
     kind: str  # "2d" | "3d"
     items: List[ImageItem]
     objects: int  # images (2D) or runs (3D)
+    sweep: Optional[dict] = None  # one row of a `dreamdist3d sweep --save-cells` folder: {"group", "param", "value"}
 
 
 def _pil_loader(path: Path):
@@ -138,4 +140,33 @@ def read_folder(folder, views: int = 8, name: Optional[str] = None, flag: str = 
     return ImageSet(name, folder, "2d", items, len(items))
 
 
-__all__ = ["IMAGE_SUFFIXES", "ImageItem", "ImageSet", "file_hash", "find_runs", "read_folder", "turntable_video"]
+def read_sweep(folder, flag: str = "--samples") -> List[ImageSet]:
+    """A `dreamdist3d sweep --save-cells` folder (`sweep-scale.json` / `sweep-mix.json` listing its cell PNGs) as one
+    set per row (γ or mixing weight w), in row order; [] when the folder holds no such sweep."""
+    folder = Path(folder)
+    sets: List[ImageSet] = []
+    for js in sorted(folder.glob("sweep-*.json")):
+        try:
+            cells = json.loads(js.read_text()).get("cells", [])
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        rows: dict = {}
+        for c in cells:
+            if c.get("file") and (folder / c["file"]).is_file():
+                rows.setdefault((c.get("row", 0), c.get("label", "")), []).append(folder / c["file"])
+        for (_, label), files in sorted(rows.items()):
+            param, _, value = str(label).partition("=")
+            try:
+                v = float(value)
+            except ValueError:
+                v = None
+            items = [ImageItem(p.name, file_hash(p), _pil_loader(p)) for p in files]
+            sets.append(ImageSet(f"{folder.name} {label}", folder, "2d", items, len(items),
+                                 sweep={"group": f"{folder.name} ({js.stem})", "param": "γ" if param == "gamma" else param,
+                                        "value": v}))
+    if not sets and any(folder.glob("sweep-*.json")):
+        raise ValueError(f"{flag} {folder}: a sweep folder without its cell images: run the sweep with --save-cells")
+    return sets
+
+
+__all__ = ["read_sweep", "IMAGE_SUFFIXES", "ImageItem", "ImageSet", "file_hash", "find_runs", "read_folder", "turntable_video"]
