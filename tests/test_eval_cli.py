@@ -268,3 +268,27 @@ def test_sweep_folder_gives_one_set_per_row_and_a_sweep_plot(world, tmp_path):
     assert len(lines) == 2 and all(len(e.get("points").split()) == 3 for e in lines)  # coverage, precision x 3 γ
     assert "Sweep: sw (sweep-scale)" in (out / "report.html").read_text()
     assert "sweep-0.svg" in (out / "report.md").read_text()
+
+
+def test_toy_eval_report_page(tmp_path):
+    """report.html of `dreamdist3d toyworld eval`, from the report.json it writes (nan where a metric is undefined)."""
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image
+
+    from dreamdist3d.evaluation.toy_report import write_toy_html
+
+    row = dict(n=6, reject=0.0, in_dist=0.5, in_dist_acc=0.5, coverage=0.25, density=0.4, precision=0.5,
+               recall=float("nan"), diversity=0.1, pix_div=0.2)
+    report = {"config": {"n": 6, "steps": 2, "n_prompts": 4, "sample_steps": 2, "guidance": 2.0, "k": 5},
+              "backbone": "tiny", "table": [{"refset": "warm", "method": "K=32", **row},
+                                            {"refset": "warm", "method": "K=1", **row, "coverage": 0.1, "in_dist": 0.9}],
+              "refsets": {"warm": {"sheet": str(tmp_path / "sheet-warm.png"), "description": "warm things"}},
+              "claim": {"warm": "holds (coverage 0.25 vs 0.10, in-dist 0.50 vs 0.90)"},
+              "caption_check": {"n": 4, "views": 1, "accepted": 1.0, "colour": 0.5, "shape": 0.5, "colour_and_shape": 0.25}}
+    (tmp_path / "report.json").write_text(json.dumps(report))  # NaN as the evaluator writes it
+    Image.new("RGB", (64, 32)).save(tmp_path / "sheet-warm.png")
+    page = write_toy_html(tmp_path).read_text()
+    assert "<td>K=32</td>" in page and "<td>–</td>" in page and 'src="sheet-warm.png"' in page and "holds" in page
+    svg = ET.fromstring(page[page.index("<svg"):page.index("</svg>") + 6])
+    assert len([e for e in svg.iter() if e.tag.endswith("circle")]) == 2 and "in_dist" in page

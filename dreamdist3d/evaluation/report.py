@@ -61,10 +61,13 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 
 def scatter_svg(points: Sequence[Dict[str, Any]], x: str = "coverage", y: str = "precision", size: int = 360) -> str:
-    """An SVG scatter of y against x (both in [0, 1]), one labelled point per entry of `points` (dicts with
-    `name` and the two keys; entries with a null value are listed as not plotted)."""
+    """An SVG scatter of y against x (both in [0, 1]), one point per entry of `points` (dicts with `name` and the two
+    keys; entries with a null/nan value are listed as not plotted). A legend at the right names every point (labels
+    beside points would overlap where points coincide); each point also has a tooltip."""
     pad = 48
     w = size - 2 * pad
+    legend_w = 260
+    width = size + legend_w
 
     def px(v: float) -> float:
         return pad + max(0.0, min(1.0, v)) * w
@@ -72,8 +75,8 @@ def scatter_svg(points: Sequence[Dict[str, Any]], x: str = "coverage", y: str = 
     def py(v: float) -> float:
         return size - pad - max(0.0, min(1.0, v)) * w
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" viewBox="0 0 {size} {size}" '
-             f'font-family="sans-serif" font-size="11">', f'<rect width="{size}" height="{size}" fill="white"/>']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{size}" viewBox="0 0 {width} {size}" '
+             f'font-family="sans-serif" font-size="11">', f'<rect width="{width}" height="{size}" fill="white"/>']
     for t in (0.0, 0.25, 0.5, 0.75, 1.0):
         parts.append(f'<line x1="{px(t):.1f}" y1="{py(0):.1f}" x2="{px(t):.1f}" y2="{py(1):.1f}" stroke="#ddd"/>')
         parts.append(f'<line x1="{px(0):.1f}" y1="{py(t):.1f}" x2="{px(1):.1f}" y2="{py(t):.1f}" stroke="#ddd"/>')
@@ -83,18 +86,20 @@ def scatter_svg(points: Sequence[Dict[str, Any]], x: str = "coverage", y: str = 
     parts.append(f'<text x="{size / 2:.0f}" y="{size - 12}" text-anchor="middle">{html.escape(x)} →</text>')
     parts.append(f'<text x="14" y="{size / 2:.0f}" text-anchor="middle" transform="rotate(-90 14 {size / 2:.0f})">'
                  f'{html.escape(y)} →</text>')
-    missing = []
+    missing, shown = [], 0
     for i, p in enumerate(points):
-        if p.get(x) is None or p.get(y) is None:
+        if any(p.get(k) is None or p[k] != p[k] for k in (x, y)):  # null or nan
             missing.append(p["name"])
             continue
         c = PALETTE[i % len(PALETTE)]
         cx, cy = px(p[x]), py(p[y])
-        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"><title>{html.escape(p["name"])}: '
-                     f'{x} {p[x]:.3f}, {y} {p[y]:.3f}</title></circle>')
-        right = p[x] > 0.6  # labels of points on the right go to their left, inside the plot
-        parts.append(f'<text x="{cx - 7 if right else cx + 7:.1f}" y="{cy - 6:.1f}" fill="{c}" '
-                     f'text-anchor="{"end" if right else "start"}">{html.escape(p["name"])}</text>')
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}" fill-opacity="0.8"><title>'
+                     f'{html.escape(p["name"])}: {x} {p[x]:.3f}, {y} {p[y]:.3f}</title></circle>')
+        ly = pad + 6 + 16 * shown
+        parts.append(f'<rect x="{size + 4}" y="{ly - 8}" width="9" height="9" fill="{c}"/>'
+                     f'<text x="{size + 18}" y="{ly}" fill="#222">{html.escape(p["name"])} '
+                     f'({p[x]:.2f}, {p[y]:.2f})</text>')
+        shown += 1
     if missing:
         parts.append(f'<text x="{pad}" y="{pad - 8}" fill="#a00">not plotted (too few images): '
                      f'{html.escape(", ".join(missing))}</text>')
