@@ -15,10 +15,12 @@ COMMANDS = [
     "learn",
     "sample",
     "sweep",
+    "eval",
     "preview",
     "inspect",
     "export",
     "gallery",
+    "serve",
     "toyworld",
 ]
 

@@ -10,7 +10,6 @@ Runs that already have a turntable are kept (re-running the command only fills i
 from __future__ import annotations
 
 import argparse
-import html
 import os
 import subprocess
 import sys
@@ -116,8 +115,10 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[in
     return failed
 
 
-def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "") -> Dict[str, Path]:
-    """gallery.png (row per seed: n_frames turntable frames) and gallery.html (videos side by side)."""
+def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "",
+                  references: Optional[Path] = None) -> Dict[str, Path]:
+    """gallery.png (row per seed: n_frames turntable frames) and gallery.html (`dreamdist3d.web.gallery_page`: the
+    references, then each object's turntable beside an interactive GLB viewer, its prompt sample and mesh links)."""
     from PIL import Image
 
     from dreamdist3d.lift3d.saving import save_image, sorted_frames
@@ -142,22 +143,12 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
     grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], axis=0)
     png = save_image(out / "gallery.png", grid)
     cells = []
+    from dreamdist3d.web.gallery_page import GalleryObject, find_meshes, prompt_sample_settings, reference_images, write_gallery_page
+
     for seed, tt in entries:
-        rel = os.path.relpath(tt["video"], out)
-        cells.append(
-            f'<figure><video src="{html.escape(rel)}" autoplay loop muted playsinline width="256"></video>'
-            f"<figcaption>seed {seed} · step {tt['step']}</figcaption></figure>"
-        )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>dreamdist3d gallery</title>"
-        "<style>body{font-family:sans-serif;background:#fafafa}main{display:flex;flex-wrap:wrap;gap:12px}"
-        "figure{margin:0;text-align:center}video{background:#fff;border:1px solid #ddd}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{len(entries)} runs, one prompt sample each (seeds "
-        f"{', '.join(str(s) for s, _ in entries)}).</p><img src='gallery.png' style='max-width:100%'>"
-        f"<main>{''.join(cells)}</main></body></html>\n"
-    )
-    page_path = out / "gallery.html"
-    page_path.write_text(page, encoding="utf-8")
+        run = run_dir(out, seed)
+        cells.append(GalleryObject(seed, tt["step"], tt["video"], find_meshes(run), prompt_sample_settings(run)))
+    page_path = write_gallery_page(out, cells, reference_images(references), title, grid_png=png)
     return {"png": png, "html": page_path}
 
 

@@ -136,7 +136,12 @@ def _eval_arguments(p: argparse.ArgumentParser) -> None:
 def _eval_run(args: argparse.Namespace) -> int:
     from dreamdist3d.toyworld.evaluate import cli_run
 
-    return cli_run(args)
+    rc = cli_run(args)
+    if rc == 0 and not args.caption_check_only:  # report.html beside the evaluator's report.json / .md / sheets
+        from dreamdist3d.evaluation.toy_report import write_toy_html
+
+        print(f"[toy-eval] page: {write_toy_html(args.out)}", file=sys.stderr)
+    return rc
 
 
 def _arms_arguments(p: argparse.ArgumentParser) -> None:

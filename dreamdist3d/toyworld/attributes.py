@@ -518,36 +518,12 @@ def _knn_dist(x: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------- metrics
 def precision_recall_density_coverage(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 5) -> Dict[str, float]:
-    """Naeem et al. (2020) precision, recall, density and coverage of fake features against real ones.
+    """Naeem et al. (2020) precision, recall, density and coverage of fake features against real ones: the one
+    implementation, `dreamdist3d.evaluation.metrics.prdc` (closed k-NN balls; needs more than k real features; recall
+    nan when there are at most k fakes)."""
+    from dreamdist3d.evaluation.metrics import prdc
 
-    k-NN radius of each real point = distance to its k-th nearest other real point.
-    precision: fraction of fakes inside some real k-NN ball; recall: fraction of reals inside some fake k-NN ball;
-    density: (1/kM) Σ_fakes #real balls containing the fake; coverage: fraction of reals whose ball holds a fake.
-    real_feats (N,D), fake_feats (M,D); needs N > k (and M > k for recall)."""
-    real = torch.as_tensor(real_feats, dtype=torch.float64)
-    fake = torch.as_tensor(fake_feats, dtype=torch.float64)
-    n, m = real.shape[0], fake.shape[0]
-    if n <= k:
-        raise ValueError(f"precision_recall_density_coverage needs more than k={k} real features, got {n}")
-    if m == 0:
-        return {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
-
-    def kth_radius(x):
-        d = torch.cdist(x, x)
-        return d.topk(k + 1, largest=False).values[:, k]  # k+1: the point itself is at distance 0
-
-    r_real = kth_radius(real)  # (N,)
-    d_rf = torch.cdist(real, fake)  # (N,M)
-    inside = d_rf <= r_real[:, None]  # real ball i contains fake j
-    precision = float(inside.any(0).double().mean())
-    density = float(inside.double().sum(0).mean() / k)
-    coverage = float((d_rf.min(1).values <= r_real).double().mean())
-    if m > k:
-        r_fake = kth_radius(fake)
-        recall = float((d_rf <= r_fake[None, :]).any(1).double().mean())
-    else:
-        recall = float("nan")
-    return {"precision": precision, "recall": recall, "density": density, "coverage": coverage}
+    return prdc(real_feats, fake_feats, k=k)
 
 
 __all__ = [

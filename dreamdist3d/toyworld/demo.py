@@ -341,7 +341,8 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     if seeds:
         with clock.stage("gallery"):
             gal = build_gallery(out / "3d", seeds, cfg.gallery_frames,
-                                title=f"toy world: {rs.name} — {len(seeds)} objects from one learned distribution")
+                                title=f"toy world: {rs.name} — {len(seeds)} objects from one learned distribution",
+                                references=out / "reference")
             _upscale_png(gal["png"], 4)  # 32 px turntable frames: nearest ×4 so the grid is legible
         files["gallery_png"], files["gallery_html"] = gal["png"], gal["html"]
     files["runs_3d"] = runs

@@ -91,18 +91,16 @@ class EvalConfig:
 # ----------------------------------------------------------------------------------------------------- metrics
 def pairwise_mean_distance(x: torch.Tensor) -> float:
     """Mean L2 distance over distinct pairs of rows of x (M, D); nan when M < 2."""
-    m = x.shape[0]
-    if m < 2:
-        return float("nan")
-    d = torch.cdist(x.double(), x.double())
-    return float(d.sum() / (m * (m - 1)))
+    from dreamdist3d.evaluation.metrics import mean_pairwise_l2
+
+    return mean_pairwise_l2(x)
 
 
 def score_readings(readings: Sequence[Any], support: Any, real_feats: torch.Tensor, images: Optional[torch.Tensor] = None,
                    k: int = 5) -> Dict[str, float]:
     """The metrics of one method (see the module docstring). readings: one `Reading` per image; support: an
     `AttributeSupport`; real_feats (R, D): attribute features of the reference set; images (N,3,H,W) for pix_div."""
-    from dreamdist3d.toyworld.attributes import precision_recall_density_coverage
+    from dreamdist3d.evaluation.metrics import prdc as precision_recall_density_coverage
 
     n = len(readings)
     if n == 0:
