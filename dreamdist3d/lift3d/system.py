@@ -291,14 +291,13 @@ class RunField:
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
-    ckpts = Path(run_dir) / "ckpts"
-    last = ckpts / "last.ckpt"
-    if last.is_file():
-        return last
-    found = sorted(ckpts.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {ckpts} (train the run first, or pass ckpt=)")
-    return found[-1]
+    """`ckpts/last.ckpt`, else the highest-step `ckpts/*.ckpt` (`runs.latest_checkpoint`)."""
+    from dreamdist3d.runs import latest_checkpoint as latest
+
+    found = latest(Path(run_dir) / "ckpts", "*.ckpt", last="last.ckpt")
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'ckpts'} (train the run first, or pass ckpt=)")
+    return found
 
 
 def load_run_field(run_dir, ckpt=None, device: torch.device | str = "cpu") -> RunField:
@@ -313,9 +312,9 @@ def load_run_field(run_dir, ckpt=None, device: torch.device | str = "cpu") -> Ru
     sys_cfg = parse_structured(SystemConfig, cfg.get("system", {}), where="system")
     geometry, material, _, _ = build_field(sys_cfg)
     path = Path(ckpt) if ckpt else latest_checkpoint(run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    from dreamdist3d.lift3d.trainer import load_checkpoint
+
+    state = load_checkpoint(path)
     sd = state["state_dict"]
     for prefix, mod in (("geometry.", geometry), ("material.", material)):
         sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
