@@ -22,22 +22,23 @@ class ConfigError(ValueError):
 
 
 def load_yaml(path: Optional[Union[str, Path]], overrides: Sequence[str] = (), *layers: Any,
-              flag: str = "--config") -> DictConfig:
-    """YAML file `path` (None: none) merged with `key=value` overrides, then any further `layers` (dicts / configs),
-    later ones winning. Unresolved (interpolations stay). A missing or unparsable file, or an override that is not
+              base: Any = None, flag: str = "--config") -> DictConfig:
+    """`base` (defaults), then the YAML file `path` (None: none), then `key=value` overrides, then any further
+    `layers` (dicts / configs, e.g. command-line flags), later ones winning. Unresolved (interpolations stay). A missing or unparsable file, or an override that is not
     `key=value`, is a clear error naming `flag` or the override."""
-    cfg = OmegaConf.create({})
+    cfg = OmegaConf.create(base if base is not None else {})
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{flag} {path} does not exist" if not p.exists() else f"{flag} {path} is not a file")
         try:
-            cfg = OmegaConf.load(p)
+            loaded = OmegaConf.load(p)
         except Exception as e:  # yaml.YAMLError and friends
             first = (str(e).splitlines() or [type(e).__name__])[0]
             raise ConfigError(f"{flag} {path} is not a readable YAML config: {first}") from None
-        if not isinstance(cfg, DictConfig):
-            raise ConfigError(f"{flag} {path}: the YAML must be a mapping of keys, not a {type(cfg).__name__}")
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{flag} {path}: the YAML must be a mapping of keys, not a {type(loaded).__name__}")
+        cfg = OmegaConf.merge(cfg, loaded) if base is not None else loaded
     overrides = list(overrides)
     bad = [o for o in overrides if "=" not in str(o)]
     if bad:

@@ -25,15 +25,16 @@ _FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
+def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """The one atomic writer: yield a temporary path beside `path`; on success it replaces `path` in one step.
 
     A reader never sees a half-written file; on any failure (an exception in the body, a full disk, Ctrl-C) the
     temporary file is removed and an existing `path` is left as it was. The file gets the mode a plain `open()`
-    would give it under the process umask (0644 under umask 022), not `mkstemp`'s 0600."""
+    would give it under the process umask (0644 under umask 022), not `mkstemp`'s 0600. `suffix` ends the temporary
+    name (e.g. ".tmp.mp4" for writers that pick the format from the extension)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         os.close(fd)
         os.chmod(tmp, _FILE_MODE)

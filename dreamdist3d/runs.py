@@ -57,7 +57,7 @@ def pick_device(spec: Optional[str] = "auto", key: str = "device") -> torch.devi
         raise ConfigError(f"{key} {spec!r}: not a device; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"{key} {spec!r}: CUDA is not available here; use {key}=cpu (or auto)")
+            raise ConfigError(f"{key} {spec!r}: this torch build sees no CUDA GPU; use {key} cpu (or auto)")
         if dev.index is None:
             dev = torch.device(f"cuda:{local}")
         elif dev.index >= torch.cuda.device_count():

@@ -68,20 +68,12 @@ def build_config(args: argparse.Namespace):
     """LearnConfig from --config, key=value overrides and flags (in increasing priority)."""
     from omegaconf import OmegaConf
 
-    from dreamdist3d.config import ConfigError, parse_structured
+    from dreamdist3d.config import load_yaml, parse_structured
     from dreamdist3d.learn.recipe import LearnConfig
 
-    layers = []
-    if args.config:
-        layers.append(OmegaConf.load(args.config))
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"expected key=value overrides, got {bad}")
-    if args.overrides:
-        layers.append(OmegaConf.from_dotlist(list(args.overrides)))
     keys = [k for _, k, _, _ in FLAGS] + ["resume", "skip_bad", "flip", "gradient_checkpointing", "progress"]
-    layers.append(OmegaConf.create({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}))
-    raw = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
+    flags = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    raw = OmegaConf.to_container(load_yaml(args.config, args.overrides, flags), resolve=True)
     return parse_structured(LearnConfig, raw), raw
 
 

@@ -69,6 +69,9 @@ def prepare(args: argparse.Namespace) -> Tuple[object, object, object]:
         resolve_dtype,
     )
 
+    from dreamdist3d.io import check_writable
+
+    check_writable(args.out, "--out", is_dir=True)  # before the model is loaded
     components = components_from_args(args.distribution, args.weight, args.scale, args.class_index)
     settings = SampleSettings(
         n=args.n, steps=args.steps, cfg=args.cfg, seed=args.seed, batch_size=args.batch_size, negative=args.negative,

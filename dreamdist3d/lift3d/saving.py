@@ -52,17 +52,17 @@ def write_video(path: PathLike, frames: Sequence[np.ndarray], fps: int = 30) -> 
     """uint8 (H,W,3) frames -> H.264/yuv420p MP4 (even size)."""
     import imageio.v2 as imageio
 
+    from dreamdist3d.io import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    writer = imageio.get_writer(str(tmp), fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1,
-                                ffmpeg_log_level="error", quality=8)
-    try:
-        for f in frames:
-            writer.append_data(_even(f))
-    finally:
-        writer.close()
-    tmp.replace(path)
+    with atomic_path(path, suffix=f".tmp{path.suffix}") as tmp:
+        writer = imageio.get_writer(str(tmp), fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1,
+                                    ffmpeg_log_level="error", quality=8)
+        try:
+            for f in frames:
+                writer.append_data(_even(f))
+        finally:
+            writer.close()
     return path
 
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -313,15 +312,10 @@ def toy_state_tensors(backbone: Backbone, dtype: torch.dtype = STORAGE_DTYPE) ->
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
+    from dreamdist3d.io import atomic_path
+
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_toy_backbone(backbone: Backbone, path: PathLike, record: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

@@ -406,16 +406,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    from omegaconf import OmegaConf
-
-    from dreamdist3d.config import parse_structured
+    from dreamdist3d.config import load_yaml, parse_structured
 
     base = {"refset": args.refset, "out": args.out, "n_3d": args.n_3d, "weights": args.weights, "seed": args.seed,
             "threads": args.threads, "progress": not args.quiet}
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must be key=value, got {bad}")
-    cfg = parse_structured(DemoConfig, OmegaConf.merge(base, OmegaConf.from_dotlist(list(args.overrides))), where="")
+    cfg = parse_structured(DemoConfig, load_yaml(None, args.overrides, base=base), where="")
     if args.fast:
         cfg = fast_config(cfg)
     if args.steps is not None:
@@ -434,14 +429,9 @@ def cli_run(args: argparse.Namespace) -> int:
 def launch_entry(config_path: str, extras: Sequence[str]) -> int:
     """`python launch.py --config configs/toy/dreamdist-toy.yaml [--train] [key=value ...]` (recipe: toy-demo).
     `fast: true` in the config or on the command line selects the smoke version."""
-    from omegaconf import OmegaConf
+    from dreamdist3d.config import load_yaml, parse_structured
 
-    from dreamdist3d.config import parse_structured
-
-    try:
-        raw = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(list(extras)))
-    except Exception as e:
-        raise ConfigError(f"bad override in {list(extras)}: {e} (write key=value, e.g. steps=200)") from None
+    raw = load_yaml(config_path, extras)
     fast = bool(raw.pop("fast", False))
     cfg = parse_structured(DemoConfig, raw, where="")
     if fast:
