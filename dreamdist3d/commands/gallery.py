@@ -119,7 +119,8 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
     """gallery.png (row per seed: n_frames turntable frames) and gallery.html (videos side by side)."""
     from PIL import Image
 
-    from dreamdist3d.lift3d.saving import save_image, sorted_frames
+    from dreamdist3d.images import save_png
+    from dreamdist3d.lift3d.saving import sorted_frames
 
     rows, entries = [], []
     for seed in seeds:
@@ -139,7 +140,7 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
         raise FileNotFoundError(f"no finished runs with a turntable under {out / 'runs'}")
     width = max(r.shape[1] for r in rows)
     grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], axis=0)
-    png = save_image(out / "gallery.png", grid)
+    png = save_png(grid, out / "gallery.png")
     cells = []
     for seed, tt in entries:
         rel = os.path.relpath(tt["video"], out)

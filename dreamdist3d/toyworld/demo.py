@@ -118,38 +118,18 @@ def load_backbone(weights: str = "", device: str = "cpu"):
     return load_toy_backbone(weights or None, device=device)
 
 
-def to_uint8(images: torch.Tensor):
-    """(..., 3, H, W) in [0,1] -> numpy uint8 (..., H, W, 3)."""
-    return (images.clamp(0, 1) * 255).round().byte().movedim(-3, -1).numpy()
-
-
 def save_grid(path: Path, images: torch.Tensor, upscale: int = 4, pad: int = 2) -> Path:
     """images (rows, cols, 3, H, W) in [0,1] -> one PNG grid (white gaps), nearest-upscaled."""
-    import numpy as np
-    from PIL import Image
+    from dreamdist3d.images import save_png, tile_grid, to_uint8
 
-    from dreamdist3d.io import atomic_path
-
-    rows, cols, _, h, w = images.shape
-    arr = to_uint8(images)
-    H, W = rows * (h + pad) + pad, cols * (w + pad) + pad
-    canvas = np.full((H, W, 3), 255, np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            canvas[y:y + h, x:x + w] = arr[r, c]
-    img = Image.fromarray(canvas).resize((W * upscale, H * upscale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
+    rows, cols = images.shape[:2]
+    tiles = list(to_uint8(images, channels_first=True).reshape(rows * cols, *images.shape[-2:], 3))
+    return save_png(tile_grid(tiles, cols=cols, pad=pad, outer=True), path, upscale=upscale)
 
 
 def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, List[Path]]:
     """Render a reference set's single front views to `folder/NN.png`; returns (images (n,3,32,32), paths)."""
-    from PIL import Image
-
+    from dreamdist3d.images import save_png, to_uint8
     from dreamdist3d.toyworld.refsets import get_refset
 
     rs = get_refset(refset_name)
@@ -159,10 +139,8 @@ def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, Lis
     for old in folder.glob("*.png"):  # a previous run's set (possibly larger) must not leak into this one
         old.unlink()
     paths = []
-    for i, im in enumerate(to_uint8(out.image)):
-        p = folder / f"{i:02d}.png"
-        Image.fromarray(im).save(p)
-        paths.append(p)
+    for i, im in enumerate(to_uint8(out.image, channels_first=True)):
+        paths.append(save_png(im, folder / f"{i:02d}.png"))
     return out.image, paths
 
 
