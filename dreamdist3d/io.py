@@ -37,8 +37,8 @@ def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         os.close(fd)
-        os.chmod(tmp, _FILE_MODE)
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)  # after the body: a writer may have replaced the file (safetensors makes it 0600)
         os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
