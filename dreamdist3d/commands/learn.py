@@ -13,7 +13,6 @@ Flags and `key=value` overrides set the same keys as configs/dreamdist-learn.yam
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "learn"
 HELP = "learn a prompt distribution from reference images (MVDream 2D / 4-view, SD 2.1, any Backbone)"
@@ -78,12 +77,8 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamdist3d.learn.recipe import NonFiniteLossError, learn
+    from dreamdist3d.learn.recipe import learn
 
     cfg, raw = build_config(args)
-    try:
-        learn(cfg, raw=raw)
-    except NonFiniteLossError as e:
-        print(f"dreamdist3d learn: {e}", file=sys.stderr)
-        return 3
+    learn(cfg, raw=raw)  # a diverged loss (NonFiniteLossError) exits 3 through dreamdist3d.errors
     return 0

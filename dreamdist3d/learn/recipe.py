@@ -307,19 +307,16 @@ def launch_entry(cfg, resume: Optional[str] = None) -> int:
     OmegaConf config (top-level `recipe: learn`). Returns the process exit code."""
     from omegaconf import DictConfig, OmegaConf
 
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    if raw.get("recipe", "learn") != "learn":
-        print(f"dreamdist3d learn: error: config has recipe={raw.get('recipe')!r}, expected 'learn'", file=sys.stderr)
-        return 2
-    try:
+    from dreamdist3d.errors import run_reporting
+
+    def go() -> int:
+        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        if raw.get("recipe", "learn") != "learn":
+            raise ConfigError(f"config has recipe={raw.get('recipe')!r}, expected 'learn'")
         learn(parse_structured(LearnConfig, raw), resume=resume, raw=raw)
-    except NonFiniteLossError as e:
-        print(f"dreamdist3d learn: {e}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError) as e:  # ConfigError and ReferenceDataError are ValueErrors
-        print(f"dreamdist3d learn: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_reporting("dreamdist3d learn", go)  # the one error → exit-code path (NonFiniteLossError: 3)
 
 
 # ==================================================================================================== helpers
