@@ -291,16 +291,6 @@ class RunField:
         return self.material.export(feats)["albedo"]
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    """`ckpts/last.ckpt`, else the highest-step `ckpts/*.ckpt` (`runs.latest_checkpoint`)."""
-    from dreamdist3d.runs import latest_checkpoint as latest
-
-    found = latest(Path(run_dir) / "ckpts", "*.ckpt", last="last.ckpt")
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint in {Path(run_dir) / 'ckpts'} (train the run first, or pass ckpt=)")
-    return found
-
-
 def load_run_field(run_dir, ckpt=None, device: torch.device | str = "cpu") -> RunField:
     """The trained field of a run folder (`configs/parsed.yaml` + `ckpts/last.ckpt` or `ckpt`)."""
     from omegaconf import OmegaConf
@@ -312,9 +302,12 @@ def load_run_field(run_dir, ckpt=None, device: torch.device | str = "cpu") -> Ru
     cfg = OmegaConf.load(parsed)
     sys_cfg = parse_structured(SystemConfig, cfg.get("system", {}), where="system")
     geometry, material, _, _ = build_field(sys_cfg)
-    path = Path(ckpt) if ckpt else latest_checkpoint(run_dir)
     from dreamdist3d.lift3d.trainer import load_checkpoint
+    from dreamdist3d.runs import latest_checkpoint
 
+    path = Path(ckpt) if ckpt else latest_checkpoint(run_dir, "*.ckpt", last="last.ckpt")  # last.ckpt, else highest step
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'ckpts'} (train the run first, or pass ckpt=)")
     state = load_checkpoint(path)
     sd = state["state_dict"]
     for prefix, mod in (("geometry.", geometry), ("material.", material)):
