@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -111,8 +112,23 @@ def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike, me
 
 
 def atomic_torch_save(obj, path: PathLike) -> None:
+    """`torch.save` atomically, flushed to disk. torch reports a failed write (a full disk) as a RuntimeError; it is
+    raised as the OSError it is (ENOSPC when the disk is nearly full, else EIO), naming `path`."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except RuntimeError as e:
+            if "writ" not in str(e).lower():
+                raise
+            try:
+                full = shutil.disk_usage(Path(path).parent).free < 64 * 2**20
+            except OSError:
+                full = False
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:

@@ -18,9 +18,8 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dreamdist3d.config import ConfigError, load_yaml, parse_structured
@@ -297,8 +296,11 @@ def _run_learn(args: argparse.Namespace, extras: List[str]) -> int:
         raise ConfigError("a `recipe: learn` config only supports --train (use `dreamdist3d preview/sample` to look at the result)")
     cfg = load_yaml(args.config, extras)
     resume = cfg.pop("resume", None) or None
-    if args.gpu and not args.cpu and "device" not in {e.split("=", 1)[0] for e in extras} and torch.cuda.is_available():
-        cfg.device = f"cuda:{str(args.gpu).split(',')[0]}"
+    if "device" not in {e.split("=", 1)[0] for e in extras}:  # --cpu / --gpu N, unless device= is given
+        if args.cpu:
+            cfg.device = "cpu"
+        elif args.gpu and pick_device("auto").type == "cuda":
+            cfg.device = f"cuda:{str(args.gpu).split(',')[0]}"
     return launch_entry(cfg, resume=resume)
 
 

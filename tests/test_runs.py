@@ -55,6 +55,22 @@ def test_atomic_writer_umask_mode_and_nothing_left_on_failure(tmp_path):
     assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
 
 
+def test_torch_write_failure_is_an_os_error(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    def fail(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(torch, "save", fail)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(100, 100, 0))
+    with pytest.raises(OSError) as e:
+        dio.atomic_torch_save({"a": 1}, tmp_path / "last.ckpt")
+    assert e.value.errno == errno.ENOSPC and "last.ckpt" in describe(e.value) and "no space left" in describe(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_video_writer_leaves_no_temp_file_when_a_frame_fails(tmp_path):
     from dreamdist3d.lift3d.saving import write_video
 
