@@ -24,13 +24,14 @@ class ConfigError(ValueError):
 def load_yaml(path: Optional[Union[str, Path]], overrides: Sequence[str] = (), *layers: Any,
               base: Any = None, flag: str = "--config") -> DictConfig:
     """`base` (defaults), then the YAML file `path` (None: none), then `key=value` overrides, then any further
-    `layers` (dicts / configs, e.g. command-line flags), later ones winning. Unresolved (interpolations stay). A missing or unparsable file, or an override that is not
-    `key=value`, is a clear error naming `flag` or the override."""
+    `layers` (dicts / configs, e.g. command-line flags), later ones winning. Unresolved (interpolations stay). A
+    missing or unparsable file, or an override that is not `key=value`, is a clear error naming `flag` or the
+    override."""
     cfg = OmegaConf.create(base if base is not None else {})
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"{flag} {path} does not exist" if not p.exists() else f"{flag} {path} is not a file")
+            raise FileNotFoundError(f"{flag} {path} " + ("is not a file" if p.exists() else "does not exist"))
         try:
             loaded = OmegaConf.load(p)
         except Exception as e:  # yaml.YAMLError and friends

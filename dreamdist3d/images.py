@@ -1,8 +1,8 @@
 """Images: the one float → uint8 conversion, plain and labelled grids, and the one PNG writer.
 
-- `to_uint8(x, value_range=(0, 1), channels_first=False)`: torch or NumPy floats → uint8 NumPy, channels last. NaN → 0,
-  clipped to the range, scaled to [0, 255] in the input's float precision (float32 for torch) and rounded half to
-  even (as `torch.round` and diffusers' `numpy_to_pil`). Gray (…, 1) is repeated to RGB with `rgb=True`.
+- `to_uint8(x, value_range=(0, 1), channels_first=False)`: torch or NumPy floats → uint8 NumPy, channels last.
+  NaN → 0, clipped to the range, scaled to [0, 255] in the input's float precision (float32 for torch) and rounded
+  half to even (as `torch.round` and diffusers' `numpy_to_pil`). Gray (…, 1) is repeated to RGB with `rgb=True`.
 - `tile_grid(tiles, cols, pad, outer, fill)`: uint8 tiles (same size) in a row-major grid, `pad` pixels of `fill`
   between them (and around, with `outer`); empty cells are `fill`.
 - `labelled_grid` (row/column labels, a title) and `contact_sheet` (captions under cells): small images are enlarged
@@ -259,5 +259,5 @@ def read_png_record(path: Union[str, Path]) -> dict:
     return json.loads(text[PNG_KEY])
 
 
-__all__ = ["PNG_KEY", "cell_size", "contact_sheet", "labelled_grid", "read_png_record", "save_png", "tile_grid", "to_pil",
-           "to_uint8"]
+__all__ = ["PNG_KEY", "cell_size", "contact_sheet", "labelled_grid", "read_png_record", "save_png", "tile_grid",
+           "to_pil", "to_uint8"]

@@ -23,7 +23,9 @@ from typing import List, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from dreamdist3d.config import ConfigError, load_yaml, parse_structured
-from dreamdist3d.runs import discard_if_empty, find_latest_checkpoint, new_run_dir, open_run_dir, pick_device, seed_everything
+from dreamdist3d.io import check_writable
+from dreamdist3d.runs import (discard_if_empty, find_latest_checkpoint, new_run_dir, open_run_dir, pick_device,
+                              run_dir_name, seed_everything)
 
 # ---------------------------------------------------------------------------------------------- resolvers
 
@@ -135,18 +137,13 @@ def load_config(path: str, cli_args: Sequence[str] = (), n_gpus: int = 1, make_d
         ts = _select(cfg, "timestamp", None)
         fresh = ts is None and use_ts and n_gpus == 1
         if make_dirs:
-            from dreamdist3d.io import check_writable
-
-            check_writable(root, "exp_root_dir", is_dir=True)
-        if fresh and make_dirs:
+            check_writable(root, "exp_root_dir", is_dir=True)  # before any model is loaded
+        if fresh and make_dirs:  # a new folder, never one another run started in the same second
             trial_dir = created = new_run_dir(root, name, tag, timestamp=True, subdirs=())
             ts = trial_dir.name[len(tag):]
         else:
-            ts = ts if ts is not None else ""
-            if fresh:
-                from dreamdist3d.runs import run_dir_name
-
-                ts = run_dir_name("", True)
+            if ts is None:
+                ts = run_dir_name("", True) if fresh else ""
             trial_dir = root / name / (tag + ts)
         cfg.timestamp = ts
     trial_dir = Path(trial_dir)

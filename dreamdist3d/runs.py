@@ -41,7 +41,7 @@ _STEP_RE = re.compile(r"step[-=](\d+)")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used (truncated, random bytes, another program's); names the file and the fallback."""
+    """A checkpoint that cannot be used (truncated, random bytes, foreign); names the file and the fallback."""
 
 
 # ---------------------------------------------------------------------------------------------- device and seed
@@ -224,6 +224,6 @@ def _intact_fallback(path: Path, fmt: Optional[str]) -> Optional[Path]:
     return None
 
 
-__all__ = ["CheckpointError", "STAMP_FORMAT", "checkpoints_in", "ckpt_folder", "discard_if_empty", "find_latest_checkpoint",
-           "find_runs", "latest_checkpoint", "load_checkpoint", "new_run_dir", "open_run_dir", "pick_device",
-           "run_dir_name", "save_checkpoint", "seed_everything", "step_of"]
+__all__ = ["CheckpointError", "STAMP_FORMAT", "checkpoints_in", "ckpt_folder", "discard_if_empty",
+           "find_latest_checkpoint", "find_runs", "latest_checkpoint", "load_checkpoint", "new_run_dir", "open_run_dir",
+           "pick_device", "run_dir_name", "save_checkpoint", "seed_everything", "step_of"]

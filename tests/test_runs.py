@@ -214,7 +214,8 @@ def test_cli_outputs_checked_before_models_load(tmp_path, capsys):
     assert rc == 1
     toy = ["--backbone", "dreamdist3d.learn.tiny:tiny_toy_backbone", "--resolution", "8", "--quiet",
            "--preview-every", "0", "--steps", "1", "--n-prompts", "2", "--batch-size", "1", "--n-samples", "1"]
-    rc = main(["learn", "--images", str(DATA), *toy, "--out-dir", str(tmp_path / "r"), "--out", str(afile / "d.safetensors")])
+    out = str(afile / "d.safetensors")
+    rc = main(["learn", "--images", str(DATA), *toy, "--out-dir", str(tmp_path / "r"), "--out", out])
     _one_line_error(capsys.readouterr().err, "--out", "existing file")
     assert rc == 1 and not (tmp_path / "r").exists()  # refused before training, no run folder
     rc = main(["learn", "--images", str(DATA), *toy, "--out-dir", str(afile)])

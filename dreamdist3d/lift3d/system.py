@@ -305,7 +305,7 @@ def load_run_field(run_dir, ckpt=None, device: torch.device | str = "cpu") -> Ru
     from dreamdist3d.lift3d.trainer import load_checkpoint
     from dreamdist3d.runs import latest_checkpoint
 
-    path = Path(ckpt) if ckpt else latest_checkpoint(run_dir, "*.ckpt", last="last.ckpt")  # last.ckpt, else highest step
+    path = Path(ckpt) if ckpt else latest_checkpoint(run_dir, "*.ckpt", last="last.ckpt")  # else the highest step
     if path is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir / 'ckpts'} (train the run first, or pass ckpt=)")
     state = load_checkpoint(path)

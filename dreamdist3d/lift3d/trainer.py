@@ -71,7 +71,7 @@ def set_rng_state(st: Dict[str, Any]) -> None:
 
 
 def load_checkpoint(path) -> Dict[str, Any]:
-    """A 3D checkpoint (`runs.load_checkpoint`: a truncated or foreign file is an error naming the intact earlier one)."""
+    """A 3D checkpoint (`runs.load_checkpoint`: a truncated or foreign file is an error naming an intact one)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume: checkpoint {path} does not exist (resume=<path to .ckpt> or resume=latest)")
@@ -154,7 +154,8 @@ class Trainer:
             set_rng_state(resume["rng"])
             step = int(resume["global_step"])
         system.train()
-        log_file, writer = _open_metrics(self.trial_dir / "csv_logs" / "metrics.csv", step if resume is not None else None)
+        log_path = self.trial_dir / "csv_logs" / "metrics.csv"
+        log_file, writer = _open_metrics(log_path, step if resume is not None else None)
         bar = tqdm(total=cfg.max_steps, initial=step, disable=not cfg.enable_progress_bar, dynamic_ncols=True,
                    desc="train", unit="it")
         every_val = int(cfg.val_check_interval or 0)

@@ -438,15 +438,15 @@ class Trainer:
                  tokenizer: Optional[ClipTokenizer] = None, progress: bool = True):
         self.cfg = cfg
         self.model_config = model_config or ToyBackboneConfig()
-        self.device = pick_device(device, key="--device")
+        self.device = device = pick_device(device, key="--device")
         self.progress = progress
         self.tokenizer = tokenizer or ClipTokenizer.default()
-        self.backbone = build_toy_backbone(self.model_config, seed=cfg.seed, device=self.device, tokenizer=self.tokenizer)
+        self.backbone = build_toy_backbone(self.model_config, seed=cfg.seed, device=device, tokenizer=self.tokenizer)
         self.backbone.text_encoder.clip.requires_grad_(True)
         self.backbone.unet.train()
         if cfg.channels_last:
             self.backbone.unet.to(memory_format=torch.channels_last)
-        self.ema = build_toy_backbone(self.model_config, seed=cfg.seed, device=self.device, tokenizer=self.tokenizer)
+        self.ema = build_toy_backbone(self.model_config, seed=cfg.seed, device=device, tokenizer=self.tokenizer)
         self.ema.unet.requires_grad_(False)
         table = self.backbone.text_encoder.token_embedding.weight
         ema_table = self.ema.text_encoder.token_embedding.weight
