@@ -209,6 +209,11 @@ def _read_problem(path: Path, fmt: Optional[str], map_location: Any = "cpu"):
     try:
         state = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickled code
+        import pickle
+
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+            return ("holds pickled Python objects, not only tensors and plain containers; it is refused (loading it "
+                    "could run code)")
         first = (str(e).splitlines() or [type(e).__name__])[0]
         return f"cannot be read: it is truncated or not a checkpoint ({type(e).__name__}: {first[:160]})"
     if not isinstance(state, dict) or (fmt is not None and state.get("format") != fmt):

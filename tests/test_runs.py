@@ -132,6 +132,10 @@ def test_pick_device_and_checkpoint_names():
     assert [runs.step_of(n) for n in ("step-0000200.pt", "epoch=0-step=12.ckpt", "last.ckpt")] == [200, 12, -1]
 
 
+class Payload:  # a pickled object that is not a tensor or plain container
+    pass
+
+
 def test_damaged_checkpoint_names_the_intact_one(tmp_path):
     ck = tmp_path / "ckpts"
     runs.save_checkpoint({"format": "x", "step": 2}, ck / "epoch=0-step=2.ckpt")
@@ -144,6 +148,11 @@ def test_damaged_checkpoint_names_the_intact_one(tmp_path):
     (ck / "epoch=0-step=4.ckpt").write_bytes(os.urandom(300))
     with pytest.raises(runs.CheckpointError, match="epoch=0-step=2.ckpt"):
         runs.load_checkpoint(ck / "last.ckpt", "x")
+
+    torch.save({"format": "x", "obj": Payload()}, ck / "pickled.ckpt")
+    with pytest.raises(runs.CheckpointError) as e:
+        runs.load_checkpoint(ck / "pickled.ckpt", "x")
+    assert "refused" in str(e.value) and "weights_only" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------- OS errors (17.1)
