@@ -3,7 +3,10 @@
 
 - `key=value` overrides are an OmegaConf dotlist merged over the YAML (`system.prompt_processor.scale=1.5 seed=3`).
 - The trial folder is `<exp_root_dir>/<name>/<tag>[@%Y%m%d-%H%M%S]/` with `configs/{raw,parsed}.yaml`, `ckpts/`,
-  `save/`, `csv_logs/`, `cmd.txt`; `${trial_dir}`, `${name}`, `${tag}` may be used inside the config.
+  `save/`, `csv_logs/`, `cmd.txt`; `${trial_dir}`, `${name}`, `${tag}` may be used inside the config. It is made by
+  `dreamdist3d.runs` (a run started in the same second gets `…-1`; a config error leaves no empty folder).
+- Errors (config, input files, read-only folders, a full disk) end in one line and an exit code
+  (`dreamdist3d.errors`); `--verbose` shows the traceback.
 - `resume=<ckpt>` continues training (same step, optimizer, RNG and prompt sample) or picks the weights to
   validate/test/export; `resume=latest` takes the newest `last.ckpt` of runs with the same name and tag and keeps
   writing into that run's folder.
