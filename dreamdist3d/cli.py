@@ -1,6 +1,7 @@
 """`dreamdist3d` command line: one subcommand per module in `dreamdist3d.commands`.
 
-Each command module defines `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`.
+Each command module defines `NAME`, `HELP`, `add_arguments(parser)` and `run(args) -> int`. Errors end in one line
+and an exit code through `dreamdist3d.errors.run_reporting` (the same path as launch.py).
 """
 
 from __future__ import annotations
@@ -59,18 +60,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 0
-    try:
-        return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        if getattr(args, "debug", False):
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"dreamdist3d {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    from dreamdist3d.errors import run_reporting
 
+    verbose = bool(getattr(args, "debug", False) or getattr(args, "verbose", False))
+    return run_reporting(f"dreamdist3d {args.command}", lambda: args._run(args), verbose=verbose)
 
 if __name__ == "__main__":
     sys.exit(main())

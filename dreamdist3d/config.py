@@ -1,12 +1,15 @@
 """Typed, strict configs: a dataclass schema merged with user YAML / overrides by omegaconf.
 
-`parse_structured(Schema, cfg)` raises a clear error naming the key when a key is misspelt or has the wrong type.
+`load_yaml(path, overrides)` is the one place a YAML file is merged with `key=value` overrides (launch.py, the learn
+command and recipe, the toy demo). `parse_structured(Schema, cfg)` raises a clear error naming the key when a key is
+misspelt or has the wrong type.
 """
 
 from __future__ import annotations
 
 from dataclasses import is_dataclass
-from typing import Any, Optional, Type, TypeVar, Union
+from pathlib import Path
+from typing import Any, Optional, Sequence, Type, TypeVar, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -16,6 +19,39 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A user config problem; the message names the key and what to do."""
+
+
+def load_yaml(path: Optional[Union[str, Path]], overrides: Sequence[str] = (), *layers: Any,
+              base: Any = None, flag: str = "--config") -> DictConfig:
+    """`base` (defaults), then the YAML file `path` (None: none), then `key=value` overrides, then any further
+    `layers` (dicts / configs, e.g. command-line flags), later ones winning. Unresolved (interpolations stay). A
+    missing or unparsable file, or an override that is not `key=value`, is a clear error naming `flag` or the
+    override."""
+    cfg = OmegaConf.create(base if base is not None else {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{flag} {path} " + ("is not a file" if p.exists() else "does not exist"))
+        try:
+            loaded = OmegaConf.load(p)
+        except Exception as e:  # yaml.YAMLError and friends
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"{flag} {path} is not a readable YAML config: {first}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{flag} {path}: the YAML must be a mapping of keys, not a {type(loaded).__name__}")
+        cfg = OmegaConf.merge(cfg, loaded) if base is not None else loaded
+    overrides = list(overrides)
+    bad = [o for o in overrides if "=" not in str(o)]
+    if bad:
+        raise ConfigError(f"unrecognised arguments {bad}: overrides are key=value (e.g. seed=3)")
+    try:
+        cli = OmegaConf.from_dotlist(overrides)
+    except Exception as e:
+        raise ConfigError(f"bad override in {overrides}: {e} (write key=value, e.g. seed=3)") from None
+    try:
+        return OmegaConf.merge(cfg, cli, *layers)
+    except Exception as e:
+        raise ConfigError(f"cannot merge the overrides {overrides} into {path or 'the config'}: {e}") from None
 
 
 def parse_structured(schema: Type[T], cfg: Optional[Union[dict, DictConfig]] = None, where: str = "") -> T:

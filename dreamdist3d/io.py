@@ -1,8 +1,11 @@
-"""Small file helpers: atomic writes and checked safetensors reads."""
+"""Small file helpers: the one atomic writer (`atomic_path` and its byte/text/torch/safetensors forms), an early
+writability check for output locations, and checked safetensors reads."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,19 +26,82 @@ _FILE_MODE = 0o666 & ~_read_umask()
 
 
 @contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step (never a half-written file)."""
+def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """The one atomic writer: yield a temporary path beside `path`; on success it replaces `path` in one step.
+
+    A reader never sees a half-written file; on any failure (an exception in the body, a full disk, Ctrl-C) the
+    temporary file is removed and an existing `path` is left as it was. The file gets the mode a plain `open()`
+    would give it under the process umask (0644 under umask 022), not `mkstemp`'s 0600. `suffix` ends the temporary
+    name (e.g. ".tmp.mp4" for writers that pick the format from the extension)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; give the file the mode a plain open() would
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
+        os.close(fd)
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)  # after the body: a writer may have replaced the file (safetensors makes it 0600)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically (see `atomic_path`), flushed to disk before the rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable(path: PathLike, flag: str = "", is_dir: bool = False) -> Path:
+    """Fail early, before models are loaded or training starts, if `path` cannot be written.
+
+    `is_dir`: `path` is a folder to create or write into (it may not exist yet); otherwise a file whose folder must
+    be writable. `flag` names the option in the message (e.g. "--out"). The nearest existing folder is probed by
+    creating and removing a hidden empty file (so a read-only mount or a full inode table is caught as well as
+    permissions, whoever runs it). Raises `OutputPathError` (an OSError) with a one-line message; leaves nothing."""
+    path = Path(path)
+    what = f"{flag} {path}" if flag else str(path)
+    if is_dir:
+        if path.exists() and not path.is_dir():
+            raise OutputPathError(errno.ENOTDIR, f"{what}: is an existing file, not a folder; choose another path")
+        folder = path
+    else:
+        if path.is_dir():
+            raise OutputPathError(errno.EISDIR, f"{what}: is a folder; give a file name")
+        folder = path.parent
+    probe = folder
+    while not probe.exists() and probe.parent != probe:  # the nearest existing ancestor is where folders get made
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputPathError(errno.ENOTDIR, f"{what}: {probe} is an existing file, so no folder can be made in it")
+    try:
+        _probe_write(probe)
+    except OSError as e:
+        reason = {errno.EROFS: "is on a read-only file system", errno.ENOSPC: "is on a full disk",
+                  errno.EDQUOT: "is over its disk quota"}.get(e.errno, "is not writable (permission denied)")
+        raise OutputPathError(e.errno or errno.EACCES, f"{what}: folder {probe} {reason}") from None
+    return path
+
+
+def _probe_write(folder: Path) -> None:
+    fd, name = tempfile.mkstemp(prefix=".dreamdist3d-write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(name)
+
+
+class OutputPathError(OSError):
+    """An output location that cannot be written: `OutputPathError(errno, message)`; str() is the message alone."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike, metadata: Optional[Dict[str, str]] = None) -> None:
@@ -46,8 +112,23 @@ def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike, me
 
 
 def atomic_torch_save(obj, path: PathLike) -> None:
+    """`torch.save` atomically, flushed to disk. torch reports a failed write (a full disk) as a RuntimeError; it is
+    raised as the OSError it is (ENOSPC when the disk is nearly full, else EIO), naming `path`."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except RuntimeError as e:
+            if "writ" not in str(e).lower():
+                raise
+            try:
+                full = shutil.disk_usage(Path(path).parent).free < 64 * 2**20
+            except OSError:
+                full = False
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:

@@ -3,7 +3,10 @@
 
 - `key=value` overrides are an OmegaConf dotlist merged over the YAML (`system.prompt_processor.scale=1.5 seed=3`).
 - The trial folder is `<exp_root_dir>/<name>/<tag>[@%Y%m%d-%H%M%S]/` with `configs/{raw,parsed}.yaml`, `ckpts/`,
-  `save/`, `csv_logs/`, `cmd.txt`; `${trial_dir}`, `${name}`, `${tag}` may be used inside the config.
+  `save/`, `csv_logs/`, `cmd.txt`; `${trial_dir}`, `${name}`, `${tag}` may be used inside the config. It is made by
+  `dreamdist3d.runs` (a run started in the same second gets `…-1`; a config error leaves no empty folder).
+- Errors (config, input files, read-only folders, a full disk) end in one line and an exit code
+  (`dreamdist3d.errors`); `--verbose` shows the traceback.
 - `resume=<ckpt>` continues training (same step, optimizer, RNG and prompt sample) or picks the weights to
   validate/test/export; `resume=latest` takes the newest `last.ckpt` of runs with the same name and tag and keeps
   writing into that run's folder.
@@ -17,14 +20,15 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dreamdist3d.config import ConfigError, parse_structured
+from dreamdist3d.config import ConfigError, load_yaml, parse_structured
+from dreamdist3d.io import check_writable
+from dreamdist3d.runs import (discard_if_empty, find_latest_checkpoint, new_run_dir, open_run_dir, pick_device,
+                              run_dir_name, seed_everything)
 
 # ---------------------------------------------------------------------------------------------- resolvers
 
@@ -108,29 +112,12 @@ def _select(cfg: DictConfig, key: str, default=None):
     return v
 
 
-def find_latest_run(root: Path, name: str, tag: str) -> Optional[Path]:
-    """Newest `ckpts/last.ckpt` among `<root>/<name>/<tag>` and `<root>/<name>/<tag>@*`."""
-    base = root / name
-    if not base.is_dir():
-        return None
-    cands = [p for p in base.iterdir() if p.is_dir() and (p.name == tag or p.name.startswith(f"{tag}@"))]
-    ckpts = [p / "ckpts" / "last.ckpt" for p in cands if (p / "ckpts" / "last.ckpt").is_file()]
-    if not ckpts:
-        return None
-    return max(ckpts, key=lambda p: p.stat().st_mtime)
-
-
 def load_config(path: str, cli_args: Sequence[str] = (), n_gpus: int = 1, make_dirs: bool = True) -> ExperimentConfig:
-    """YAML + dotlist overrides → resolved, strict ExperimentConfig with its trial folder (created)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--config {path} does not exist")
-    yaml_cfg = OmegaConf.load(p)
-    try:
-        cli_cfg = OmegaConf.from_dotlist(list(cli_args))
-    except Exception as e:
-        raise ConfigError(f"bad override in {list(cli_args)}: {e} (write key=value, e.g. seed=3)") from None
-    cfg = OmegaConf.merge(yaml_cfg, cli_cfg, {"n_gpus": n_gpus})
+    """YAML + dotlist overrides → resolved, strict ExperimentConfig with its trial folder.
+
+    `make_dirs`: reserve the trial folder now (`runs.new_run_dir`, race-free: a run started in the same second gets
+    `…-1`); if the config then fails to resolve or parse, the folder is removed again. The caller owns it after."""
+    cfg = load_yaml(path, cli_args, {"n_gpus": n_gpus})
     # the trial folder first, so ${trial_dir} can be used inside the config
     name = str(_select(cfg, "name", "default"))
     tag = str(_select(cfg, "tag", "") or "")
@@ -141,9 +128,9 @@ def load_config(path: str, cli_args: Sequence[str] = (), n_gpus: int = 1, make_d
         raise ConfigError("either `tag` must be set or `use_timestamp` must be true")
     # as threestudio: the folder is always <exp_root_dir>/<name>/<tag><timestamp>; a parsed.yaml carries its old
     # timestamp, so `--config <run>/configs/parsed.yaml --test/--export` writes into that run's folder
-    trial_dir = None
+    created = None
     if resume == "latest":
-        ckpt = find_latest_run(root, name, tag)
+        ckpt = find_latest_checkpoint(root, name, tag, pattern="*.ckpt", last="last.ckpt")
         if ckpt is None:
             raise FileNotFoundError(f"resume=latest: no {root / name / (tag or '*')}[@*]/ckpts/last.ckpt to resume")
         cfg.resume = str(ckpt)
@@ -151,21 +138,32 @@ def load_config(path: str, cli_args: Sequence[str] = (), n_gpus: int = 1, make_d
         cfg.timestamp = trial_dir.name[len(tag):]
     else:
         ts = _select(cfg, "timestamp", None)
-        if ts is None:
-            ts = datetime.now().strftime("@%Y%m%d-%H%M%S") if (use_ts and n_gpus == 1) else ""
+        fresh = ts is None and use_ts and n_gpus == 1
+        if make_dirs:
+            check_writable(root, "exp_root_dir", is_dir=True)  # before any model is loaded
+        if fresh and make_dirs:  # a new folder, never one another run started in the same second
+            trial_dir = created = new_run_dir(root, name, tag, timestamp=True, subdirs=())
+            ts = trial_dir.name[len(tag):]
+        else:
+            if ts is None:
+                ts = run_dir_name("", True) if fresh else ""
+            trial_dir = root / name / (tag + ts)
         cfg.timestamp = ts
-        trial_dir = root / name / (tag + ts)
     trial_dir = Path(trial_dir)
     cfg.exp_dir = str(root / name)
     cfg.trial_name = trial_dir.name
     cfg.trial_dir = str(trial_dir)
     try:
-        OmegaConf.resolve(cfg)
-    except Exception as e:
-        raise _config_error(e) from None
-    ecfg = parse_structured(ExperimentConfig, cfg, where="")
-    if make_dirs:
-        trial_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            OmegaConf.resolve(cfg)
+        except Exception as e:
+            raise _config_error(e) from None
+        ecfg = parse_structured(ExperimentConfig, cfg, where="")
+        if make_dirs and created is None:
+            open_run_dir(trial_dir, subdirs=())
+    except BaseException:
+        discard_if_empty(created)
+        raise
     return ecfg
 
 
@@ -191,27 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pick_device(gpu: str, cpu: bool) -> torch.device:
-    if cpu or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda:0")
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
 def run(args: argparse.Namespace, extras: List[str], backbone=None) -> int:
     """One launch (`backbone`: an already loaded MVDream Backbone to reuse, e.g. by `dreamdist3d gallery`)."""
-    from dreamdist3d.lift3d.system import find_component, load_run_field
-    from dreamdist3d.lift3d.trainer import CheckpointConfig, Trainer, TrainerConfig, load_checkpoint
-
     gpus = [g for g in str(args.gpu).split(",") if g.strip() != ""]
     if "CUDA_VISIBLE_DEVICES" not in os.environ and not args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -219,8 +198,19 @@ def run(args: argparse.Namespace, extras: List[str], backbone=None) -> int:
         print(f"launch.py: {len(gpus)} GPUs given; one run uses one device (use `dreamdist3d gallery --gpu` for several runs)",
               file=sys.stderr)
     cfg = load_config(args.config, extras, n_gpus=1)
-    device = pick_device(args.gpu, args.cpu)
     trial = Path(cfg.trial_dir)
+    try:
+        return _run(args, cfg, trial, backbone)
+    except BaseException:
+        discard_if_empty(trial)  # a config error found late leaves no empty trial folder
+        raise
+
+
+def _run(args: argparse.Namespace, cfg: ExperimentConfig, trial: Path, backbone=None) -> int:
+    from dreamdist3d.lift3d.system import find_component, load_run_field
+    from dreamdist3d.lift3d.trainer import CheckpointConfig, Trainer, TrainerConfig, load_checkpoint
+
+    device = pick_device("cpu" if args.cpu else "auto", key="--gpu")
     trainer_cfg = parse_structured(TrainerConfig, cfg.trainer, where="trainer")
     ckpt_cfg = parse_structured(CheckpointConfig, cfg.checkpoint, where="checkpoint")
     resume = load_checkpoint(cfg.resume) if cfg.resume else None
@@ -295,10 +285,7 @@ def _exporter_options(exporter: dict, geometry: dict) -> dict:
 
 def _recipe_of(config: str) -> str:
     """The config's top-level `recipe` ("" for a threestudio-style 3D experiment)."""
-    p = Path(config)
-    if not p.is_file():
-        raise FileNotFoundError(f"--config {config} does not exist")
-    return str(OmegaConf.load(p).get("recipe", "") or "")
+    return str(load_yaml(config).get("recipe", "") or "")
 
 
 def _run_learn(args: argparse.Namespace, extras: List[str]) -> int:
@@ -307,13 +294,13 @@ def _run_learn(args: argparse.Namespace, extras: List[str]) -> int:
 
     if not args.train:
         raise ConfigError("a `recipe: learn` config only supports --train (use `dreamdist3d preview/sample` to look at the result)")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.load(args.config), OmegaConf.from_dotlist(list(extras)))
-    except Exception as e:
-        raise ConfigError(f"bad override in {list(extras)}: {e} (write key=value, e.g. steps=500)") from None
+    cfg = load_yaml(args.config, extras)
     resume = cfg.pop("resume", None) or None
-    if args.gpu and not args.cpu and "device" not in {e.split("=", 1)[0] for e in extras} and torch.cuda.is_available():
-        cfg.device = f"cuda:{str(args.gpu).split(',')[0]}"
+    if "device" not in {e.split("=", 1)[0] for e in extras}:  # --cpu / --gpu N, unless device= is given
+        if args.cpu:
+            cfg.device = "cpu"
+        elif args.gpu and pick_device("auto").type == "cuda":
+            cfg.device = f"cuda:{str(args.gpu).split(',')[0]}"
     return launch_entry(cfg, resume=resume)
 
 
@@ -327,12 +314,15 @@ def _run_toy_demo(args: argparse.Namespace, extras: List[str]) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from dreamdist3d.errors import run_reporting
+
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
     bad = [e for e in extras if "=" not in e]
     if bad:
         parser.error(f"unrecognised arguments {bad}: overrides are key=value (e.g. seed=3)")
-    try:
+
+    def go() -> int:
         recipe = _recipe_of(args.config)
         if recipe != "toy-demo" and not (args.train or args.validate or args.test or args.export):
             parser.error("one of the arguments --train --validate --test --export is required")
@@ -343,12 +333,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if recipe:
             raise ConfigError(f"config key 'recipe': unknown recipe {recipe!r} (known: learn, toy-demo; omit it for a 3D run)")
         return run(args, extras)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as e:
-        if args.verbose:
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"launch.py: error: {msg}", file=sys.stderr)
-        return 2
+
+    return run_reporting("launch.py", go, verbose=args.verbose)
 
 
 if __name__ == "__main__":

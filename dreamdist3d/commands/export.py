@@ -65,7 +65,11 @@ def resolve_run(path: str | Path, ckpt: Optional[str | Path] = None) -> Tuple[Pa
     if not parsed.is_file():
         raise FileNotFoundError(f"{run_dir} is not a 3D run folder: {parsed} is missing "
                                 "(a run folder outputs/<name>/<tag>@<timestamp>/ holds configs/parsed.yaml and ckpts/)")
-    ck = Path(ckpt) if ckpt else run_dir / "ckpts" / "last.ckpt"
+    if not ckpt:  # ckpts/last.ckpt, else the highest-step checkpoint
+        from dreamdist3d.runs import latest_checkpoint
+
+        ckpt = latest_checkpoint(run_dir, "*.ckpt", last="last.ckpt") or run_dir / "ckpts" / "last.ckpt"
+    ck = Path(ckpt)
     if not ck.is_absolute() and not ck.exists() and (run_dir / ck).exists():
         ck = run_dir / ck
     if not ck.is_file():

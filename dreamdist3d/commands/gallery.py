@@ -121,7 +121,8 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
     references, then each object's turntable beside an interactive GLB viewer, its prompt sample and mesh links)."""
     from PIL import Image
 
-    from dreamdist3d.lift3d.saving import save_image, sorted_frames
+    from dreamdist3d.images import save_png
+    from dreamdist3d.lift3d.saving import sorted_frames
 
     rows, entries = [], []
     for seed in seeds:
@@ -141,7 +142,7 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
         raise FileNotFoundError(f"no finished runs with a turntable under {out / 'runs'}")
     width = max(r.shape[1] for r in rows)
     grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], axis=0)
-    png = save_image(out / "gallery.png", grid)
+    png = save_png(grid, out / "gallery.png")
     cells = []
     from dreamdist3d.web.gallery_page import GalleryObject, find_meshes, prompt_sample_settings, reference_images, write_gallery_page
 

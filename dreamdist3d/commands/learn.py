@@ -13,7 +13,6 @@ Flags and `key=value` overrides set the same keys as configs/dreamdist-learn.yam
 from __future__ import annotations
 
 import argparse
-import sys
 
 NAME = "learn"
 HELP = "learn a prompt distribution from reference images (MVDream 2D / 4-view, SD 2.1, any Backbone)"
@@ -71,30 +70,18 @@ def build_config(args: argparse.Namespace):
     """LearnConfig from --config, key=value overrides and flags (in increasing priority)."""
     from omegaconf import OmegaConf
 
-    from dreamdist3d.config import ConfigError, parse_structured
+    from dreamdist3d.config import load_yaml, parse_structured
     from dreamdist3d.learn.recipe import LearnConfig
 
-    layers = []
-    if args.config:
-        layers.append(OmegaConf.load(args.config))
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"expected key=value overrides, got {bad}")
-    if args.overrides:
-        layers.append(OmegaConf.from_dotlist(list(args.overrides)))
     keys = [k for _, k, _, _ in FLAGS] + ["resume", "skip_bad", "flip", "gradient_checkpointing", "progress"]
-    layers.append(OmegaConf.create({k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}))
-    raw = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
+    flags = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    raw = OmegaConf.to_container(load_yaml(args.config, args.overrides, flags), resolve=True)
     return parse_structured(LearnConfig, raw), raw
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamdist3d.learn.recipe import NonFiniteLossError, learn
+    from dreamdist3d.learn.recipe import learn
 
     cfg, raw = build_config(args)
-    try:
-        learn(cfg, raw=raw)
-    except NonFiniteLossError as e:
-        print(f"dreamdist3d learn: {e}", file=sys.stderr)
-        return 3
+    learn(cfg, raw=raw)  # a diverged loss (NonFiniteLossError) exits 3 through dreamdist3d.errors
     return 0

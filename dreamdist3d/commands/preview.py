@@ -42,11 +42,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from dreamdist3d.io import check_writable
+    from dreamdist3d.runs import pick_device
     from dreamdist3d.sample2d.mvdream_preview import PreviewRequest, run_preview
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_writable(args.out, "--out")  # before the model is loaded and the views are sampled
+    check_writable(Path(args.out).with_suffix(".json"), "--out (its .json sidecar)")
+    device = str(pick_device(args.device, key="--device"))
     req = PreviewRequest(
         mvdream=str(args.mvdream), prompt=args.prompt, distribution=args.distribution, class_index=args.class_index,
         scale=args.scale, covariance=args.covariance, prefix=args.prefix, suffix=args.suffix, negative=args.negative, n=args.n,

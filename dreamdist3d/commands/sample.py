@@ -66,6 +66,9 @@ def prepare(args: argparse.Namespace) -> Tuple[object, object, object]:
     from dreamdist3d.distribution import DistributionSpec
     from dreamdist3d.sample2d.sd21 import SampleSettings, SD21Sampler, check_sd21_folder, resolve_device, resolve_dtype
 
+    from dreamdist3d.io import check_writable
+
+    check_writable(args.out, "--out", is_dir=True)  # before the model is loaded
     spec = DistributionSpec.from_lists(args.distribution, args.weight, args.scale, args.class_index, args.prefix,
                                        args.suffix, args.covariance)
     settings = SampleSettings(

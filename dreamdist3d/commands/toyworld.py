@@ -98,19 +98,16 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _sample_run(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.backbones.toy import generate
+    from dreamdist3d.images import save_png, tile_grid, to_uint8
 
     bb = load_backbone(f"toy:{args.weights or ''}", config_key="--weights")
     prompts = [p for p in args.prompt for _ in range(args.n)]
     images = generate(bb, prompts, steps=args.steps, cfg=args.cfg, num_frames=args.views, seed=args.seed)
     n, f, _, h, w = images.shape  # one row per sample, one column per view
-    arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 3, 1, 4, 2).reshape(n * h, f * w, 3).numpy()
-    grid = Image.fromarray(arr).resize((f * w * args.scale, n * h * args.scale), Image.NEAREST)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    grid.save(args.out)
+    tiles = list(to_uint8(images, channels_first=True).reshape(n * f, h, w, 3))
+    save_png(tile_grid(tiles, cols=f), args.out, upscale=args.scale)
     print(f"wrote {args.out} ({len(prompts)} samples × {args.views} views)")
     return 0
 

@@ -1,7 +1,8 @@
 """Atomic writers: OBJ + MTL + PNG, GLB with the texture embedded, PLY with vertex colours, JSON sidecar.
 
-Every file is written to a temporary file in its destination folder and moved into place with `os.replace`, so a
-reader never sees a half-written mesh and an interrupted export leaves the old files intact.
+Every file is written through `dreamdist3d.io.atomic_write_bytes` (a temporary file in its destination folder moved
+into place with `os.replace`), so a reader never sees a half-written mesh and an interrupted export leaves the old
+files intact; files get the usual umask mode.
 
 GLB pitfall: trimesh only embeds an image when the mesh's visual is a `TextureVisuals` whose material carries it
 (`PBRMaterial.baseColorTexture` here); a `ColorVisuals`, or a material without an image, silently exports an
@@ -13,39 +14,16 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 import numpy as np
 
+from dreamdist3d.io import atomic_write_bytes, atomic_write_text  # the one atomic writer
+
 __all__ = ["atomic_write_bytes", "atomic_write_text", "encode_png", "write_obj", "write_glb", "write_ply", "write_json"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; exported meshes are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def encode_png(image: np.ndarray) -> bytes:

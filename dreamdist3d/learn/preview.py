@@ -22,14 +22,9 @@ from dreamdist3d.backbones.ddim import ddim_sample
 
 def image_grid(images: torch.Tensor, ncol: int, gutter: int = 2) -> np.ndarray:
     """(N, 3, H, W) in [-1, 1] -> uint8 (rows·H, ncol·W, 3) with white gutters."""
-    n, _, h, w = images.shape
-    nrow = (n + ncol - 1) // ncol
-    out = np.full((nrow * (h + gutter) - gutter, ncol * (w + gutter) - gutter, 3), 255, dtype=np.uint8)
-    arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    for i in range(n):
-        r, col = divmod(i, ncol)
-        out[r * (h + gutter) : r * (h + gutter) + h, col * (w + gutter) : col * (w + gutter) + w] = arr[i]
-    return out
+    from dreamdist3d.images import tile_grid, to_uint8
+
+    return tile_grid(list(to_uint8(images.float(), (-1.0, 1.0), channels_first=True)), cols=ncol, pad=gutter)
 
 
 @torch.no_grad()
@@ -47,9 +42,7 @@ def write_preview(
 ) -> Path:
     """Fit the current distribution, draw prompt samples 0…n_samples−1 of `seed` (comparable across steps) with the
     run's covariance mode, render (image noise from seed + 2**31), save PNG."""
-    from PIL import Image
-
-    from dreamdist3d.io import atomic_path
+    from dreamdist3d.images import save_png
 
     from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 
@@ -70,9 +63,7 @@ def write_preview(
         dtype = backbone.text_encoder.dtype
         imgs = backbone.decode_latents(latents.flatten(0, 1).to(backbone.device, dtype)).float().clamp(-1, 1)
     grid = image_grid(imgs, ncol=num_frames if num_frames > 1 else n_samples)
-    with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
-    return path
+    return save_png(grid, path)
 
 
 __all__ = ["image_grid", "write_preview"]

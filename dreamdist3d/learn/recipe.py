@@ -41,7 +41,6 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -51,9 +50,11 @@ from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.distribution import COVARIANCES, PromptDistribution, PromptLearner
-from dreamdist3d.io import atomic_path, atomic_torch_save
+from dreamdist3d.io import atomic_path, check_writable
 from dreamdist3d.learn.data import LatentCache, is_multiview_folder, load_references
 from dreamdist3d.learn.loss import LOSS_MODES, OBJECTIVES, assigned_prompts, distribution_loss
+from dreamdist3d.runs import (checkpoints_in, find_latest_checkpoint, latest_checkpoint, load_checkpoint, new_run_dir,
+                              pick_device, save_checkpoint, step_of)
 
 CHECKPOINT_FORMAT = "dreamdist3d.learn-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -122,6 +123,8 @@ class LearnConfig:
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
 
+    exit_code = 3  # dreamdist3d.errors
+
 
 @dataclass
 class LearnResult:
@@ -141,7 +144,11 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
 
     # ---------------------------------------------------------------- processes, device, precision
     rank, world = _distributed_setup(cfg.device)
-    device = _pick_device(cfg.device)
+    device = pick_device(cfg.device)
+    if rank == 0:  # every output location is checked before the backbone is loaded
+        check_writable(cfg.out_dir, "out_dir (--out-dir)", is_dir=True)
+        if cfg.out:
+            check_writable(cfg.out, "out (--out)")
     cuda = device.type == "cuda"
     precision = cfg.mixed_precision if cuda else "no"
     if cfg.mixed_precision != "no" and not cuda:
@@ -319,19 +326,16 @@ def launch_entry(cfg, resume: Optional[str] = None) -> int:
     OmegaConf config (top-level `recipe: learn`). Returns the process exit code."""
     from omegaconf import DictConfig, OmegaConf
 
-    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    if raw.get("recipe", "learn") != "learn":
-        print(f"dreamdist3d learn: error: config has recipe={raw.get('recipe')!r}, expected 'learn'", file=sys.stderr)
-        return 2
-    try:
+    from dreamdist3d.errors import run_reporting
+
+    def go() -> int:
+        raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        if raw.get("recipe", "learn") != "learn":
+            raise ConfigError(f"config has recipe={raw.get('recipe')!r}, expected 'learn'")
         learn(parse_structured(LearnConfig, raw), resume=resume, raw=raw)
-    except NonFiniteLossError as e:
-        print(f"dreamdist3d learn: {e}", file=sys.stderr)
-        return 3
-    except (ValueError, FileNotFoundError) as e:  # ConfigError and ReferenceDataError are ValueErrors
-        print(f"dreamdist3d learn: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_reporting("dreamdist3d learn", go)  # the one error → exit-code path (NonFiniteLossError: 3)
 
 
 # ==================================================================================================== helpers
@@ -426,18 +430,6 @@ def _distributed_setup(device_cfg: str):
     return dist.get_rank(), dist.get_world_size()
 
 
-def _pick_device(device_cfg: str) -> torch.device:
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_cfg == "auto":
-        return torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    dev = torch.device(device_cfg)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"config key 'device': {device_cfg} requested but CUDA is not available; use device=cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local}")
-    return dev
-
-
 def _mean_over_processes(x: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
         x = x.clone()
@@ -454,14 +446,7 @@ def _progress(cfg: LearnConfig, step: int, rank: int):
 
 
 def _new_run_dir(cfg: LearnConfig, rank: int, world: int) -> Path:
-    path = None
-    if rank == 0:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path(cfg.out_dir) / f"{cfg.name}@{stamp}"
-        path, i = base, 1
-        while path.exists():
-            path, i = Path(f"{base}-{i}"), i + 1
-        (path / "ckpts").mkdir(parents=True)
+    path = new_run_dir(cfg.out_dir, "", cfg.name) if rank == 0 else None  # <out_dir>/<name>@<stamp>[-N]/ckpts
     if world > 1:
         box = [str(path) if path else None]
         torch.distributed.broadcast_object_list(box, src=0)
@@ -474,7 +459,7 @@ def _write_configs(run_dir: Path, cfg: LearnConfig, raw: Optional[dict], resumed
 
     folder = run_dir / "configs"
     folder.mkdir(parents=True, exist_ok=True)
-    name = "parsed.yaml" if resumed_from is None else f"parsed-resume-{_step_of(resumed_from)}.yaml"
+    name = "parsed.yaml" if resumed_from is None else f"parsed-resume-{step_of(resumed_from)}.yaml"
     with atomic_path(folder / name) as tmp:
         tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     if raw is not None and resumed_from is None:
@@ -487,37 +472,15 @@ def _checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / "ckpts" / f"step-{step:07d}.pt"
 
 
-def _step_of(path: Path) -> int:
-    try:
-        return int(path.stem.split("-")[-1])
-    except ValueError:
-        return -1
-
-
-def latest_checkpoint(folder: Path) -> Optional[Path]:
-    """Highest-step `step-*.pt` in a run folder (or its ckpts/)."""
-    folder = Path(folder)
-    ck = folder / "ckpts" if (folder / "ckpts").is_dir() else folder
-    found = [p for p in ck.glob("step-*.pt") if _step_of(p) >= 0]
-    return max(found, key=_step_of) if found else None
-
-
 def find_checkpoint(resume: str, cfg: LearnConfig) -> Optional[Path]:
     """`latest` (newest run `<out_dir>/<name>@*` holding a checkpoint), a checkpoint file, or a run folder."""
     if resume == "latest":
-        import glob
-
-        runs = sorted(Path(cfg.out_dir).glob(f"{glob.escape(cfg.name)}@*"), key=lambda p: p.name)
-        for run in reversed(runs):
-            ck = latest_checkpoint(run)
-            if ck is not None:
-                return ck
-        return None
+        return find_latest_checkpoint(cfg.out_dir, "", cfg.name, pattern="step-*.pt")
     path = Path(resume)
     if path.is_file():
         return path
     if path.is_dir():
-        ck = latest_checkpoint(path)
+        ck = latest_checkpoint(path, "step-*.pt")
         if ck is None:
             raise FileNotFoundError(f"resume: {path} holds no step-*.pt checkpoint")
         return ck
@@ -541,18 +504,13 @@ def _save_checkpoint(path: Path, step: int, cfg: LearnConfig, fingerprint: dict,
         "config": json.dumps(asdict(cfg)),
         "text_encoder": json.dumps(fingerprint),
     }
-    atomic_torch_save(state, path)
+    save_checkpoint(state, path)
 
 
 def _load_checkpoint(path: Path, cfg: LearnConfig, fingerprint: dict, ctx, opt, gen, stream, history, scaler) -> int:
     from dreamdist3d.text import fingerprints_match
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # damaged / foreign file
-        raise ValueError(f"resume: cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"resume: {path} is not a dreamdist3d learning checkpoint")
+    state = load_checkpoint(path, CHECKPOINT_FORMAT, what="learning checkpoint")  # a damaged file names the intact one
     old = json.loads(state["config"])
     for key in RESUME_MUST_MATCH:
         if key in old and old[key] != getattr(cfg, key):
@@ -582,8 +540,7 @@ def _load_checkpoint(path: Path, cfg: LearnConfig, fingerprint: dict, ctx, opt, 
 def _prune_checkpoints(run_dir: Path, keep: int) -> None:
     if keep <= 0:
         return
-    found = sorted((p for p in (run_dir / "ckpts").glob("step-*.pt") if _step_of(p) >= 0), key=_step_of)
-    for p in found[:-keep]:
+    for p in checkpoints_in(run_dir / "ckpts", "step-*.pt")[:-keep]:
         p.unlink(missing_ok=True)
 
 
@@ -642,5 +599,5 @@ def _preview(run_dir: Path, step: int, cfg: LearnConfig, backbone: Backbone, lea
                   cameras=cameras, covariance=cfg.covariance)
 
 
-__all__ = ["LearnConfig", "LearnResult", "NonFiniteLossError", "find_checkpoint", "latest_checkpoint", "launch_entry",
-           "learn", "backbone_spec", "write_loss_curve"]
+__all__ = ["LearnConfig", "LearnResult", "NonFiniteLossError", "backbone_spec", "find_checkpoint", "launch_entry",
+           "learn", "write_loss_curve"]

@@ -22,7 +22,8 @@ from torch import nn
 
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.lift3d.base import C, Updateable
-from dreamdist3d.lift3d.saving import frame_grid, hstack, save_image, to_uint8, write_video
+from dreamdist3d.images import save_png, to_uint8
+from dreamdist3d.lift3d.saving import frame_grid, hstack, write_video
 from dreamdist3d.registry import components, find
 
 LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance", "eikonal")
@@ -198,16 +199,16 @@ class MVDreamSystem(nn.Module, Updateable):
 
     def eval_image(self, out: Dict[str, torch.Tensor]) -> np.ndarray:
         """RGB | normal (if any) | opacity, side by side (threestudio's validation image)."""
-        parts = [to_uint8(out["comp_rgb"][0])]
+        parts = [to_uint8(out["comp_rgb"][0], rgb=True)]
         if "comp_normal" in out:
-            parts.append(to_uint8(out["comp_normal"][0]))
-        parts.append(to_uint8(out["opacity"][0]))
+            parts.append(to_uint8(out["comp_normal"][0], rgb=True))
+        parts.append(to_uint8(out["opacity"][0], rgb=True))
         return hstack(parts)
 
     def validation_step(self, batch: Dict[str, Any], step: int) -> Path:
         out = self.render_views(batch)
         idx = int(batch["index"][0])
-        return save_image(self.save_dir / f"it{step}-{idx}.png", self.eval_image(out))
+        return save_png(self.eval_image(out), self.save_dir / f"it{step}-{idx}.png")
 
     def test(self, batches, step: int, fps: int = 30, grid_frames: int = 8, progress=None) -> Dict[str, Path]:
         """Render the test orbit: it{step}-test/{i}.png, it{step}-test.mp4 (30 fps) and it{step}-test-grid.png."""
@@ -217,8 +218,8 @@ class MVDreamSystem(nn.Module, Updateable):
         for batch in batches:
             out = self.render_views(batch)
             max_opacity = max(max_opacity, float(out["opacity"].max()))
-            rgb = to_uint8(out["comp_rgb"][0])
-            save_image(folder / f"{int(batch['index'][0])}.png", self.eval_image(out))
+            rgb = to_uint8(out["comp_rgb"][0], rgb=True)
+            save_png(self.eval_image(out), folder / f"{int(batch['index'][0])}.png")
             frames.append(rgb)
             if progress is not None:
                 progress()
@@ -229,7 +230,7 @@ class MVDreamSystem(nn.Module, Updateable):
                 "(density_bias, density_blob_scale) and the resume= checkpoint"
             )
         video = write_video(self.save_dir / f"it{step}-test.mp4", frames, fps=fps)
-        grid = save_image(self.save_dir / f"it{step}-test-grid.png", frame_grid(frames, n=grid_frames))
+        grid = save_png(frame_grid(frames, n=grid_frames), self.save_dir / f"it{step}-test-grid.png")
         return {"video": video, "grid": grid, "frames": folder}
 
     # ------------------------------------------------------------------ optimizer
@@ -290,17 +291,6 @@ class RunField:
         return self.material.export(feats)["albedo"]
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
-    ckpts = Path(run_dir) / "ckpts"
-    last = ckpts / "last.ckpt"
-    if last.is_file():
-        return last
-    found = sorted(ckpts.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {ckpts} (train the run first, or pass ckpt=)")
-    return found[-1]
-
-
 def load_run_field(run_dir, ckpt=None, device: torch.device | str = "cpu") -> RunField:
     """The trained field of a run folder (`configs/parsed.yaml` + `ckpts/last.ckpt` or `ckpt`)."""
     from omegaconf import OmegaConf
@@ -312,10 +302,13 @@ def load_run_field(run_dir, ckpt=None, device: torch.device | str = "cpu") -> Ru
     cfg = OmegaConf.load(parsed)
     sys_cfg = parse_structured(SystemConfig, cfg.get("system", {}), where="system")
     geometry, material, _, _ = build_field(sys_cfg)
-    path = Path(ckpt) if ckpt else latest_checkpoint(run_dir)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    from dreamdist3d.lift3d.trainer import load_checkpoint
+    from dreamdist3d.runs import latest_checkpoint
+
+    path = Path(ckpt) if ckpt else latest_checkpoint(run_dir, "*.ckpt", last="last.ckpt")  # else the highest step
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'ckpts'} (train the run first, or pass ckpt=)")
+    state = load_checkpoint(path)
     sd = state["state_dict"]
     for prefix, mod in (("geometry.", geometry), ("material.", material)):
         sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}

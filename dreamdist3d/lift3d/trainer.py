@@ -22,7 +22,9 @@ import torch
 from tqdm import tqdm
 
 from dreamdist3d.config import ConfigError
-from dreamdist3d.io import atomic_torch_save
+from dreamdist3d.io import atomic_path
+from dreamdist3d.runs import load_checkpoint as _load_run_checkpoint
+from dreamdist3d.runs import save_checkpoint
 
 CKPT_FORMAT = "dreamdist3d.lift3d-checkpoint"
 
@@ -69,13 +71,32 @@ def set_rng_state(st: Dict[str, Any]) -> None:
 
 
 def load_checkpoint(path) -> Dict[str, Any]:
+    """A 3D checkpoint (`runs.load_checkpoint`: a truncated or foreign file is an error naming an intact one)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume: checkpoint {path} does not exist (resume=<path to .ckpt> or resume=latest)")
-    st = torch.load(str(path), map_location="cpu", weights_only=True)  # tensors and plain containers only
-    if not isinstance(st, dict) or st.get("format") != CKPT_FORMAT:
-        raise ValueError(f"resume: {path} is not a dreamdist3d 3D checkpoint (was it written by this launch.py?)")
-    return st
+    return _load_run_checkpoint(path, CKPT_FORMAT, what="3D checkpoint")
+
+
+def _open_metrics(path: Path, resume_step: Optional[int]):
+    """`csv_logs/metrics.csv` opened for appending rows: (file, DictWriter or None).
+
+    A new run starts an empty file (the header comes with the first row). A resumed run keeps the header and the
+    rows up to the checkpoint's step (later rows were logged after that checkpoint and are logged again) and returns
+    a writer with the old columns, so rows stay aligned under their header."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept: list = []
+    if resume_step is not None and path.is_file():
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows and rows[0] and rows[0][0] == "step":
+            kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= resume_step]
+    with atomic_path(path) as tmp:  # the trimmed log replaces the old one in one step
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+    f = open(path, "a", newline="")
+    writer = csv.DictWriter(f, fieldnames=kept[0], extrasaction="ignore") if kept else None
+    return f, writer
 
 
 class Trainer:
@@ -115,9 +136,7 @@ class Trainer:
             "rng": rng_state(),
             "prompt_sample": system.prompt_processor.state() if system.prompt_processor is not None else None,
         }
-        path = self.ckpt_dir / name
-        atomic_torch_save(state, path)
-        return path
+        return save_checkpoint(state, self.ckpt_dir / name)
 
     # ------------------------------------------------------------------ loops
     def fit(self, system, datamodule, resume: Optional[Dict[str, Any]] = None) -> int:
@@ -136,10 +155,7 @@ class Trainer:
             step = int(resume["global_step"])
         system.train()
         log_path = self.trial_dir / "csv_logs" / "metrics.csv"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        new_log = not log_path.is_file() or resume is None
-        log_file = open(log_path, "w" if new_log else "a", newline="")
-        writer = None
+        log_file, writer = _open_metrics(log_path, step if resume is not None else None)
         bar = tqdm(total=cfg.max_steps, initial=step, disable=not cfg.enable_progress_bar, dynamic_ncols=True,
                    desc="train", unit="it")
         every_val = int(cfg.val_check_interval or 0)
@@ -175,10 +191,10 @@ class Trainer:
                     row = {"step": step, "time": round(time.time() - t0, 4)}
                     row.update({k.split("/", 1)[-1]: float(v) for k, v in out["logs"].items()})
                     if writer is None:
-                        writer = csv.DictWriter(log_file, fieldnames=list(row))
-                        if new_log:
-                            writer.writeheader()
+                        writer = csv.DictWriter(log_file, fieldnames=list(row), extrasaction="ignore")
+                        writer.writeheader()
                     writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+                    log_file.flush()  # a killed run keeps every logged row
                     bar.set_postfix(loss=f"{float(loss.detach()):.4g}", refresh=False)
                 bar.update(1)
                 if every_val and step % every_val == 0:

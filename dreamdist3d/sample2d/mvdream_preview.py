@@ -58,19 +58,11 @@ def sample_views(
 
 def image_grid(images: torch.Tensor):
     """(n, F, 3, H, W) in [0,1] -> PIL image: one row per sample, F columns; a single 4-view sample as 2×2."""
-    from PIL import Image
+    from dreamdist3d.images import tile_grid, to_pil, to_uint8
 
-    n, F, _, H, W = images.shape
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()  # n F H W 3
-    if n == 1 and F == 4:
-        rows, cols, tiles = 2, 2, [arr[0, i] for i in range(4)]
-    else:
-        rows, cols, tiles = n, F, [arr[i, j] for i in range(n) for j in range(F)]
-    grid = np.zeros((rows * H, cols * W, 3), dtype=np.uint8)
-    for k, tile in enumerate(tiles):
-        r, q = divmod(k, cols)
-        grid[r * H : (r + 1) * H, q * W : (q + 1) * W] = tile
-    return Image.fromarray(grid)
+    n, F = images.shape[:2]
+    tiles = list(to_uint8(images, channels_first=True).reshape(n * F, *images.shape[-2:], 3))
+    return to_pil(tile_grid(tiles, cols=2 if (n == 1 and F == 4) else F, fill=0))
 
 
 @dataclass

@@ -59,16 +59,10 @@ RECORD_KIND = "dreamdist3d.sample2d.sd21"
 
 # ---------------------------------------------------------------------------------------------- device and dtype
 def resolve_device(name: Optional[str] = "auto") -> torch.device:
-    """"auto" → cuda when this torch sees a GPU, else cpu; any torch device string otherwise (checked)."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a torch device; use cpu, cuda, cuda:1, … or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for, but this torch build sees no CUDA GPU; use --device cpu")
-    return dev
+    """`--device`: "auto" → cuda when this torch sees a GPU, else cpu (`dreamdist3d.runs.pick_device`)."""
+    from dreamdist3d.runs import pick_device
+
+    return pick_device(name, key="--device")
 
 
 def resolve_dtype(name: Optional[str], device: torch.device) -> torch.dtype:

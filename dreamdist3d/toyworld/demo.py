@@ -114,38 +114,20 @@ def resolve_path(path: str) -> Path:
     return alt if alt.is_file() else p
 
 
-def to_uint8(images: torch.Tensor):
-    """(..., 3, H, W) in [0,1] -> numpy uint8 (..., H, W, 3)."""
-    return (images.clamp(0, 1) * 255).round().byte().movedim(-3, -1).numpy()
 
 
 def save_grid(path: Path, images: torch.Tensor, upscale: int = 4, pad: int = 2) -> Path:
     """images (rows, cols, 3, H, W) in [0,1] -> one PNG grid (white gaps), nearest-upscaled."""
-    import numpy as np
-    from PIL import Image
+    from dreamdist3d.images import save_png, tile_grid, to_uint8
 
-    from dreamdist3d.io import atomic_path
-
-    rows, cols, _, h, w = images.shape
-    arr = to_uint8(images)
-    H, W = rows * (h + pad) + pad, cols * (w + pad) + pad
-    canvas = np.full((H, W, 3), 255, np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            canvas[y:y + h, x:x + w] = arr[r, c]
-    img = Image.fromarray(canvas).resize((W * upscale, H * upscale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
+    rows, cols = images.shape[:2]
+    tiles = list(to_uint8(images, channels_first=True).reshape(rows * cols, *images.shape[-2:], 3))
+    return save_png(tile_grid(tiles, cols=cols, pad=pad, outer=True), path, upscale=upscale)
 
 
 def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, List[Path]]:
     """Render a reference set's single front views to `folder/NN.png`; returns (images (n,3,32,32), paths)."""
-    from PIL import Image
-
+    from dreamdist3d.images import save_png, to_uint8
     from dreamdist3d.toyworld.refsets import get_refset
 
     rs = get_refset(refset_name)
@@ -155,10 +137,8 @@ def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, Lis
     for old in folder.glob("*.png"):  # a previous run's set (possibly larger) must not leak into this one
         old.unlink()
     paths = []
-    for i, im in enumerate(to_uint8(out.image)):
-        p = folder / f"{i:02d}.png"
-        Image.fromarray(im).save(p)
-        paths.append(p)
+    for i, im in enumerate(to_uint8(out.image, channels_first=True)):
+        paths.append(save_png(im, folder / f"{i:02d}.png"))
     return out.image, paths
 
 
@@ -407,16 +387,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
-    from omegaconf import OmegaConf
-
-    from dreamdist3d.config import parse_structured
+    from dreamdist3d.config import load_yaml, parse_structured
 
     base = {"refset": args.refset, "out": args.out, "n_3d": args.n_3d, "weights": args.weights, "seed": args.seed,
             "threads": args.threads, "progress": not args.quiet}
-    bad = [o for o in args.overrides if "=" not in o]
-    if bad:
-        raise ConfigError(f"overrides must be key=value, got {bad}")
-    cfg = parse_structured(DemoConfig, OmegaConf.merge(base, OmegaConf.from_dotlist(list(args.overrides))), where="")
+    cfg = parse_structured(DemoConfig, load_yaml(None, args.overrides, base=base), where="")
     if args.fast:
         cfg = fast_config(cfg)
     if args.steps is not None:
@@ -435,14 +410,9 @@ def cli_run(args: argparse.Namespace) -> int:
 def launch_entry(config_path: str, extras: Sequence[str]) -> int:
     """`python launch.py --config configs/toy/dreamdist-toy.yaml [--train] [key=value ...]` (recipe: toy-demo).
     `fast: true` in the config or on the command line selects the smoke version."""
-    from omegaconf import OmegaConf
+    from dreamdist3d.config import load_yaml, parse_structured
 
-    from dreamdist3d.config import parse_structured
-
-    try:
-        raw = OmegaConf.merge(OmegaConf.load(config_path), OmegaConf.from_dotlist(list(extras)))
-    except Exception as e:
-        raise ConfigError(f"bad override in {list(extras)}: {e} (write key=value, e.g. steps=200)") from None
+    raw = load_yaml(config_path, extras)
     fast = bool(raw.pop("fast", False))
     cfg = parse_structured(DemoConfig, raw, where="")
     if fast:

@@ -255,7 +255,7 @@ def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) 
     """PNG: one row per method, its images bordered by verdict, the scores written at the left."""
     from PIL import Image, ImageDraw
 
-    from dreamdist3d.toyworld.demo import to_uint8
+    from dreamdist3d.images import save_png, to_uint8
 
     colours = {"in": (40, 170, 60), "out": (240, 150, 20), "reject": (210, 30, 30)}
     label_w, b = 260, 2
@@ -273,7 +273,7 @@ def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) 
         text = (f"{bl['name']}\nreject {s['reject']:.2f}  in-dist {s['in_dist']:.2f}\n"
                 f"coverage {s['coverage']:.2f}  density {s['density']:.2f}\ndiversity {s['diversity']:.2f}")
         draw.multiline_text((4, y + 2), text, fill=(0, 0, 0))
-        arr = to_uint8(bl["images"])
+        arr = to_uint8(bl["images"], channels_first=True)
         for i, (im, verdict) in enumerate(zip(arr, bl["verdicts"])):
             r, c = divmod(i, cols)
             tile = Image.fromarray(im).resize((32 * upscale, 32 * upscale), Image.NEAREST)
@@ -281,10 +281,7 @@ def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) 
             draw.rectangle([x0, y0, x0 + h - 1, y0 + h - 1], fill=colours[verdict])
             canvas.paste(tile, (x0 + b, y0 + b))
         y += nrows * (h + 2) + 4
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_png(canvas, path)
 
 
 def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:

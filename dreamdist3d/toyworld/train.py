@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -58,6 +57,8 @@ import torch.nn.functional as F
 
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
+from dreamdist3d.io import check_writable
+from dreamdist3d.runs import load_checkpoint, pick_device, save_checkpoint
 from dreamdist3d.text import ClipTokenizer
 from dreamdist3d.backbones.toy import ToyBackboneConfig, build_toy_backbone
 from dreamdist3d.backbones.toy_weights import save_toy_backbone
@@ -427,13 +428,6 @@ def _dense(backbone: Backbone) -> List[torch.nn.Parameter]:
     return [p for p in backbone.text_encoder.parameters() if p is not table] + list(backbone.unet.parameters())
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Trainer:
     """Holds the backbone, its EMA, the optimiser, the data cache and the two random generators."""
 
@@ -441,7 +435,7 @@ class Trainer:
                  tokenizer: Optional[ClipTokenizer] = None, progress: bool = True):
         self.cfg = cfg
         self.model_config = model_config or ToyBackboneConfig()
-        self.device = torch.device(device)
+        self.device = device = pick_device(device, key="--device")
         self.progress = progress
         self.tokenizer = tokenizer or ClipTokenizer.default()
         self.backbone = build_toy_backbone(self.model_config, seed=cfg.seed, device=device, tokenizer=self.tokenizer)
@@ -504,10 +498,10 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: PathLike) -> None:
-        _atomic_torch_save(self.state(), Path(path))
+        save_checkpoint(self.state(), Path(path))
 
     def load_checkpoint(self, path: PathLike) -> None:
-        st = torch.load(Path(path), map_location=self.device, weights_only=False)
+        st = load_checkpoint(Path(path), what="toy training checkpoint", map_location=self.device)
         if st["train_config"] != self.cfg.to_dict() or st["model_config"] != self.model_config.to_dict():
             diff = sorted(k for k in st["train_config"] if st["train_config"][k] != self.cfg.to_dict().get(k))
             raise ValueError(
@@ -679,6 +673,8 @@ def train_toy_backbone(
         folder = Path("outputs/toyworld") if out.resolve().parent == DATA_DIR else out.parent
         checkpoint = folder / (out.stem + "-ckpt.pt")
     checkpoint = Path(checkpoint)
+    check_writable(out, "--out")  # before the cache is rendered and training starts
+    check_writable(checkpoint, "--checkpoint")
     trainer = Trainer(cfg, model_config, device=device, progress=progress)
     if resume:
         if not checkpoint.is_file():

@@ -1,0 +1,78 @@
+"""The one error → message → exit-code path of every entry point (`dreamdist3d ...` and `launch.py`).
+
+A user error or a fault of the machine (read-only folder, full disk, an output path that is a file) ends the program
+with one line on stderr, `<prog>: error: <message>`, and an exit code, never a traceback (`--verbose`/`--debug`
+re-raises to show it):
+
+    2    the input is wrong: config key or value, missing or unreadable input file (ConfigError, ValueError,
+         KeyError, FileNotFoundError)
+    1    the system refused: permission denied, read-only file system, no space left, a path that is a file where a
+         folder is needed or the reverse (any other OSError)
+    3    training diverged (an exception with `exit_code = 3`, e.g. learn's NonFiniteLossError)
+    130  interrupted (Ctrl-C)
+
+An exception class may set `exit_code` to choose its code.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Callable, Optional
+
+INPUT_ERROR = 2
+SYSTEM_ERROR = 1
+INTERRUPTED = 130
+
+# errno -> what a user should read (the strerror of some platforms is terse)
+_OS_HINTS = {
+    errno.ENOSPC: "no space left on the device; free some space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded; free some space or write elsewhere",
+    errno.EACCES: "permission denied; choose a folder you can write to",
+    errno.EPERM: "operation not permitted; choose a folder you can write to",
+    errno.EROFS: "read-only file system; choose a writable folder",
+    errno.EISDIR: "is a folder, a file was expected",
+    errno.ENOTDIR: "a part of this path is an existing file, not a folder",
+    errno.EEXIST: "already exists",
+}
+
+HANDLED = (OSError, ValueError, KeyError)
+
+
+def describe(e: BaseException) -> str:
+    """One line saying what went wrong (an OSError names its file and the fix)."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and type(e).__str__ is OSError.__str__:
+        hint = _OS_HINTS.get(e.errno)
+        where = " → ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+        if hint and where:
+            return f"{where}: {hint}"
+        if hint:
+            return f"{e.strerror or type(e).__name__}: {hint}"
+    return str(e) or type(e).__name__
+
+
+def exit_code(e: BaseException) -> int:
+    code = getattr(e, "exit_code", None)
+    if isinstance(code, int):
+        return code
+    if isinstance(e, KeyboardInterrupt):
+        return INTERRUPTED
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+        return SYSTEM_ERROR
+    return INPUT_ERROR
+
+
+def run_reporting(prog: str, fn: Callable[[], Optional[int]], verbose: bool = False) -> int:
+    """Call `fn()`; a handled error (see the module docstring) becomes one stderr line and its exit code."""
+    try:
+        return int(fn() or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except HANDLED as e:
+        if verbose:
+            raise
+        print(f"{prog}: error: {describe(e)}", file=sys.stderr)
+        return exit_code(e)
