@@ -14,8 +14,12 @@ collapse to the mean: `colour_tv` (total-variation distance between the read col
 set's grammar, uniform over its colours), `colours_hit2` (how many of the set's colours at least two samples have),
 `prompt_colours` (colour histogram of the K prompts decoded one by one) and `mean_colour` (of μ, majority of 4).
 
-Every finished run is cached as `<out>/runs/<set>/<arm>/seed<s>.json`, so an interrupted sweep resumes and a table
-can be made from whatever finished (`--table-only`). The table reports mean ± std over learning seeds.
+With `--n-3d N`, each learned arm and seed then gets N text-to-3D runs (`configs/toy/toy-3d.yaml`, one prompt sample
+each), each object read on 4 turntable views and scored the same way (rows "<arm> (3D)").
+
+Every finished run is cached as `<out>/runs/<set>/<arm>/seed<s>.json` (3D: `runs3d/`), so an interrupted sweep
+resumes and a table can be made from whatever finished (`--table-only`). The table reports mean ± std over learning
+seeds.
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ class ArmsConfig:
     k: int = 5
     n_real: int = 64
     progress: bool = False
+    n_3d: int = 0  # 3D runs per (set, arm, learning seed) after the 2D pass, read on 4 turntable views; 0 = none
+    steps_3d: int = 300
+    config_3d: str = "configs/toy/toy-3d.yaml"
 
 
 # ----------------------------------------------------------------------------------------------------- colour measures
@@ -134,6 +141,7 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
                                  progress=cfg.progress, objective=settings["objective"],
                                  covariance=settings["covariance"])
         record["loss_last20"] = statistics.fmean(res.history["loss"][-20:])
+        record["distribution"] = str(res.distribution)
         spec = DistributionSpec.from_lists([res.distribution])
         mixture = fit(spec, backbone.text_encoder, backbone.tokenizer)
         law = mixture.law()
@@ -196,6 +204,60 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]
     return records
 
 
+def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]]:
+    """For every cached 2D record of a learned arm: `n_3d` text-to-3D runs (seeds 100·s … 100·s + n_3d − 1, one
+    prompt sample each), each object read on 4 turntable views (one aggregated reading), scored like the 2D rows.
+    Cached as `<out>/runs3d/<set>/<arm>/seed<s>.json`; returns all cached 3D records of the config."""
+    from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.toyworld.demo import launch_3d
+    from dreamdist3d.toyworld.evaluate import get_reader, real_features, score_readings, turntable_views
+    from dreamdist3d.toyworld.refsets import get_refset
+
+    out = Path(cfg.out)
+    records = []
+    for refset in cfg.refsets:
+        rs, real = get_refset(refset), None
+        for seed in cfg.seeds:
+            for arm in cfg.arms:
+                src = out / "runs" / refset / arm / f"seed{seed}.json"
+                path = out / "runs3d" / refset / arm / f"seed{seed}.json"
+                if ARMS.get(arm) is None or not src.is_file():
+                    continue
+                if path.is_file():
+                    records.append(json.loads(path.read_text()))
+                    continue
+                dist = json.loads(src.read_text()).get("distribution")
+                if dist is None:  # records written before the path was kept: find the learning run
+                    slug = f"{arm}-s{seed}".replace("+", "_").replace("=", "")
+                    found = sorted((out / "work" / refset / "learn").glob(f"{slug}@*/distribution.safetensors"))
+                    dist = str(found[-1]) if found else None
+                if dist is None:
+                    continue
+                backbone = backbone or load_backbone(f"toy:{cfg.weights}", config_key="weights")
+                reader = reader or get_reader(cfg.reader)
+                real = real if real is not None else real_features(reader, rs, cfg.n_real, 0)
+                t0 = time.perf_counter()
+                objs = []
+                for s3 in range(100 * seed, 100 * seed + cfg.n_3d):
+                    run = launch_3d(backbone, Path(dist).resolve(), out / "work3d" / refset / arm.replace("+", "_"),
+                                    s3, cfg.config_3d, cfg.steps_3d, progress=False)
+                    objs.append(turntable_views(run, 4))
+                views = torch.stack(objs)  # (n_3d, 4, 3, H, W)
+                readings = reader.read_views(views.flatten(0, 1), 4)
+                rec = {"refset": refset, "arm": arm + " (3D)", "seed": seed, "n_3d": cfg.n_3d,
+                       **score_readings(readings, rs.support, real, views[:, 0], k=cfg.k),
+                       **colour_scores(readings, list(rs.grammar.colours)),
+                       "object_colours": [r.colour if r.ok else "rejected" for r in readings],
+                       "time_s": round(time.perf_counter() - t0, 1)}
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(rec, indent=1, default=str))
+                records.append(rec)
+                print(f"[arms 3D] {refset} {arm} seed {seed}: objects {rec['object_colours']} in-dist "
+                      f"{rec['in_dist']:.2f} coverage {rec['coverage']:.2f} ({rec['time_s']} s)", file=sys.stderr,
+                      flush=True)
+    return records
+
+
 def table(records: Sequence[Dict[str, Any]]) -> str:
     """Markdown: one row per (refset, arm), mean ± std over seeds, plus μ's colours and the prompts' colours."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
@@ -204,6 +266,7 @@ def table(records: Sequence[Dict[str, Any]]) -> str:
     cols = ("refset", "arm", "seeds", *SCORES, "μ colour", "decoded prompts (seed 0)")
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     order = {a: i for i, a in enumerate(ARMS)}
+    order.update({f"{a} (3D)": 100 + i for i, a in enumerate(ARMS)})
     for (refset, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
         cells = [refset, arm, str(len(rs))]
         for key in SCORES:
@@ -216,7 +279,11 @@ def table(records: Sequence[Dict[str, Any]]) -> str:
                 cells.append(f"{statistics.fmean(vals):.2f} ± {statistics.stdev(vals):.2f}")
         cells.append(", ".join(str(r.get("mean_colour")) for r in rs))
         pc = rs[0].get("prompt_colours")
-        cells.append(" ".join(f"{k} {v}" for k, v in sorted(pc.items(), key=lambda kv: -kv[1])) if pc else "–")
+        if pc is None and rs[0].get("object_colours"):  # 3D rows: each object's colour, per learning seed
+            cells[-1] = "–"
+            cells.append("; ".join(" ".join(r["object_colours"]) for r in rs))
+        else:
+            cells.append(" ".join(f"{k} {v}" for k, v in sorted(pc.items(), key=lambda kv: -kv[1])) if pc else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -230,6 +297,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=d.out)
     p.add_argument("--steps", type=int, default=d.steps, help=f"learning steps per arm (default {d.steps})")
     p.add_argument("--n", type=int, default=d.n, help=f"samples per run (default {d.n})")
+    p.add_argument("--n-3d", type=int, default=0,
+                   help="after the 2D pass: N text-to-3D runs per learned arm and seed, read on turntable views")
+    p.add_argument("--steps-3d", type=int, default=d.steps_3d, help=f"SDS steps per 3D run (default {d.steps_3d})")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--table-only", action="store_true", help="print the table of the cached runs and stop")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -240,11 +310,11 @@ def cli_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
     cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
-                     steps=args.steps, n=args.n)
+                     steps=args.steps, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d)
     if args.table_only:
-        recs = [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs/*/*/seed*.json"))]
+        recs = [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     else:
-        recs = run_arms(cfg)
+        recs = run_arms(cfg) + (run_arms_3d(cfg) if cfg.n_3d > 0 else [])
     text = table(recs)
     print(text)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -253,4 +323,4 @@ def cli_run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ARMS", "ArmsConfig", "caption_law", "colour_scores", "run_arms", "run_one", "table"]
+__all__ = ["ARMS", "ArmsConfig", "caption_law", "colour_scores", "run_arms", "run_arms_3d", "run_one", "table"]
