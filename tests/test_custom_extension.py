@@ -5,10 +5,13 @@ launch.py's custom-module loader)."""
 
 from __future__ import annotations
 
+import datetime
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from dreamdist3d.lift3d.prompt_processor import DreamDistributionPromptProcessor as OurProcessor
 from dreamdist3d.lift3d.testing import write_tiny_assets
@@ -95,3 +98,61 @@ def test_extension_errors_name_the_key(threestudio, assets, tmp_path):
         cls({"distribution": str(other), "pretrained_model_name_or_path": assets["ckpt"]})
     with pytest.raises(ValueError, match="already exists"):  # threestudio refuses a second extension with the name
         threestudio.register("dreamdistribution-prompt-processor")(object)
+
+
+# ---------------------------------------------------------------------------------------------- the example yaml
+YAML = EXTENSION / "configs" / "dreamdistribution-mvdream-sd21.yaml"
+
+
+def _launch_config(tmp_path, monkeypatch, stamp, *overrides):
+    """The yaml as threestudio's launch.py reads it (custom/ already imported), at the wall-clock second `stamp`."""
+    from threestudio_standin import load_config
+
+    resolvers = sys.modules[f"{EXTENSION.name}.resolvers"]
+    fixed = datetime.datetime(2026, 12, 1, 6, 0, stamp)
+    monkeypatch.setattr(resolvers, "datetime", type("Clock", (), {"now": staticmethod(lambda: fixed)}))
+    return load_config(str(YAML), cli_args=[f"exp_root_dir={tmp_path / 'outputs'}", *overrides], n_gpus=1)
+
+
+def test_example_yaml_sample_is_per_trial_and_resumes(threestudio, assets, tmp_path, monkeypatch):
+    load_custom_module(EXTENSION)
+    cls = threestudio.find("dreamdistribution-prompt-processor")
+    args = [f"system.prompt_processor.distribution={assets['dist']}", f"system.guidance.ckpt_path={assets['ckpt']}", "seed=3"]
+    cfg = _launch_config(tmp_path, monkeypatch, 1, *args)
+    assert cfg.tag == "tiny-dist-seed3" and cfg.trial_dir.endswith("tiny-dist-seed3@20261201-060001")
+    pp = cfg.system.prompt_processor
+    assert pp.sample_path == f"{cfg.trial_dir}/prompt_sample.safetensors" and pp.text_encoder_path == assets["ckpt"]
+    first = cls(pp)()
+    assert Path(pp.sample_path).is_file()
+    # a new run with another scale: another trial folder, another sample file (was: the old file, refused)
+    other = _launch_config(tmp_path, monkeypatch, 2, *args, "system.prompt_processor.scale=2.0")
+    assert other.trial_dir != cfg.trial_dir
+    second = cls(other.system.prompt_processor)()
+    assert not torch.equal(second.text_embeddings, first.text_embeddings)
+    # resume from the trial's parsed.yaml (threestudio's ConfigSnapshotCallback): same folder, the saved sample
+    parsed = tmp_path / "parsed.yaml"
+    OmegaConf.save(cfg, parsed)
+    from threestudio_standin import load_config
+
+    again = load_config(str(parsed), cli_args=[f"resume={cfg.trial_dir}/ckpts/last.ckpt"], n_gpus=1)
+    assert again.trial_dir == cfg.trial_dir
+    assert torch.equal(cls(again.system.prompt_processor)().text_embeddings, first.text_embeddings)
+    changed = load_config(str(parsed), cli_args=["system.prompt_processor.scale=2.0"], n_gpus=1)
+    with pytest.raises(ValueError, match="other settings"):
+        cls(changed.system.prompt_processor)
+
+
+def test_example_yaml_mixture_and_missing_distribution(threestudio, assets, tmp_path, monkeypatch):
+    load_custom_module(EXTENSION)
+    cls = threestudio.find("dreamdistribution-prompt-processor")
+    _, other = write_tiny_assets(tmp_path / "b", seed=0, n_prompts=4)  # same text encoder, another file
+    mix = f"system.prompt_processor.mixture=[{{path: {assets['dist']}, weight: 0.5}}, {{path: {other}, weight: 0.5}}]"
+    cfg = _launch_config(tmp_path, monkeypatch, 1, mix, f"system.guidance.ckpt_path={assets['ckpt']}")
+    assert cfg.tag == "tiny-dist+tiny-dist-seed0" and cfg.system.prompt_processor.distribution is None
+    out = cls(cfg.system.prompt_processor)()
+    assert out.text_embeddings.shape == (1, 77, 32)
+    with pytest.raises(Exception, match=r"system\.prompt_processor\.distribution is not set"):
+        _launch_config(tmp_path, monkeypatch, 1, f"system.guidance.ckpt_path={assets['ckpt']}")
+    with pytest.raises(Exception, match=r"system\.prompt_processor\.distribution: distribution file .*nope"):
+        _launch_config(tmp_path, monkeypatch, 1, f"system.prompt_processor.distribution={tmp_path}/nope.safetensors",
+                       f"system.guidance.ckpt_path={assets['ckpt']}")

@@ -8,9 +8,12 @@ No pytest here: tests/test_threestudio_pins.py runs it in a second interpreter w
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import types
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -194,6 +197,64 @@ def load_custom_module(path: Path) -> types.ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# ---------------------------------------------------------------------------------------------- launch.py's config
+def register_config_resolvers() -> None:
+    """The resolvers threestudio.utils.config registers on import."""
+    for name, fn in {
+        "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
+        "idiv": lambda a, b: a // b, "basename": lambda p: os.path.basename(p), "rmspace": lambda s, sub: s.replace(" ", sub),
+        "tuple2": lambda s: [float(s), float(s)], "gt0": lambda s: s > 0, "not": lambda s: not s,
+    }.items():
+        with warnings.catch_warnings():  # some omegaconf releases flag register_new_resolver; threestudio uses it
+            warnings.simplefilter("ignore")
+            OmegaConf.register_new_resolver(name, fn, replace=True)
+
+
+@dataclass
+class ExperimentConfig:
+    """threestudio's ExperimentConfig: the trial folder is computed after the yaml is resolved."""
+
+    name: str = "default"
+    description: str = ""
+    tag: str = ""
+    seed: int = 0
+    use_timestamp: bool = True
+    timestamp: Optional[str] = None
+    exp_root_dir: str = "outputs"
+    exp_dir: str = "outputs/default"
+    trial_name: str = "exp"
+    trial_dir: str = "outputs/default/exp"
+    n_gpus: int = 1
+    resume: Optional[str] = None
+    data_type: str = ""
+    data: dict = field(default_factory=dict)
+    system_type: str = ""
+    system: dict = field(default_factory=dict)
+    trainer: dict = field(default_factory=dict)
+    checkpoint: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.tag and not self.use_timestamp:
+            raise ValueError("Either tag is specified or use_timestamp is True.")
+        self.trial_name = self.tag
+        if self.timestamp is None:
+            self.timestamp = ""
+            if self.use_timestamp and self.n_gpus == 1:
+                self.timestamp = datetime.now().strftime("@%Y%m%d-%H%M%S")
+        self.trial_name += self.timestamp
+        self.exp_dir = os.path.join(self.exp_root_dir, self.name)
+        self.trial_dir = os.path.join(self.exp_dir, self.trial_name)
+        os.makedirs(self.trial_dir, exist_ok=True)
+
+
+def load_config(*yamls: str, cli_args: list = (), **kwargs) -> Any:
+    """threestudio's load_config: yaml(s) + CLI dotlist + kwargs (n_gpus), resolved, then ExperimentConfig."""
+    register_config_resolvers()
+    cfg = OmegaConf.merge(*[OmegaConf.load(f) for f in yamls], OmegaConf.from_cli(list(cli_args)), kwargs)
+    OmegaConf.resolve(cfg)
+    return OmegaConf.structured(ExperimentConfig(**cfg))
 
 
 def install(modules: Dict[str, types.ModuleType]) -> None:
