@@ -60,3 +60,22 @@ def test_vae_config_of_full_sd_keys():
     assert cfg["block_out_channels"] == [128, 256, 512, 512] and cfg["layers_per_block"] == 2
     vae, used = convert_ldm_vae(sd)
     assert used == set(sd) and len(used) == 248
+
+
+def test_vae_builds_on_a_diffusers_without_the_newer_switches(monkeypatch):
+    """threestudio pins diffusers 0.19.3, whose AutoencoderKL has no use_quant_conv / use_post_quant_conv /
+    mid_block_add_attention (it always has both convs and the mid-block attention)."""
+    import dreamdist3d.backbones.vae as vae_mod
+    from dreamdist3d.backbones.tiny import tiny_vae_config
+
+    class OldAutoencoderKL:  # the 0.19.3 signature
+        def __init__(self, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
+                     up_block_types=("UpDecoderBlock2D",), block_out_channels=(64,), layers_per_block=1, act_fn="silu",
+                     latent_channels=4, norm_num_groups=32, sample_size=32, scaling_factor=0.18215, force_upcast=True):
+            self.kwargs = dict(locals())
+
+    monkeypatch.setattr(vae_mod, "AutoencoderKL", OldAutoencoderKL)
+    cfg = {**tiny_vae_config(), "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
+    assert vae_mod.build_vae(cfg).kwargs["block_out_channels"] == [32, 64]
+    with pytest.raises(ValueError, match="use_post_quant_conv=False"):
+        vae_mod.build_vae({**cfg, "use_post_quant_conv": False})

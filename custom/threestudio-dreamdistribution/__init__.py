@@ -7,3 +7,4 @@ PromptProcessor API (see README.md).
 """
 
 from .prompt_processor import DreamDistributionPromptProcessor, DreamDistributionPromptProcessorOutput  # noqa: F401
+from . import resolvers  # noqa: F401  (${dreamdist_tag:...}, ${dreamdist_timestamp:...} in configs/*.yaml)

@@ -27,6 +27,7 @@ from dreamdist3d.backbones.toy import (
 )
 from dreamdist3d.io import atomic_path, atomic_save_safetensors
 from dreamdist3d.text import ClipTokenizer
+from dreamdist3d.text.encoder import _with_buffers
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 WEIGHTS_NAME = "toy-backbone.safetensors"
@@ -139,7 +140,8 @@ def load_toy_backbone(
     full_table = table.detach().clone()
     full_table[ids] = rows.to(full_table.dtype)
     text_sd[TOKEN_TABLE_KEY[len("text."):]] = full_table
-    backbone.text_encoder._core.load_state_dict(text_sd, strict=True)
+    core = backbone.text_encoder._core  # transformers 4.28 (threestudio's pin) keeps position_ids in the state dict
+    core.load_state_dict(_with_buffers(core, text_sd), strict=True)
     used = {f"unet.{k}" for k in unet_sd} | {f"text.{k}" for k in text_sd} | {TOKEN_IDS_KEY, TOKEN_VALUES_KEY}
     extra = sorted(set(tensors) - used - {TOKEN_TABLE_KEY})
     if extra:

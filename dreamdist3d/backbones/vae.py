@@ -15,6 +15,7 @@ Both sides use GroupNorm(32, eps=1e-6) everywhere in the VAE and one single-head
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Dict, Mapping, Optional, Set, Tuple
 
@@ -106,12 +107,36 @@ def vae_config_from_ldm(
     }
 
 
+# AutoencoderKL switches that newer diffusers added (0.2x), with the behaviour older ones (e.g. threestudio's pinned
+# 0.19.3) always have: quant convs and the mid-block attention present.
+_NEWER_VAE_SWITCHES = {"use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
+
+
+def _vae_kwargs(config: Mapping[str, object]) -> Dict[str, object]:
+    """`config` for the installed diffusers: a switch it does not know is dropped when its value is what that
+    version always does, and is an error otherwise (such a VAE cannot be built there)."""
+    accepted = inspect.signature(AutoencoderKL.__init__).parameters
+    out = {}
+    for k, v in dict(config).items():
+        if k in accepted:
+            out[k] = v
+        elif k in _NEWER_VAE_SWITCHES and v == _NEWER_VAE_SWITCHES[k]:
+            continue
+        else:
+            import diffusers
+
+            raise ValueError(f"this VAE needs AutoencoderKL({k}={v!r}), which diffusers {diffusers.__version__} lacks: "
+                             "upgrade diffusers")
+    return out
+
+
 def build_vae(config: Mapping[str, object], meta: bool = False) -> AutoencoderKL:
     """An AutoencoderKL from a config dict (on the meta device when `meta`, to be filled with assign=True)."""
+    kwargs = _vae_kwargs(config)
     if meta:
         with torch.device("meta"):
-            return AutoencoderKL(**dict(config))
-    return AutoencoderKL(**dict(config))
+            return AutoencoderKL(**kwargs)
+    return AutoencoderKL(**kwargs)
 
 
 def convert_ldm_vae(

@@ -25,6 +25,9 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 OPENCLIP_UNUSED_SUFFIXES = ("text_projection", "logit_scale")
+# transformers >= 4.36 chooses an attention implementation per model; older ones (threestudio pins 4.28) have no such
+# setting (`attn_implementation=` is a TypeError there). Our forward never calls transformers' attention either way.
+_HAS_ATTN_IMPLEMENTATION = hasattr(CLIPTextConfig, "_attn_implementation")
 
 
 class TextEncoder(nn.Module):
@@ -129,7 +132,8 @@ class TextEncoder(nn.Module):
     def from_config(cls, config: Union[CLIPTextConfig, Mapping]) -> "TextEncoder":
         if not isinstance(config, CLIPTextConfig):
             config = CLIPTextConfig(**dict(config))
-        config._attn_implementation = "sdpa"
+        if _HAS_ATTN_IMPLEMENTATION:
+            config._attn_implementation = "sdpa"
         return cls(CLIPTextModel(config))
 
     @classmethod
@@ -152,7 +156,22 @@ class TextEncoder(nn.Module):
                 f"no text encoder at {sub}: expected a diffusers Stable Diffusion 2.1 folder with text_encoder/config.json "
                 "and its weights (model.safetensors)"
             )
-        clip = CLIPTextModel.from_pretrained(str(sub), local_files_only=True, torch_dtype=dtype, attn_implementation="sdpa")
+        extra = {"attn_implementation": "sdpa"} if _HAS_ATTN_IMPLEMENTATION else {}
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its "newly initialized weights" warning: we check the keys ourselves
+        try:
+            clip, info = CLIPTextModel.from_pretrained(
+                str(sub), local_files_only=True, torch_dtype=dtype, output_loading_info=True, **extra
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        missing = [k for k in info["missing_keys"] if not k.endswith("position_ids")]
+        if missing or info["mismatched_keys"]:
+            # transformers only warns and leaves these weights random. A folder saved by transformers 5.x has no
+            # `text_model.` key prefix, which 4.x (threestudio's pinned 4.28) expects: read the file ourselves, strictly.
+            return cls.from_hf_state_dict(clip.config, _read_weights(sub, missing)).to(device=device, dtype=dtype)
         return cls(clip).to(device)
 
     @classmethod
@@ -243,6 +262,17 @@ class TextEncoder(nn.Module):
         if unknown:
             raise KeyError(f"unexpected OpenCLIP text keys: {sorted(unknown)[:8]}")
         return enc, consumed
+
+
+def _read_weights(folder: Path, missing: Iterable[str]) -> Dict[str, torch.Tensor]:
+    """The state dict of a transformers model folder (one model.safetensors or pytorch_model.bin)."""
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / "model.safetensors"))
+    if (folder / "pytorch_model.bin").is_file():
+        return torch.load(str(folder / "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    raise KeyError(f"text encoder weights in {folder} do not fit CLIPTextModel: missing {sorted(missing)[:8]}")
 
 
 def _with_buffers(module: nn.Module, sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
