@@ -21,7 +21,7 @@ On CUDA the defaults are the real widths (1024 / 320 / 128).
 Baseline ("official-equivalent", written out below in `official_step`, the arithmetic of the official train.py +
 PromptLearner.forward): the VAE encodes the batch every step (`latent_dist.sample()·0.18215`); the K prompts are
 stacked for each of the B items and the text encoder runs on B·K = 128 sequences; μ, σ, ortho per item; float32.
-Ours (`our_step`): the step of `dreamdist3d.learn.recipe` — latents drawn from the posterior cached once
+Ours (`our_step`): the step of `dreamdist3d.recipes.learn` — latents drawn from the posterior cached once
 (`LatentCache`), the K prompts encoded once (`distribution_loss(mode="fast")`). Both use the same attention kernels
 (the official code uses xformers; here both use PyTorch SDPA in the UNet and the same text encoder module), the same
 UNet, the same random draws (a per-step CPU generator); the first step's loss of both is printed as a check.

@@ -90,7 +90,7 @@ def _hf_tokenizer(tmp: Path):
 
 def build_sampler(preset: str, device: torch.device, dtype: torch.dtype, tmp: Path) -> SD21Sampler:
     if preset == "tiny":
-        from dreamdist3d.backbones.tiny import tiny_sd21_folder
+        from dreamdist3d.testing.checkpoints import tiny_sd21_folder
 
         folder = tiny_sd21_folder(tmp / "tiny-sd21", sample_size=16)
         return SD21Sampler.from_folder(folder, device=device, dtype=dtype)

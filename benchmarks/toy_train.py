@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dreamdist3d.text import ClipTokenizer  # noqa: E402
-from dreamdist3d.toyworld.train import FLOAT32, SPEED_SWITCHES, TrainConfig, Trainer, build_cache  # noqa: E402
+from dreamdist3d.recipes.toy_train import FLOAT32, SPEED_SWITCHES, TrainConfig, Trainer, build_cache  # noqa: E402
 
 
 def steps_per_second(cfg: TrainConfig, steps: int, warmup: int, device: str, tokenizer: ClipTokenizer) -> float:

@@ -290,7 +290,7 @@ def _recipe_of(config: str) -> str:
 
 def _run_learn(args: argparse.Namespace, extras: List[str]) -> int:
     """`recipe: learn` configs (configs/dreamdist-learn.yaml): learning a distribution, `--train` only."""
-    from dreamdist3d.learn.recipe import launch_entry
+    from dreamdist3d.recipes.learn import launch_entry
 
     if not args.train:
         raise ConfigError("a `recipe: learn` config only supports --train (use `dreamdist3d preview/sample` to look at the result)")
@@ -306,7 +306,7 @@ def _run_learn(args: argparse.Namespace, extras: List[str]) -> int:
 
 def _run_toy_demo(args: argparse.Namespace, extras: List[str]) -> int:
     """`recipe: toy-demo` (configs/toy/dreamdist-toy.yaml): the toy-world demo, end to end (--train or no mode flag)."""
-    from dreamdist3d.toyworld.demo import launch_entry
+    from dreamdist3d.recipes.toy_demo import launch_entry
 
     if args.validate or args.test or args.export:
         raise ConfigError("a `recipe: toy-demo` config runs the whole demo: use --train (or no mode flag)")

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dreamdist3d.lift3d.prompt_processor import DreamDistributionPromptProcessor as OurProcessor
-from dreamdist3d.lift3d.testing import write_tiny_assets
+from dreamdist3d.testing.assets import write_tiny_assets
 
 REPO = Path(__file__).resolve().parents[1]
 EXTENSION = REPO / "custom" / "threestudio-dreamdistribution"

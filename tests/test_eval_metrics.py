@@ -185,7 +185,7 @@ def test_toy_evaluator_numbers_unchanged():
     of torch.cdist's |a|²+|b|²-2a·b and is now decided exactly (density 1.1625 before vs 1.175 now for 32 copies of
     64 world reals); the cases below have no such ties."""
     from dreamdist3d.toyworld.attributes import precision_recall_density_coverage, spec_feature
-    from dreamdist3d.toyworld.evaluate import pairwise_mean_distance, score_readings
+    from dreamdist3d.recipes.toy_eval import pairwise_mean_distance, score_readings
     from dreamdist3d.toyworld.objects import sample_objects
     from dreamdist3d.toyworld.refsets import get_refset
 

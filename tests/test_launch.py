@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dreamdist3d.launch import load_config, main
-from dreamdist3d.lift3d.testing import write_tiny_assets
+from dreamdist3d.testing.assets import write_tiny_assets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")

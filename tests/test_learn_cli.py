@@ -18,7 +18,7 @@ FAST = ["--steps", "3", "--n-prompts", "4", "--batch-size", "2", "--n-samples", 
 
 @pytest.fixture(scope="module")
 def mvdream_ckpt(tmp_path_factory):
-    from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
+    from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 
     path = tmp_path_factory.mktemp("mvd") / "tiny-mvdream.pt"
     write_tiny_mvdream_checkpoint(path, seed=0)
@@ -83,7 +83,7 @@ def test_cli_four_view_mode(tmp_path, mvdream_ckpt, capsys):
 
 
 def test_cli_sd21_folder_v_prediction(tmp_path, capsys):
-    from dreamdist3d.backbones.tiny import tiny_sd21_folder
+    from dreamdist3d.testing.checkpoints import tiny_sd21_folder
 
     folder = tiny_sd21_folder(tmp_path / "sd21", prediction_type="v_prediction")
     out = tmp_path / "sd.safetensors"
@@ -98,7 +98,7 @@ def test_cli_sd21_folder_v_prediction(tmp_path, capsys):
 
 
 def test_cli_bad_folders_name_the_file(tmp_path, capsys):
-    toy = ["--backbone", "dreamdist3d.learn.tiny:tiny_toy_backbone", "--resolution", "8", "--out-dir", str(tmp_path / "r"),
+    toy = ["--backbone", "dreamdist3d.testing.backbones:tiny_toy_backbone", "--resolution", "8", "--out-dir", str(tmp_path / "r"),
            "--preview-every", "0", *FAST]
     assert main(["learn", "--images", str(tmp_path / "missing"), *toy]) == 2
     assert "missing does not exist" in capsys.readouterr().err
@@ -124,7 +124,7 @@ def test_torchrun_data_parallel_equals_one_process_with_the_global_batch(tmp_pat
     import subprocess
     import sys
 
-    common = ["--images", str(DATA), "--backbone", "dreamdist3d.learn.tiny:tiny_toy_backbone", "--resolution", "8",
+    common = ["--images", str(DATA), "--backbone", "dreamdist3d.testing.backbones:tiny_toy_backbone", "--resolution", "8",
               "--steps", "4", "--n-prompts", "4", "--n-samples", "2", "--preview-every", "0", "--quiet", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dreamdist3d.cli",

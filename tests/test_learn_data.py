@@ -142,7 +142,7 @@ class _CountingBackbone:
     """posterior() of a tiny diffusers VAE, counting images encoded."""
 
     def __init__(self):
-        from dreamdist3d.backbones.tiny import tiny_vae_config
+        from dreamdist3d.testing.checkpoints import tiny_vae_config
         from dreamdist3d.backbones.vae import build_vae
 
         torch.manual_seed(0)

@@ -80,7 +80,7 @@ def test_min_snr_has_no_plus_one_for_v(official):
 
 def test_fast_equals_official_in_multiview_layout():
     """4-view items with cameras: same loss, same ctx gradient (up to re-association), rows b-major (b, r, f)."""
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone(supports_camera=True)
     calls = []

@@ -12,12 +12,12 @@ from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.distribution import PromptDistribution, PromptLearner
 from dreamdist3d.learn.data import load_reference_images
 from dreamdist3d.learn.loss import distribution_loss
-from dreamdist3d.learn.recipe import LearnConfig, NonFiniteLossError, launch_entry, learn
-from dreamdist3d.learn.tiny import tiny_toy_backbone
+from dreamdist3d.recipes.learn import LearnConfig, NonFiniteLossError, launch_entry, learn
+from dreamdist3d.testing.backbones import tiny_toy_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "cathedral_small"
-TOY = "dreamdist3d.learn.tiny:tiny_toy_backbone"
+TOY = "dreamdist3d.testing.backbones:tiny_toy_backbone"
 
 
 def small(tmp_path, **kw) -> LearnConfig:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from dreamdist3d.cli import main
-from dreamdist3d.lift3d.testing import write_tiny_assets
+from dreamdist3d.testing.assets import write_tiny_assets
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")
 

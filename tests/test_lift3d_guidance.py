@@ -14,7 +14,7 @@ from dreamdist3d.config import ConfigError
 from dreamdist3d.lift3d.data import RandomMultiviewCameraDataModule
 from dreamdist3d.lift3d.guidance import MultiviewDiffusionGuidance
 from dreamdist3d.lift3d.prompt_processor import SAMPLE_FILE, DreamDistributionPromptProcessor, PromptSample
-from dreamdist3d.lift3d.testing import write_tiny_assets
+from dreamdist3d.testing.assets import write_tiny_assets
 
 class ToyMVUNet(nn.Module):
     """Depends on x, t, context, camera, and mixes the views of each group (like MVDream's 3D self-attention)."""

@@ -21,7 +21,7 @@ import torch
 from dreamdist3d.config import parse_structured
 from dreamdist3d.launch import load_config, seed_everything
 from dreamdist3d.lift3d.system import MVDreamSystem, find_component
-from dreamdist3d.lift3d.testing import disk_image, oracle_backbone, write_tiny_assets
+from dreamdist3d.testing.assets import disk_image, oracle_backbone, write_tiny_assets
 from dreamdist3d.lift3d.trainer import CheckpointConfig, Trainer, TrainerConfig
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")

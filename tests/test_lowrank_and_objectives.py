@@ -83,7 +83,7 @@ def test_seed_rule_sample_i_does_not_depend_on_n():
 
 # ---------------------------------------------------------------------- files and the one path
 def test_file_records_the_mode_and_fit_honours_it(tmp_path):
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone(resolution=8)
     pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=5, generator=torch.Generator().manual_seed(0))
@@ -136,7 +136,7 @@ def test_assign_maps_prompts_to_images():
 
 @pytest.mark.parametrize("objective", ["official", "wta", "softmin"])
 def test_lowrank_fast_equals_official_arrangement(objective):
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone()
     g = torch.Generator().manual_seed(0)
@@ -204,8 +204,8 @@ def test_two_d_model_official_collapses_set_covering_spreads():
 def test_recipe_records_objective_and_covariance(tmp_path):
     from test_learn_recipe import small
 
-    from dreamdist3d.learn.recipe import learn
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.recipes.learn import learn
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone(resolution=8)
     res = learn(small(tmp_path, objective="wta", covariance="lowrank", steps=4), backbone=bb)

@@ -20,7 +20,7 @@ from dreamdist3d.backbones.mvdream import (
 )
 from dreamdist3d.backbones.multiview_unet import MVDREAM_SD21_CONFIG
 from dreamdist3d.backbones.schedule import NoiseSchedule
-from dreamdist3d.backbones.tiny import tiny_mvdream_state_dict, write_tiny_mvdream_checkpoint
+from dreamdist3d.testing.checkpoints import tiny_mvdream_state_dict, write_tiny_mvdream_checkpoint
 from conftest import reference_path
 
 

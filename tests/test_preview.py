@@ -12,7 +12,7 @@ from PIL import Image
 from dreamdist3d.backbones.cameras import get_camera
 from dreamdist3d.backbones.mvdream import ldm_schedule_buffers, load_mvdream
 from dreamdist3d.backbones.schedule import NoiseSchedule
-from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
+from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 from dreamdist3d.cli import main
 from dreamdist3d.backbones.ddim import ddim_timesteps, make_ddim_scheduler
 from dreamdist3d.sample2d.mvdream_preview import sample_views

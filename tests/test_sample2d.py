@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dreamdist3d.backbones.tiny import tiny_sd21_folder
+from dreamdist3d.testing.checkpoints import tiny_sd21_folder
 from dreamdist3d.cli import main
 from dreamdist3d.distribution import DistributionSpec, PromptDistribution, PromptLearner
 from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid

@@ -17,8 +17,8 @@ import torch
 from dreamdist3d.distribution import PromptDistribution
 from dreamdist3d.toyworld.attributes import AttributeReader
 from dreamdist3d.backbones.toy_weights import default_weights_path, load_toy_backbone
-from dreamdist3d.toyworld.demo import launch_3d
-from dreamdist3d.toyworld.evaluate import turntable_views
+from dreamdist3d.recipes.toy_demo import launch_3d
+from dreamdist3d.recipes.toy_eval import turntable_views
 
 WEIGHTS = default_weights_path()
 

@@ -20,7 +20,7 @@ from dreamdist3d.backbones.toy import (
 )
 from dreamdist3d.backbones.toy_weights import default_weights_path, load_toy_backbone
 from dreamdist3d.toyworld.objects import ObjectSpec, PartSpec, nearest_colour
-from dreamdist3d.toyworld.train import (
+from dreamdist3d.recipes.toy_train import (
     FLOAT32,
     SOS,
     TokenRows,
@@ -113,7 +113,7 @@ def test_interpolated_text_embeddings_give_interpolated_hues(shipped):
     """The text space is continuous: "a red box" -> "a yellow box" through interpolated token embeddings reads as
     hues moving from red (0°) to yellow (58°) in order."""
     from dreamdist3d.toyworld.attributes import AttributeReader
-    from dreamdist3d.toyworld.evaluate import interpolation_readout
+    from dreamdist3d.recipes.toy_eval import interpolation_readout
 
     reader = AttributeReader.fit(n_train=600, seed=0, epochs=20)  # hue is analytic; the fit only sets the rejects
     res = interpolation_readout(shipped, reader, seeds=(0, 1))

@@ -16,7 +16,7 @@ import torch
 from dreamdist3d.toyworld.attributes import Reading, spec_feature
 from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
 from dreamdist3d.backbones.toy_weights import save_toy_backbone
-from dreamdist3d.toyworld.evaluate import (
+from dreamdist3d.recipes.toy_eval import (
     METRICS,
     EvalConfig,
     claim_check,

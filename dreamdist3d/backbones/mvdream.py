@@ -15,7 +15,7 @@ lists all unknown / missing / mis-shaped keys. Modules are built on the meta dev
 the `.pt` is opened with `torch.load(weights_only=True, mmap=True)` so the weights are not held twice.
 
 Configs: the released file needs none (the UNet config is read off the key shapes, heads = 64 channels, as
-`configs/sd-v2-base.yaml`; text heads = width // 64). Tiny test files (see `backbones/tiny.py`) carry a config in a
+`configs/sd-v2-base.yaml`; text heads = width // 64). Tiny test files (see `testing/checkpoints.py`) carry a config in a
 JSON sidecar `<file stem>.json` (and, for .safetensors, in the header metadata) with `format = "dreamdist3d-mvdream"`.
 """
 

@@ -65,7 +65,7 @@ def render_toy_html(report: Dict[str, Any]) -> str:
 
 
 def write_toy_html(out) -> Path:
-    """out/report.html from out/report.json (written by `dreamdist3d.toyworld.evaluate.evaluate`)."""
+    """out/report.html from out/report.json (written by `dreamdist3d.recipes.toy_eval.evaluate`)."""
     from dreamdist3d.io import atomic_path
 
     out = Path(out)

@@ -3,7 +3,7 @@
 `python launch.py --config configs/toy/dreamdist-toy.yaml` and `dreamdist3d toyworld demo` run `run_demo`:
 
 1. render a toy reference set (`REFSETS`, 8-16 single front views) to PNGs (`reference/`, `reference.png`);
-2. learn a prompt distribution from them with the learning recipe (`dreamdist3d.learn.recipe.learn`, K=32, n_ctx 4,
+2. learn a prompt distribution from them with the learning recipe (`dreamdist3d.recipes.learn.learn`, K=32, n_ctx 4,
    the official optimiser settings, few steps) against the toy backbone (`learn/…/distribution.safetensors`);
 3. draw fresh prompt samples from it and write 2D samples (`samples-2d.png`) and 4-view previews
    (`previews-4view.png`) with the toy DDIM sampler;
@@ -147,7 +147,7 @@ def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_p
                        prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "official",
                        covariance: str = "diag"):
     """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult."""
-    from dreamdist3d.learn.recipe import LearnConfig, learn
+    from dreamdist3d.recipes.learn import LearnConfig, learn
 
     cfg = LearnConfig(
         name=name, images=str(images_dir), mode="2d", backbone="toy",

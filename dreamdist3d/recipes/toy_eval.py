@@ -337,7 +337,7 @@ def verdicts(readings, support) -> List[str]:
 # ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> Dict[str, Any]:
     """All methods on one reference set -> {"rows": [...], "sheet": path, "captions": ..., "times": ...}."""
-    from dreamdist3d.toyworld.demo import learn_distribution, prompt_samples, render_references, sample_images
+    from dreamdist3d.recipes.toy_demo import learn_distribution, prompt_samples, render_references, sample_images
     from dreamdist3d.toyworld.refsets import get_refset
 
     rs = get_refset(name)
@@ -377,7 +377,7 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
     oracle_rows = oracle_scores(reader, rs, real, n=cfg.n, seed=cfg.seed, k=cfg.k) if cfg.oracles else []
     views_3d: Dict[str, torch.Tensor] = {}
     if cfg.n_3d > 0:  # 3D runs of both learned distributions, read on 4 turntable views per object
-        from dreamdist3d.toyworld.demo import launch_3d
+        from dreamdist3d.recipes.toy_demo import launch_3d
 
         for method in METHODS:
             t0 = time.perf_counter()
