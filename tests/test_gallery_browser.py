@@ -238,7 +238,8 @@ def test_toy_demo_gallery_in_a_browser(browser, tmp_path):
     import torch
 
     from dreamdist3d.launch import main
-    from dreamdist3d.toyworld.backbone import build_toy_backbone, save_toy_backbone, small_test_config
+    from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
+    from dreamdist3d.backbones.toy_weights import save_toy_backbone
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -84,10 +84,8 @@ def test_video_writer_leaves_no_temp_file_when_a_frame_fails(tmp_path):
 
 
 def test_toy_weights_writer_has_the_usual_mode(tmp_path):
-    try:  # the toy backbone is moving to dreamdist3d.backbones.toy
-        from dreamdist3d.backbones.toy import build_toy_backbone, save_toy_backbone, small_test_config
-    except ImportError:
-        from dreamdist3d.toyworld.backbone import build_toy_backbone, save_toy_backbone, small_test_config
+    from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
+    from dreamdist3d.backbones.toy_weights import save_toy_backbone
 
     save_toy_backbone(build_toy_backbone(small_test_config()), tmp_path / "w.safetensors")
     mask = os.umask(0o022)

@@ -193,22 +193,19 @@ def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = 
     """One text-to-3D run of the toy backbone with the prompt sample of `seed`: folder `out/runs/seed<seed>/`."""
     import shutil
 
-    from dreamdist3d.launch import build_parser, run
+    from dreamdist3d.recipes.lift3d import run_3d
 
     previous = Path(out) / "runs" / f"seed{seed}"
     if (previous / "cmd.txt").is_file():  # a previous demo's run of this seed: start clean (its turntable would
         shutil.rmtree(previous)            # otherwise be picked up when the step counts differ)
-    largs = [
-        "--config", str(resolve_path(config)), "--train", *(["--cpu"] if str(device) == "cpu" else []),
+    settings = [
         f"system.prompt_processor.distribution={distribution}", f"seed={seed}", f"exp_root_dir={out}", "name=runs",
         f"tag=seed{seed}", "use_timestamp=false", f"trainer.max_steps={steps}",
         f"trainer.enable_progress_bar={str(bool(progress)).lower()}", *overrides,
     ]
-    parsed, extras = build_parser().parse_known_args(largs)
-    rc = run(parsed, extras, backbone=backbone)
-    if rc != 0:
-        raise RuntimeError(f"3D run seed {seed} failed (launch.py returned {rc})")
-    return Path(out) / "runs" / f"seed{seed}"
+    res = run_3d(resolve_path(config), backbone=backbone, mode="train", overrides=settings,
+                 device="cpu" if str(device) == "cpu" else "auto")
+    return res.run_dir
 
 
 def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = False, texture_size: int = 256,
@@ -255,7 +252,7 @@ def _log(msg: str) -> None:
 
 def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     """Run the demo (see the module docstring); returns the summary (also written to `<out>/summary.json`)."""
-    from dreamdist3d.commands.gallery import build_gallery, find_turntable
+    from dreamdist3d.lift3d.gallery import build_gallery, find_turntable
     from dreamdist3d.toyworld.refsets import get_refset
 
     cfg = check_config(cfg)

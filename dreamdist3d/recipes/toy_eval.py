@@ -289,7 +289,7 @@ def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    from dreamdist3d.commands.gallery import find_turntable
+    from dreamdist3d.lift3d.gallery import find_turntable
     from dreamdist3d.lift3d.saving import sorted_frames
 
     tt = find_turntable(Path(run_dir))
