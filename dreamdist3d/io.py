@@ -104,7 +104,8 @@ class OutputPathError(OSError):
         return str(self.strerror)
 
 
-def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike, metadata: Optional[Dict[str, str]] = None) -> None:
+def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike,
+                            metadata: Optional[Dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:

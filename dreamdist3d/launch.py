@@ -50,7 +50,8 @@ def run(args: argparse.Namespace, extras: List[str]) -> int:
     if "CUDA_VISIBLE_DEVICES" not in os.environ and not args.cpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     if len(gpus) > 1:
-        print(f"launch.py: {len(gpus)} GPUs given; one run uses one device (use `dreamdist3d gallery --gpu` for several runs)",
+        print(f"launch.py: {len(gpus)} GPUs given; one run uses one device (use `dreamdist3d gallery --gpu` for "
+              "several runs)",
               file=sys.stderr)
     run_3d(args.config, mode=_mode(args), overrides=extras, device="cpu" if args.cpu else "auto")
     return 0
@@ -66,7 +67,8 @@ def _run_learn(args: argparse.Namespace, extras: List[str]) -> int:
     from dreamdist3d.recipes.learn import launch_entry
 
     if not args.train:
-        raise ConfigError("a `recipe: learn` config only supports --train (use `dreamdist3d preview/sample` to look at the result)")
+        raise ConfigError("a `recipe: learn` config only supports --train (use `dreamdist3d preview/sample` to look at "
+                          "the result)")
     cfg = load_yaml(args.config, extras)
     resume = cfg.pop("resume", None) or None
     if "device" not in {e.split("=", 1)[0] for e in extras}:  # --cpu / --gpu N, unless device= is given
@@ -104,7 +106,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if recipe == "toy-demo":
             return _run_toy_demo(args, extras)
         if recipe:
-            raise ConfigError(f"config key 'recipe': unknown recipe {recipe!r} (known: learn, toy-demo; omit it for a 3D run)")
+            raise ConfigError(f"config key 'recipe': unknown recipe {recipe!r} (known: learn, toy-demo; omit it for a "
+                              "3D run)")
         return run(args, extras)
 
     return run_reporting("launch.py", go, verbose=args.verbose)

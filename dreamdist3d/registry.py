@@ -6,7 +6,7 @@ that modules register into at import time, which is how threestudio users expect
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, TypeVar
 
 T = TypeVar("T")
 

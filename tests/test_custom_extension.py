@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -132,12 +132,16 @@ def _fake_threestudio() -> Dict[str, types.ModuleType]:
             self._cache_dir = ".threestudio_cache/text_embeddings"
             c = self.cfg
             self.directions = [
-                DirectionConfig("side", lambda s: f"{s}, side view", lambda s: s, lambda e, a, d: torch.ones_like(e, dtype=torch.bool)),
+                DirectionConfig("side", lambda s: f"{s}, side view", lambda s: s,
+                                lambda e, a, d: torch.ones_like(e, dtype=torch.bool)),
                 DirectionConfig("front", lambda s: f"{s}, front view", lambda s: s,
-                                lambda e, a, d: (shift_azimuth_deg(a) > -c.front_threshold) & (shift_azimuth_deg(a) < c.front_threshold)),
+                                lambda e, a, d: (shift_azimuth_deg(a) > -c.front_threshold)
+                                & (shift_azimuth_deg(a) < c.front_threshold)),
                 DirectionConfig("back", lambda s: f"{s}, back view", lambda s: s,
-                                lambda e, a, d: (shift_azimuth_deg(a) > 180 - c.back_threshold) | (shift_azimuth_deg(a) < -180 + c.back_threshold)),
-                DirectionConfig("overhead", lambda s: f"{s}, overhead view", lambda s: s, lambda e, a, d: e > c.overhead_threshold),
+                                lambda e, a, d: (shift_azimuth_deg(a) > 180 - c.back_threshold)
+                                | (shift_azimuth_deg(a) < -180 + c.back_threshold)),
+                DirectionConfig("overhead", lambda s: f"{s}, overhead view", lambda s: s,
+                                lambda e, a, d: e > c.overhead_threshold),
             ]
             self.direction2idx = {d.name: i for i, d in enumerate(self.directions)}
             self.prompt = c.prompt
@@ -172,7 +176,8 @@ def _fake_threestudio() -> Dict[str, types.ModuleType]:
         m.__dict__.update(attrs)
         return m
 
-    base = mod("threestudio.utils.base", Updateable=Updateable, BaseObject=BaseObject, get_device=lambda: torch.device("cpu"))
+    base = mod("threestudio.utils.base", Updateable=Updateable, BaseObject=BaseObject,
+               get_device=lambda: torch.device("cpu"))
     modules = {
         "threestudio": ts,
         "threestudio.utils": mod("threestudio.utils"),
@@ -182,7 +187,8 @@ def _fake_threestudio() -> Dict[str, types.ModuleType]:
         "threestudio.models.prompt_processors": mod("threestudio.models.prompt_processors"),
         "threestudio.models.prompt_processors.base": mod(
             "threestudio.models.prompt_processors.base", PromptProcessor=PromptProcessor,
-            PromptProcessorOutput=PromptProcessorOutput, DirectionConfig=DirectionConfig, shift_azimuth_deg=shift_azimuth_deg,
+            PromptProcessorOutput=PromptProcessorOutput, DirectionConfig=DirectionConfig,
+            shift_azimuth_deg=shift_azimuth_deg,
         ),
     }
     return modules
@@ -231,7 +237,8 @@ def test_extension_registers_and_delegates_to_dreamdist3d(threestudio, assets, t
            "negative_prompt": "ugly", "spawn": True, "sample_path": str(sample_path)}
     pp = cls(cfg)
     out = pp()
-    assert isinstance(out, base.PromptProcessorOutput) and type(out).__name__ == "DreamDistributionPromptProcessorOutput"
+    assert isinstance(out, base.PromptProcessorOutput)
+    assert type(out).__name__ == "DreamDistributionPromptProcessorOutput"
     assert out.sample_seed == 3 and "<tiny-dist>" in out.prompt and out.prompts_vd[1].endswith(", front view")
     # the same numbers as dreamdist3d's own processor (delegation, no logic of its own)
     ours = OurProcessor({"distribution": assets["dist"], "pretrained_model_name_or_path": assets["ckpt"], "scale": 1.5,
@@ -242,7 +249,8 @@ def test_extension_registers_and_delegates_to_dreamdist3d(threestudio, assets, t
     elev, azi, dist = torch.zeros(8), torch.arange(8.0) * 45, torch.ones(8)
     emb = out.get_text_embeddings(elev, azi, dist, view_dependent_prompting=False)  # what MVDream's guidance calls
     assert emb.shape == (16, 77, out.text_embeddings.shape[-1])
-    assert torch.equal(emb[:8], out.text_embeddings.expand(8, -1, -1)) and torch.equal(emb[8:], ours.uncond_text_embeddings.expand(8, -1, -1))
+    assert torch.equal(emb[:8], out.text_embeddings.expand(8, -1, -1))
+    assert torch.equal(emb[8:], ours.uncond_text_embeddings.expand(8, -1, -1))
     with pytest.raises(ValueError, match="view_dependent_prompting"):
         out.get_text_embeddings(elev, azi, dist, view_dependent_prompting=True)
     assert sample_path.is_file()
@@ -258,7 +266,8 @@ def test_extension_config_is_strict_and_view_dependent_edits_work(threestudio, a
     cls = threestudio.find("dreamdistribution-prompt-processor")
     with pytest.raises(TypeError, match="scael"):
         cls({"distribution": assets["dist"], "pretrained_model_name_or_path": assets["ckpt"], "scael": 2.0})
-    out = cls({"distribution": assets["dist"], "text_encoder_path": assets["ckpt"], "seed": 1, "view_dependent_prompting": True})()
+    out = cls({"distribution": assets["dist"], "text_encoder_path": assets["ckpt"], "seed": 1,
+               "view_dependent_prompting": True})()
     ours = OurProcessor({"distribution": assets["dist"], "pretrained_model_name_or_path": assets["ckpt"],
                          "view_dependent_prompting": True}, seed=1)()
     assert torch.equal(out.text_embeddings_vd, ours.text_embeddings_vd)

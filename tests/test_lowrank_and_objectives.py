@@ -145,7 +145,8 @@ def test_lowrank_fast_equals_official_arrangement(objective):
     ts, a = torch.tensor([10, 700]), torch.randn(B, R, K, generator=g)
     out = []
     for mode in ("official", "fast"):
-        pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=K, generator=torch.Generator().manual_seed(1))
+        pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=K,
+                           generator=torch.Generator().manual_seed(1))
         res = distribution_loss(pl, bb, bb.schedule, lat, noise, ts, a, mode=mode, covariance="lowrank",
                                 objective=objective)
         res.total.backward()
@@ -177,7 +178,8 @@ def _two_d_model(objective, covariance, steps=400, seed=0):
             k = assigned_prompts(b, torch.randint(0, 1000, (4, 4), generator=g), 16, 12)
             c = pts[k]
         elif covariance == "lowrank":
-            c = mean + torch.einsum("brk,kd->brd", torch.randn(4, 4, 16, generator=g), prompt_factor(pts[:, None])[:, 0])
+            c = mean + torch.einsum("brk,kd->brd", torch.randn(4, 4, 16, generator=g), prompt_factor(pts[:, None])[:,
+                                                                                                                   0])
         else:
             c = mean + torch.randn(4, 4, 2, generator=g) * pts.std(0)
         ell = ((c - images[b][:, None]) ** 2).sum(-1)  # (B, R)

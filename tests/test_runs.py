@@ -14,7 +14,8 @@ import torch
 from dreamdist3d import io as dio
 from dreamdist3d import runs
 from dreamdist3d.errors import describe, exit_code
-from dreamdist3d.launch import load_config, main as launch_main
+from dreamdist3d.launch import load_config
+from dreamdist3d.launch import main as launch_main
 from dreamdist3d.testing.assets import write_tiny_assets
 
 REPO = Path(__file__).resolve().parents[1]

@@ -51,8 +51,9 @@ def test_vae_roundtrip_and_strict_errors(reference):
 
 
 def test_vae_config_of_full_sd_keys():
-    from conftest import reference_path
     import json
+
+    from conftest import reference_path
 
     keys = json.loads(reference_path("mvdream-sd21-4view-keys.json").read_text())["keys"]
     sd = {k: torch.empty(v[:-1], device="meta") for k, v in keys.items() if k.startswith("first_stage_model.")}

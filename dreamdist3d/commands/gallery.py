@@ -26,14 +26,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distribution", required=True, help="the distribution file (.safetensors or official .pt)")
     p.add_argument("--n", type=int, default=8, help="number of runs / seeds (default 8: seeds 0..7)")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first run (default 0)")
-    p.add_argument("--config", default="configs/dreamdist-mvdream.yaml", help="launch config (default configs/dreamdist-mvdream.yaml)")
+    p.add_argument("--config", default="configs/dreamdist-mvdream.yaml",
+                   help="launch config (default configs/dreamdist-mvdream.yaml)")
     p.add_argument("--out", default=None, help="gallery folder (default outputs/gallery/<distribution stem>)")
     p.add_argument("--gpu", default="0", help="GPU id(s); several ids run one worker per GPU")
     p.add_argument("--cpu", action="store_true", help="run on the CPU")
     p.add_argument("--frames", type=int, default=6, help="turntable frames per row of the PNG grid (default 6)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)  # set for the per-GPU worker processes
-    p.add_argument("overrides", nargs="*", help="key=value config overrides for every run (e.g. trainer.max_steps=5000)")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value config overrides for every run (e.g. trainer.max_steps=5000)")
 
 
 def run_overrides(args: argparse.Namespace, out: Path, seed: int) -> List[str]:
@@ -87,8 +89,10 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[in
         if not share:
             continue
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
-        cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution, "--config", args.config,
-               "--out", str(out), "--gpu", "0", "--frames", str(args.frames), "--worker-seeds", ",".join(map(str, share)),
+        cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution, "--config",
+               args.config,
+               "--out", str(out), "--gpu", "0", "--frames", str(args.frames), "--worker-seeds", ",".join(map(str,
+                                                                                                             share)),
                *args.overrides]
         procs.append((gpu, share, subprocess.Popen(cmd, env=env)))
     failed = []
@@ -105,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if not dist.is_file():
         raise FileNotFoundError(f"--distribution {dist} does not exist")
     if not Path(args.config).is_file():
-        raise FileNotFoundError(f"--config {args.config} does not exist (run from the repository root, or pass --config)")
+        raise FileNotFoundError(f"--config {args.config} does not exist (run from the repository root, or pass "
+                                "--config)")
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ValueError(f"overrides must be key=value, got {bad}")

@@ -90,7 +90,8 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--cfg", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}, measured best for the shipped weights)")
+                   help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}, measured best for the shipped "
+                        "weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG (nearest)")
     p.add_argument("--out", default="toy-samples.png", help="PNG grid: one row per sample")
@@ -178,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     fn = getattr(args, "_toyworld_run", None)
     if fn is None:
         names = ", ".join(SUBCOMMANDS)
-        print(f"dreamdist3d toyworld: choose a subcommand ({names}); see `dreamdist3d toyworld --help`", file=sys.stderr)
+        print(f"dreamdist3d toyworld: choose a subcommand ({names}); see `dreamdist3d toyworld --help`",
+              file=sys.stderr)
         return 2
     return int(fn(args) or 0)

@@ -50,10 +50,17 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
     if not rows:
         raise FileNotFoundError(f"no finished runs with a turntable under {out / 'runs'}")
     width = max(r.shape[1] for r in rows)
-    grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], axis=0)
+    grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows],
+                          axis=0)
     png = save_png(grid, out / "gallery.png")
     cells = []
-    from dreamdist3d.web.gallery_page import GalleryObject, find_meshes, prompt_sample_settings, reference_images, write_gallery_page
+    from dreamdist3d.web.gallery_page import (
+        GalleryObject,
+        find_meshes,
+        prompt_sample_settings,
+        reference_images,
+        write_gallery_page,
+    )
 
     for seed, tt in entries:
         run = run_dir(out, seed)

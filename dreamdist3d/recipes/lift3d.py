@@ -35,8 +35,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from dreamdist3d.config import ConfigError, load_yaml, parse_structured
 from dreamdist3d.io import check_writable
-from dreamdist3d.runs import (discard_if_empty, find_latest_checkpoint, new_run_dir, open_run_dir, pick_device,
-                              run_dir_name, seed_everything)
+from dreamdist3d.runs import (
+    discard_if_empty,
+    find_latest_checkpoint,
+    new_run_dir,
+    open_run_dir,
+    pick_device,
+    run_dir_name,
+    seed_everything,
+)
 
 ConfigSource = Union[str, Path, DictConfig, Mapping[str, Any]]
 MODES = ("train", "validate", "test", "export")

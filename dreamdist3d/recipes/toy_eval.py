@@ -10,10 +10,10 @@ For each reference set (`REFSETS`), with the toy backbone:
   attribute feature (its "medoid caption": the best single caption naming part of the set);
 - **reference**: the reference renders themselves read back: the reader's own reject and in-distribution rates on
   clean renders, and how much of the set's distribution 12 draws of it cover.
-All generated samples are single front views (2D mode, DDIM 25 steps, CFG `DEFAULT_GUIDANCE` = 2, the same seeds for every
-method). First, a caption check (`caption_match`: seen-world captions generated and read back) and an interpolation
-readout (`interpolation_readout`: hues along "a red box" -> "a yellow box" in embedding space) say how far the
-backbone itself can be trusted.
+All generated samples are single front views (2D mode, DDIM 25 steps, CFG `DEFAULT_GUIDANCE` = 2, the same seeds for
+every method). First, a caption check (`caption_match`: seen-world captions generated and read back) and an
+interpolation readout (`interpolation_readout`: hues along "a red box" -> "a yellow box" in embedding space) say how far
+the backbone itself can be trusted.
 With `n_3d > 0`, every method also gets N text-to-3D runs (`configs/toy/toy-3d.yaml`, seeds 0..N-1: a fresh
 prompt sample each for K=32; K=1 and the caption, whose one prompt is saved as a K=1 distribution with
 `PromptDistribution.from_caption`, differ only by the run's seed); each object is read on 4 turntable views (one
@@ -55,7 +55,8 @@ import torch
 from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
 
 METHODS = ("K=32", "K=1", "caption")
-METRICS = ("n", "reject", "in_dist", "in_dist_acc", "coverage", "density", "precision", "recall", "diversity", "pix_div")
+METRICS = ("n", "reject", "in_dist", "in_dist_acc", "coverage", "density", "precision", "recall", "diversity",
+           "pix_div")
 DEFAULT_READER = "outputs/toyworld/attribute-reader.safetensors"
 
 
@@ -77,7 +78,8 @@ class EvalConfig:
     guidance: float = DEFAULT_GUIDANCE
     scale: float = 1.0
     k: int = 5  # k of the k-NN balls of coverage/density
-    n_real: int = 64  # objects of the set's grammar that stand for its distribution in coverage/density/precision/recall
+    # objects of the set's grammar that stand for its distribution in coverage/density/precision/recall
+    n_real: int = 64
     seed: int = 0
     progress: bool = True
     n_3d: int = 0  # 3D runs per distribution (K=32 and K=1), read on 4 turntable views each; 0 = 2D only
@@ -96,7 +98,8 @@ def pairwise_mean_distance(x: torch.Tensor) -> float:
     return mean_pairwise_l2(x)
 
 
-def score_readings(readings: Sequence[Any], support: Any, real_feats: torch.Tensor, images: Optional[torch.Tensor] = None,
+def score_readings(readings: Sequence[Any], support: Any, real_feats: torch.Tensor,
+                   images: Optional[torch.Tensor] = None,
                    k: int = 5) -> Dict[str, float]:
     """The metrics of one method (see the module docstring). readings: one `Reading` per image; support: an
     `AttributeSupport`; real_feats (R, D): attribute features of the reference set; images (N,3,H,W) for pix_div."""
@@ -228,7 +231,8 @@ def interpolation_check(
     out = []
     for t in ts:
         ctx = enc(ea + float(t) * (eb - ea))  # (1,77,D)
-        imgs = [sample_toy(backbone, ctx, uncond, steps=steps, cfg=cfg, num_frames=num_frames, seed=s)[0] for s in seeds]
+        imgs = [sample_toy(backbone, ctx, uncond, steps=steps, cfg=cfg, num_frames=num_frames,
+                           seed=s)[0] for s in seeds]
         out.append(torch.stack(imgs))
     return {"ts": list(ts), "images": torch.stack(out), "captions": (a.caption(), b.caption())}
 
@@ -458,11 +462,13 @@ def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
           f"steps, CFG {cfg.guidance}.\n", *([format_caption_match(check), ""] if check else []), table, "",
           "Captions of the caption baseline (medoid of each set): "
           + "; ".join(f"{k}: \"{v['caption']}\"" for k, v in per_set.items()), "", "Claim (K=32 coverage > K=1 at an "
-          "in-distribution rate at most 0.15 below K=1's): " + "; ".join(f"{k}: {v}" for k, v in report["claim"].items()), "",
+          "in-distribution rate at most 0.15 below K=1's): " + "; ".join(f"{k}: {v}" for k,
+                                                                         v in report["claim"].items()), "",
           *[f"![{k}](sheet-{k}.png)" for k in per_set]]
     (out / "report.md").write_text("\n".join(md) + "\n")
     print(table)
-    print(f"[toy-eval] report: {out / 'report.md'} ({report['times']['wall_s']} s wall, {report['times']['cpu_s']} s CPU)",
+    print(f"[toy-eval] report: {out / 'report.md'} ({report['times']['wall_s']} s wall, {report['times']['cpu_s']} s "
+          "CPU)",
           file=sys.stderr)
     return report
 
@@ -544,4 +550,5 @@ def cli_run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["EvalConfig", "evaluate", "evaluate_refset", "score_readings", "format_table", "medoid_caption",
-           "get_reader", "claim_check", "caption_match", "interpolation_check", "interpolation_readout", "format_caption_match", "pairwise_mean_distance", "METHODS", "METRICS"]
+           "get_reader", "claim_check", "caption_match", "interpolation_check", "interpolation_readout",
+           "format_caption_match", "pairwise_mean_distance", "METHODS", "METRICS"]

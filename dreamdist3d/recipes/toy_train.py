@@ -56,11 +56,11 @@ import torch
 import torch.nn.functional as F
 
 from dreamdist3d.backbones.base import Backbone
+from dreamdist3d.backbones.toy import ToyBackboneConfig, build_toy_backbone
+from dreamdist3d.backbones.toy_weights import save_toy_backbone
 from dreamdist3d.io import check_writable
 from dreamdist3d.runs import load_checkpoint, pick_device, save_checkpoint
 from dreamdist3d.text import ClipTokenizer
-from dreamdist3d.backbones.toy import ToyBackboneConfig, build_toy_backbone
-from dreamdist3d.backbones.toy_weights import save_toy_backbone
 from dreamdist3d.toyworld.data import (
     ATTRIBUTE_DIM,
     SOS,
@@ -302,7 +302,8 @@ class Trainer:
             g["lr"] = lr * g["lr_scale"]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(_dense(bb) + [self.table_param] + list(self.aux_head.parameters()), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(_dense(bb) + [self.table_param] + list(self.aux_head.parameters()),
+                                       cfg.grad_clip)
         self.opt.step()
         self._update_ema()
         self.step += 1
@@ -347,13 +348,15 @@ class Trainer:
                 self.total_steps = min(self.total_steps, self.step + int(rate * max(0.0, budget_end - now)))
                 bar.total = self.total_steps
             if log is not None and (self.step % self.cfg.log_every == 0 or self.step == self.total_steps):
-                log(json.dumps({"step": self.step, "loss": round(smooth, 5), "lr": lr_at(self.step - 1, self.cfg, self.total_steps),
+                log(json.dumps({"step": self.step, "loss": round(smooth, 5), "lr": lr_at(self.step - 1, self.cfg,
+                                                                                         self.total_steps),
                                 **{k: round(v[0] / max(v[1], 1), 4) for k, v in self.diag.items()},
                                 "elapsed_s": round(self.elapsed + now - t_loop, 1)}))
                 self.diag = {}
             if budget_end is not None and until is None:
                 stop = self.total_steps
-            if checkpoint is not None and (self.step % self.cfg.ckpt_every == 0 or self.step in (stop, self.total_steps)):
+            if checkpoint is not None and (self.step % self.cfg.ckpt_every == 0 or self.step in (stop,
+                                                                                                 self.total_steps)):
                 self.elapsed += time.time() - t_loop
                 t_loop = time.time()
                 self.save_checkpoint(checkpoint)

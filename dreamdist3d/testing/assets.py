@@ -28,8 +28,8 @@ def write_tiny_assets(folder, seed: int = 0, n_prompts: int = 8, ctx_scale: floa
                       prefix: str = "a photo of", suffix: str = "") -> Tuple[Path, Path]:
     """(checkpoint path, distribution path) in `folder`; reused when already there."""
     from dreamdist3d.backbones.mvdream import load_mvdream
-    from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
     from dreamdist3d.distribution import PromptDistribution, PromptLearner
+    from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,11 +38,13 @@ def write_tiny_assets(folder, seed: int = 0, n_prompts: int = 8, ctx_scale: floa
         write_tiny_mvdream_checkpoint(ckpt, seed=seed)
     if not dist.is_file():
         bb = load_mvdream(ckpt)
-        learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=4, n_prompts=n_prompts, prefix=prefix, suffix=suffix,
+        learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=4, n_prompts=n_prompts, prefix=prefix,
+                                suffix=suffix,
                                 generator=torch.Generator().manual_seed(seed + 1))
         with torch.no_grad():
             learner.ctx.mul_(ctx_scale)
-        PromptDistribution.from_learner(learner, backbone=f"tiny-mvdream seed {seed}", source="dreamdist3d.testing.assets").save(dist)
+        PromptDistribution.from_learner(learner, backbone=f"tiny-mvdream seed {seed}",
+                                        source="dreamdist3d.testing.assets").save(dist)
     return ckpt, dist
 
 

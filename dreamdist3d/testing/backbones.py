@@ -102,12 +102,14 @@ def tiny_pixel_backbone(device: Union[str, torch.device] = "cpu", dtype: torch.d
         torch.manual_seed(seed + 1)
         unet = UNet2DConditionModel(
             sample_size=resolution, in_channels=3, out_channels=3, block_out_channels=(32, 32), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D",
+                                                                                      "CrossAttnUpBlock2D"),
             cross_attention_dim=enc.hidden_size, attention_head_dim=8, norm_num_groups=8,
         )
     bb = Backbone(name="tiny-pixel", tokenizer=ClipTokenizer.default(), text_encoder=enc,
                   unet=DiffusersUNetAdapter(unet), schedule=NoiseSchedule.scaled_linear(prediction_type),
-                  resolution=resolution, vae=None, supports_camera=False, source=f"dreamdist3d.testing.backbones seed {seed}")
+                  resolution=resolution, vae=None, supports_camera=False,
+                  source=f"dreamdist3d.testing.backbones seed {seed}")
     return bb.to(device=device, dtype=dtype)
 
 

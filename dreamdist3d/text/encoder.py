@@ -16,9 +16,8 @@ code the official fixtures were made with.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Set, Tuple, Union
+from typing import Dict, Mapping, Optional, Set, Tuple, Union
 
 import torch
 from torch import nn

@@ -141,4 +141,8 @@ def aspect_word(shape: str, aspect: float) -> str:
     return ""
 
 
-__all__ = ["SIZE_MIN", "SIZE_MAX", "SHAPES", "PART_SHAPES", "PLACEMENTS", "PALETTE", "COLOURS", "HUE_JITTER", "SATURATION_RANGE", "VALUE_RANGE", "WARM_COLOURS", "COOL_COLOURS", "SIZE_WORDS", "ASPECT_RANGE", "ASPECT_WORDS", "PART_SCALE_RANGE", "BOX_DEPTH", "TORUS_TUBE", "CAPSULE_RADIUS", "TOP_SHIFT", "COLOUR_SYNONYMS", "SHAPE_SYNONYMS", "SIZE_SYNONYMS", "ASPECT_SYNONYMS", "PREFIXES", "hue_distance", "nearest_colour", "mix_hue", "hue_blend", "hsv_to_rgb", "size_word", "aspect_word"]
+__all__ = ["SIZE_MIN", "SIZE_MAX", "SHAPES", "PART_SHAPES", "PLACEMENTS", "PALETTE", "COLOURS", "HUE_JITTER",
+           "SATURATION_RANGE", "VALUE_RANGE", "WARM_COLOURS", "COOL_COLOURS", "SIZE_WORDS", "ASPECT_RANGE",
+           "ASPECT_WORDS", "PART_SCALE_RANGE", "BOX_DEPTH", "TORUS_TUBE", "CAPSULE_RADIUS", "TOP_SHIFT",
+           "COLOUR_SYNONYMS", "SHAPE_SYNONYMS", "SIZE_SYNONYMS", "ASPECT_SYNONYMS", "PREFIXES", "hue_distance",
+           "nearest_colour", "mix_hue", "hue_blend", "hsv_to_rgb", "size_word", "aspect_word"]
