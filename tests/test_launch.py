@@ -229,3 +229,25 @@ def test_full_configs_parse_strictly_and_build(assets, tmp_path, name):
     groups = {g["name"]: g["lr"] for g in system.configure_optimizers()[0].param_groups}
     assert groups == {"geometry.encoding": 0.01, "geometry.density_network": 0.001, "geometry.feature_network": 0.001,
                       "background": 0.001}
+
+
+def test_run_3d_from_python_with_a_config_object(assets, tmp_path):
+    """The recipe without argv: a loaded config object in, the run folder and its files out; launch.py's --test on
+    the same run gives the same turntable frames."""
+    from omegaconf import OmegaConf
+
+    from dreamdist3d.config import load_yaml
+    from dreamdist3d.recipes.lift3d import run_3d
+
+    cfg = load_yaml(TINY, [f"system.guidance.pretrained_model_name_or_path={assets['ckpt']}",
+                           f"system.prompt_processor.distribution={assets['dist']}", f"exp_root_dir={tmp_path}",
+                           "trainer.max_steps=2", "trainer.val_check_interval=0", "trainer.limit_test_batches=1"])
+    before = OmegaConf.to_yaml(cfg)  # the caller's object must stay as it was
+    res = run_3d(cfg, mode="train", device="cpu")
+    assert OmegaConf.to_yaml(cfg) == before and res.run_dir == _only_run(tmp_path)
+    assert res.files["video"].is_file() and res.files["video"].parent == res.run_dir / "save"
+    assert (res.run_dir / "configs" / "raw.yaml").is_file() and (res.run_dir / "ckpts" / "last.ckpt").is_file()
+    again = run_3d(cfg, mode="test", resume=str(res.run_dir / "ckpts" / "last.ckpt"), device="cpu")
+    assert again.files["video"].is_file()
+    with pytest.raises(Exception, match="mode"):
+        run_3d(cfg, mode="fly")
