@@ -123,6 +123,7 @@ def test_cli_bad_folders_name_the_file(tmp_path, capsys):
     assert "stesp" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_data_parallel_equals_one_process_with_the_global_batch(tmp_path):
     """The documented multi-process command (torchrun, gloo on CPU): 2 processes × batch 2 == 1 process × batch 4."""
     import os

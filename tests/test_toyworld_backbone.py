@@ -109,6 +109,7 @@ def test_generation_has_the_captions_colour(shipped):
     assert matches >= 6, got  # of 8 images
 
 
+@pytest.mark.slow
 @needs_weights
 def test_interpolated_text_embeddings_give_interpolated_hues(shipped):
     """The text space is continuous: "a red box" -> "a yellow box" through interpolated token embeddings reads as
@@ -144,6 +145,7 @@ def _small(steps: int, **switches) -> TrainConfig:
                        ckpt_every=3, lr=2e-3, **switches)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switches", [{}, FLOAT32], ids=["shipped-recipe", "float32"])
 def test_training_runs_checkpoints_and_resumes_exactly(tmp_path, switches):
     torch.set_num_threads(1)

@@ -157,6 +157,7 @@ def test_table_and_claim():
     assert medoid_caption(get_refset("warm-cones-cylinders")) in get_refset("warm-cones-cylinders").captions()
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
     from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.toyworld.attributes import AttributeReader
