@@ -174,7 +174,8 @@ def main() -> None:
         r = run_child(["export", res, tex, 1, target], a.threads)
         st = r["stages"]
         label = f"{res}" + (f" → {target // 1000}k faces" if target else "")
-        say(f"| {label} | {tex} | {r['faces']} | {r['cpu_s']:.1f} | {r['cpu_s'] / base['cpu_s']:.1f}× | {r['wall_s']:.1f} "
+        say(f"| {label} | {tex} | {r['faces']} | {r['cpu_s']:.1f} | {r['cpu_s'] / base['cpu_s']:.1f}× | "
+            f"{r['wall_s']:.1f} "
             f"| {st['isosurface']:.2f} | {st['cleanup']:.2f} | {st.get('uv_unwrap', 0):.1f} | {st.get('bake', 0):.2f} "
             f"| {st['write']:.2f} | {r['peak_mb']:.0f} | {r['bytes'] / 2**20:.1f} |")
     say()

@@ -21,7 +21,7 @@ On CUDA the defaults are the real widths (1024 / 320 / 128).
 Baseline ("official-equivalent", written out below in `official_step`, the arithmetic of the official train.py +
 PromptLearner.forward): the VAE encodes the batch every step (`latent_dist.sample()·0.18215`); the K prompts are
 stacked for each of the B items and the text encoder runs on B·K = 128 sequences; μ, σ, ortho per item; float32.
-Ours (`our_step`): the step of `dreamdist3d.learn.recipe` — latents drawn from the posterior cached once
+Ours (`our_step`): the step of `dreamdist3d.recipes.learn` — latents drawn from the posterior cached once
 (`LatentCache`), the K prompts encoded once (`distribution_loss(mode="fast")`). Both use the same attention kernels
 (the official code uses xformers; here both use PyTorch SDPA in the UNet and the same text encoder module), the same
 UNet, the same random draws (a per-step CPU generator); the first step's loss of both is printed as a check.
@@ -94,7 +94,8 @@ def build_backbone(args, device, dtype) -> Backbone:
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=w,
             use_linear_projection=True, norm_num_groups=32))
         schedule = NoiseSchedule.scaled_linear("v_prediction", style="diffusers")
-    bb = Backbone(name=args.backbone, tokenizer=ClipTokenizer.default(), text_encoder=text, unet=unet, schedule=schedule,
+    bb = Backbone(name=args.backbone, tokenizer=ClipTokenizer.default(), text_encoder=text, unet=unet,
+                  schedule=schedule,
                   resolution=args.resolution, vae=vae, supports_camera=args.backbone == "mvdream")
     bb.to(device=device, dtype=None if dtype == torch.float32 else dtype)
     for m in (bb.unet, bb.vae, bb.text_encoder):
@@ -194,7 +195,8 @@ def worker(args) -> dict:
     bb = build_backbone(args, dev, dtype)
     g = torch.Generator().manual_seed(5)
     images = (torch.rand((B, 3, args.resolution, args.resolution), generator=g) * 2 - 1).to(dev, dtype)
-    learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=N_CTX, n_prompts=K, generator=torch.Generator().manual_seed(0))
+    learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=N_CTX, n_prompts=K,
+                            generator=torch.Generator().manual_seed(0))
     learner.ctx = torch.nn.Parameter(learner.ctx.detach().float())
     opt = torch.optim.AdamW([learner.ctx], lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -249,7 +251,8 @@ def count_flops(args, real: bool) -> dict:
     hl = bb.latent_size
     ctx = torch.randn(B * R, 77, a.text_width, device=meta, requires_grad=True)
     with FlopCounterMode(display=False) as fc:
-        bb(torch.randn(B * R, 4, hl, hl, device=meta), torch.zeros(B * R, dtype=torch.long, device=meta), ctx).sum().backward()
+        bb(torch.randn(B * R, 4, hl, hl, device=meta), torch.zeros(B * R, dtype=torch.long, device=meta),
+           ctx).sum().backward()
     out["unet"] = fc.get_total_flops()
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         bb.vae.encode(torch.randn(B, 3, a.resolution, a.resolution, device=meta))
@@ -293,7 +296,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--flops-only", action="store_true", help="only the FLOP table (no timing)")
     p.add_argument("--no-objectives", action="store_true",
-                   help="skip the objective table (wta/softmin with low-rank samples, assign vs the official objective)")
+                   help="skip the objective table (wta/softmin with low-rank samples, assign vs the official "
+                        "objective)")
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     cpu = args.device == "cpu"
@@ -336,21 +340,26 @@ def main(argv=None) -> int:
     pr = ours["params"]
     print(f"DreamDistribution learning step, {args.backbone} {args.resolution} px, B={B} K={K} R={R} n_ctx={N_CTX}, "
           f"{args.dtype}; {dev}; torch {torch.__version__}")
-    print(f"widths: UNet model_channels {args.unet_width} ({pr['unet'] / 1e6:.1f} M), text {args.text_width} × 23 layers "
+    print(f"widths: UNet model_channels {args.unet_width} ({pr['unet'] / 1e6:.1f} M), text {args.text_width} × 23 "
+          "layers "
           f"({pr['text'] / 1e6:.1f} M), VAE encoder {args.vae_width} ({pr['vae_encoder'] / 1e6:.1f} M); "
           f"channels-last {args.channels_last} (both); {args.steps} timed steps after 1 warm-up")
-    print(f"check: first-step loss official {off['first_loss']:.6f}, ours {ours['first_loss']:.6f} (rel diff {rel:.1e})")
+    print(f"check: first-step loss official {off['first_loss']:.6f}, ours {ours['first_loss']:.6f} (rel diff "
+          f"{rel:.1e})")
     mem = "peak CUDA alloc MiB" if not cpu else "peak RSS MiB (Δ in steps)"
     print(f"| step | wall s/step | CPU s/step | steps/s (CPU time) | {mem} | one-off setup s |")
     print("|---|---|---|---|---|---|")
-    for name, r in (("official-equivalent (B·K text, VAE every step)", off), ("ours (K text once, cached latents)", ours)):
+    for name, r in (("official-equivalent (B·K text, VAE every step)", off), ("ours (K text once, cached latents)",
+                                                                              ours)):
         m = f"{r['peak_mb']:.0f}" + ("" if not cpu else f" (+{r['growth_mb']:.0f})")
         print(f"| {name} | {r['sec']:.2f} | {r['cpu_sec']:.2f} | {1 / r['cpu_sec']:.3f} | {m} | {r['setup']:.2f} |")
     print(f"speed-up ours/official: wall {off['sec'] / ours['sec']:.2f}×, process CPU time "
-          f"{off['cpu_sec'] / ours['cpu_sec']:.2f}×; peak memory official/ours: {off['peak_mb'] / ours['peak_mb']:.2f}×")
+          f"{off['cpu_sec'] / ours['cpu_sec']:.2f}×; peak memory official/ours: "
+          f"{off['peak_mb'] / ours['peak_mb']:.2f}×")
     if not args.no_objectives:
         print()
-        print("Objective cost at equal rows (B·R UNet rows), relative to our step with the official objective (goal ≤ 1.3×):")
+        print("Objective cost at equal rows (B·R UNet rows), relative to our step with the official objective (goal ≤ "
+              "1.3×):")
         print("| objective + covariance | wall s/step | CPU s/step | CPU time vs ours |")
         print("|---|---|---|---|")
         for v in OUR_VARIANTS:

@@ -90,7 +90,7 @@ def _hf_tokenizer(tmp: Path):
 
 def build_sampler(preset: str, device: torch.device, dtype: torch.dtype, tmp: Path) -> SD21Sampler:
     if preset == "tiny":
-        from dreamdist3d.backbones.tiny import tiny_sd21_folder
+        from dreamdist3d.testing.checkpoints import tiny_sd21_folder
 
         folder = tiny_sd21_folder(tmp / "tiny-sd21", sample_size=16)
         return SD21Sampler.from_folder(folder, device=device, dtype=dtype)
@@ -169,7 +169,8 @@ def flop_projection(steps: int, k: int = K_PROMPTS) -> dict:
         return mode.get_total_flops()
 
     m = lambda *s: torch.zeros(*s, device="meta")  # noqa: E731
-    unet_pair = count(lambda: unet(m(2, 4, 96, 96), torch.tensor([500, 500], device="meta"), encoder_hidden_states=m(2, 77, 1024)))
+    unet_pair = count(lambda: unet(m(2, 4, 96, 96), torch.tensor([500, 500], device="meta"),
+                                   encoder_hidden_states=m(2, 77, 1024)))
     decode = count(lambda: vae.decode(m(1, 4, 96, 96)))
     fit = count(lambda: enc(m(k, 77, 1024)))
     negative = count(lambda: enc(m(1, 77, 1024)))
@@ -215,12 +216,17 @@ def main() -> int:
         b = statistics.median(bare)
         o = {k: statistics.median(run.get(k, 0.0) for run in ours) for k in ours[0]}
         outside = o["total"] - o["pipeline"]
-        info = (f"preset {preset}: {size}x{size}, {settings.n} images, {settings.steps} steps, batch {settings.batch_size}, "
+        where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                 else f"{os.cpu_count()} CPU cores, {args.threads} torch threads")
+        info = (f"preset {preset}: {size}x{size}, {settings.n} images, {settings.steps} steps, batch "
+                f"{settings.batch_size}, "
                 f"cfg {settings.cfg:g}, distribution K={K_PROMPTS} n_ctx={N_CTX}; device {device} "
-                f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{os.cpu_count()} CPU cores, {args.threads} torch threads'}), "
-                f"{dtype_name(dtype)}, torch {torch.__version__}; {args.repeats} repeat(s), medians; build {build_s:.1f}s")
+                f"({where}), "
+                f"{dtype_name(dtype)}, torch {torch.__version__}; {args.repeats} repeat(s), medians; build "
+                f"{build_s:.1f}s")
         print(info)
-        print("| path | total s | in pipeline s | fit s | negative s | draw s | write s (critical path) | outside pipeline s |")
+        print("| path | total s | in pipeline s | fit s | negative s | draw s | write s (critical path) | outside "
+              "pipeline s |")
         print("|---|---|---|---|---|---|---|---|")
         print(f"| bare diffusers calls | {b:.3f} | {b:.3f} | – | – | – | – | – |")
         print(f"| dreamdist3d sample | {o['total']:.3f} | {o['pipeline']:.3f} | {o.get('fit', 0):.3f} | "

@@ -97,18 +97,21 @@ class RandomPrompt:
 def system_config(field: str, samples: int) -> dict:
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.to_container(OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs", "dreamdist-mvdream.yaml")))
+    cfg = OmegaConf.to_container(OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                                             "dreamdist-mvdream.yaml")))
     sys_cfg = cfg["system"]
     sys_cfg["renderer"] = {"radius": 1.0, "num_samples_per_ray": samples}
     sys_cfg["geometry"]["pos_encoding_config"]["backend"] = "torch"
     if field == "mlp":
         sys_cfg["geometry"]["pos_encoding_config"] = {"otype": "Frequency", "n_frequencies": 6}
-        sys_cfg["geometry"]["mlp_network_config"] = {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none",
+        sys_cfg["geometry"]["mlp_network_config"] = {"otype": "VanillaMLP", "activation": "ReLU",
+                                                     "output_activation": "none",
                                                      "n_neurons": 64, "n_hidden_layers": 4}
         sys_cfg["renderer"].update(grid_prune=False, prune_alpha_threshold=False)
         sys_cfg["optimizer"]["params"]["geometry.encoding"] = {"lr": 0.01}  # (no parameters: kept for the same groups)
     sys_cfg["prompt_processor"] = {}  # not built: random prompt embeddings stand in for the sample
-    sys_cfg["guidance"] = {"pretrained_model_name_or_path": "<random>", "guidance_scale": 50.0, "min_step_percent": 0.02,
+    sys_cfg["guidance"] = {"pretrained_model_name_or_path": "<random>", "guidance_scale": 50.0,
+                           "min_step_percent": 0.02,
                            "max_step_percent": 0.98, "recon_loss": True, "recon_std_rescale": 0.5}
     return cfg
 
@@ -131,7 +134,8 @@ def run_case(res: int, field: str, args) -> dict:
     dm = RandomMultiviewCameraDataModule(data, where="data")
     system = MVDreamSystem(cfg["system"], device=device, build_guidance=False)
     backbone = build_backbone(args.width_scale, device)
-    system.guidance = MultiviewDiffusionGuidance(cfg["system"]["guidance"], backbone=backbone, device=device, where="system.guidance")
+    system.guidance = MultiviewDiffusionGuidance(cfg["system"]["guidance"], backbone=backbone, device=device,
+                                                 where="system.guidance")
     system.prompt_utils = RandomPrompt(device)
     optim, _ = system.configure_optimizers()
     amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else None
@@ -193,7 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--res", type=int, nargs="+", default=[64, 256])
     p.add_argument("--fields", nargs="+", default=list(FIELDS), choices=FIELDS)
     p.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 2 on CPU)")
-    p.add_argument("--width-scale", type=float, default=None, help="UNet/VAE width scale (default 1 on CUDA, 0.2 on CPU)")
+    p.add_argument("--width-scale", type=float, default=None,
+                   help="UNet/VAE width scale (default 1 on CUDA, 0.2 on CPU)")
     p.add_argument("--samples-per-ray", type=int, default=None, help="default 512 on CUDA, 64 on CPU")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None, help="also write the results here")
@@ -217,7 +222,8 @@ def main(argv=None) -> int:
         for field in args.fields:
             need = dense_mlp_bytes(res, args.samples_per_ray) / 2**30
             if field == "mlp" and limit is not None and need > limit:
-                results.append({"res": res, "field": field, "skipped": f"not run: needs ≥ {need:.0f} GiB of activations"})
+                results.append({"res": res, "field": field,
+                                "skipped": f"not run: needs ≥ {need:.0f} GiB of activations"})
                 print(f"  skipped: {res}² {field} (≥ {need:.0f} GiB)", file=sys.stderr, flush=True)
                 continue
             try:
@@ -225,9 +231,11 @@ def main(argv=None) -> int:
                     results.append(run_case(res, field, args))
                     torch.cuda.empty_cache()
                 else:  # a fresh process per case: clean peak-RSS numbers
-                    cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{res},{field}", "--device", args.device,
+                    cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{res},{field}", "--device",
+                           args.device,
                            "--steps", str(args.steps), "--width-scale", str(args.width_scale),
-                           "--samples-per-ray", str(args.samples_per_ray)] + (["--threads", str(args.threads)] if args.threads else [])
+                           "--samples-per-ray",
+                           str(args.samples_per_ray)] + (["--threads", str(args.threads)] if args.threads else [])
                     out = subprocess.run(cmd, capture_output=True, text=True)
                     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
                     if out.returncode != 0 or not line:
@@ -236,15 +244,19 @@ def main(argv=None) -> int:
                     results.append(json.loads(line[0][len("RESULT "):]))
             except torch.cuda.OutOfMemoryError as e:  # report and go on with the other cases
                 torch.cuda.empty_cache()
-                results.append({"res": res, "field": field, "skipped": f"CUDA out of memory ({str(e).splitlines()[0][:80]})"})
+                results.append({"res": res, "field": field,
+                                "skipped": f"CUDA out of memory ({str(e).splitlines()[0][:80]})"})
                 continue
             r = results[-1]
             print(f"  done: {res}² {field}: {r['s_per_step']:.3f} s/step", file=sys.stderr, flush=True)
-    dev = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads() if not args.threads else args.threads} torch threads)"
+    threads = torch.get_num_threads() if not args.threads else args.threads
+    dev = torch.cuda.get_device_name(0) if cuda else f"CPU ({os.cpu_count()} cores, {threads} torch threads)"
     print(f"SDS step, {dev}, torch {torch.__version__}, {platform.machine()}")
     print(f"UNet width-scale {args.width_scale} (model_channels {_unet_config(args.width_scale)['model_channels']}), "
-          f"batch 4 views → 8 UNet rows of 4×32×32, {args.samples_per_ray} samples/ray, {args.steps} timed steps after 1 warm-up")
-    print("| render | field | s/step | render s | guidance s | backward+step s | peak MiB | time baseline/ours | mem baseline/ours |")
+          f"batch 4 views → 8 UNet rows of 4×32×32, {args.samples_per_ray} samples/ray, {args.steps} timed steps after "
+          "1 warm-up")
+    print("| render | field | s/step | render s | guidance s | backward+step s | peak MiB | time baseline/ours | mem "
+          "baseline/ours |")
     print("|---|---|---|---|---|---|---|---|---|")
     for res in args.res:
         rows = {r["field"]: r for r in results if r["res"] == res}
@@ -257,7 +269,8 @@ def main(argv=None) -> int:
             ok = base is not None and "skipped" not in base
             tr = f"{base['s_per_step'] / r['s_per_step']:.2f}×" if ok else "-"
             mr = f"{base['peak_mib'] / max(r['peak_mib'], 1e-9):.2f}×" if ok else "-"
-            print(f"| 4×{res}² | {FIELD_NAMES[field]} | {r['s_per_step']:.3f} | {r['render_s']:.3f} | {r['guidance_s']:.3f} | "
+            print(f"| 4×{res}² | {FIELD_NAMES[field]} | {r['s_per_step']:.3f} | {r['render_s']:.3f} | "
+                  f"{r['guidance_s']:.3f} | "
                   f"{r['backward_s']:.3f} | {r['peak_mib']:.0f} | {tr} | {mr} |")
     if args.json:
         with open(args.json, "w") as f:

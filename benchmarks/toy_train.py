@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from dreamdist3d.recipes.toy_train import FLOAT32, SPEED_SWITCHES, TrainConfig, Trainer, build_cache  # noqa: E402
 from dreamdist3d.text import ClipTokenizer  # noqa: E402
-from dreamdist3d.toyworld.train import FLOAT32, SPEED_SWITCHES, TrainConfig, Trainer, build_cache  # noqa: E402
 
 
 def steps_per_second(cfg: TrainConfig, steps: int, warmup: int, device: str, tokenizer: ClipTokenizer) -> float:
@@ -62,7 +62,8 @@ def main(argv=None) -> int:
         print(f"  measured {name}: {rate:.2f} steps/s", file=sys.stderr, flush=True)
     base = results[0][1]
     steps = TrainConfig().steps
-    print(f"\ntoy backbone training step, {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print(f"\ntoy backbone training step, {args.device}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}\n")
     print(f"| configuration | steps/s | minutes for {steps} steps | speed-up vs baseline |")
     print("|---|---|---|---|")
     for name, rate in results:

@@ -98,14 +98,16 @@ def worker(args: argparse.Namespace) -> dict:
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     params = sum(p.numel() for p in model.parameters())
-    return dict(dtype=args.dtype, attention=args.attention, sec=sec, peak_mb=peak_mb, model_channels=cfg["model_channels"], params=params)
+    return dict(dtype=args.dtype, attention=args.attention, sec=sec, peak_mb=peak_mb,
+                model_channels=cfg["model_channels"], params=params)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="both", choices=["fp32", "bf16", "both"])
-    p.add_argument("--width-scale", type=float, default=None, help="model_channels = 320·S rounded to 64 (CPU default 0.2, CUDA 1.0)")
+    p.add_argument("--width-scale", type=float, default=None,
+                   help="model_channels = 320·S rounded to 64 (CPU default 0.2, CUDA 1.0)")
     p.add_argument("--steps", type=int, default=None, help="timed iterations (CPU default 3, CUDA 10)")
     p.add_argument("--batch", type=int, default=8, help="rows = objects × 4 views (8 = [cond, uncond] × 4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -126,7 +128,8 @@ def main(argv=None) -> int:
     rows = []
     for dt in (["fp32", "bf16"] if args.dtype == "both" else [args.dtype]):
         for name in ATTENTION:
-            cmd = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--dtype", dt, "--attention", name,
+            cmd = [sys.executable, os.path.abspath(__file__), "--device", args.device, "--dtype", dt, "--attention",
+                   name,
                    "--width-scale", str(args.width_scale), "--steps", str(args.steps), "--batch", str(args.batch)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
@@ -138,10 +141,12 @@ def main(argv=None) -> int:
             print(f"  done {dt} {name}: {rows[-1]['sec']:.3f} s/iter", file=sys.stderr)
 
     r0 = rows[0]
-    dev = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    dev = (torch.cuda.get_device_name() if args.device == "cuda"
+           else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
     print(f"MVDream UNet fwd+bwd, {dev}, torch {torch.__version__}")
     print(f"model_channels={r0['model_channels']} (width-scale {args.width_scale}), {r0['params'] / 1e6:.1f} M params, "
-          f"batch {args.batch} = {args.batch // 4} × 4 views, latents 4×32×32, {args.steps} timed steps after 1 warm-up")
+          f"batch {args.batch} = {args.batch // 4} × 4 views, latents 4×32×32, {args.steps} timed steps after 1 "
+          "warm-up")
     mem = "peak alloc MiB" if args.device == "cuda" else "peak RSS Δ MiB"
     print(f"| dtype | attention | s/iter | {mem} | time baseline/ours | mem baseline/ours |")
     print("|---|---|---|---|---|---|")

@@ -62,12 +62,14 @@ def parse_structured(schema: Type[T], cfg: Optional[Union[dict, DictConfig]] = N
     try:
         merged = OmegaConf.merge(base, cfg if cfg is not None else {})
     except ConfigKeyError as e:
-        key = f"{where}.{e.full_key}" if where and getattr(e, "full_key", None) else (getattr(e, "full_key", "") or where)
+        key = f"{where}.{e.full_key}" if where and getattr(e, "full_key", None) else (getattr(e, "full_key",
+                                                                                              "") or where)
         raise ConfigError(
             f"unknown config key '{key}' for {schema.__name__}: check its spelling; valid keys: "
             f"{', '.join(sorted(base.keys()))}"
         ) from None
     except ValidationError as e:
-        key = f"{where}.{e.full_key}" if where and getattr(e, "full_key", None) else (getattr(e, "full_key", "") or where)
+        key = f"{where}.{e.full_key}" if where and getattr(e, "full_key", None) else (getattr(e, "full_key",
+                                                                                              "") or where)
         raise ConfigError(f"bad value for config key '{key}' in {schema.__name__}: {e.msg}") from None
     return OmegaConf.to_object(merged)  # type: ignore[return-value]

@@ -104,7 +104,8 @@ class OutputPathError(OSError):
         return str(self.strerror)
 
 
-def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike, metadata: Optional[Dict[str, str]] = None) -> None:
+def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike,
+                            metadata: Optional[Dict[str, str]] = None) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
@@ -131,11 +132,15 @@ def atomic_torch_save(obj, path: PathLike) -> None:
             raise OSError(code, os.strerror(code), str(path)) from e
 
 
+class DistributionFileError(ValueError):
+    """A distribution (or other dreamdist3d .safetensors) file that cannot be used; the message names the file and the
+    fix. Defined here, at the bottom, because `read_safetensors` raises it; `dreamdist3d.distribution` re-exports it."""
+
+
 def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """(tensors, metadata) of a safetensors file; a missing, truncated or foreign file raises a clear error."""
     from safetensors import SafetensorError, safe_open
 
-    from dreamdist3d.distribution.errors import DistributionFileError
 
     path = Path(path)
     if not path.is_file():

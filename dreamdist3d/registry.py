@@ -6,7 +6,7 @@ that modules register into at import time, which is how threestudio users expect
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, Type, TypeVar
+from typing import Any, Callable, Dict, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -45,7 +45,6 @@ register = components.register
 
 
 def find(name: str) -> Any:
-    """Return the class registered under `name` (importing the lift3d package so its components register)."""
-    if name not in components:
-        import dreamdist3d.lift3d  # noqa: F401  (registers components on import)
+    """Return the class registered under `name`. The registry imports no component module: components register when
+    their package is imported (`import dreamdist3d.lift3d` registers the 3D ones; lift3d.system imports it)."""
     return components.get(name)

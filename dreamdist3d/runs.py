@@ -1,7 +1,7 @@
 """Runs: run folders, checkpoints, `resume=latest`, the device and the seed — one way for every trainer.
 
-Used by learning (`learn/recipe.py`), the 3D trainer (`launch.py`, `lift3d/trainer.py`, `lift3d/system.py`) and the
-toy backbone trainer (`toyworld/train.py`).
+Used by learning (`recipes/learn.py`), the 3D trainer (`launch.py`, `lift3d/trainer.py`, `lift3d/system.py`) and the
+toy backbone trainer (`recipes/toy_train.py`).
 
 - Run folder: `<root>/<name>/<tag>@<YYYYmmdd-HHMMSS>/` (`name` may be "": learning writes `<out_dir>/<name>@<stamp>/`).
   `new_run_dir` creates it with `mkdir(exist_ok=False)`; if a run started in the same second holds the name, it

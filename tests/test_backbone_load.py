@@ -8,8 +8,8 @@ import torch
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.ddim import ddim_sample, ddim_timesteps, make_ddim_scheduler
 from dreamdist3d.backbones.load import SPEC_FORMS, load_backbone, load_text_side, parse_spec
-from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
 from dreamdist3d.config import ConfigError
+from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,8 @@ def test_parse_spec_forms():
     assert parse_spec("toy:/w/t.safetensors") == ("toy", "/w/t.safetensors")
     assert parse_spec("mvdream:/m/sd-v2.1-base-4view.pt") == ("mvdream", "/m/sd-v2.1-base-4view.pt")
     assert parse_spec("sd21:/m/sd21") == ("sd21", "/m/sd21")
-    assert parse_spec("dreamdist3d.learn.tiny:tiny_toy_backbone") == ("factory", "dreamdist3d.learn.tiny:tiny_toy_backbone")
+    assert parse_spec("dreamdist3d.testing.backbones:tiny_toy_backbone") == ("factory",
+                                                                             "dreamdist3d.testing.backbones:tiny_toy_backbone")
     # a bare path is the default kind's (threestudio's pretrained_model_name_or_path holds a path)
     assert parse_spec("/m/sd-v2.1-base-4view.pt", default_kind="mvdream") == ("mvdream", "/m/sd-v2.1-base-4view.pt")
     assert parse_spec("toy", default_kind="mvdream") == ("toy", "")
@@ -58,7 +59,7 @@ def test_missing_files_name_the_file_and_the_key(tmp_path):
 
 
 def test_factory_and_mvdream_and_text_side(ckpt):
-    bb = load_backbone("dreamdist3d.learn.tiny:tiny_toy_backbone")
+    bb = load_backbone("dreamdist3d.testing.backbones:tiny_toy_backbone")
     assert isinstance(bb, Backbone)
     with pytest.raises(ConfigError, match="expected a dreamdist3d Backbone"):
         load_backbone("torch.nn:Identity")  # takes device=, dtype= but is no Backbone

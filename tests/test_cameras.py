@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import reference_path
 
 from dreamdist3d.backbones.cameras import c2w_from_spherical, c2w_to_mvdream_camera, get_camera
-from conftest import reference_path
 
 
 def _camera_json():

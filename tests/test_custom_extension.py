@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from threestudio_standin import EXTENSION, fake_threestudio, load_custom_module
 
 from dreamdist3d.lift3d.prompt_processor import DreamDistributionPromptProcessor as OurProcessor
-from dreamdist3d.lift3d.testing import write_tiny_assets
-from threestudio_standin import EXTENSION, fake_threestudio, load_custom_module
+from dreamdist3d.testing.assets import write_tiny_assets
 
 
 @pytest.fixture
@@ -51,7 +51,8 @@ def test_extension_registers_and_delegates_to_dreamdist3d(threestudio, assets, t
            "negative_prompt": "ugly", "spawn": True, "sample_path": str(sample_path)}
     pp = cls(cfg)
     out = pp()
-    assert isinstance(out, base.PromptProcessorOutput) and type(out).__name__ == "DreamDistributionPromptProcessorOutput"
+    assert isinstance(out, base.PromptProcessorOutput)
+    assert type(out).__name__ == "DreamDistributionPromptProcessorOutput"
     assert out.sample_seed == 3 and "<tiny-dist>" in out.prompt and out.prompts_vd[1].endswith(", front view")
     # the same numbers as dreamdist3d's own processor (delegation, no logic of its own)
     ours = OurProcessor({"distribution": assets["dist"], "pretrained_model_name_or_path": assets["ckpt"], "scale": 1.5,
@@ -62,7 +63,8 @@ def test_extension_registers_and_delegates_to_dreamdist3d(threestudio, assets, t
     elev, azi, dist = torch.zeros(8), torch.arange(8.0) * 45, torch.ones(8)
     emb = out.get_text_embeddings(elev, azi, dist, view_dependent_prompting=False)  # what MVDream's guidance calls
     assert emb.shape == (16, 77, out.text_embeddings.shape[-1])
-    assert torch.equal(emb[:8], out.text_embeddings.expand(8, -1, -1)) and torch.equal(emb[8:], ours.uncond_text_embeddings.expand(8, -1, -1))
+    assert torch.equal(emb[:8], out.text_embeddings.expand(8, -1, -1))
+    assert torch.equal(emb[8:], ours.uncond_text_embeddings.expand(8, -1, -1))
     with pytest.raises(ValueError, match="view_dependent_prompting"):
         out.get_text_embeddings(elev, azi, dist, view_dependent_prompting=True)
     assert sample_path.is_file()
@@ -78,7 +80,8 @@ def test_extension_config_is_strict_and_view_dependent_edits_work(threestudio, a
     cls = threestudio.find("dreamdistribution-prompt-processor")
     with pytest.raises(TypeError, match="scael"):
         cls({"distribution": assets["dist"], "pretrained_model_name_or_path": assets["ckpt"], "scael": 2.0})
-    out = cls({"distribution": assets["dist"], "text_encoder_path": assets["ckpt"], "seed": 1, "view_dependent_prompting": True})()
+    out = cls({"distribution": assets["dist"], "text_encoder_path": assets["ckpt"], "seed": 1,
+               "view_dependent_prompting": True})()
     ours = OurProcessor({"distribution": assets["dist"], "pretrained_model_name_or_path": assets["ckpt"],
                          "view_dependent_prompting": True}, seed=1)()
     assert torch.equal(out.text_embeddings_vd, ours.text_embeddings_vd)

@@ -58,7 +58,8 @@ def test_official_mode_reproduces_every_tensor(official, i):
     if not meta["pairs"][i]["official_pooling_is_at_true_eos"]:
         # the official code pools at its constructor's stale EOS index; we pool at the true EOS (documented)
         assert (pooled - tensors[f"pooled_official.{i}"][0]).abs().max() > 0.5
-        torch.testing.assert_close(hidden[:, meta["pairs"][i]["eos_index_official"]], tensors[f"pooled_official.{i}"][0], **close)
+        torch.testing.assert_close(hidden[:, meta["pairs"][i]["eos_index_official"]],
+                                   tensors[f"pooled_official.{i}"][0], **close)
 
 
 def test_official_forward_ortho_and_reparam(official):
@@ -87,7 +88,8 @@ def test_official_training_prefix_suffix(official):
         hidden, pooled = pl.encode()
     assert pl.layout().eos_index == cfg["eos_index_official"]
     torch.testing.assert_close(pooled, tensors["fwdp.pooled"][0], **F32)
-    torch.testing.assert_close(pl.reparameterize(hidden, (2, 3), eps=tensors["fwdp.eps"]), tensors["fwdp.reparam"], **F32)
+    torch.testing.assert_close(pl.reparameterize(hidden, (2, 3), eps=tensors["fwdp.eps"]), tensors["fwdp.reparam"],
+                               **F32)
     torch.testing.assert_close(pl.orthogonal_loss(pooled), tensors["fwdp.ortho_loss"], atol=0, rtol=1e-6)
 
 
@@ -153,7 +155,8 @@ def test_k1_gives_zero_std_and_zero_ortho(official):
 def test_gradient_reaches_ctx(official):
     pl = official_learner(official)
     hidden, pooled = pl.encode()
-    loss = pl.reparameterize(hidden, 2, generator=torch.Generator().manual_seed(0)).pow(2).mean() + pl.orthogonal_loss(pooled)
+    loss = pl.reparameterize(hidden, 2,
+                             generator=torch.Generator().manual_seed(0)).pow(2).mean() + pl.orthogonal_loss(pooled)
     loss.backward()
     assert pl.ctx.grad is not None and pl.ctx.grad.abs().max() > 0
     assert not any(p.grad is not None for p in pl.text_encoder.parameters())
@@ -188,7 +191,8 @@ def test_mixing_rule_is_sum_of_independent_gaussians():
     torch.testing.assert_close(m.std, ((0.25 * a.std) ** 2 + (0.75 * 2.0 * b.std) ** 2).sqrt())
     # empirically: the weighted sum of independent samples has that law
     n = 20000
-    x = 0.25 * a.sample(n, generator=torch.Generator().manual_seed(3)) + 0.75 * b.sample(n, scale=2.0, generator=torch.Generator().manual_seed(4))
+    x = 0.25 * a.sample(n, generator=torch.Generator().manual_seed(3)) + 0.75 * b.sample(n, scale=2.0,
+                                                                                         generator=torch.Generator().manual_seed(4))
     assert ((x.std(0) / m.std) - 1).abs().max() < 0.06
     with pytest.raises(ValueError, match="sum to 1"):
         PromptGaussian.mix([(a, 0.5, 1.0), (b, 0.6, 1.0)])
@@ -274,7 +278,8 @@ def test_official_checkpoint_import(official, tmp_path):
 
     # multi-class file (module./_orig_mod. prefixes stripped), pick a class by index
     two = torch.stack([tensors["ctx"][0], tensors["ctx"][0] * 2])
-    torch.save({"model_state_dict": {"module._orig_mod.ctx": two, "token_prefix": torch.zeros(2, 1, 32)}}, tmp_path / "multi.pt")
+    torch.save({"model_state_dict": {"module._orig_mod.ctx": two, "token_prefix": torch.zeros(2, 1, 32)}},
+               tmp_path / "multi.pt")
     d1 = PromptDistribution.load(tmp_path / "multi.pt", class_index=1)
     assert torch.equal(d1.ctx, two[1])
     with pytest.raises(DistributionFileError, match="class index 2 is out of range"):

@@ -22,15 +22,25 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermed
 
 
 def _tiny_models(root: Path) -> dict:
-    from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, Dinov2Config, Dinov2Model,
-                              ViTConfig, ViTImageProcessor, ViTModel)
+    from transformers import (
+        BitImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        Dinov2Config,
+        Dinov2Model,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
 
     torch.manual_seed(0)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     crop = {"height": 32, "width": 32}
     folders = {k: root / k for k in ("dinov2", "clip", "dino")}
     Dinov2Model(Dinov2Config(**TINY)).save_pretrained(folders["dinov2"])
-    BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop, image_mean=mean, image_std=std).save_pretrained(folders["dinov2"])
+    BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop, image_mean=mean,
+                      image_std=std).save_pretrained(folders["dinov2"])
     vision = {k: v for k, v in TINY.items()}
     text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=49408,
                 max_position_embeddings=77)
@@ -211,7 +221,8 @@ def test_scatter_places_points_and_lists_unplottable_sets():
 
     from dreamdist3d.evaluation.report import scatter_svg
 
-    svg = scatter_svg([{"name": "a", "coverage": 0.0, "precision": 1.0}, {"name": "b", "coverage": 0.5, "precision": 0.5},
+    svg = scatter_svg([{"name": "a", "coverage": 0.0, "precision": 1.0}, {"name": "b", "coverage": 0.5,
+                                                                          "precision": 0.5},
                        {"name": "small", "coverage": None, "precision": None}], size=200)
     root = ET.fromstring(svg)
     circles = [c for c in root.iter() if c.tag.endswith("circle")]
@@ -232,7 +243,8 @@ def test_turntable_read_at_evenly_spaced_frames(tmp_path):
             w.append_data(np.full((32, 32, 3), level0 + 20 * f if step == 40 else level0, np.uint8))
         w.close()
     s = read_folder(tmp_path, views=4)
-    assert s.kind == "3d" and s.objects == 1 and [it.name for it in s.items] == [f"runs/seed0@view{i}" for i in range(4)]
+    assert s.kind == "3d" and s.objects == 1
+    assert [it.name for it in s.items] == [f"runs/seed0@view{i}" for i in range(4)]
     levels = [float(np.asarray(it.load()).mean()) for it in s.items]
     assert np.allclose(levels, [0, 60, 120, 180], atol=4)  # frames 0, 3, 6, 9 of 12
 
@@ -282,10 +294,12 @@ def test_toy_eval_report_page(tmp_path):
                recall=float("nan"), diversity=0.1, pix_div=0.2)
     report = {"config": {"n": 6, "steps": 2, "n_prompts": 4, "sample_steps": 2, "guidance": 2.0, "k": 5},
               "backbone": "tiny", "table": [{"refset": "warm", "method": "K=32", **row},
-                                            {"refset": "warm", "method": "K=1", **row, "coverage": 0.1, "in_dist": 0.9}],
+                                            {"refset": "warm", "method": "K=1", **row, "coverage": 0.1,
+                                             "in_dist": 0.9}],
               "refsets": {"warm": {"sheet": str(tmp_path / "sheet-warm.png"), "description": "warm things"}},
               "claim": {"warm": "holds (coverage 0.25 vs 0.10, in-dist 0.50 vs 0.90)"},
-              "caption_check": {"n": 4, "views": 1, "accepted": 1.0, "colour": 0.5, "shape": 0.5, "colour_and_shape": 0.25}}
+              "caption_check": {"n": 4, "views": 1, "accepted": 1.0, "colour": 0.5, "shape": 0.5,
+                                "colour_and_shape": 0.25}}
     (tmp_path / "report.json").write_text(json.dumps(report))  # NaN as the evaluator writes it
     Image.new("RGB", (64, 32)).save(tmp_path / "sheet-warm.png")
     page = write_toy_html(tmp_path).read_text()

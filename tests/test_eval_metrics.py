@@ -19,8 +19,8 @@ def _exact_moments(rng, n, mean, cov):
     d = len(mean)
     z = rng.standard_normal((n, d))
     z -= z.mean(0)
-    l = np.linalg.cholesky(np.cov(z, rowvar=False))
-    z = z @ np.linalg.inv(l).T  # sample covariance exactly I
+    chol = np.linalg.cholesky(np.cov(z, rowvar=False))
+    z = z @ np.linalg.inv(chol).T  # sample covariance exactly I
     return z @ np.linalg.cholesky(cov).T + mean
 
 
@@ -44,7 +44,8 @@ def test_frechet_closed_forms():
     q, _ = np.linalg.qr(rng.standard_normal((4, 4)))
     lam = np.array([0.25, 1.0, 4.0, 9.0])
     s2 = q @ np.diag(lam) @ q.T
-    assert M.frechet_from_moments(np.zeros(4), np.eye(4), np.zeros(4), s2) == pytest.approx(((1 - np.sqrt(lam)) ** 2).sum())
+    assert M.frechet_from_moments(np.zeros(4), np.eye(4), np.zeros(4),
+                                  s2) == pytest.approx(((1 - np.sqrt(lam)) ** 2).sum())
     # general pair: tr((Σ1Σ2)^½) from the eigenvalues of Σ1Σ2 directly
     b = rng.standard_normal((4, 4))
     s1 = b @ b.T + 0.1 * np.eye(4)
@@ -83,7 +84,8 @@ def test_kid_unbiased_on_two_draws_of_one_distribution():
     v = []
     for _ in range(400):
         a, b = rng.standard_normal((10, 4)), rng.standard_normal((10, 4))
-        v.append(M.polynomial_kernel(a, a).mean() + M.polynomial_kernel(b, b).mean() - 2 * M.polynomial_kernel(a, b).mean())
+        v.append(M.polynomial_kernel(a, a).mean() + M.polynomial_kernel(b, b).mean() - 2 * M.polynomial_kernel(a,
+                                                                                                               b).mean())
     assert np.mean(v) > 10 * se
 
 
@@ -159,7 +161,7 @@ def test_cosine_metrics_hand_computed():
 def _old_prdc(real, fake, k=5):
     """The toy evaluator's own P/R/D/C as it was before it called `metrics.prdc` (commit d9e42ad), frozen here."""
     real, fake = real.double(), fake.double()
-    n, m = real.shape[0], fake.shape[0]
+    m = fake.shape[0]
 
     def kth_radius(x):
         return torch.cdist(x, x).topk(k + 1, largest=False).values[:, k]
@@ -184,8 +186,8 @@ def test_toy_evaluator_numbers_unchanged():
     a fake lying exactly on a real ball's boundary (e.g. fakes that are copies of reals) was decided by the rounding
     of torch.cdist's |a|²+|b|²-2a·b and is now decided exactly (density 1.1625 before vs 1.175 now for 32 copies of
     64 world reals); the cases below have no such ties."""
+    from dreamdist3d.recipes.toy_eval import pairwise_mean_distance, score_readings
     from dreamdist3d.toyworld.attributes import precision_recall_density_coverage, spec_feature
-    from dreamdist3d.toyworld.evaluate import pairwise_mean_distance, score_readings
     from dreamdist3d.toyworld.objects import sample_objects
     from dreamdist3d.toyworld.refsets import get_refset
 
@@ -204,11 +206,13 @@ def test_toy_evaluator_numbers_unchanged():
     for name, fake in fakes.items():
         old, new = _old_prdc(real, fake), precision_recall_density_coverage(real, fake)
         for key in old:
-            assert (math.isnan(old[key]) and math.isnan(new[key])) or new[key] == pytest.approx(old[key], abs=1e-12), (name, key)
+            assert (math.isnan(old[key]) and math.isnan(new[key])) or new[key] == pytest.approx(old[key],
+                                                                                                abs=1e-12), (name, key)
     assert pairwise_mean_distance(world) == pytest.approx(_old_pairwise(world), rel=1e-9)
 
     # score_readings (the evaluator's per-method numbers) on readings carrying these features
-    readings = [SimpleNamespace(ok=True, feature=f, labels=s.labels) for f, s in zip(fakes["world+noise"], sample_objects(32, 1))]
+    readings = [SimpleNamespace(ok=True, feature=f, labels=s.labels) for f, s in zip(fakes["world+noise"],
+                                                                                     sample_objects(32, 1))]
     s = score_readings(readings, rs.support, real)
     old = _old_prdc(real, fakes["world+noise"])
     for key in old:

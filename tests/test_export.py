@@ -251,7 +251,8 @@ def test_auto_threshold_off_and_exploded():
 
 
 def test_rasterize_uv_covers_triangle_exactly():
-    # one triangle covering the lower-left half of an 8x8 texture: texel centres ((i+.5)/8, (j+.5)/8) with i + j + 1 <= 8, edge included
+    # one triangle covering the lower-left half of an 8x8 texture: texel centres ((i+.5)/8, (j+.5)/8) with i + j + 1 <=
+    # 8, edge included
     uvs = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     faces = torch.tensor([[0, 1, 2]])
     pos = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
@@ -300,7 +301,8 @@ def test_bad_config_key_is_named(tmp_path):
 def test_cli_analytic_and_run_hook(tmp_path, monkeypatch, capsys):
     from dreamdist3d.cli import main
 
-    assert main(["export", "--analytic", "box", "--format", "ply", "--resolution", "24", "--out", str(tmp_path / "a")]) == 0
+    assert main(["export", "--analytic", "box", "--format", "ply", "--resolution", "24", "--out",
+                 str(tmp_path / "a")]) == 0
     assert (tmp_path / "a" / "model.ply").is_file() and (tmp_path / "a" / "model.export.json").is_file()
 
     run = tmp_path / "outputs" / "x" / "tag@20260101-000000"

@@ -237,9 +237,9 @@ def _screenshot_path(name: str) -> Optional[Path]:
 def test_toy_demo_gallery_in_a_browser(browser, tmp_path):
     import torch
 
-    from dreamdist3d.launch import main
     from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
     from dreamdist3d.backbones.toy_weights import save_toy_backbone
+    from dreamdist3d.launch import main
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

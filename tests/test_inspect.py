@@ -31,7 +31,8 @@ def text_folder(tmp_path_factory):
 
 def test_inspect_our_file_with_and_without_encoder(text_folder, tmp_path, capsys):
     root, enc, _, _ = text_folder
-    pl = PromptLearner(enc, ClipTokenizer.default(), n_ctx=3, n_prompts=8, prefix="a photo of", generator=torch.Generator().manual_seed(0))
+    pl = PromptLearner(enc, ClipTokenizer.default(), n_ctx=3, n_prompts=8, prefix="a photo of",
+                       generator=torch.Generator().manual_seed(0))
     path = PromptDistribution.from_learner(pl, backbone="tiny", steps=12, n_images=5).save(tmp_path / "d.safetensors")
 
     assert main(["inspect", str(path)]) == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dreamdist3d.launch import load_config, main
-from dreamdist3d.lift3d.testing import write_tiny_assets
+from dreamdist3d.testing.assets import write_tiny_assets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")
@@ -42,7 +42,8 @@ def _only_run(root: Path) -> Path:
 def trained(assets, tmp_path_factory):
     """4 steps, validation and a checkpoint every 2 steps, the full 120-view test orbit."""
     root = tmp_path_factory.mktemp("runs")
-    rc = main(_args(assets, root, "trainer.max_steps=4", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2"))
+    rc = main(_args(assets, root, "trainer.max_steps=4", "trainer.val_check_interval=2",
+                    "checkpoint.every_n_train_steps=2"))
     assert rc == 0
     return _only_run(root)
 
@@ -94,22 +95,26 @@ def test_resume_continues_exactly(assets, trained, tmp_path):
 
 def test_resume_latest_keeps_the_run_folder(assets, trained):
     root = trained.parent.parent
-    rc = main(_args(assets, root, "resume=latest", "trainer.max_steps=5", "trainer.val_check_interval=0", "trainer.limit_test_batches=1"))
+    rc = main(_args(assets, root, "resume=latest", "trainer.max_steps=5", "trainer.val_check_interval=0",
+                    "trainer.limit_test_batches=1"))
     assert rc == 0
     assert _sd(trained / "ckpts" / "last.ckpt")["global_step"] == 5 and (trained / "save" / "it5-test.mp4").is_file()
     assert len([p for p in (root / "tiny").iterdir()]) == 1
 
 
 def test_two_seeds_give_two_samples_and_two_objects(assets, trained, tmp_path):
-    from dreamdist3d.lift3d.prompt_processor import PromptSample
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
-    rc = main(_args(assets, tmp_path, "seed=1", "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.limit_test_batches=1"))
+    from dreamdist3d.lift3d.prompt_processor import PromptSample
+
+    rc = main(_args(assets, tmp_path, "seed=1", "trainer.max_steps=4", "trainer.val_check_interval=2",
+                    "trainer.limit_test_batches=1"))
     assert rc == 0
     other = _only_run(tmp_path)
     assert other.name.startswith("tiny-dist-seed1@")
-    s0, s1 = PromptSample.load(trained / "prompt_sample.safetensors"), PromptSample.load(other / "prompt_sample.safetensors")
+    s0 = PromptSample.load(trained / "prompt_sample.safetensors")
+    s1 = PromptSample.load(other / "prompt_sample.safetensors")
     assert s0.meta["seed"] == 0 and s1.meta["seed"] == 1
     assert (s0.text_embeddings - s1.text_embeddings).abs().max() > 0.05
     im0 = np.asarray(Image.open(trained / "save" / "it4-0.png"), dtype=np.float32)
@@ -130,7 +135,8 @@ def test_ctrl_c_stops_training_and_runs_the_test_stage(assets, tmp_path, monkeyp
         return orig(self, batch)
 
     monkeypatch.setattr(MVDreamSystem, "training_step", step)
-    assert main(_args(assets, tmp_path, "trainer.max_steps=50", "trainer.val_check_interval=0", "trainer.limit_test_batches=2")) == 0
+    assert main(_args(assets, tmp_path, "trainer.max_steps=50", "trainer.val_check_interval=0",
+                      "trainer.limit_test_batches=2")) == 0
     run = _only_run(tmp_path)
     assert _sd(run / "ckpts" / "last.ckpt")["global_step"] == 2
     assert (run / "save" / "it2-test.mp4").is_file()
@@ -143,10 +149,13 @@ def test_ctrl_c_stops_training_and_runs_the_test_stage(assets, tmp_path, monkeyp
         ("data.batchsize=4", "data.batchsize"),
         ("system.loss.lambda_sdss=1", "system.loss.lambda_sdss"),
         ("trainer.max_step=10", "trainer.max_step"),
-        ("system.background_type=nonexistent-background", "system.background_type: unknown component 'nonexistent-background'"),
+        ("system.background_type=nonexistent-background",
+         "system.background_type: unknown component 'nonexistent-background'"),
         ("data_type=nonexistent-datamodule", "data_type: unknown component"),
-        ("system.guidance.pretrained_model_name_or_path=/nonexistent/sd-v2.1-base-4view.pt", "system.guidance.pretrained_model_name_or_path"),
-        ("system.prompt_processor.distribution=/nonexistent/cathedrals.safetensors", "system.prompt_processor.distribution"),
+        ("system.guidance.pretrained_model_name_or_path=/nonexistent/sd-v2.1-base-4view.pt",
+         "system.guidance.pretrained_model_name_or_path"),
+        ("system.prompt_processor.distribution=/nonexistent/cathedrals.safetensors",
+         "system.prompt_processor.distribution"),
     ],
 )
 def test_bad_input_names_the_key(assets, tmp_path, capsys, override, expected):
@@ -169,14 +178,16 @@ def test_missing_mandatory_distribution(tmp_path, capsys):
 
 
 def test_empty_density_at_test_time_is_an_error(assets, trained, tmp_path, capsys):
-    rc = main(_args(assets, tmp_path, f"resume={trained / 'ckpts' / 'epoch=0-step=4.ckpt'}", "system.geometry.density_bias=-100",
+    rc = main(_args(assets, tmp_path, f"resume={trained / 'ckpts' / 'epoch=0-step=4.ckpt'}",
+                    "system.geometry.density_bias=-100",
                     "trainer.limit_test_batches=3", mode="--test"))
     err = capsys.readouterr().err
     assert rc == 2 and "renders empty" in err and "system.geometry" in err, err
 
 
 def test_test_mode_renders_from_a_checkpoint(assets, trained, tmp_path):
-    rc = main(_args(assets, tmp_path, f"resume={trained / 'ckpts' / 'epoch=0-step=4.ckpt'}", "trainer.limit_test_batches=3", mode="--test"))
+    rc = main(_args(assets, tmp_path, f"resume={trained / 'ckpts' / 'epoch=0-step=4.ckpt'}",
+                    "trainer.limit_test_batches=3", mode="--test"))
     assert rc == 0
     run = _only_run(tmp_path)
     assert (run / "save" / "it4-test.mp4").is_file() and (run / "save" / "it4-test" / "2.png").is_file()
@@ -207,7 +218,8 @@ def test_full_configs_parse_strictly_and_build(assets, tmp_path, name):
     from dreamdist3d.lift3d.system import MVDreamSystem, find_component
 
     cfg = load_config(str(REPO / "configs" / name), [f"system.guidance.pretrained_model_name_or_path={assets['ckpt']}",
-                                                     f"system.prompt_processor.distribution={assets['dist']}", f"exp_root_dir={tmp_path}"])
+                                                     f"system.prompt_processor.distribution={assets['dist']}",
+                                                     f"exp_root_dir={tmp_path}"])
     assert cfg.trainer["max_steps"] == 10000 and cfg.system["guidance"]["guidance_scale"] == 50.0
     assert Path(cfg.trial_dir).name.startswith("tiny-dist-g1.0-seed0@")
     dm = find_component(cfg.data_type, "data_type")(cfg.data, where="data")
@@ -215,4 +227,27 @@ def test_full_configs_parse_strictly_and_build(assets, tmp_path, name):
     assert system.geometry.encoding.n_output_dims == 32 and system.renderer.cfg.num_samples_per_ray == 512
     assert dm.batch_sizes == [8, 4] and system.guidance.min_step == 980
     groups = {g["name"]: g["lr"] for g in system.configure_optimizers()[0].param_groups}
-    assert groups == {"geometry.encoding": 0.01, "geometry.density_network": 0.001, "geometry.feature_network": 0.001, "background": 0.001}
+    assert groups == {"geometry.encoding": 0.01, "geometry.density_network": 0.001, "geometry.feature_network": 0.001,
+                      "background": 0.001}
+
+
+def test_run_3d_from_python_with_a_config_object(assets, tmp_path):
+    """The recipe without argv: a loaded config object in, the run folder and its files out; launch.py's --test on
+    the same run gives the same turntable frames."""
+    from omegaconf import OmegaConf
+
+    from dreamdist3d.config import load_yaml
+    from dreamdist3d.recipes.lift3d import run_3d
+
+    cfg = load_yaml(TINY, [f"system.guidance.pretrained_model_name_or_path={assets['ckpt']}",
+                           f"system.prompt_processor.distribution={assets['dist']}", f"exp_root_dir={tmp_path}",
+                           "trainer.max_steps=2", "trainer.val_check_interval=0", "trainer.limit_test_batches=1"])
+    before = OmegaConf.to_yaml(cfg)  # the caller's object must stay as it was
+    res = run_3d(cfg, mode="train", device="cpu")
+    assert OmegaConf.to_yaml(cfg) == before and res.run_dir == _only_run(tmp_path)
+    assert res.files["video"].is_file() and res.files["video"].parent == res.run_dir / "save"
+    assert (res.run_dir / "configs" / "raw.yaml").is_file() and (res.run_dir / "ckpts" / "last.ckpt").is_file()
+    again = run_3d(cfg, mode="test", resume=str(res.run_dir / "ckpts" / "last.ckpt"), device="cpu")
+    assert again.files["video"].is_file()
+    with pytest.raises(Exception, match="mode"):
+        run_3d(cfg, mode="fly")

@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_launch_learn_config_trains_and_resumes(tmp_path, capsys):
-    from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
+    from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 
     ckpt = tmp_path / "tiny.pt"
     write_tiny_mvdream_checkpoint(ckpt, seed=0)

@@ -18,7 +18,7 @@ FAST = ["--steps", "3", "--n-prompts", "4", "--batch-size", "2", "--n-samples", 
 
 @pytest.fixture(scope="module")
 def mvdream_ckpt(tmp_path_factory):
-    from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
+    from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 
     path = tmp_path_factory.mktemp("mvd") / "tiny-mvdream.pt"
     write_tiny_mvdream_checkpoint(path, seed=0)
@@ -29,7 +29,8 @@ def test_cli_learns_cathedral_against_tiny_mvdream(tmp_path, mvdream_ckpt, capsy
     from dreamdist3d.backbones.mvdream import load_mvdream
 
     out = tmp_path / "cathedral.safetensors"
-    rc = main(["learn", "--images", str(DATA), "--backbone", "mvdream", "--mvdream", str(mvdream_ckpt), "--out", str(out),
+    rc = main(["learn", "--images", str(DATA), "--backbone", "mvdream", "--mvdream", str(mvdream_ckpt), "--out",
+               str(out),
                "--out-dir", str(tmp_path / "runs"), "--preview-every", "3", "--preview-samples", "1",
                "--preview-steps", "2", *FAST])
     assert rc == 0, capsys.readouterr().err
@@ -52,7 +53,8 @@ def test_cli_on_the_shared_cathedral_folder(tmp_path, mvdream_ckpt, capsys):
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent (expected ../shared/datasets/cathedral beside the clone)")
     out = tmp_path / "cathedral.safetensors"
-    rc = main(["learn", "--images", str(folder), "--backbone", "mvdream", "--mvdream", str(mvdream_ckpt), "--out", str(out),
+    rc = main(["learn", "--images", str(folder), "--backbone", "mvdream", "--mvdream", str(mvdream_ckpt), "--out",
+               str(out),
                "--out-dir", str(tmp_path / "runs"), "--preview-every", "0", "--steps", "2", "--n-prompts", "4",
                "--batch-size", "4", "--n-samples", "1", "--quiet"])
     assert rc == 0, capsys.readouterr().err
@@ -83,7 +85,7 @@ def test_cli_four_view_mode(tmp_path, mvdream_ckpt, capsys):
 
 
 def test_cli_sd21_folder_v_prediction(tmp_path, capsys):
-    from dreamdist3d.backbones.tiny import tiny_sd21_folder
+    from dreamdist3d.testing.checkpoints import tiny_sd21_folder
 
     folder = tiny_sd21_folder(tmp_path / "sd21", prediction_type="v_prediction")
     out = tmp_path / "sd.safetensors"
@@ -92,13 +94,15 @@ def test_cli_sd21_folder_v_prediction(tmp_path, capsys):
                "--preview-steps", "2", "--loss", "official", *FAST])
     assert rc == 0, capsys.readouterr().err
     dist = PromptDistribution.load(out)
-    assert dist.meta.backbone == "sd21" and dist.meta.position_mode == "official" and dist.meta.extra["loss"] == "official"
+    assert dist.meta.backbone == "sd21" and dist.meta.position_mode == "official"
+    assert dist.meta.extra["loss"] == "official"
     run = next((tmp_path / "runs").glob("*@*"))
     assert Image.open(run / "previews" / "step-0000003.png").size == (2 * 16 + 2, 16)
 
 
 def test_cli_bad_folders_name_the_file(tmp_path, capsys):
-    toy = ["--backbone", "dreamdist3d.learn.tiny:tiny_toy_backbone", "--resolution", "8", "--out-dir", str(tmp_path / "r"),
+    toy = ["--backbone", "dreamdist3d.testing.backbones:tiny_toy_backbone", "--resolution", "8", "--out-dir",
+           str(tmp_path / "r"),
            "--preview-every", "0", *FAST]
     assert main(["learn", "--images", str(tmp_path / "missing"), *toy]) == 2
     assert "missing does not exist" in capsys.readouterr().err
@@ -111,30 +115,37 @@ def test_cli_bad_folders_name_the_file(tmp_path, capsys):
     assert "empty.png" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="empty.png"):
         assert main(["learn", "--images", str(bad), "--skip-bad", *toy]) == 0
-    assert main(["learn", "--images", str(bad), "--backbone", "mvdream", "--out-dir", str(tmp_path / "r"), "--quiet"]) == 2
+    assert main(["learn", "--images", str(bad), "--backbone", "mvdream", "--out-dir", str(tmp_path / "r"),
+                 "--quiet"]) == 2
     assert "--mvdream" in capsys.readouterr().err
     assert len(list((tmp_path / "r").glob("refs@*"))) == 1  # only the --skip-bad run: failed runs leave no folder
     assert main(["learn", "--images", str(bad), *toy, "stesp=3"]) == 2
     assert "stesp" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_data_parallel_equals_one_process_with_the_global_batch(tmp_path):
     """The documented multi-process command (torchrun, gloo on CPU): 2 processes × batch 2 == 1 process × batch 4."""
     import os
     import subprocess
     import sys
 
-    common = ["--images", str(DATA), "--backbone", "dreamdist3d.learn.tiny:tiny_toy_backbone", "--resolution", "8",
-              "--steps", "4", "--n-prompts", "4", "--n-samples", "2", "--preview-every", "0", "--quiet", "--device", "cpu"]
+    common = ["--images", str(DATA), "--backbone", "dreamdist3d.testing.backbones:tiny_toy_backbone", "--resolution",
+              "8",
+              "--steps", "4", "--n-prompts", "4", "--n-samples", "2", "--preview-every", "0", "--quiet", "--device",
+              "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dreamdist3d.cli",
-           "learn", *common, "--batch-size", "2", "--out", str(tmp_path / "ddp.safetensors"), "--out-dir", str(tmp_path / "a")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "dreamdist3d.cli",
+           "learn", *common, "--batch-size", "2", "--out", str(tmp_path / "ddp.safetensors"), "--out-dir",
+           str(tmp_path / "a")]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list((tmp_path / "a").glob("*@*"))) == 1  # one run folder, written by rank 0
     assert main(["learn", *common, "--batch-size", "4", "--out", str(tmp_path / "one.safetensors"),
                  "--out-dir", str(tmp_path / "b")]) == 0
-    ddp, one = PromptDistribution.load(tmp_path / "ddp.safetensors"), PromptDistribution.load(tmp_path / "one.safetensors")
+    ddp = PromptDistribution.load(tmp_path / "ddp.safetensors")
+    one = PromptDistribution.load(tmp_path / "one.safetensors")
     assert (ddp.ctx - one.ctx).abs().max() < 1e-5
     assert main(["learn", *common, "--batch-size", "2", "--out", str(tmp_path / "half.safetensors"),
                  "--out-dir", str(tmp_path / "c")]) == 0

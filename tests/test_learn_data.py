@@ -142,8 +142,8 @@ class _CountingBackbone:
     """posterior() of a tiny diffusers VAE, counting images encoded."""
 
     def __init__(self):
-        from dreamdist3d.backbones.tiny import tiny_vae_config
         from dreamdist3d.backbones.vae import build_vae
+        from dreamdist3d.testing.checkpoints import tiny_vae_config
 
         torch.manual_seed(0)
         self.vae = build_vae(tiny_vae_config(16)).eval()
@@ -184,4 +184,5 @@ def test_latent_cache_encodes_once_and_samples_like_ldm():
 
     pc = LatentCache.build(Pixel(), refs, flip=True)
     assert pc.std is None
-    torch.testing.assert_close(pc.sample(torch.tensor([1]), torch.tensor([True])), refs.images[[1]].flip(-1), atol=0, rtol=0)
+    torch.testing.assert_close(pc.sample(torch.tensor([1]), torch.tensor([True])), refs.images[[1]].flip(-1), atol=0,
+                               rtol=0)

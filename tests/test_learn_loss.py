@@ -16,9 +16,9 @@ PREFIX = {"v_prediction": "v", "epsilon": "eps"}
 
 @pytest.fixture(scope="module")
 def official():
+    from conftest import load_reference
     from diffusers import UNet2DConditionModel
 
-    from conftest import load_reference
     from dreamdist3d.backbones.sd21 import DiffusersUNetAdapter
 
     a, am = load_reference("dreamdist-promptlearner-tiny-a")
@@ -80,7 +80,7 @@ def test_min_snr_has_no_plus_one_for_v(official):
 
 def test_fast_equals_official_in_multiview_layout():
     """4-view items with cameras: same loss, same ctx gradient (up to re-association), rows b-major (b, r, f)."""
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone(supports_camera=True)
     calls = []
@@ -96,7 +96,8 @@ def test_fast_equals_official_in_multiview_layout():
     cams = torch.randn(B, F, 16, generator=g)
     grads, losses = [], []
     for mode in ("official", "fast"):
-        pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=5, generator=torch.Generator().manual_seed(1))
+        pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=5,
+                           generator=torch.Generator().manual_seed(1))
         out = distribution_loss(pl, recording, bb.schedule, lat, noise, ts, eps, cameras=cams, mode=mode)
         out.total.backward()
         grads.append(pl.ctx.grad.clone())

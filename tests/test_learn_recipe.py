@@ -12,12 +12,12 @@ from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.distribution import PromptDistribution, PromptLearner
 from dreamdist3d.learn.data import load_reference_images
 from dreamdist3d.learn.loss import distribution_loss
-from dreamdist3d.learn.recipe import LearnConfig, NonFiniteLossError, launch_entry, learn
-from dreamdist3d.learn.tiny import tiny_toy_backbone
+from dreamdist3d.recipes.learn import LearnConfig, NonFiniteLossError, launch_entry, learn
+from dreamdist3d.testing.backbones import tiny_toy_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "cathedral_small"
-TOY = "dreamdist3d.learn.tiny:tiny_toy_backbone"
+TOY = "dreamdist3d.testing.backbones:tiny_toy_backbone"
 
 
 def small(tmp_path, **kw) -> LearnConfig:
@@ -38,7 +38,8 @@ def test_loss_falls_over_200_steps(tmp_path):
     x0 = refs.images.repeat(4, 1, 1, 1)
     noise, t = torch.randn(x0.shape, generator=g), torch.randint(0, 1000, (x0.shape[0],), generator=g)
     eps = torch.randn(x0.shape[0], 4, 77, 32, generator=g)
-    init = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=4, n_prompts=8, generator=torch.Generator().manual_seed(0))
+    init = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=4, n_prompts=8,
+                         generator=torch.Generator().manual_seed(0))
 
     def evaluate(ctx):
         with torch.no_grad():
@@ -144,7 +145,8 @@ def test_launch_entry_with_the_shipped_config(tmp_path, capsys):
 def test_tiny_config_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # its images path is relative to the repository
     cfg = OmegaConf.merge(OmegaConf.load(REPO / "configs" / "tiny" / "learn-toy.yaml"),
-                          OmegaConf.from_dotlist(["steps=2", f"out_dir={tmp_path}", "preview_every=2", "preview_steps=2",
+                          OmegaConf.from_dotlist(["steps=2", f"out_dir={tmp_path}", "preview_every=2",
+                                                  "preview_steps=2",
                                                   "progress=false"]))
     assert launch_entry(cfg) == 0
     run = next(tmp_path.glob("tiny-cathedral@*"))

@@ -10,20 +10,21 @@ import torch.nn.functional as F
 
 from dreamdist3d.backbones.cameras import c2w_from_spherical, c2w_to_mvdream_camera, get_camera
 from dreamdist3d.config import ConfigError
+from dreamdist3d.lift3d.background import SolidColorBackground
 from dreamdist3d.lift3d.base import C
 from dreamdist3d.lift3d.data import RandomMultiviewCameraDataModule
 from dreamdist3d.lift3d.geometry import ImplicitVolume
+from dreamdist3d.lift3d.material import NoMaterial
 from dreamdist3d.lift3d.networks import HashGridEncoding, SphericalHarmonicsEncoding
 from dreamdist3d.lift3d.renderer import NeRFVolumeRenderer, ray_aabb, segment_exclusive_cumsum
-from dreamdist3d.lift3d.background import SolidColorBackground
-from dreamdist3d.lift3d.material import NoMaterial
 
 MV_DATA = {  # mvdream-sd21.yaml's data section
     "batch_size": [8, 4], "n_view": 4, "width": [64, 256], "height": [64, 256], "resolution_milestones": [5000],
     "camera_distance_range": [0.8, 1.0], "fovy_range": [15, 60], "elevation_range": [0, 30], "camera_perturb": 0.0,
     "center_perturb": 0.0, "up_perturb": 0.0, "n_val_views": 4, "eval_camera_distance": 3.0, "eval_fovy_deg": 40.0,
 }
-SMALL_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10, "base_resolution": 4, "per_level_scale": 2.0}
+SMALL_GRID = {"otype": "HashGrid", "n_levels": 4, "n_features_per_level": 2, "log2_hashmap_size": 10,
+              "base_resolution": 4, "per_level_scale": 2.0}
 
 # ---------------------------------------------------------------------------------------------- schedules
 def test_scheduled_values_follow_threestudio_C():
@@ -41,8 +42,8 @@ def test_scheduled_values_follow_threestudio_C():
 # ---------------------------------------------------------------------------------------------- hash grid
 def _naive_hashgrid(enc: HashGridEncoding, x: torch.Tensor) -> torch.Tensor:
     outs = []
-    for l in range(enc.n_levels):
-        r = int(enc.res[l])
+    for lv in range(enc.n_levels):
+        r = int(enc.res[lv])
         pos = x * r
         p0 = pos.floor().long().clamp(0, r - 1)
         f = pos - p0
@@ -51,11 +52,11 @@ def _naive_hashgrid(enc: HashGridEncoding, x: torch.Tensor) -> torch.Tensor:
             bits = torch.tensor([(b >> 2) & 1, (b >> 1) & 1, b & 1])
             cc = p0 + bits
             w = torch.where(bits.bool(), f, 1 - f).prod(-1)
-            if enc.dense[l]:
+            if enc.dense[lv]:
                 i = cc[:, 0] + cc[:, 1] * (r + 1) + cc[:, 2] * (r + 1) ** 2
             else:  # Instant-NGP spatial hash, in exact (int64) arithmetic
-                i = (cc[:, 0] ^ (cc[:, 1] * 2654435761) ^ (cc[:, 2] * 805459861)) % int(enc.sizes[l])
-            acc = acc + enc.params[i + int(enc.offsets[l])] * w[:, None]
+                i = (cc[:, 0] ^ (cc[:, 1] * 2654435761) ^ (cc[:, 2] * 805459861)) % int(enc.sizes[lv])
+            acc = acc + enc.params[i + int(enc.offsets[lv])] * w[:, None]
         outs.append(acc)
     return torch.cat(outs, -1)
 
@@ -138,7 +139,8 @@ def _dense_reference(geo, rays_o, rays_d, n=512, bg=(0.2, 0.4, 0.6)):
 def test_renderer_matches_dense_quadrature_and_pruning_only_drops_thin_density():
     torch.manual_seed(0)
     rend, geo = _renderer()
-    dm = RandomMultiviewCameraDataModule({**MV_DATA, "batch_size": 4, "width": 16, "height": 16, "resolution_milestones": []})
+    dm = RandomMultiviewCameraDataModule({**MV_DATA, "batch_size": 4, "width": 16, "height": 16,
+                                          "resolution_milestones": []})
     batch = dm.train_batch()
     ref_rgb, ref_op = _dense_reference(geo, batch["rays_o"].reshape(-1, 3), batch["rays_d"].reshape(-1, 3))
     rend.eval()
@@ -155,7 +157,8 @@ def test_renderer_matches_dense_quadrature_and_pruning_only_drops_thin_density()
     out = rend(**batch)
     diff = (out["opacity"].reshape(-1, 1) - ref_op).abs()
     assert float(diff.mean()) < 0.03 and float(diff.max()) < 0.15
-    torch.testing.assert_close(out["opacity"][:, 6:10, 6:10], ref_op.reshape(4, 16, 16, 1)[:, 6:10, 6:10], atol=1e-2, rtol=0)
+    torch.testing.assert_close(out["opacity"][:, 6:10, 6:10], ref_op.reshape(4, 16, 16, 1)[:, 6:10, 6:10], atol=1e-2,
+                               rtol=0)
     # the blob (σ(0) ≈ 10, radius 0.5) is opaque in the middle of the frame and absent at the corners
     assert float(out["opacity"][:, 8, 8].min()) > 0.9 and float(out["opacity"][:, 0, 0].max()) < 0.05
 
@@ -165,9 +168,11 @@ def test_renderer_training_outputs_and_gradients():
     rend, geo = _renderer(num_samples_per_ray=64)
     rend.train()
     rend.update_step(0, 0)  # occupancy update at step 0
-    dm = RandomMultiviewCameraDataModule({**MV_DATA, "batch_size": 4, "width": 8, "height": 8, "resolution_milestones": []})
+    dm = RandomMultiviewCameraDataModule({**MV_DATA, "batch_size": 4, "width": 8, "height": 8,
+                                          "resolution_milestones": []})
     out = rend(**dm.train_batch())
-    for k in ("weights", "t_points", "t_intervals", "t_dirs", "ray_indices", "points", "density", "features", "z_variance"):
+    for k in ("weights", "t_points", "t_intervals", "t_dirs", "ray_indices", "points", "density", "features",
+              "z_variance"):
         assert k in out
     out["comp_rgb"].sum().backward()
     assert geo.encoding.params.grad is not None and geo.encoding.params.grad.abs().sum() > 0
@@ -198,7 +203,8 @@ def test_multiview_datamodule_groups_progressive_resolution_and_orbits():
     ref = c2w_from_spherical(b["elevation"], b["azimuth"], b["camera_distances"])
     torch.testing.assert_close(b["c2w"], ref, atol=1e-5, rtol=1e-5)
     centre = b["rays_d"][:, 31:33, 31:33].mean((1, 2))
-    assert torch.cross(F.normalize(centre, dim=-1), F.normalize(-b["rays_o"][:, 0, 0], dim=-1), dim=-1).norm(dim=-1).max() < 1e-4
+    assert torch.cross(F.normalize(centre, dim=-1), F.normalize(-b["rays_o"][:, 0, 0], dim=-1),
+                       dim=-1).norm(dim=-1).max() < 1e-4
     # MVDream camera vector: threestudio c2w at azimuth a == get_camera(elevation, a + 90)
     cam = c2w_to_mvdream_camera(b["c2w"][:1])
     ref_cam = get_camera(1, float(b["elevation"][0]), float(b["azimuth"][0]) + 90)
@@ -229,7 +235,8 @@ def test_two_level_occupancy_sampling_keeps_exactly_the_occupied_samples():
     rend, geo = _renderer(num_samples_per_ray=512)  # blocks of 9 steps per 1/32 cell
     rend.update_occupancy()
     rend.binaries[20:, :, :] = False  # an irregular occupied set: part of the blob
-    dm = RandomMultiviewCameraDataModule({**MV_DATA, "batch_size": 4, "width": 16, "height": 16, "resolution_milestones": []})
+    dm = RandomMultiviewCameraDataModule({**MV_DATA, "batch_size": 4, "width": 16, "height": 16,
+                                          "resolution_milestones": []})
     b = dm.train_batch()
     o, d = b["rays_o"].reshape(-1, 3), b["rays_d"].reshape(-1, 3)
     torch.manual_seed(1)

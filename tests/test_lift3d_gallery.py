@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from dreamdist3d.cli import main
-from dreamdist3d.lift3d.testing import write_tiny_assets
+from dreamdist3d.testing.assets import write_tiny_assets
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")
 
@@ -20,15 +20,18 @@ def test_gallery_runs_seeds_and_builds_grid_and_page(tmp_path):
     try:
         ckpt, dist = write_tiny_assets(tmp_path / "assets")
         out = tmp_path / "gallery"
-        argv = ["gallery", "--distribution", str(dist), "--n", "2", "--config", TINY, "--out", str(out), "--cpu", "--frames", "3",
-                f"system.guidance.pretrained_model_name_or_path={ckpt}", "trainer.max_steps=2", "trainer.val_check_interval=0",
+        argv = ["gallery", "--distribution", str(dist), "--n", "2", "--config", TINY, "--out", str(out), "--cpu",
+                "--frames", "3",
+                f"system.guidance.pretrained_model_name_or_path={ckpt}", "trainer.max_steps=2",
+                "trainer.val_check_interval=0",
                 "trainer.limit_test_batches=6"]
         assert main(argv) == 0
         for seed in (0, 1):
             assert (out / "runs" / f"seed{seed}" / "save" / "it2-test.mp4").is_file()
         grid = np.asarray(Image.open(out / "gallery.png"))
         assert grid.shape == (2 * 32, 3 * 32, 3)  # a row per seed, 3 frames of 32 px
-        assert np.abs(grid[:32].astype(float) - grid[32:].astype(float)).mean() > 0.05  # two samples, two renders (2 steps only)
+        # two samples, two renders (2 steps only)
+        assert np.abs(grid[:32].astype(float) - grid[32:].astype(float)).mean() > 0.05
         page = (out / "gallery.html").read_text()
         assert page.count("<video") == 2 and "runs/seed1/save/it2-test.mp4" in page
         # re-running keeps finished runs (nothing is trained again)

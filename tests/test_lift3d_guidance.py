@@ -14,7 +14,8 @@ from dreamdist3d.config import ConfigError
 from dreamdist3d.lift3d.data import RandomMultiviewCameraDataModule
 from dreamdist3d.lift3d.guidance import MultiviewDiffusionGuidance
 from dreamdist3d.lift3d.prompt_processor import SAMPLE_FILE, DreamDistributionPromptProcessor, PromptSample
-from dreamdist3d.lift3d.testing import write_tiny_assets
+from dreamdist3d.testing.assets import write_tiny_assets
+
 
 class ToyMVUNet(nn.Module):
     """Depends on x, t, context, camera, and mixes the views of each group (like MVDream's 3D self-attention)."""
@@ -100,7 +101,8 @@ def test_guidance_matches_mvdream_threestudio_forward_and_gradient():
     torch.manual_seed(7)
     noise = torch.randn(8, 3, 16, 16)
     rgb_ref = rgb.detach().clone().requires_grad_(True)
-    loss_ref, z_ref, x0_ref = reference_sds(unet, guidance.alphas_cumprod, rgb_ref, cond, uncond, batch["c2w"], t, noise, 50.0, 0.5, 4, 16)
+    loss_ref, z_ref, x0_ref = reference_sds(unet, guidance.alphas_cumprod, rgb_ref, cond, uncond, batch["c2w"], t,
+                                            noise, 50.0, 0.5, 4, 16)
     torch.testing.assert_close(out["loss_sds"], loss_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["grad_norm"], ((z_ref - x0_ref) / 8).norm(), rtol=1e-5, atol=1e-6)
     (g,) = torch.autograd.grad(out["loss_sds"], rgb)
@@ -115,7 +117,8 @@ def test_guidance_matches_mvdream_threestudio_forward_and_gradient():
 
 def test_guidance_original_sds_branch_and_batch_check():
     unet = ToyMVUNet()
-    guidance = MultiviewDiffusionGuidance({"recon_loss": False, "image_size": 16, "guidance_scale": 7.5}, backbone=_pixel_backbone(unet))
+    guidance = MultiviewDiffusionGuidance({"recon_loss": False, "image_size": 16, "guidance_scale": 7.5},
+                                          backbone=_pixel_backbone(unet))
     batch = _batch()
     cond, uncond = torch.randn(1, 77, 8), torch.randn(1, 77, 8)
     rgb = torch.rand(8, 12, 12, 3, requires_grad=True)
@@ -130,12 +133,14 @@ def test_guidance_original_sds_branch_and_batch_check():
     from dreamdist3d.backbones.cameras import c2w_to_mvdream_camera
 
     cam = c2w_to_mvdream_camera(batch["c2w"]).repeat(2, 1)
-    e = unet(torch.cat([z_t, z_t]), torch.full((16,), 500), torch.cat([cond.expand(8, -1, -1), uncond.expand(8, -1, -1)]), cam, 4)
+    e = unet(torch.cat([z_t, z_t]), torch.full((16,), 500), torch.cat([cond.expand(8, -1, -1),
+                                                                       uncond.expand(8, -1, -1)]), cam, 4)
     e_c, e_u = e.chunk(2)
     grad = (1 - a) * (e_u + 7.5 * (e_c - e_u) - noise)
     torch.testing.assert_close(out["loss_sds"], 0.5 * (grad**2).sum() / 8, rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError, match="n_view"):
-        guidance(rgb[:6], FakePromptUtils(cond, uncond), **{k: (v[:6] if torch.is_tensor(v) else v) for k, v in batch.items()})
+        guidance(rgb[:6], FakePromptUtils(cond, uncond), **{k: (v[:6] if torch.is_tensor(v) else v) for k,
+                                                            v in batch.items()})
 
 
 # ---------------------------------------------------------------------------------------------- prompt processor
@@ -157,12 +162,14 @@ def _fit(assets, **kw):
 
 def test_processor_draws_one_seeded_sample_and_threestudio_output(assets, tmp_path):
     bb = assets["backbone"]
-    pp = DreamDistributionPromptProcessor({"distribution": str(assets["dist"]), "scale": 1.5, "negative_prompt": "ugly"},
+    pp = DreamDistributionPromptProcessor({"distribution": str(assets["dist"]), "scale": 1.5,
+                                           "negative_prompt": "ugly"},
                                           backbone=bb, seed=3, save_dir=str(tmp_path))
     out = pp()
     D = bb.text_encoder.hidden_size
     assert out.text_embeddings.shape == (1, 77, D) and out.uncond_text_embeddings.shape == (1, 77, D)
-    assert out.text_embeddings_vd.shape == (4, 77, D) and out.direction2idx == {"side": 0, "front": 1, "back": 2, "overhead": 3}
+    assert out.text_embeddings_vd.shape == (4, 77, D) and out.direction2idx == {"side": 0, "front": 1, "back": 2,
+                                                                                "overhead": 3}
     g = _fit(assets)
     want = g.sample(1, scale=1.5, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(out.text_embeddings, want)
@@ -170,7 +177,8 @@ def test_processor_draws_one_seeded_sample_and_threestudio_output(assets, tmp_pa
     elev, azi, dist = torch.zeros(8), torch.arange(8.0) * 45, torch.ones(8)
     emb = out.get_text_embeddings(elev, azi, dist, view_dependent_prompting=False)
     assert emb.shape == (16, 77, D)
-    assert torch.equal(emb[:8], want.expand(8, -1, -1)) and torch.equal(emb[8:], out.uncond_text_embeddings.expand(8, -1, -1))
+    assert torch.equal(emb[:8], want.expand(8, -1, -1)) and torch.equal(emb[8:],
+                                                                        out.uncond_text_embeddings.expand(8, -1, -1))
     with pytest.raises(ConfigError, match="view_dependent_prompting"):
         out.get_text_embeddings(elev, azi, dist, view_dependent_prompting=True)
     # γ = 0 is the mean; another seed is another sample
@@ -203,7 +211,8 @@ def test_processor_saves_and_reuses_its_sample(assets, tmp_path):
 
 def test_processor_view_dependent_suffix_edits_share_one_draw(assets):
     bb = assets["backbone"]
-    pp = DreamDistributionPromptProcessor({"distribution": str(assets["dist"]), "view_dependent_prompting": True}, backbone=bb, seed=5)
+    pp = DreamDistributionPromptProcessor({"distribution": str(assets["dist"]), "view_dependent_prompting": True},
+                                          backbone=bb, seed=5)
     out = pp()
     eps = torch.randn((77, bb.text_encoder.hidden_size), generator=torch.Generator().manual_seed(5))
     for i, d in enumerate(("side", "front", "back", "overhead")):
@@ -226,12 +235,14 @@ def test_processor_mixture_and_prefix_edit(assets, tmp_path):
     dist2 = tmp_path / "copy.safetensors"
     shutil.copyfile(assets["dist"], dist2)
     mix = DreamDistributionPromptProcessor(
-        {"mixture": [{"path": str(assets["dist"]), "weight": 0.5, "scale": 1.0}, {"path": str(dist2), "weight": 0.5, "scale": 1.0}]},
+        {"mixture": [{"path": str(assets["dist"]), "weight": 0.5, "scale": 1.0}, {"path": str(dist2), "weight": 0.5,
+                                                                                  "scale": 1.0}]},
         backbone=bb, seed=0)()
     g = _fit(assets)  # mixing a distribution with itself: mean μ, std sqrt(2·(σ/2)²) = σ/√2
     eps = torch.randn(g.mean.shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(mix.text_embeddings[0], g.mean + eps * g.std / 2**0.5)
-    edited = DreamDistributionPromptProcessor({"distribution": str(assets["dist"]), "prefix": "a drawing of"}, backbone=bb, seed=0)()
+    edited = DreamDistributionPromptProcessor({"distribution": str(assets["dist"]), "prefix": "a drawing of"},
+                                              backbone=bb, seed=0)()
     ge = _fit(assets, prefix="a drawing of")
     torch.testing.assert_close(edited.text_embeddings[0], ge.mean + eps * ge.std)
 
@@ -239,18 +250,22 @@ def test_processor_mixture_and_prefix_edit(assets, tmp_path):
 def test_processor_errors_name_the_key(assets, tmp_path):
     bb = assets["backbone"]
     with pytest.raises(FileNotFoundError, match="system.prompt_processor.distribution"):
-        DreamDistributionPromptProcessor({"distribution": str(tmp_path / "missing.safetensors")}, backbone=bb, where="system.prompt_processor")
+        DreamDistributionPromptProcessor({"distribution": str(tmp_path / "missing.safetensors")}, backbone=bb,
+                                         where="system.prompt_processor")
     with pytest.raises(ConfigError, match="system.prompt_processor.distribution is not set"):
         DreamDistributionPromptProcessor({}, backbone=bb, where="system.prompt_processor")
     with pytest.raises(ConfigError, match="system.prompt_processor.scael"):
-        DreamDistributionPromptProcessor({"distribution": str(assets["dist"]), "scael": 2}, backbone=bb, where="system.prompt_processor")
+        DreamDistributionPromptProcessor({"distribution": str(assets["dist"]), "scael": 2}, backbone=bb,
+                                         where="system.prompt_processor")
     other_ckpt, other_dist = write_tiny_assets(tmp_path / "other", seed=1)  # learned against another text encoder
     with pytest.raises(ValueError, match="system.prompt_processor.distribution.*text encoder"):
-        DreamDistributionPromptProcessor({"distribution": str(other_dist)}, backbone=bb, where="system.prompt_processor")
+        DreamDistributionPromptProcessor({"distribution": str(other_dist)}, backbone=bb,
+                                         where="system.prompt_processor")
 
 
 def test_guidance_on_the_tiny_mvdream_checkpoint_encodes_through_the_vae(assets):
-    guidance = MultiviewDiffusionGuidance({"pretrained_model_name_or_path": str(assets["ckpt"]), "image_size": 32}, where="system.guidance")
+    guidance = MultiviewDiffusionGuidance({"pretrained_model_name_or_path": str(assets["ckpt"]), "image_size": 32},
+                                          where="system.guidance")
     assert guidance.latent_size == 16
     pp = DreamDistributionPromptProcessor({"distribution": str(assets["dist"])}, backbone=guidance.backbone)
     batch = _batch(B=4, H=16)
@@ -259,6 +274,7 @@ def test_guidance_on_the_tiny_mvdream_checkpoint_encodes_through_the_vae(assets)
     out["loss_sds"].backward()
     assert torch.isfinite(out["loss_sds"]) and rgb.grad.abs().sum() > 0
     with pytest.raises(FileNotFoundError, match="system.guidance.pretrained_model_name_or_path"):
-        MultiviewDiffusionGuidance({"pretrained_model_name_or_path": "/nonexistent/sd-v2.1-base-4view.pt"}, where="system.guidance")
+        MultiviewDiffusionGuidance({"pretrained_model_name_or_path": "/nonexistent/sd-v2.1-base-4view.pt"},
+                                   where="system.guidance")
     with pytest.raises(ConfigError, match="system.guidance.pretrained_model_name_or_path is not set"):
         MultiviewDiffusionGuidance({}, where="system.guidance")

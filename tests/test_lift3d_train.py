@@ -21,8 +21,8 @@ import torch
 from dreamdist3d.config import parse_structured
 from dreamdist3d.launch import load_config, seed_everything
 from dreamdist3d.lift3d.system import MVDreamSystem, find_component
-from dreamdist3d.lift3d.testing import disk_image, oracle_backbone, write_tiny_assets
 from dreamdist3d.lift3d.trainer import CheckpointConfig, Trainer, TrainerConfig
+from dreamdist3d.testing.assets import disk_image, oracle_backbone, write_tiny_assets
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")
 
@@ -33,8 +33,10 @@ def test_tiny_config_300_sds_steps_fall_and_form_a_red_blob(tmp_path):
     torch.set_num_threads(1)
     try:
         ckpt, dist = write_tiny_assets(tmp_path / "assets")
-        cfg = load_config(TINY, [f"system.guidance.pretrained_model_name_or_path={ckpt}", f"system.prompt_processor.distribution={dist}",
-                                 f"exp_root_dir={tmp_path / 'runs'}", "trainer.val_check_interval=0", "data.n_test_views=8"])
+        cfg = load_config(TINY, [f"system.guidance.pretrained_model_name_or_path={ckpt}",
+                                 f"system.prompt_processor.distribution={dist}",
+                                 f"exp_root_dir={tmp_path / 'runs'}", "trainer.val_check_interval=0",
+                                 "data.n_test_views=8"])
         assert cfg.trainer["max_steps"] == 300
         seed_everything(cfg.seed)
         red = (0.9, 0.1, 0.1)
@@ -43,7 +45,8 @@ def test_tiny_config_300_sds_steps_fall_and_form_a_red_blob(tmp_path):
         system = MVDreamSystem(cfg.system, save_dir=str(Path(cfg.trial_dir) / "save"), backbone=backbone, seed=cfg.seed)
         with torch.no_grad():
             before = system.material(system.geometry(torch.zeros(1, 3))["features"])[0]
-        trainer = Trainer(parse_structured(TrainerConfig, cfg.trainer), parse_structured(CheckpointConfig, cfg.checkpoint),
+        trainer = Trainer(parse_structured(TrainerConfig, cfg.trainer), parse_structured(CheckpointConfig,
+                                                                                         cfg.checkpoint),
                           Path(cfg.trial_dir), torch.device("cpu"))
         step = trainer.fit(system, dm)
         assert step == 300
@@ -56,14 +59,16 @@ def test_tiny_config_300_sds_steps_fall_and_form_a_red_blob(tmp_path):
         g = system.geometry
         with torch.no_grad():
             centre = float(g.density(torch.zeros(1, 3)))
-            shell = torch.nn.functional.normalize(torch.randn(256, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+            shell = torch.nn.functional.normalize(torch.randn(256, 3, generator=torch.Generator().manual_seed(0)),
+                                                  dim=-1)
             outside = float(g.density(shell * 0.9).max())
             colour = system.material(g(torch.zeros(1, 3))["features"])[0]
         assert centre > 5.0 and outside < 0.5, (centre, outside)  # a blob: dense core, empty beyond radius 0.9
         assert torch.allclose(before, torch.full((3,), 0.5), atol=0.05)
         assert colour[0] > 0.7 and colour[1] < 0.3 and colour[2] < 0.3, colour  # grey at init, red now
         res = trainer.test(system, dm, step)
-        frame = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(res["frames"] / "0.png"), dtype=np.float32) / 255
+        frame = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(res["frames"] / "0.png"),
+                           dtype=np.float32) / 255
         h = frame.shape[0]
         mid = frame[h // 2 - 2 : h // 2 + 2, h // 2 - 2 : h // 2 + 2]  # rgb panel, centre
         assert mid[..., 0].mean() > 0.6 and mid[..., 1].mean() < 0.35, mid.mean((0, 1))

@@ -83,7 +83,7 @@ def test_seed_rule_sample_i_does_not_depend_on_n():
 
 # ---------------------------------------------------------------------- files and the one path
 def test_file_records_the_mode_and_fit_honours_it(tmp_path):
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone(resolution=8)
     pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=5, generator=torch.Generator().manual_seed(0))
@@ -136,7 +136,7 @@ def test_assign_maps_prompts_to_images():
 
 @pytest.mark.parametrize("objective", ["official", "wta", "softmin"])
 def test_lowrank_fast_equals_official_arrangement(objective):
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone()
     g = torch.Generator().manual_seed(0)
@@ -145,7 +145,8 @@ def test_lowrank_fast_equals_official_arrangement(objective):
     ts, a = torch.tensor([10, 700]), torch.randn(B, R, K, generator=g)
     out = []
     for mode in ("official", "fast"):
-        pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=K, generator=torch.Generator().manual_seed(1))
+        pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=K,
+                           generator=torch.Generator().manual_seed(1))
         res = distribution_loss(pl, bb, bb.schedule, lat, noise, ts, a, mode=mode, covariance="lowrank",
                                 objective=objective)
         res.total.backward()
@@ -177,7 +178,8 @@ def _two_d_model(objective, covariance, steps=400, seed=0):
             k = assigned_prompts(b, torch.randint(0, 1000, (4, 4), generator=g), 16, 12)
             c = pts[k]
         elif covariance == "lowrank":
-            c = mean + torch.einsum("brk,kd->brd", torch.randn(4, 4, 16, generator=g), prompt_factor(pts[:, None])[:, 0])
+            c = mean + torch.einsum("brk,kd->brd", torch.randn(4, 4, 16, generator=g), prompt_factor(pts[:, None])[:,
+                                                                                                                   0])
         else:
             c = mean + torch.randn(4, 4, 2, generator=g) * pts.std(0)
         ell = ((c - images[b][:, None]) ** 2).sum(-1)  # (B, R)
@@ -204,8 +206,8 @@ def test_two_d_model_official_collapses_set_covering_spreads():
 def test_recipe_records_objective_and_covariance(tmp_path):
     from test_learn_recipe import small
 
-    from dreamdist3d.learn.recipe import learn
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.recipes.learn import learn
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone(resolution=8)
     res = learn(small(tmp_path, objective="wta", covariance="lowrank", steps=4), backbone=bb)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import reference_path
 from torch import nn
 
 from dreamdist3d.backbones.multiview_unet import (
@@ -14,7 +15,6 @@ from dreamdist3d.backbones.multiview_unet import (
     sdpa_attention,
     timestep_embedding,
 )
-from conftest import reference_path
 
 TINY = dict(
     image_size=8, in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[2, 1], num_res_blocks=1,

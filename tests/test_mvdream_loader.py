@@ -7,8 +7,10 @@ import json
 
 import pytest
 import torch
+from conftest import reference_path
 
 from dreamdist3d.backbones.cameras import get_camera
+from dreamdist3d.backbones.multiview_unet import MVDREAM_SD21_CONFIG
 from dreamdist3d.backbones.mvdream import (
     SCHEDULE_KEYS,
     CheckpointError,
@@ -18,10 +20,8 @@ from dreamdist3d.backbones.mvdream import (
     mvdream_from_state_dict,
     mvdream_state_dict_shapes,
 )
-from dreamdist3d.backbones.multiview_unet import MVDREAM_SD21_CONFIG
 from dreamdist3d.backbones.schedule import NoiseSchedule
-from dreamdist3d.backbones.tiny import tiny_mvdream_state_dict, write_tiny_mvdream_checkpoint
-from conftest import reference_path
+from dreamdist3d.testing.checkpoints import tiny_mvdream_state_dict, write_tiny_mvdream_checkpoint
 
 
 def _official_shapes():
@@ -106,7 +106,8 @@ def test_tiny_checkpoint_pt_and_safetensors_agree(tmp_path):
     assert a.resolution == cfg["resolution"] == 32 and a.latent_size == 16
     assert a.text_encoder.num_layers == 2  # 3 blocks stored, "penultimate" uses 2
     sd, _ = tiny_mvdream_state_dict(seed=1)
-    assert torch.equal(a.unet.state_dict()["input_blocks.0.0.weight"], sd["model.diffusion_model.input_blocks.0.0.weight"])
+    assert torch.equal(a.unet.state_dict()["input_blocks.0.0.weight"],
+                       sd["model.diffusion_model.input_blocks.0.0.weight"])
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 4, 16, 16, generator=g)
     t = torch.randint(0, 1000, (8,), generator=g)

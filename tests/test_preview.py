@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from dreamdist3d.backbones.cameras import get_camera
+from dreamdist3d.backbones.ddim import ddim_timesteps, make_ddim_scheduler
 from dreamdist3d.backbones.mvdream import ldm_schedule_buffers, load_mvdream
 from dreamdist3d.backbones.schedule import NoiseSchedule
-from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
 from dreamdist3d.cli import main
-from dreamdist3d.backbones.ddim import ddim_timesteps, make_ddim_scheduler
 from dreamdist3d.sample2d.mvdream_preview import sample_views
+from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def _reference_ddim(bb, context, uncond, steps, cfg, seed, elevation=15.0, azimu
     uc = uncond.expand_as(c)
     for i in reversed(range(steps)):
         t = torch.full((2 * n * F,), int(ts[i]))
-        e_u, e_c = bb.unet(torch.cat([x, x]), t, torch.cat([uc, c]), camera=torch.cat([cam, cam]), num_frames=F).chunk(2)
+        e_u, e_c = bb.unet(torch.cat([x, x]), t, torch.cat([uc, c]), camera=torch.cat([cam, cam]),
+                           num_frames=F).chunk(2)
         e = e_u + cfg * (e_c - e_u)
         x0 = (x - (1 - a[i]).sqrt() * e) / a[i].sqrt()
         x = a_prev[i].sqrt() * x0 + (1 - a_prev[i]).sqrt() * e
@@ -99,7 +100,8 @@ def test_cli_preview_distribution(ckpt, tmp_path):
     from dreamdist3d.distribution import PromptDistribution, PromptLearner
 
     bb = load_mvdream(ckpt)
-    learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=3, generator=torch.Generator().manual_seed(0))
+    learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=3,
+                            generator=torch.Generator().manual_seed(0))
     dist_path = PromptDistribution.from_learner(learner, backbone="mvdream").save(tmp_path / "dist.safetensors")
     out = tmp_path / "dist.png"
     rc = main(["preview", "--mvdream", str(ckpt), "--distribution", str(dist_path), "--scale", "0.5", "--n", "2",

@@ -14,8 +14,9 @@ import torch
 from dreamdist3d import io as dio
 from dreamdist3d import runs
 from dreamdist3d.errors import describe, exit_code
-from dreamdist3d.launch import load_config, main as launch_main
-from dreamdist3d.lift3d.testing import write_tiny_assets
+from dreamdist3d.launch import load_config
+from dreamdist3d.launch import main as launch_main
+from dreamdist3d.testing.assets import write_tiny_assets
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")
@@ -219,7 +220,7 @@ def test_cli_outputs_checked_before_models_load(tmp_path, capsys):
     rc = main(["sample", "--distribution", "d.safetensors", "--sd21", str(missing), "--out", str(afile)])
     _one_line_error(capsys.readouterr().err, "--out", "existing file")
     assert rc == 1
-    toy = ["--backbone", "dreamdist3d.learn.tiny:tiny_toy_backbone", "--resolution", "8", "--quiet",
+    toy = ["--backbone", "dreamdist3d.testing.backbones:tiny_toy_backbone", "--resolution", "8", "--quiet",
            "--preview-every", "0", "--steps", "1", "--n-prompts", "2", "--batch-size", "1", "--n-samples", "1"]
     out = str(afile / "d.safetensors")
     rc = main(["learn", "--images", str(DATA), *toy, "--out-dir", str(tmp_path / "r"), "--out", out])

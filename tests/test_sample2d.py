@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from dreamdist3d.backbones.tiny import tiny_sd21_folder
 from dreamdist3d.cli import main
 from dreamdist3d.distribution import DistributionSpec, PromptDistribution, PromptLearner
 from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid
@@ -30,6 +29,7 @@ from dreamdist3d.sample2d.sd21 import (
     sample_to_folder,
     sweep_to_grid,
 )
+from dreamdist3d.testing.checkpoints import tiny_sd21_folder
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
 STEPS = 3
@@ -89,12 +89,13 @@ def _png_chunks(path):
 
 @pytest.mark.parametrize("scheduler", [None, "euler-a"])
 def test_images_equal_bare_diffusers_call(world, tmp_path, scheduler):
-    """Same prompt_embeds, seeds, scheduler and batches → our PNGs equal a bare StableDiffusionPipeline call bit for bit;
-    the embeddings are mean + ε·std with ε from the recorded sample seed, fitted with the prefix/suffix edit."""
+    """Same prompt_embeds, seeds, scheduler and batches → our PNGs equal a bare StableDiffusionPipeline call bit for
+    bit; the embeddings are mean + ε·std with ε from the recorded sample seed, fitted with the prefix/suffix edit."""
     import diffusers
 
     sampler = SD21Sampler.from_folder(world["folder"], scheduler=scheduler)
-    spec = DistributionSpec.from_lists([world["files"][0]], scales=[0.8], prefix="a photo of", suffix="jumping on the grass")
+    spec = DistributionSpec.from_lists([world["files"][0]], scales=[0.8], prefix="a photo of",
+                                       suffix="jumping on the grass")
     mixture = sampler.fit(spec)
     settings = SampleSettings(n=3, steps=STEPS, cfg=7.5, seed=11, batch_size=2, negative="blurry, dark")
     records = sample_to_folder(sampler, mixture, settings, tmp_path, save_embeddings=True)
@@ -225,7 +226,8 @@ def test_sweeps_share_eps_per_column(world, sampler, tmp_path):
     assert cells[0]["embedding"]["law_mean_norm"] == pytest.approx(float(g0.mean.norm()), rel=1e-6)
     assert cells[-1]["embedding"]["law_mean_norm"] == pytest.approx(float(g1.mean.norm()), rel=1e-6)
     with pytest.raises(ValueError, match="exactly two"):
-        sweep_to_grid(sampler, sampler.fit(DistributionSpec.from_lists(world["files"][:1])), settings, tmp_path, kind="mix")
+        sweep_to_grid(sampler, sampler.fit(DistributionSpec.from_lists(world["files"][:1])), settings, tmp_path,
+                      kind="mix")
 
 
 def test_sweep_command(world, tmp_path):
@@ -247,11 +249,13 @@ def test_clear_errors(world, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         DistributionSpec.from_lists([str(tmp_path / "missing.safetensors")])
     # CLI: exit code 2 and the reason, before any model is loaded
-    args = ["sample", "--distribution", world["files"][0], "--distribution", world["files"][1], "--weight", "0.3", "0.6",
+    args = ["sample", "--distribution", world["files"][0], "--distribution", world["files"][1], "--weight", "0.3",
+            "0.6",
             "--sd21", str(world["folder"]), "--out", str(tmp_path / "x")]
     assert main(args) == 2
     assert "mixture weights must sum to 1" in capsys.readouterr().err
-    assert main(["sample", "--distribution", world["files"][0], "--sd21", str(tmp_path / "no-sd"), "--out", str(tmp_path)]) == 2
+    assert main(["sample", "--distribution", world["files"][0], "--sd21", str(tmp_path / "no-sd"), "--out",
+                 str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unet/, vae/, text_encoder/, tokenizer/, scheduler/" in err and "no-sd" in err
     broken = tmp_path / "broken"
@@ -271,7 +275,8 @@ def test_official_checkpoint_class_index(world, sampler):
     from conftest import reference_path
 
     pt = str(reference_path("dreamdist-official-ckpt-example.pt"))
-    mixture = sampler.fit(DistributionSpec.from_lists([pt]))  # official files carry no encoder fingerprint: D must match
+    # official files carry no encoder fingerprint: D must match
+    mixture = sampler.fit(DistributionSpec.from_lists([pt]))
     assert mixture.parts[0].info["position_mode"] == "official" and mixture.law().mean.shape == (77, 32)
     with pytest.raises(ValueError, match="class index 1 is out of range"):
         sampler.fit(DistributionSpec.from_lists([pt], class_indices=[1]))

@@ -1,4 +1,4 @@
-"""SD 2.1 backbone from a local diffusers folder (a tiny random one written by backbones.tiny)."""
+"""SD 2.1 backbone from a local diffusers folder (a tiny random one written by testing.checkpoints)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dreamdist3d.backbones.sd21 import load_sd21
-from dreamdist3d.backbones.tiny import tiny_sd21_folder
+from dreamdist3d.testing.checkpoints import tiny_sd21_folder
 
 
 @pytest.fixture(scope="module")

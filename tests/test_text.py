@@ -79,6 +79,7 @@ def test_text_encoder_is_causal_and_frozen(reference):
     fp = enc.fingerprint()
     assert fp["hidden_size"] == 32 and fp["num_layers"] == 2
     # same weights in bf16 still match; other weights do not
-    assert fingerprints_match(fp, TextEncoder.from_hf_state_dict(meta["text_encoder_config"], sd).to(torch.bfloat16).fingerprint())
+    assert fingerprints_match(fp, TextEncoder.from_hf_state_dict(meta["text_encoder_config"],
+                                                                 sd).to(torch.bfloat16).fingerprint())
     other = TextEncoder.from_config(meta["text_encoder_config"])
     assert not fingerprints_match(fp, other.fingerprint())

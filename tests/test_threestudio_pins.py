@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import F32
 from threestudio_pins_check import CASES, case_config, tiny_distribution
 
@@ -33,9 +31,9 @@ def _version(text: str):
 
 
 def test_extension_under_threestudio_pins(tmp_path):
-    from dreamdist3d.backbones.tiny import tiny_sd21_folder
+    from dreamdist3d.testing.checkpoints import tiny_sd21_folder
     from dreamdist3d.lift3d.prompt_processor import DreamDistributionPromptProcessor as OurProcessor
-    from dreamdist3d.lift3d.testing import write_tiny_assets
+    from dreamdist3d.testing.assets import write_tiny_assets
 
     write_tiny_assets(tmp_path / "mv")
     tiny_sd21_folder(tmp_path / "sd21new", seed=1)  # saved by the current transformers: no `text_model.` key prefix

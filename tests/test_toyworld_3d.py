@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from dreamdist3d.distribution import PromptDistribution
-from dreamdist3d.toyworld.attributes import AttributeReader
 from dreamdist3d.backbones.toy_weights import default_weights_path, load_toy_backbone
-from dreamdist3d.toyworld.demo import launch_3d
-from dreamdist3d.toyworld.evaluate import turntable_views
+from dreamdist3d.distribution import PromptDistribution
+from dreamdist3d.recipes.toy_demo import launch_3d
+from dreamdist3d.recipes.toy_eval import turntable_views
+from dreamdist3d.toyworld.attributes import AttributeReader
 
 WEIGHTS = default_weights_path()
 
@@ -47,7 +47,8 @@ def test_toy_backbone_sds_forms_the_captioned_object(tmp_path):
 
         field = load_run_field(run)
         with torch.no_grad():
-            shell = torch.nn.functional.normalize(torch.randn(512, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+            shell = torch.nn.functional.normalize(torch.randn(512, 3, generator=torch.Generator().manual_seed(0)),
+                                                  dim=-1)
             outside = float(field.geometry.density(shell * 1.05).max())
             centre = float(field.geometry.density(torch.zeros(1, 3)))
         assert centre > 5.0 and outside < 1.0, (centre, outside)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from dreamdist3d.backbones.cameras import get_camera
-from dreamdist3d.toyworld.attributes import analyse
 from dreamdist3d.backbones.toy import (
     DEFAULT_GUIDANCE,
     build_toy_backbone,
@@ -19,8 +18,7 @@ from dreamdist3d.backbones.toy import (
     toy_config_of,
 )
 from dreamdist3d.backbones.toy_weights import default_weights_path, load_toy_backbone
-from dreamdist3d.toyworld.objects import ObjectSpec, PartSpec, nearest_colour
-from dreamdist3d.toyworld.train import (
+from dreamdist3d.recipes.toy_train import (
     FLOAT32,
     SOS,
     TokenRows,
@@ -32,6 +30,8 @@ from dreamdist3d.toyworld.train import (
     train_toy_backbone,
     vocabulary_ids,
 )
+from dreamdist3d.toyworld.attributes import analyse
+from dreamdist3d.toyworld.objects import ObjectSpec, PartSpec, nearest_colour
 
 WEIGHTS = default_weights_path()
 needs_weights = pytest.mark.skipif(
@@ -98,7 +98,8 @@ def test_generation_has_the_captions_colour(shipped):
     ]
     texts = [s.caption() for s in specs]
     imgs4 = generate(shipped, texts[:1], steps=15, cfg=DEFAULT_GUIDANCE, num_frames=4, seed=0)[0]  # (4,3,32,32)
-    imgs1 = generate(shipped, [t for t in texts[1:] for _ in range(2)], steps=15, cfg=DEFAULT_GUIDANCE, num_frames=1, seed=0)
+    imgs1 = generate(shipped, [t for t in texts[1:] for _ in range(2)], steps=15, cfg=DEFAULT_GUIDANCE, num_frames=1,
+                     seed=0)
     rows = [(specs[0], im) for im in imgs4] + [(specs[1 + i // 2], imgs1[i, 0]) for i in range(4)]
     got = []
     for spec, im in rows:
@@ -108,12 +109,13 @@ def test_generation_has_the_captions_colour(shipped):
     assert matches >= 6, got  # of 8 images
 
 
+@pytest.mark.slow
 @needs_weights
 def test_interpolated_text_embeddings_give_interpolated_hues(shipped):
     """The text space is continuous: "a red box" -> "a yellow box" through interpolated token embeddings reads as
     hues moving from red (0°) to yellow (58°) in order."""
+    from dreamdist3d.recipes.toy_eval import interpolation_readout
     from dreamdist3d.toyworld.attributes import AttributeReader
-    from dreamdist3d.toyworld.evaluate import interpolation_readout
 
     reader = AttributeReader.fit(n_train=600, seed=0, epochs=20)  # hue is analytic; the fit only sets the rejects
     res = interpolation_readout(shipped, reader, seeds=(0, 1))
@@ -143,6 +145,7 @@ def _small(steps: int, **switches) -> TrainConfig:
                        ckpt_every=3, lr=2e-3, **switches)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switches", [{}, FLOAT32], ids=["shipped-recipe", "float32"])
 def test_training_runs_checkpoints_and_resumes_exactly(tmp_path, switches):
     torch.set_num_threads(1)
@@ -159,7 +162,8 @@ def test_training_runs_checkpoints_and_resumes_exactly(tmp_path, switches):
     assert resumed.losses == straight.losses
     for a, b in zip(straight.ema.unet.state_dict().values(), resumed.ema.unet.state_dict().values()):
         assert torch.equal(a, b)
-    for a, b in zip(straight.backbone.text_encoder.state_dict().values(), resumed.backbone.text_encoder.state_dict().values()):
+    for a, b in zip(straight.backbone.text_encoder.state_dict().values(),
+                    resumed.backbone.text_encoder.state_dict().values()):
         assert torch.equal(a, b)
     assert len(straight.losses) == 6 and all(np.isfinite(straight.losses))
 

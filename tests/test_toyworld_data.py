@@ -103,7 +103,8 @@ def test_sphere_silhouette_matches_pinhole_projection():
 
 def test_front_view_convention_and_framing():
     # MVDream azimuth 0 looks from -y, z up: a part on the object's "right" (+x) appears on the image's right
-    spec = ObjectSpec("cylinder", hue=PALETTE["blue"], size=0.9, part=PartSpec("sphere", PALETTE["yellow"], "right", 0.45))
+    spec = ObjectSpec("cylinder", hue=PALETTE["blue"], size=0.9, part=PartSpec("sphere", PALETTE["yellow"], "right",
+                                                                               0.45))
     img = render([spec], get_camera(1, 15, 0), resolution=32).image[0]
     h, c, _, mn = attr.rgb_to_hsv(img[None])
     yellow = ((h[0] - 58).abs() < 15) & (c[0] > 0.2)

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dreamdist3d.toyworld.attributes import Reading, spec_feature
 from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
 from dreamdist3d.backbones.toy_weights import save_toy_backbone
-from dreamdist3d.toyworld.evaluate import (
+from dreamdist3d.recipes.toy_eval import (
     METRICS,
     EvalConfig,
     claim_check,
@@ -25,6 +24,7 @@ from dreamdist3d.toyworld.evaluate import (
     medoid_caption,
     score_readings,
 )
+from dreamdist3d.toyworld.attributes import Reading, spec_feature
 from dreamdist3d.toyworld.refsets import get_refset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,9 +157,10 @@ def test_table_and_claim():
     assert medoid_caption(get_refset("warm-cones-cylinders")) in get_refset("warm-cones-cylinders").captions()
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
-    from dreamdist3d.toyworld.attributes import AttributeReader
     from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.toyworld.attributes import AttributeReader
 
     reader = AttributeReader.fit(n_train=300, epochs=5)  # a rough reader is enough for the structure
     cfg = EvalConfig(refsets=["warm-cones-cylinders"], out=str(tmp_path / "eval"), n=6, n_prompts=4, steps=2,
@@ -190,7 +191,8 @@ def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
     assert json.loads((out / "report.json").read_text())["table"][0]["method"] == "reference"
     check = report["caption_check"]  # random tiny weights: only the structure (numbers in README, shipped weights)
     assert check["n"] == 4 and len(check["samples"]) == 4 and 0.0 <= check["colour_and_shape"] <= check["colour"] <= 1
-    assert len(check["interpolation"]["hues"]) == 5 and "caption check (4 seen-world captions" in (out / "report.md").read_text()
+    assert len(check["interpolation"]["hues"]) == 5
+    assert "caption check (4 seen-world captions" in (out / "report.md").read_text()
     from PIL import Image
 
     assert Image.open(out / "sheet-warm-cones-cylinders.png").size[1] > 4 * 32
@@ -199,7 +201,7 @@ def test_evaluate_end_to_end_on_tiny_inputs(tiny_weights, tmp_path):
 def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     """The objectives × covariance sweep: learned arms, calibration arms, the 3D pass, caching and the table."""
     from dreamdist3d.backbones.load import load_backbone
-    from dreamdist3d.toyworld.arms import ArmsConfig, colour_scores, run_arms, run_arms_3d, table
+    from dreamdist3d.recipes.toy_arms import ArmsConfig, colour_scores, run_arms, run_arms_3d, table
     from dreamdist3d.toyworld.attributes import AttributeReader, Reading
 
     reader = AttributeReader.fit(n_train=300, epochs=5)

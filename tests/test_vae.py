@@ -51,8 +51,9 @@ def test_vae_roundtrip_and_strict_errors(reference):
 
 
 def test_vae_config_of_full_sd_keys():
-    from conftest import reference_path
     import json
+
+    from conftest import reference_path
 
     keys = json.loads(reference_path("mvdream-sd21-4view-keys.json").read_text())["keys"]
     sd = {k: torch.empty(v[:-1], device="meta") for k, v in keys.items() if k.startswith("first_stage_model.")}
@@ -66,7 +67,7 @@ def test_vae_builds_on_a_diffusers_without_the_newer_switches(monkeypatch):
     """threestudio pins diffusers 0.19.3, whose AutoencoderKL has no use_quant_conv / use_post_quant_conv /
     mid_block_add_attention (it always has both convs and the mid-block attention)."""
     import dreamdist3d.backbones.vae as vae_mod
-    from dreamdist3d.backbones.tiny import tiny_vae_config
+    from dreamdist3d.testing.checkpoints import tiny_vae_config
 
     class OldAutoencoderKL:  # the 0.19.3 signature
         def __init__(self, in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),

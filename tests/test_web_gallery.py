@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import urllib.request
 from pathlib import Path
@@ -56,7 +55,8 @@ def test_gallery_page_and_server(tmp_path):
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/"
         for path, mime in (("gallery.html", "text/html"), ("runs/seed0/export/model.glb", "model/gltf-binary"),
-                           ("static/model-viewer.min.js", "text/javascript"), ("runs/seed0/save/it4-test.mp4", "video/mp4")):
+                           ("static/model-viewer.min.js", "text/javascript"), ("runs/seed0/save/it4-test.mp4",
+                                                                               "video/mp4")):
             with urllib.request.urlopen(base + path) as r:
                 assert r.status == 200 and r.headers["Content-Type"].startswith(mime), (path, r.headers["Content-Type"])
     finally:

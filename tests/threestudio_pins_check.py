@@ -70,7 +70,7 @@ def main(work: Path) -> None:
     from dreamdist3d.backbones.load import load_text_side
     from dreamdist3d.backbones.mvdream import load_mvdream
     from dreamdist3d.backbones.sd21 import load_sd21
-    from dreamdist3d.backbones.tiny import tiny_sd21_folder, write_tiny_mvdream_checkpoint
+    from dreamdist3d.testing.checkpoints import tiny_sd21_folder, write_tiny_mvdream_checkpoint
 
     report = {"versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                            "transformers": transformers.__version__, "huggingface_hub": huggingface_hub.__version__},

@@ -6,5 +6,5 @@ launch.py imports it at start-up. All logic lives in `dreamdist3d`; this package
 PromptProcessor API (see README.md).
 """
 
-from .prompt_processor import DreamDistributionPromptProcessor, DreamDistributionPromptProcessorOutput  # noqa: F401
 from . import resolvers  # noqa: F401  (${dreamdist_tag:...}, ${dreamdist_timestamp:...} in configs/*.yaml)
+from .prompt_processor import DreamDistributionPromptProcessor, DreamDistributionPromptProcessorOutput  # noqa: F401

@@ -18,8 +18,8 @@ import threestudio
 import torch
 from threestudio.models.prompt_processors.base import PromptProcessor, PromptProcessorOutput
 
-from dreamdist3d.lift3d.prompt_processor import prepare_prompt
 from dreamdist3d.backbones.load import load_text_side
+from dreamdist3d.lift3d.prompt_processor import prepare_prompt
 
 
 @dataclass

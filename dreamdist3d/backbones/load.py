@@ -63,7 +63,8 @@ def _need_path(kind: str, arg: str, config_key: str) -> None:
             f".safetensors re-save), e.g. `{config_key}=/models/sd-v2.1-base-4view.pt`; nothing is downloaded"
         )
     if kind == "sd21" and not arg:
-        raise ConfigError(f"{config_key} is not set: give a local diffusers Stable Diffusion 2.1 folder; nothing is downloaded")
+        raise ConfigError(f"{config_key} is not set: give a local diffusers Stable Diffusion 2.1 folder; nothing is "
+                          "downloaded")
 
 
 def _factory(arg: str, config_key: str):
@@ -100,7 +101,8 @@ def load_backbone(
         return load_toy_backbone(arg or None, device=device, dtype=dtype, config_key=config_key)
     bb = _factory(arg, config_key)(device=device, dtype=dtype)
     if not isinstance(bb, Backbone):
-        raise ConfigError(f"{config_key}: backbone '{arg}' returned {type(bb).__name__}, expected a dreamdist3d Backbone")
+        raise ConfigError(f"{config_key}: backbone '{arg}' returned {type(bb).__name__}, expected a dreamdist3d "
+                          "Backbone")
     return bb
 
 
@@ -120,7 +122,8 @@ def load_text_side(
     """
     if not source:
         raise ConfigError(
-            f"{key} is not set: give the MVDream checkpoint or SD 2.1 diffusers folder the distribution was learned against"
+            f"{key} is not set: give the MVDream checkpoint or SD 2.1 diffusers folder the distribution was learned "
+            "against"
         )
     try:
         kind, arg = parse_spec(source, key)
@@ -143,7 +146,8 @@ def load_text_side(
             raise ValueError(f"{key}: {path} has no OpenCLIP text tower ({TEXT_PREFIX}*); is it an MVDream checkpoint?")
         width = int(text[TEXT_PREFIX + "token_embedding.weight"].shape[1])
         heads = int((config or {}).get("text_heads", max(1, width // 64)))
-        enc, _ = TextEncoder.from_openclip_state_dict({k: v.float() for k, v in text.items()}, prefix=TEXT_PREFIX, heads=heads)
+        enc, _ = TextEncoder.from_openclip_state_dict({k: v.float() for k, v in text.items()}, prefix=TEXT_PREFIX,
+                                                      heads=heads)
         return ClipTokenizer.default(), enc.to(device=device, dtype=dtype)
     if path.exists():
         want = "an MVDream checkpoint file" if kind == "mvdream" else "a diffusers folder"

@@ -152,7 +152,8 @@ class ResBlock(nn.Module):
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.use_checkpoint = use_checkpoint
-        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3,
+                                                                                   padding=1))
         self.updown = up or down
         if up:
             self.h_upd, self.x_upd = Upsample(channels, False), Upsample(channels, False)
@@ -164,7 +165,8 @@ class ResBlock(nn.Module):
             nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels if use_scale_shift_norm else out_channels)
         )
         self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(p=dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(p=dropout), nn.Conv2d(out_channels, out_channels, 3,
+                                                                                   padding=1)
         )
         nn.init.zeros_(self.out_layers[3].weight)
         nn.init.zeros_(self.out_layers[3].bias)
@@ -203,7 +205,8 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(
-        self, query_dim: int, context_dim: Optional[int] = None, heads: int = 8, dim_head: int = 64, dropout: float = 0.0
+        self, query_dim: int, context_dim: Optional[int] = None, heads: int = 8, dim_head: int = 64,
+        dropout: float = 0.0
     ) -> None:
         super().__init__()
         inner = heads * dim_head
@@ -315,14 +318,16 @@ class SpatialTransformer3D(nn.Module):
                 f"SpatialTransformer3D: heads·d_head = {n_heads}·{d_head} = {inner} must equal the {in_channels} "
                 "channels (the official proj_out only works then); check num_heads / num_head_channels"
             )
-        context_dims = [context_dim] * depth if context_dim is None or isinstance(context_dim, int) else list(context_dim)
+        context_dims = [context_dim] * depth if context_dim is None or isinstance(context_dim,
+                                                                                  int) else list(context_dim)
         if len(context_dims) < depth:
             raise ValueError(f"context_dim {context_dim} has fewer than transformer_depth={depth} entries")
         self.norm = nn.GroupNorm(32, in_channels, eps=1e-6)
         self.use_linear = use_linear
         self.proj_in = nn.Linear(in_channels, inner) if use_linear else nn.Conv2d(in_channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock3D(inner, n_heads, d_head, dropout, context_dims[d], use_checkpoint) for d in range(depth)
+            BasicTransformerBlock3D(inner, n_heads, d_head, dropout, context_dims[d],
+                                    use_checkpoint) for d in range(depth)
         )
         self.proj_out = nn.Linear(in_channels, inner) if use_linear else nn.Conv2d(inner, in_channels, 1)
         nn.init.zeros_(self.proj_out.weight)
@@ -351,7 +356,8 @@ class SpatialTransformer3D(nn.Module):
 
 
 class UNetStage(nn.Sequential):
-    """One entry of input_blocks / output_blocks / the middle block: layers applied in order, each given what it needs."""
+    """One entry of input_blocks / output_blocks / the middle block: layers applied in order, each given what it
+    needs."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: Any = None, num_frames: int = 1) -> torch.Tensor:
         for layer in self:
@@ -425,7 +431,8 @@ class MultiViewUNet(nn.Module):
         disabled_self_attn = bool(disable_self_attentions and any(disable_self_attentions)) or disable_middle_self_attn
         unsupported = {
             "use_spatial_transformer=False (the old AttentionBlock UNet)": not use_spatial_transformer,
-            "num_classes / adm_in_channels (class-conditional label_emb)": (num_classes, adm_in_channels) != (None, None),
+            "num_classes / adm_in_channels (class-conditional label_emb)": (num_classes, adm_in_channels) != (None,
+                                                                                                              None),
             "n_embed (codebook id predictor)": n_embed is not None,
             f"dims={dims} (only 2-D)": dims != 2,
             "use_fp16 / use_bf16 (use model.to(dtype) or torch.autocast instead)": use_fp16 or use_bf16,
@@ -446,7 +453,8 @@ class MultiViewUNet(nn.Module):
         if num_attention_blocks is not None and (
             len(num_attention_blocks) != len(nrb) or any(a > r for a, r in zip(num_attention_blocks, nrb))
         ):
-            raise ValueError(f"num_attention_blocks {num_attention_blocks} must have one entry ≤ num_res_blocks per level")
+            raise ValueError(f"num_attention_blocks {num_attention_blocks} must have one entry ≤ num_res_blocks per "
+                             "level")
 
         self.model_channels = model_channels
         self.in_channels = in_channels
@@ -501,7 +509,8 @@ class MultiViewUNet(nn.Module):
 
         self.middle_block = UNetStage(res(ch), transformer(ch), res(ch))
 
-        # decoder: per level (nrb+1) × [ResBlock on concat(h, skip) (+ transformer)], Upsample after the last (not level 0)
+        # decoder: per level (nrb+1) × [ResBlock on concat(h, skip) (+ transformer)], Upsample after the last (not level
+        # 0)
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mult))):
             for i in range(nrb[level] + 1):
@@ -532,7 +541,8 @@ class MultiViewUNet(nn.Module):
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(
-                f"MultiViewUNet.from_config: unknown key(s) {unknown}; expected MultiViewUNetModel arguments {sorted(known)}"
+                f"MultiViewUNet.from_config: unknown key(s) {unknown}; expected MultiViewUNetModel arguments "
+                f"{sorted(known)}"
             )
         return cls(**kwargs)
 
@@ -566,7 +576,8 @@ class MultiViewUNet(nn.Module):
     ) -> torch.Tensor:
         n = x.shape[0]
         if n % num_frames:
-            raise ValueError(f"batch {n} must be divisible by num_frames={num_frames} (rows are (b f), views contiguous)")
+            raise ValueError(f"batch {n} must be divisible by num_frames={num_frames} (rows are (b f), views "
+                             "contiguous)")
         dtype = self.time_embed[0].weight.dtype
         timesteps = torch.as_tensor(timesteps, device=x.device)
         if timesteps.ndim == 0:

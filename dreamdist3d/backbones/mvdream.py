@@ -15,7 +15,7 @@ lists all unknown / missing / mis-shaped keys. Modules are built on the meta dev
 the `.pt` is opened with `torch.load(weights_only=True, mmap=True)` so the weights are not held twice.
 
 Configs: the released file needs none (the UNet config is read off the key shapes, heads = 64 channels, as
-`configs/sd-v2-base.yaml`; text heads = width // 64). Tiny test files (see `backbones/tiny.py`) carry a config in a
+`configs/sd-v2-base.yaml`; text heads = width // 64). Tiny test files (see `testing/checkpoints.py`) carry a config in a
 JSON sidecar `<file stem>.json` (and, for .safetensors, in the header metadata) with `format = "dreamdist3d-mvdream"`.
 """
 
@@ -150,7 +150,8 @@ def infer_unet_config(unet_sd: Mapping[str, torch.Tensor], num_head_channels: in
         if p + "1.proj_in.weight" in unet_sd:
             attn_ds.add(ds)
             linear = len(shape(p + "1.proj_in.weight")) == 2
-            depth = 1 + max(int(m[1]) for k in unet_sd if (m := re.match(rf"input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.", k)))
+            block = re.compile(rf"input_blocks\.{i}\.1\.transformer_blocks\.(\d+)\.")
+            depth = 1 + max(int(m[1]) for k in unet_sd if (m := block.match(k)))
     channel_mult.append(cur // mc)
     nrb.append(count)
     ctx_keys = [k for k in unet_sd if k.endswith("attn2.to_k.weight")]
@@ -388,7 +389,8 @@ def mvdream_from_state_dict(
     except (KeyError, ValueError) as e:
         problems.append(f"VAE: {e.args[0] if e.args else e}")
     try:
-        text_sd = {k: _cast(v, device, dtype) for k, v in state_dict.items() if k.startswith(TEXT_PREFIX) and k not in INERT_KEYS}
+        text_sd = {k: _cast(v, device, dtype) for k,
+                   v in state_dict.items() if k.startswith(TEXT_PREFIX) and k not in INERT_KEYS}
         if TEXT_PREFIX + "token_embedding.weight" not in text_sd:
             raise KeyError(f"missing {TEXT_PREFIX}token_embedding.weight (no OpenCLIP text tower)")
         width = int(text_sd[TEXT_PREFIX + "token_embedding.weight"].shape[1])

@@ -113,7 +113,8 @@ def load_toy_backbone(
     if not path.is_file():
         where = f"{config_key}: " if config_key else ""
         raise FileNotFoundError(
-            f"{where}toy backbone weights not found at {path}; train them with `dreamdist3d toyworld train --out {path}`"
+            f"{where}toy backbone weights not found at {path}; train them with `dreamdist3d toyworld train --out "
+            f"{path}`"
         )
     with safe_open(str(path), "pt") as f:
         header = (f.metadata() or {}).get("dreamdist3d_toy")

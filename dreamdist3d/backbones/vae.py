@@ -20,7 +20,6 @@ import re
 from typing import Dict, Mapping, Optional, Set, Tuple
 
 import torch
-
 from diffusers import AutoencoderKL
 
 LDM_VAE_PREFIX = "first_stage_model."

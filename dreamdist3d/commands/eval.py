@@ -20,14 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of generated images, or of 3D runs (save/*.mp4 turntables); repeat for several sets")
     p.add_argument("--name", action="append", default=None, metavar="NAME",
                    help="display name of each --samples set, in order (default: the folder names)")
-    p.add_argument("--dinov2", required=True, metavar="DIR", help="local transformers Dinov2Model folder (e.g. dinov2-base)")
+    p.add_argument("--dinov2", required=True, metavar="DIR",
+                   help="local transformers Dinov2Model folder (e.g. dinov2-base)")
     p.add_argument("--clip", required=True, metavar="DIR", help="local transformers CLIPModel folder (CLIP-I, CLIP-T)")
     p.add_argument("--dino", default=None, metavar="DIR",
                    help="local transformers ViTModel folder of DINO ViT-S/16 (DINO-I; skipped when not given)")
     p.add_argument("--prompt", default=None, metavar="TEXT", help="text for CLIP-T (e.g. the edit prompt)")
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (also holds the feature cache)")
     p.add_argument("--views", type=int, default=8, help="turntable frames read per 3D run (default 8)")
-    p.add_argument("--device", default="auto", help="torch device: cpu, cuda, cuda:N or auto (default: cuda if available)")
+    p.add_argument("--device", default="auto",
+                   help="torch device: cpu, cuda, cuda:N or auto (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--kid-subsets", type=int, default=100, help="random subsets for KD's mean and std (default 100)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

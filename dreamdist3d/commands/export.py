@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--analytic", choices=sorted(ANALYTIC_FIELDS), help="export an analytic demo field instead of a run")
     p.add_argument("--format", default=",".join(FORMATS), help="comma-separated formats: glb,obj,ply (default: all)")
     p.add_argument("--resolution", type=int, default=None,
-                   help="isosurface grid resolution (default: the run's system.geometry.isosurface_resolution, else 128)")
+                   help="isosurface grid resolution (default: the run's system.geometry.isosurface_resolution, else "
+                        "128)")
     p.add_argument("--threshold", default=None,
                    help="density isosurface threshold or 'auto' (default: the run's "
                         "system.geometry.isosurface_threshold, else 25.0)")
@@ -73,7 +74,8 @@ def resolve_run(path: str | Path, ckpt: Optional[str | Path] = None) -> Tuple[Pa
     if not ck.is_absolute() and not ck.exists() and (run_dir / ck).exists():
         ck = run_dir / ck
     if not ck.is_file():
-        raise FileNotFoundError(f"checkpoint {ck} is missing (pass --ckpt, or train the run until ckpts/last.ckpt exists)")
+        raise FileNotFoundError(f"checkpoint {ck} is missing (pass --ckpt, or train the run until ckpts/last.ckpt "
+                                "exists)")
     return run_dir, ck
 
 

@@ -14,9 +14,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List
 
-import numpy as np
+from dreamdist3d.lift3d.gallery import build_gallery, find_turntable, run_dir  # noqa: F401 (re-exported)
 
 NAME = "gallery"
 HELP = "N text-to-3D runs of one distribution (seeds 0..N-1), then a PNG grid and an HTML page of their turntables"
@@ -26,52 +26,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distribution", required=True, help="the distribution file (.safetensors or official .pt)")
     p.add_argument("--n", type=int, default=8, help="number of runs / seeds (default 8: seeds 0..7)")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first run (default 0)")
-    p.add_argument("--config", default="configs/dreamdist-mvdream.yaml", help="launch config (default configs/dreamdist-mvdream.yaml)")
+    p.add_argument("--config", default="configs/dreamdist-mvdream.yaml",
+                   help="launch config (default configs/dreamdist-mvdream.yaml)")
     p.add_argument("--out", default=None, help="gallery folder (default outputs/gallery/<distribution stem>)")
     p.add_argument("--gpu", default="0", help="GPU id(s); several ids run one worker per GPU")
     p.add_argument("--cpu", action="store_true", help="run on the CPU")
     p.add_argument("--frames", type=int, default=6, help="turntable frames per row of the PNG grid (default 6)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)  # set for the per-GPU worker processes
-    p.add_argument("overrides", nargs="*", help="key=value config overrides for every run (e.g. trainer.max_steps=5000)")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value config overrides for every run (e.g. trainer.max_steps=5000)")
 
 
-def run_dir(out: Path, seed: int) -> Path:
-    return out / "runs" / f"seed{seed}"
-
-
-def launch_args(args: argparse.Namespace, out: Path, seed: int) -> List[str]:
-    """launch.py arguments of one run: fixed folder <out>/runs/seed<seed>/ (no timestamp)."""
+def run_overrides(args: argparse.Namespace, out: Path, seed: int) -> List[str]:
+    """The config overrides of one run: fixed folder <out>/runs/seed<seed>/ (no timestamp)."""
     return [
-        "--config", args.config, "--train", *(["--cpu"] if args.cpu else []),
         f"system.prompt_processor.distribution={args.distribution}", f"seed={seed}",
         f"exp_root_dir={out}", "name=runs", f"tag=seed{seed}", "use_timestamp=false",
         *args.overrides,
     ]
 
 
-def find_turntable(run: Path) -> Optional[Dict[str, Path]]:
-    """The newest `save/it<step>-test.mp4` of a run and its frame folder."""
-    save = run / "save"
-    videos = sorted(save.glob("it*-test.mp4"), key=lambda p: int(p.name[2:].split("-")[0])) if save.is_dir() else []
-    if not videos:
-        return None
-    v = videos[-1]
-    return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": int(v.name[2:].split("-")[0])}
-
-
 def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
-    from dreamdist3d.launch import build_parser, run
+    from dreamdist3d.recipes.lift3d import run_3d
 
     failed, backbone = [], None
     for seed in seeds:
-        largs = launch_args(args, out, seed)
-        parsed, extras = build_parser().parse_known_args(largs)
-        print(f"[gallery] seed {seed}: training ({' '.join(largs)})", flush=True)
+        settings = run_overrides(args, out, seed)
+        print(f"[gallery] seed {seed}: training ({args.config} {' '.join(settings)})", flush=True)
         try:
             if backbone is None:
-                backbone = _load_shared_backbone(parsed, extras)
-            run(parsed, extras, backbone=backbone)
+                backbone = _load_shared_backbone(args.config, settings)
+            run_3d(args.config, backbone=backbone, mode="train", overrides=settings,
+                   device="cpu" if args.cpu else "auto")
         except KeyboardInterrupt:
             raise
         except Exception as e:  # keep going: one bad seed should not lose the others
@@ -82,12 +69,12 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
     return failed
 
 
-def _load_shared_backbone(parsed, extras):
+def _load_shared_backbone(config: str, settings: List[str]):
     """Load the guidance checkpoint once for all sequential runs."""
     from dreamdist3d.backbones.load import load_backbone
-    from dreamdist3d.launch import load_config
+    from dreamdist3d.recipes.lift3d import load_config
 
-    cfg = load_config(parsed.config, extras, make_dirs=False)
+    cfg = load_config(config, settings, make_dirs=False)
     g = dict(cfg.system.get("guidance") or {})
     key = "system.guidance.ckpt_path" if g.get("ckpt_path") else "system.guidance.pretrained_model_name_or_path"
     return load_backbone(g.get("ckpt_path") or g.get("pretrained_model_name_or_path"), config_key=key,
@@ -102,8 +89,10 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[in
         if not share:
             continue
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
-        cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution, "--config", args.config,
-               "--out", str(out), "--gpu", "0", "--frames", str(args.frames), "--worker-seeds", ",".join(map(str, share)),
+        cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution, "--config",
+               args.config,
+               "--out", str(out), "--gpu", "0", "--frames", str(args.frames), "--worker-seeds", ",".join(map(str,
+                                                                                                             share)),
                *args.overrides]
         procs.append((gpu, share, subprocess.Popen(cmd, env=env)))
     failed = []
@@ -115,50 +104,13 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[in
     return failed
 
 
-def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "",
-                  references: Optional[Path] = None) -> Dict[str, Path]:
-    """gallery.png (row per seed: n_frames turntable frames) and gallery.html (`dreamdist3d.web.gallery_page`: the
-    references, then each object's turntable beside an interactive GLB viewer, its prompt sample and mesh links)."""
-    from PIL import Image
-
-    from dreamdist3d.images import save_png
-    from dreamdist3d.lift3d.saving import sorted_frames
-
-    rows, entries = [], []
-    for seed in seeds:
-        tt = find_turntable(run_dir(out, seed))
-        if tt is None:
-            continue
-        frames = sorted_frames(tt["frames"])
-        if not frames:
-            continue
-        pick = [frames[i] for i in np.linspace(0, len(frames), n_frames, endpoint=False).astype(int)]
-        imgs = [np.asarray(Image.open(f).convert("RGB")) for f in pick]
-        h = imgs[0].shape[0]
-        imgs = [im[:, :h] for im in imgs]  # the RGB panel (saved test images are RGB | opacity side by side)
-        rows.append(np.concatenate(imgs, axis=1))
-        entries.append((seed, tt))
-    if not rows:
-        raise FileNotFoundError(f"no finished runs with a turntable under {out / 'runs'}")
-    width = max(r.shape[1] for r in rows)
-    grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows], axis=0)
-    png = save_png(grid, out / "gallery.png")
-    cells = []
-    from dreamdist3d.web.gallery_page import GalleryObject, find_meshes, prompt_sample_settings, reference_images, write_gallery_page
-
-    for seed, tt in entries:
-        run = run_dir(out, seed)
-        cells.append(GalleryObject(seed, tt["step"], tt["video"], find_meshes(run), prompt_sample_settings(run)))
-    page_path = write_gallery_page(out, cells, reference_images(references), title, grid_png=png)
-    return {"png": png, "html": page_path}
-
-
 def run(args: argparse.Namespace) -> int:
     dist = Path(args.distribution)
     if not dist.is_file():
         raise FileNotFoundError(f"--distribution {dist} does not exist")
     if not Path(args.config).is_file():
-        raise FileNotFoundError(f"--config {args.config} does not exist (run from the repository root, or pass --config)")
+        raise FileNotFoundError(f"--config {args.config} does not exist (run from the repository root, or pass "
+                                "--config)")
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ValueError(f"overrides must be key=value, got {bad}")
@@ -171,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[gallery] keeping {len(seeds) - len(todo)} finished run(s); {len(todo)} to do")
     gpus = [g for g in str(args.gpu).split(",") if g.strip()]
     if worker or args.cpu or len(gpus) <= 1:
+        if not args.cpu and gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
         failed = _run_sequential(args, out, todo)
     else:
         failed = _run_parallel(args, out, todo, gpus)

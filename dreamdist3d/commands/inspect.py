@@ -9,15 +9,19 @@ from pathlib import Path
 import torch
 
 NAME = "inspect"
-HELP = "print a distribution file's metadata and learned-context summary; with --text-encoder also its interpretation and a γ scatter PNG"
+HELP = ("print a distribution file's metadata and learned-context summary; with --text-encoder also its "
+        "interpretation and a γ scatter PNG")
 
 GAMMAS = (0.0, 0.5, 1.0, 2.0)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="a dreamdist3d distribution (.safetensors) or an official prompt_learner.pt / final-N.pt")
-    p.add_argument("--class-index", type=int, default=0, help="class to read from a multi-class official file (default 0)")
-    p.add_argument("--text-encoder", metavar="SRC", help="diffusers SD 2.1 folder or MVDream .pt: adds the interpretation and the scatter")
+    p.add_argument("file",
+                   help="a dreamdist3d distribution (.safetensors) or an official prompt_learner.pt / final-N.pt")
+    p.add_argument("--class-index", type=int, default=0,
+                   help="class to read from a multi-class official file (default 0)")
+    p.add_argument("--text-encoder", metavar="SRC",
+                   help="diffusers SD 2.1 folder or MVDream .pt: adds the interpretation and the scatter")
     p.add_argument("--prefix", default=None, help="re-encode with this prefix (edit) before fitting")
     p.add_argument("--suffix", default=None, help="re-encode with this suffix (edit) before fitting")
     p.add_argument("--covariance", default=None, choices=["diag", "lowrank"],
@@ -111,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
             "std_at_eos": round(float(g.std[lay.eos_index].mean()), 6),
         }
         plot = Path(args.plot) if args.plot else path.with_name(path.name + ".scatter.png")
-        report["scatter"] = {"png": str(plot), "pc_spread_per_gamma": scatter_pca(g, args.n, args.seed, plot, f"{path.name}: samples by γ (2-D PCA)")}
+        report["scatter"] = {"png": str(plot), "pc_spread_per_gamma": scatter_pca(g, args.n, args.seed, plot,
+                                                                                  f"{path.name}: samples by γ (2-D "
+                                                                                  "PCA)")}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -119,18 +125,24 @@ def run(args: argparse.Namespace) -> int:
     c = report["context"]
     print(f"{path}")
     print(f"  format            {m['format']} v{m['format_version']}  ({m['source'] or 'unknown source'})")
-    print(f"  prompts × tokens  K={m['n_prompts']} × L={m['n_ctx']} × D={c['shape'][2]}   position mode: {m['position_mode']}")
+    print(f"  prompts × tokens  K={m['n_prompts']} × L={m['n_ctx']} × D={c['shape'][2]}   position mode: "
+          f"{m['position_mode']}")
     print(f"  training text     prefix={m['prefix']!r} suffix={m['suffix']!r}")
     print(f"  learned against   {m['backbone'] or 'unknown'}  steps={m['steps']} images={m['n_images']}")
     fp = m["text_encoder"]
-    print(f"  text encoder      " + (f"hidden {fp['hidden_size']}, {fp['num_layers']} layers, vocab {fp['vocab_size']}" if fp else "not recorded (official file)"))
+    encoder = (f"hidden {fp['hidden_size']}, {fp['num_layers']} layers, vocab {fp['vocab_size']}" if fp
+               else "not recorded (official file)")
+    print("  text encoder      " + encoder)
     print(f"  context           mean token norm {c['token_norm_mean']:.4f}; per slot {c['token_norm_per_slot']}")
-    print(f"  spread over K     std {c['spread_std_over_prompts']:.4f}; mean pairwise cosine {c['mean_pairwise_cosine']}")
+    print(f"  spread over K     std {c['spread_std_over_prompts']:.4f}; mean pairwise cosine "
+          f"{c['mean_pairwise_cosine']}")
     if "interpretation" in report:
         i, gs = report["interpretation"], report["gaussian"]
         print(f"  nearest tokens    {i['mean_context']!r}   (as a prompt: {i['with_prefix_suffix']!r})")
         print(f"  sampling          covariance {gs['covariance']} (learned with {m['covariance']})")
-        print(f"  fitted std        mean {gs['std_mean']:.4f}; context slots {gs['std_at_context_slots']:.4f}; EOS {gs['std_at_eos']:.4f}")
+        print(f"  fitted std        mean {gs['std_mean']:.4f}; context slots {gs['std_at_context_slots']:.4f}; EOS "
+              f"{gs['std_at_eos']:.4f}")
         sp = report["scatter"]["pc_spread_per_gamma"]
-        print(f"  γ scatter         {report['scatter']['png']}  (PC spread " + ", ".join(f"γ={k}: {v:.4f}" for k, v in sp.items()) + ")")
+        print(f"  γ scatter         {report['scatter']['png']}  (PC spread " + ", ".join(f"γ={k}: {v:.4f}" for k,
+                                                                                         v in sp.items()) + ")")
     return 0

@@ -7,7 +7,7 @@
     dreamdist3d learn --config configs/dreamdist-learn.yaml images=refs/ mvdream=ckpt.pt steps=500
 
 Flags and `key=value` overrides set the same keys as configs/dreamdist-learn.yaml (`LearnConfig`); flags win over
-`key=value`, which win over `--config`. See dreamdist3d/learn/recipe.py for the run folder layout and multi-GPU use.
+`key=value`, which win over `--config`. See dreamdist3d/recipes/learn.py for the run folder layout and multi-GPU use.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def build_config(args: argparse.Namespace):
     from omegaconf import OmegaConf
 
     from dreamdist3d.config import load_yaml, parse_structured
-    from dreamdist3d.learn.recipe import LearnConfig
+    from dreamdist3d.recipes.learn import LearnConfig
 
     keys = [k for _, k, _, _ in FLAGS] + ["resume", "skip_bad", "flip", "gradient_checkpointing", "progress"]
     flags = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -80,7 +80,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamdist3d.learn.recipe import learn
+    from dreamdist3d.recipes.learn import learn
 
     cfg, raw = build_config(args)
     learn(cfg, raw=raw)  # a diverged loss (NonFiniteLossError) exits 3 through dreamdist3d.errors

@@ -51,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
     device = str(pick_device(args.device, key="--device"))
     req = PreviewRequest(
         mvdream=str(args.mvdream), prompt=args.prompt, distribution=args.distribution, class_index=args.class_index,
-        scale=args.scale, covariance=args.covariance, prefix=args.prefix, suffix=args.suffix, negative=args.negative, n=args.n,
+        scale=args.scale, covariance=args.covariance, prefix=args.prefix, suffix=args.suffix, negative=args.negative,
+        n=args.n,
         steps=args.steps, cfg=args.cfg, elevation=args.elevation, azimuth_start=args.azimuth_start, seed=args.seed,
         device=device, dtype=args.dtype, check_encoder=not args.skip_encoder_check,
     )
     side = run_preview(req, Path(args.out), progress=True)
     g = side["grid"]
-    print(f"wrote {args.out} ({g['rows']}×{g['cols']} views of {g['tile']} px) and {Path(args.out).with_suffix('.json')}")
+    print(f"wrote {args.out} ({g['rows']}×{g['cols']} views of {g['tile']} px) and "
+          f"{Path(args.out).with_suffix('.json')}")
     return 0

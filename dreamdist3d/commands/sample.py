@@ -64,9 +64,8 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
 def prepare(args: argparse.Namespace) -> Tuple[object, object, object]:
     """(sampler, fitted mixture, settings) from parsed arguments; cheap checks come before the model is loaded."""
     from dreamdist3d.distribution import DistributionSpec
-    from dreamdist3d.sample2d.sd21 import SampleSettings, SD21Sampler, check_sd21_folder, resolve_device, resolve_dtype
-
     from dreamdist3d.io import check_writable
+    from dreamdist3d.sample2d.sd21 import SampleSettings, SD21Sampler, check_sd21_folder, resolve_device, resolve_dtype
 
     check_writable(args.out, "--out", is_dir=True)  # before the model is loaded
     spec = DistributionSpec.from_lists(args.distribution, args.weight, args.scale, args.class_index, args.prefix,
@@ -97,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     records = sample_to_folder(sampler, mixture, settings, args.out, save_embeddings=args.save_embeddings,
                                command=sys.argv[:], title=args.title)
     t = sampler.timings
-    print(f"wrote {len(records)} images to {args.out} (contact sheet grid.png, settings in each PNG, <i>.json and run.json); "
+    print(f"wrote {len(records)} images to {args.out} (contact sheet grid.png, settings in each PNG, <i>.json and "
+          "run.json); "
           f"pipeline {t['pipeline']:.1f}s, fit {t['fit']:.2f}s, on {sampler.device} {records[0]['dtype']}")
     return 0

@@ -27,7 +27,7 @@ class Subcommand:
 
 # ----------------------------------------------------------------------------------------------------- train
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamdist3d.toyworld.train import TrainConfig
+    from dreamdist3d.recipes.toy_train import TrainConfig
 
     d = TrainConfig()
     p.add_argument("--steps", type=int, default=None,
@@ -58,7 +58,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 def _train_run(args: argparse.Namespace) -> int:
     import torch
 
-    from dreamdist3d.toyworld.train import FLOAT32, TrainConfig, train_toy_backbone
+    from dreamdist3d.recipes.toy_train import FLOAT32, TrainConfig, train_toy_backbone
 
     if args.threads:
         torch.set_num_threads(int(args.threads))
@@ -90,7 +90,8 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
     p.add_argument("--cfg", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}, measured best for the shipped weights)")
+                   help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}, measured best for the shipped "
+                        "weights)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=4, help="upscale factor of the PNG (nearest)")
     p.add_argument("--out", default="toy-samples.png", help="PNG grid: one row per sample")
@@ -113,25 +114,25 @@ def _sample_run(args: argparse.Namespace) -> int:
 
 
 def _demo_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamdist3d.toyworld.demo import add_arguments
+    from dreamdist3d.recipes.toy_demo import add_arguments
 
     add_arguments(p)
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    from dreamdist3d.toyworld.demo import cli_run
+    from dreamdist3d.recipes.toy_demo import cli_run
 
     return cli_run(args)
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamdist3d.toyworld.evaluate import add_arguments
+    from dreamdist3d.recipes.toy_eval import add_arguments
 
     add_arguments(p)
 
 
 def _eval_run(args: argparse.Namespace) -> int:
-    from dreamdist3d.toyworld.evaluate import cli_run
+    from dreamdist3d.recipes.toy_eval import cli_run
 
     rc = cli_run(args)
     if rc == 0 and not args.caption_check_only:  # report.html beside the evaluator's report.json / .md / sheets
@@ -142,13 +143,13 @@ def _eval_run(args: argparse.Namespace) -> int:
 
 
 def _arms_arguments(p: argparse.ArgumentParser) -> None:
-    from dreamdist3d.toyworld.arms import add_arguments
+    from dreamdist3d.recipes.toy_arms import add_arguments
 
     add_arguments(p)
 
 
 def _arms_run(args: argparse.Namespace) -> int:
-    from dreamdist3d.toyworld.arms import cli_run
+    from dreamdist3d.recipes.toy_arms import cli_run
 
     return cli_run(args)
 
@@ -178,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
     fn = getattr(args, "_toyworld_run", None)
     if fn is None:
         names = ", ".join(SUBCOMMANDS)
-        print(f"dreamdist3d toyworld: choose a subcommand ({names}); see `dreamdist3d toyworld --help`", file=sys.stderr)
+        print(f"dreamdist3d toyworld: choose a subcommand ({names}); see `dreamdist3d toyworld --help`",
+              file=sys.stderr)
         return 2
     return int(fn(args) or 0)

@@ -138,7 +138,8 @@ def load_files(spec: DistributionSpec) -> List[PromptDistribution]:
         p = Path(c.path).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"{spec.key}: distribution file {p} does not exist; give a .safetensors written by "
-                                    f"`dreamdist3d learn` (or an official prompt_learner.pt), e.g. `{spec.key}=cathedrals.safetensors`")
+                                    "`dreamdist3d learn` (or an official prompt_learner.pt), e.g. "
+                                    f"`{spec.key}=cathedrals.safetensors`")
         out.append(PromptDistribution.load(p, class_index=c.class_index))
     return out
 

@@ -1,8 +1,6 @@
 """Errors of the distribution files."""
 
-
-class DistributionFileError(ValueError):
-    """A distribution file that cannot be used; the message names the file and the fix."""
+from dreamdist3d.io import DistributionFileError  # noqa: F401 (defined at the bottom layer, raised by io too)
 
 
 class EncoderMismatchError(ValueError):

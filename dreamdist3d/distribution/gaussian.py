@@ -66,12 +66,15 @@ class PromptGaussian:
 
     def __post_init__(self) -> None:
         if self.mean.shape != self.std.shape or self.mean.ndim != 2:
-            raise ValueError(f"mean and std must both be (77, D); got {tuple(self.mean.shape)} and {tuple(self.std.shape)}")
+            raise ValueError(f"mean and std must both be (77, D); got {tuple(self.mean.shape)} and "
+                             f"{tuple(self.std.shape)}")
         check_covariance(self.covariance)
         if self.factor is not None and tuple(self.factor.shape[1:]) != tuple(self.mean.shape):
-            raise ValueError(f"factor must be (R, {', '.join(map(str, self.mean.shape))}); got {tuple(self.factor.shape)}")
+            raise ValueError(f"factor must be (R, {', '.join(map(str, self.mean.shape))}); got "
+                             f"{tuple(self.factor.shape)}")
         if self.covariance == "lowrank" and self.factor is None:
-            raise ValueError("covariance='lowrank' needs the factor of the K encoded prompts (fit the distribution again)")
+            raise ValueError("covariance='lowrank' needs the factor of the K encoded prompts (fit the distribution "
+                             "again)")
 
     @property
     def dim(self) -> int:
@@ -114,7 +117,8 @@ class PromptGaussian:
 
     def scaled(self, scale: float) -> "PromptGaussian":
         s = check_scale(scale)
-        return PromptGaussian(self.mean, self.std * s, None if self.factor is None else self.factor * s, self.covariance)
+        return PromptGaussian(self.mean, self.std * s, None if self.factor is None else self.factor * s,
+                              self.covariance)
 
     def with_covariance(self, mode: str) -> "PromptGaussian":
         return PromptGaussian(self.mean, self.std, self.factor, check_covariance(mode))
@@ -132,7 +136,8 @@ class PromptGaussian:
             raise ValueError("mix needs at least one (distribution, weight, scale) item")
         weights = [float(w) for _, w, _ in items]
         if abs(sum(weights) - 1.0) > tol:
-            raise ValueError(f"mix weights must sum to 1, got {weights} (sum {sum(weights):.6g}); e.g. --weight 0.5 0.5")
+            raise ValueError(f"mix weights must sum to 1, got {weights} (sum {sum(weights):.6g}); e.g. --weight 0.5 "
+                             "0.5")
         shapes = {tuple(g.mean.shape) for g, _, _ in items}
         if len(shapes) != 1:
             raise ValueError(f"cannot mix distributions over different encoders/shapes: {sorted(shapes)}")

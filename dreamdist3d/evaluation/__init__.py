@@ -4,7 +4,6 @@
 `report` (report.json / report.md / report.html). Only `metrics` is imported here; it needs numpy alone.
 """
 
-from dreamdist3d.evaluation.metrics import (diversity, frechet_distance, kernel_distance, mean_cosine, nearest,
-                                            prdc)
+from dreamdist3d.evaluation.metrics import diversity, frechet_distance, kernel_distance, mean_cosine, nearest, prdc
 
 __all__ = ["diversity", "frechet_distance", "kernel_distance", "mean_cosine", "nearest", "prdc"]

@@ -79,7 +79,9 @@ def mmd2_unbiased(a, b, degree: int = 3, coef0: float = 1.0) -> float:
     m, n = a.shape[0], b.shape[0]
     if m < 2 or n < 2:
         raise ValueError(f"the unbiased MMD² needs at least 2 features per set, got {m} and {n}")
-    kaa, kbb, kab = polynomial_kernel(a, a, degree, coef0), polynomial_kernel(b, b, degree, coef0), polynomial_kernel(a, b, degree, coef0)
+    kaa = polynomial_kernel(a, a, degree, coef0)
+    kbb = polynomial_kernel(b, b, degree, coef0)
+    kab = polynomial_kernel(a, b, degree, coef0)
     saa = (kaa.sum() - np.trace(kaa)) / (m * (m - 1))
     sbb = (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
     return float(saa + sbb - 2 * kab.mean())
@@ -183,6 +185,7 @@ def finite_or_none(x: float):
     return None if x is None or not math.isfinite(x) else float(x)
 
 
-__all__ = ["as_array", "psd_sqrt", "trace_sqrt_product", "frechet_from_moments", "frechet_distance", "polynomial_kernel",
-           "mmd2_unbiased", "kernel_distance", "pairwise_distances", "knn_radii", "prdc", "normalize", "mean_cosine",
+__all__ = ["as_array", "psd_sqrt", "trace_sqrt_product", "frechet_from_moments", "frechet_distance",
+           "polynomial_kernel", "mmd2_unbiased", "kernel_distance", "pairwise_distances", "knn_radii", "prdc",
+           "normalize", "mean_cosine",
            "diversity", "mean_pairwise_l2", "nearest", "finite_or_none"]

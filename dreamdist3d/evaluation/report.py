@@ -139,7 +139,8 @@ def sweep_svg(sets: Sequence[Dict[str, Any]], keys: Sequence[str] = ("coverage",
         parts.append(f'<text x="{px(x0) - 6:.1f}" y="{py(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
     for v in xs:
         parts.append(f'<text x="{px(v):.1f}" y="{H - pad_b + 14}" text-anchor="middle">{v:g}</text>')
-    parts.append(f'<text x="{(pad_l + W - pad_r) / 2:.0f}" y="{H - 8}" text-anchor="middle">{html.escape(param)} →</text>')
+    parts.append(f'<text x="{(pad_l + W - pad_r) / 2:.0f}" y="{H - 8}" text-anchor="middle">{html.escape(param)} '
+                 '→</text>')
     for i, key in enumerate(keys):
         c = PALETTE[i % len(PALETTE)]
         pts = [(px(s["sweep"]["value"]), py(s["metrics"][key])) for s in sets if s["metrics"].get(key) is not None]
@@ -228,7 +229,8 @@ def render_html(report: Dict[str, Any], svg: str) -> str:
 def render_md(report: Dict[str, Any]) -> str:
     md = ["# dreamdist3d eval", "", f"References: `{report['refs']['folder']}` ({report['refs']['n']} images)."
           + (f" Prompt: \"{report['prompt']}\"." if report.get("prompt") else ""), "", format_table(report), ""]
-    md += ["FD/KD and precision/recall/density/coverage (k=5) on DINOv2 features; KD is an unbiased estimate (it can be "
+    md += ["FD/KD and precision/recall/density/coverage (k=5) on DINOv2 features; KD is an unbiased estimate (it can "
+           "be "
            "slightly negative for alike sets); with a few images per set every number is noisy.", ""]
     md += [f"- {n}" for n in report.get("notes", [])]
     md += ["", "![coverage vs precision](coverage-precision.svg)", ""]

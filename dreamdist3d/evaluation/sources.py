@@ -162,11 +162,13 @@ def read_sweep(folder, flag: str = "--samples") -> List[ImageSet]:
                 v = None
             items = [ImageItem(p.name, file_hash(p), _pil_loader(p)) for p in files]
             sets.append(ImageSet(f"{folder.name} {label}", folder, "2d", items, len(items),
-                                 sweep={"group": f"{folder.name} ({js.stem})", "param": "γ" if param == "gamma" else param,
+                                 sweep={"group": f"{folder.name} ({js.stem})",
+                                        "param": "γ" if param == "gamma" else param,
                                         "value": v}))
     if not sets and any(folder.glob("sweep-*.json")):
         raise ValueError(f"{flag} {folder}: a sweep folder without its cell images: run the sweep with --save-cells")
     return sets
 
 
-__all__ = ["read_sweep", "IMAGE_SUFFIXES", "ImageItem", "ImageSet", "file_hash", "find_runs", "read_folder", "turntable_video"]
+__all__ = ["read_sweep", "IMAGE_SUFFIXES", "ImageItem", "ImageSet", "file_hash", "find_runs", "read_folder",
+           "turntable_video"]

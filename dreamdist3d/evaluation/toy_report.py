@@ -35,7 +35,8 @@ def render_toy_html(report: Dict[str, Any]) -> str:
          f'{cfg.get("sample_steps", "?")} steps, CFG {cfg.get("guidance", "?")}; k={cfg.get("k", 5)}.</p>']
     claims = report.get("claim") or {}
     if claims:
-        h.append("<h2>Claim</h2><p>K=32 coverage higher than K=1 at an in-distribution rate at most 0.15 below:</p><ul>")
+        h.append("<h2>Claim</h2><p>K=32 coverage higher than K=1 at an in-distribution rate at most 0.15 "
+                 "below:</p><ul>")
         h += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in claims.items()]
         h.append("</ul>")
     for name, info in (report.get("refsets") or {}).items():
@@ -44,8 +45,8 @@ def render_toy_html(report: Dict[str, Any]) -> str:
         if info.get("description"):
             h.append(f'<p class="small">{e(str(info["description"]))}</p>')
         h.append("<table><tr><th>method</th>" + "".join(f"<th>{c}</th>" for c in TOY_COLUMNS) + "</tr>")
-        h += ["<tr><td>" + e(str(r.get("method"))) + "</td>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in TOY_COLUMNS)
-              + "</tr>" for r in mine]
+        h += ["<tr><td>" + e(str(r.get("method"))) + "</td>"
+              + "".join(f"<td>{_cell(r.get(c))}</td>" for c in TOY_COLUMNS) + "</tr>" for r in mine]
         h.append("</table>")
         points = [{"name": str(r["method"]), "coverage": r.get("coverage"), "in_dist": r.get("in_dist")} for r in mine]
         h.append(scatter_svg(points, x="coverage", y="in_dist", size=420))
@@ -65,7 +66,7 @@ def render_toy_html(report: Dict[str, Any]) -> str:
 
 
 def write_toy_html(out) -> Path:
-    """out/report.html from out/report.json (written by `dreamdist3d.toyworld.evaluate.evaluate`)."""
+    """out/report.html from out/report.json (written by `dreamdist3d.recipes.toy_eval.evaluate`)."""
     from dreamdist3d.io import atomic_path
 
     out = Path(out)

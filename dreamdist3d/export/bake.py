@@ -143,7 +143,8 @@ def bake_texture(
     if texels.numel():
         alb = eval_chunked(field.albedo, points, chunk, field_device(field))
         if alb.shape != (points.shape[0], 3):
-            raise ValueError(f"field.albedo returned shape {tuple(alb.shape)} for {points.shape[0]} points; expected (N, 3)")
+            raise ValueError(f"field.albedo returned shape {tuple(alb.shape)} for {points.shape[0]} points; expected "
+                             "(N, 3)")
         color[texels] = torch.nan_to_num(alb, nan=0.0).clamp(0.0, 1.0)
         mask[texels] = True
     covered = mask.view(size, size).clone()

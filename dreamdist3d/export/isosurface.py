@@ -89,7 +89,8 @@ def sample_density_grid(field: Field, bbox: Tensor, resolution: int, chunk: int 
         if d.shape != (pts.shape[0],):
             d = d.reshape(-1)
             if d.shape[0] != pts.shape[0]:
-                raise ExportError(f"field.density returned {d.shape[0]} values for {pts.shape[0]} points; expected (N,)")
+                raise ExportError(f"field.density returned {d.shape[0]} values for {pts.shape[0]} points; expected "
+                                  "(N,)")
         grid[i0 : i0 + x.shape[0]] = d.reshape(x.shape[0], r, r).numpy()
     if not np.isfinite(grid).all():
         bad = int((~np.isfinite(grid)).sum())

@@ -130,7 +130,8 @@ class ReferenceSet:
         return int(self.images.shape[0])
 
 
-def load_reference_images(folder: PathLike, resolution: int, skip_bad: bool = False, min_images: int = 2) -> ReferenceSet:
+def load_reference_images(folder: PathLike, resolution: int, skip_bad: bool = False,
+                          min_images: int = 2) -> ReferenceSet:
     """A 2D reference folder -> ReferenceSet with images (N, 3, R, R)."""
     folder = Path(folder)
     files = list_images(folder)
@@ -165,7 +166,8 @@ def _camera_of(entry: dict, where: str) -> torch.Tensor:
     if "camera" in entry:
         cam = torch.tensor(entry["camera"], dtype=torch.float32).flatten()
         if cam.numel() != 16:
-            raise ReferenceDataError(f"{where}: 'camera' must hold 16 numbers (a 4×4 c2w, row-major), got {cam.numel()}")
+            raise ReferenceDataError(f"{where}: 'camera' must hold 16 numbers (a 4×4 c2w, row-major), got "
+                                     f"{cam.numel()}")
         return cam
     if "elevation" in entry and "azimuth" in entry:
         return get_camera(1, float(entry["elevation"]), float(entry["azimuth"]))[0]

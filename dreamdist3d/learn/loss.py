@@ -160,7 +160,8 @@ def distribution_loss(
     views = latents.shape[1] if multiview else 1
     chw = latents.shape[-3:]
     if latents.shape[0] != bsz or timesteps.shape != (bsz,):
-        raise ValueError(f"batch mismatch: latents {tuple(latents.shape)}, timesteps {tuple(timesteps.shape)}, rows ({bsz}, {r})")
+        raise ValueError(f"batch mismatch: latents {tuple(latents.shape)}, timesteps {tuple(timesteps.shape)}, rows "
+                         f"({bsz}, {r})")
 
     context, ortho = prompt_conditioning(learner, eps, mode, covariance, prompt_index)  # (B, R, 77, D), scalar
 

@@ -42,9 +42,8 @@ def write_preview(
 ) -> Path:
     """Fit the current distribution, draw prompt samples 0…n_samples−1 of `seed` (comparable across steps) with the
     run's covariance mode, render (image noise from seed + 2**31), save PNG."""
-    from dreamdist3d.images import save_png
-
     from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
+    from dreamdist3d.images import save_png
 
     g = torch.Generator().manual_seed(seed + LATENT_SEED_OFFSET)
     cond = learner.fit().with_covariance(covariance).sample(n_samples, seed=seed)  # (n, 77, D)

@@ -108,7 +108,9 @@ def get_activation(name: Optional[str]):
     if name is None or name in ("none", "None"):
         return lambda x: x
     table = {
-        "lin2srgb": lambda x: torch.where(x > 0.0031308, torch.pow(torch.clamp(x, min=0.0031308), 1.0 / 2.4) * 1.055 - 0.055, 12.92 * x).clamp(0.0, 1.0),
+        "lin2srgb": lambda x: torch.where(x > 0.0031308, torch.pow(torch.clamp(x, min=0.0031308),
+                                                                   1.0 / 2.4) * 1.055 - 0.055, 12.92 * x).clamp(0.0,
+                                                                                                                1.0),
         "exp": torch.exp,
         "shifted_exp": lambda x: torch.exp(x - 1.0),
         "trunc_exp": torch.exp,

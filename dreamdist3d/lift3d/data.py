@@ -64,7 +64,8 @@ def mvp_matrix(c2w: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
 def spherical_positions(elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
     """(B,) degrees, distances -> (B,3) z-up positions d·(cos e cos a, cos e sin a, sin e)."""
     e, a = torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg)
-    return torch.stack([distance * torch.cos(e) * torch.cos(a), distance * torch.cos(e) * torch.sin(a), distance * torch.sin(e)], -1)
+    return torch.stack([distance * torch.cos(e) * torch.cos(a), distance * torch.cos(e) * torch.sin(a),
+                        distance * torch.sin(e)], -1)
 
 
 def camera_batch(
@@ -165,7 +166,8 @@ class RandomMultiviewCameraDataModule(BaseObject):
             if b % cfg.n_view != 0:
                 raise ConfigError(f"{w}.batch_size {b} must be a multiple of {w}.n_view {cfg.n_view}")
         if cfg.light_sample_strategy != "dreamfusion":
-            raise ConfigError(f"{w}.light_sample_strategy {cfg.light_sample_strategy!r}: only 'dreamfusion' is supported")
+            raise ConfigError(f"{w}.light_sample_strategy {cfg.light_sample_strategy!r}: only 'dreamfusion' is "
+                              "supported")
         self.elevation_range = tuple(cfg.elevation_range)
         self.azimuth_range = tuple(cfg.azimuth_range)
         self._set_resolution(0)
@@ -199,7 +201,8 @@ class RandomMultiviewCameraDataModule(BaseObject):
         u = torch.rand(G)
         azi = ((u[:, None] + torch.arange(nv)[None, :]) / nv * (a1 - a0) + a0).reshape(-1)  # (B,)
         fovy = torch.rand(G) * (cfg.fovy_range[1] - cfg.fovy_range[0]) + cfg.fovy_range[0]
-        dist = torch.rand(G) * (cfg.camera_distance_range[1] - cfg.camera_distance_range[0]) + cfg.camera_distance_range[0]
+        d0, d1 = cfg.camera_distance_range
+        dist = torch.rand(G) * (d1 - d0) + d0
         if cfg.relative_radius:
             dist = dist / torch.tan(torch.deg2rad(fovy) / 2)
         zoom = torch.rand(G) * (cfg.zoom_range[1] - cfg.zoom_range[0]) + cfg.zoom_range[0]
@@ -208,7 +211,8 @@ class RandomMultiviewCameraDataModule(BaseObject):
         center = torch.randn(G, 3) * cfg.center_perturb
         up = torch.tensor([0.0, 0.0, 1.0])[None] + torch.randn(G, 3) * cfg.up_perturb
         light_dir_noise = torch.randn(G, 3) * cfg.light_position_perturb
-        light_dist = torch.rand(G) * (cfg.light_distance_range[1] - cfg.light_distance_range[0]) + cfg.light_distance_range[0]
+        l0, l1 = cfg.light_distance_range
+        light_dist = torch.rand(G) * (l1 - l0) + l0
 
         elev_b, dist_b, fovy_b = rep(elev), rep(dist), rep(fovy)
         pos = spherical_positions(elev_b, azi, dist_b) + rep(cam_pert)
@@ -224,7 +228,8 @@ class RandomMultiviewCameraDataModule(BaseObject):
         for i, az in enumerate(azimuths):
             b = camera_batch(
                 torch.tensor([cfg.eval_elevation_deg], dtype=torch.float32), az.reshape(1).float(),
-                torch.tensor([cfg.eval_camera_distance], dtype=torch.float32), torch.tensor([cfg.eval_fovy_deg], dtype=torch.float32),
+                torch.tensor([cfg.eval_camera_distance], dtype=torch.float32), torch.tensor([cfg.eval_fovy_deg],
+                                                                                            dtype=torch.float32),
                 cfg.eval_height, cfg.eval_width, normalize_rays=cfg.rays_d_normalize,
             )
             b["index"] = torch.tensor([i], dtype=torch.long)

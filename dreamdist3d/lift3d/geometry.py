@@ -32,7 +32,8 @@ def _default_hashgrid() -> Dict[str, Any]:
 
 
 def _default_mlp() -> Dict[str, Any]:
-    return {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 64, "n_hidden_layers": 1}
+    return {"otype": "VanillaMLP", "activation": "ReLU", "output_activation": "none", "n_neurons": 64,
+            "n_hidden_layers": 1}
 
 
 @register("implicit-volume")
@@ -69,17 +70,23 @@ class ImplicitVolume(BaseModule):
         cfg = self.cfg
         if not (isinstance(cfg.density_bias, (int, float)) or cfg.density_bias in ("blob_magic3d", "blob_dreamfusion")):
             raise ConfigError(
-                f"{self.where}.density_bias must be blob_magic3d, blob_dreamfusion or a number, got {cfg.density_bias!r}"
+                f"{self.where}.density_bias must be blob_magic3d, blob_dreamfusion or a number, got "
+                f"{cfg.density_bias!r}"
             )
         if cfg.normal_type not in (None, "finite_difference"):
-            raise ConfigError(f"{self.where}.normal_type {cfg.normal_type!r} is not supported: use finite_difference or null")
+            raise ConfigError(f"{self.where}.normal_type {cfg.normal_type!r} is not supported: use finite_difference "
+                              "or null")
         self.density_act = get_activation(cfg.density_activation)
-        self.register_buffer("bbox", torch.tensor([[-cfg.radius] * 3, [cfg.radius] * 3], dtype=torch.float32), persistent=False)
-        self.encoding = get_encoding(cfg.n_input_dims, cfg.pos_encoding_config, where=f"{self.where}.pos_encoding_config")
-        self.density_network = get_mlp(self.encoding.n_output_dims, 1, cfg.mlp_network_config, where=f"{self.where}.mlp_network_config")
+        self.register_buffer("bbox", torch.tensor([[-cfg.radius] * 3, [cfg.radius] * 3], dtype=torch.float32),
+                             persistent=False)
+        self.encoding = get_encoding(cfg.n_input_dims, cfg.pos_encoding_config,
+                                     where=f"{self.where}.pos_encoding_config")
+        self.density_network = get_mlp(self.encoding.n_output_dims, 1, cfg.mlp_network_config,
+                                       where=f"{self.where}.mlp_network_config")
         if cfg.n_feature_dims > 0:
             self.feature_network = get_mlp(
-                self.encoding.n_output_dims, cfg.n_feature_dims, cfg.mlp_network_config, where=f"{self.where}.mlp_network_config"
+                self.encoding.n_output_dims, cfg.n_feature_dims, cfg.mlp_network_config,
+                where=f"{self.where}.mlp_network_config"
             )
         self.blob_std = float(cfg.density_blob_std)
 
@@ -131,7 +138,8 @@ class ImplicitVolume(BaseModule):
         """Per-point features for texturing (threestudio's `geometry.export`)."""
         out = {}
         if self.cfg.n_feature_dims > 0:
-            out["features"] = self.feature_network(self._encode(points)).reshape(*points.shape[:-1], self.cfg.n_feature_dims)
+            out["features"] = self.feature_network(self._encode(points)).reshape(*points.shape[:-1],
+                                                                                 self.cfg.n_feature_dims)
         return out
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:

@@ -26,7 +26,7 @@ from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import c2w_to_mvdream_camera
 from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.config import ConfigError
-from dreamdist3d.lift3d.base import C, BaseModule
+from dreamdist3d.lift3d.base import BaseModule, C
 from dreamdist3d.registry import register
 
 
@@ -61,9 +61,11 @@ class MultiviewDiffusionGuidance(BaseModule):
             backbone = load_backbone(cfg.ckpt_path or cfg.pretrained_model_name_or_path, device="cpu", config_key=key,
                                      default_kind="mvdream")
         if not backbone.supports_camera:
-            raise ConfigError(f"{self.where}: backbone '{backbone.name}' has no camera conditioning; MVDream guidance needs one")
+            raise ConfigError(f"{self.where}: backbone '{backbone.name}' has no camera conditioning; MVDream guidance "
+                              "needs one")
         self.backbone = backbone
-        self.weights_dtype = torch.float16 if (cfg.half_precision_weights and self.device.type == "cuda") else torch.float32
+        half = cfg.half_precision_weights and self.device.type == "cuda"
+        self.weights_dtype = torch.float16 if half else torch.float32
         # the UNet and VAE are frozen and not part of the trainable state (kept out of the module tree/checkpoints)
         backbone.unet.to(self.device, self.weights_dtype).requires_grad_(False).eval()
         if backbone.vae is not None:
@@ -101,7 +103,8 @@ class MultiviewDiffusionGuidance(BaseModule):
             with torch.autocast(device_type=x.device.type, dtype=torch.float16):
                 out = self.backbone(x, t, emb, camera=cam, num_frames=self.cfg.n_view)
             return out.float()
-        return self.backbone(x.to(self.weights_dtype), t, emb.to(self.weights_dtype), camera=cam.to(self.weights_dtype), num_frames=self.cfg.n_view).float()
+        return self.backbone(x.to(self.weights_dtype), t, emb.to(self.weights_dtype), camera=cam.to(self.weights_dtype),
+                             num_frames=self.cfg.n_view).float()
 
     def _x0(self, z_t: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(1.0 / a) * z_t - torch.sqrt(1.0 / a - 1.0) * eps
@@ -125,9 +128,11 @@ class MultiviewDiffusionGuidance(BaseModule):
         cfg = self.cfg
         B = rgb.shape[0]
         if B % cfg.n_view != 0:
-            raise ConfigError(f"batch size {B} is not a multiple of {self.where}.n_view={cfg.n_view} (set data.batch_size)")
+            raise ConfigError(f"batch size {B} is not a multiple of {self.where}.n_view={cfg.n_view} (set "
+                              "data.batch_size)")
         if text_embeddings is None:
-            text_embeddings = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, cfg.view_dependent_prompting)
+            text_embeddings = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances,
+                                                               cfg.view_dependent_prompting)
         emb = text_embeddings.to(self.device)
         if input_is_latent:
             z = rgb

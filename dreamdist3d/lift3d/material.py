@@ -35,7 +35,8 @@ class NoMaterial(BaseModule):
 
     def forward(self, features: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.use_network:
-            x = self.network(features.reshape(-1, features.shape[-1])).reshape(*features.shape[:-1], self.cfg.n_output_dims)
+            x = self.network(features.reshape(-1, features.shape[-1])).reshape(*features.shape[:-1],
+                                                                               self.cfg.n_output_dims)
         else:
             if features.shape[-1] != self.cfg.n_output_dims:
                 raise ConfigError(

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import nn
@@ -115,7 +115,7 @@ class HashGridEncoding(nn.Module):
         if n_input_dims != 3:
             raise ConfigError(f"HashGrid encoding supports 3 input dims, got n_input_dims={n_input_dims}")
         T = 2 ** int(log2_hashmap_size)
-        res = [int(math.floor(base_resolution * per_level_scale**l)) for l in range(n_levels)]
+        res = [int(math.floor(base_resolution * per_level_scale**lv)) for lv in range(n_levels)]
         sizes, dense = [], []
         for r in res:
             full = (r + 1) ** 3
@@ -125,7 +125,8 @@ class HashGridEncoding(nn.Module):
         for s in sizes[:-1]:
             offsets.append(offsets[-1] + s)
         if sum(sizes) >= 2**31:
-            raise ConfigError(f"hash grid with {sum(sizes)} rows is too large (int32 indices); lower log2_hashmap_size or n_levels")
+            raise ConfigError(f"hash grid with {sum(sizes)} rows is too large (int32 indices); lower log2_hashmap_size "
+                              "or n_levels")
         if dense != sorted(dense, reverse=True):  # resolution grows with the level, so dense levels come first
             raise ConfigError("hash grid levels must be dense first, hashed after (per_level_scale must be >= 1)")
         self.n_levels, self.n_features_per_level = n_levels, n_features_per_level
@@ -209,14 +210,16 @@ class FrequencyEncoding(nn.Module):
         super().__init__()
         self.n_frequencies = int(n_frequencies)
         self.n_output_dims = n_input_dims * self.n_frequencies * 2
-        self.register_buffer("freqs", 2.0 ** torch.arange(self.n_frequencies, dtype=torch.float32) * math.pi, persistent=False)
+        self.register_buffer("freqs", 2.0 ** torch.arange(self.n_frequencies, dtype=torch.float32) * math.pi,
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1, 1).float() * self.freqs  # (N, D, K)
         return torch.cat([torch.sin(x), torch.cos(x)], -1).reshape(x.shape[0], -1)
 
 
-_HASHGRID_KEYS = ("otype", "n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution", "per_level_scale", "backend", "interpolation")
+_HASHGRID_KEYS = ("otype", "n_levels", "n_features_per_level", "log2_hashmap_size", "base_resolution",
+                  "per_level_scale", "backend", "interpolation")
 
 
 def get_encoding(n_input_dims: int, config: Mapping[str, Any], where: str = "pos_encoding_config") -> nn.Module:
@@ -225,7 +228,8 @@ def get_encoding(n_input_dims: int, config: Mapping[str, Any], where: str = "pos
     if otype in ("HashGrid", "ProgressiveBandHashGrid"):
         unknown = sorted(set(config) - set(_HASHGRID_KEYS) - {"start_level", "start_step", "update_steps"})
         if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in {where} (otype HashGrid); valid: {', '.join(_HASHGRID_KEYS)}")
+            raise ConfigError(f"unknown key(s) {unknown} in {where} (otype HashGrid); valid: "
+                              f"{', '.join(_HASHGRID_KEYS)}")
         backend = config.get("backend", "auto")
         if backend not in ("auto", "torch", "tcnn"):
             raise ConfigError(f"{where}.backend must be auto, torch or tcnn, got {backend!r}")

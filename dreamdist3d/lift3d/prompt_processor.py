@@ -50,17 +50,22 @@ class DirectionConfig:
     condition: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_directions(front_threshold: float, back_threshold: float, overhead_threshold: float, prefix_style: bool) -> List[DirectionConfig]:
+def make_directions(front_threshold: float, back_threshold: float, overhead_threshold: float,
+                    prefix_style: bool) -> List[DirectionConfig]:
     """threestudio's 4 directions in its fixed order: 0 side, 1 front, 2 back, 3 overhead (later matches win)."""
     ident = lambda s: s  # noqa: E731
     if prefix_style:
-        fmt = {"side": "side view of {}", "front": "front view of {}", "back": "backside view of {}", "overhead": "overhead view of {}"}
+        fmt = {"side": "side view of {}", "front": "front view of {}", "back": "backside view of {}",
+               "overhead": "overhead view of {}"}
     else:
-        fmt = {"side": "{}, side view", "front": "{}, front view", "back": "{}, back view", "overhead": "{}, overhead view"}
+        fmt = {"side": "{}, side view", "front": "{}, front view", "back": "{}, back view",
+               "overhead": "{}, overhead view"}
     conds = {
         "side": lambda ele, azi, dis: torch.ones_like(ele, dtype=torch.bool),
-        "front": lambda ele, azi, dis: (shift_azimuth_deg(azi) > -front_threshold) & (shift_azimuth_deg(azi) < front_threshold),
-        "back": lambda ele, azi, dis: (shift_azimuth_deg(azi) > 180 - back_threshold) | (shift_azimuth_deg(azi) < -180 + back_threshold),
+        "front": lambda ele, azi,
+        dis: (shift_azimuth_deg(azi) > -front_threshold) & (shift_azimuth_deg(azi) < front_threshold),
+        "back": lambda ele, azi,
+        dis: (shift_azimuth_deg(azi) > 180 - back_threshold) | (shift_azimuth_deg(azi) < -180 + back_threshold),
         "overhead": lambda ele, azi, dis: ele > overhead_threshold,
     }
     return [DirectionConfig(n, (lambda s, f=fmt[n]: f.format(s)), ident, conds[n]) for n in DIRECTIONS]
@@ -97,7 +102,8 @@ class PromptProcessorOutput:
     prompts_vd: List[str] = field(default_factory=list)
     view_dependent_available: bool = True  # False: _vd are copies of the main sample (processor flag off)
 
-    def get_text_embeddings(self, elevation, azimuth, camera_distances, view_dependent_prompting: bool = True) -> torch.Tensor:
+    def get_text_embeddings(self, elevation, azimuth, camera_distances,
+                            view_dependent_prompting: bool = True) -> torch.Tensor:
         """(B,) degrees -> (2B, 77, D) = cat([cond, uncond])."""
         B = elevation.shape[0]
         if view_dependent_prompting:
@@ -106,7 +112,8 @@ class PromptProcessorOutput:
                     "system.guidance.view_dependent_prompting is true but the prompt processor did not prepare "
                     "direction samples: set system.prompt_processor.view_dependent_prompting=true"
                 )
-            idx = direction_indices(self.directions, elevation.cpu(), azimuth.cpu(), camera_distances.cpu()).to(self.text_embeddings.device)
+            idx = direction_indices(self.directions, elevation.cpu(), azimuth.cpu(),
+                                    camera_distances.cpu()).to(self.text_embeddings.device)
             cond = self.text_embeddings_vd[idx]
             uncond = self.uncond_text_embeddings_vd[idx]
         else:
@@ -117,7 +124,8 @@ class PromptProcessorOutput:
     def get_text_embeddings_perp_neg(self, elevation, azimuth, camera_distances, view_dependent_prompting: bool = True):
         """Perp-Neg embeddings (4B, 77, D) and weights (B, 2), threestudio's rule."""
         if not view_dependent_prompting:
-            raise ConfigError("Perp-Neg requires view-dependent prompting (system.guidance.view_dependent_prompting=true)")
+            raise ConfigError("Perp-Neg requires view-dependent prompting "
+                              "(system.guidance.view_dependent_prompting=true)")
         if not self.view_dependent_available:
             raise ConfigError("Perp-Neg needs system.prompt_processor.view_dependent_prompting=true")
         B = elevation.shape[0]
@@ -137,13 +145,15 @@ class PromptProcessorOutput:
                 pos.append(r * front + (1 - r) * side)
                 negs += [front, side]
                 rt = torch.tensor(r)
-                weights.append(torch.stack([-shifted_expotional_decay(*self.perp_neg_f_fs, rt), -shifted_expotional_decay(*self.perp_neg_f_sf, 1 - rt)]))
+                weights.append(torch.stack([-shifted_expotional_decay(*self.perp_neg_f_fs, rt),
+                                            -shifted_expotional_decay(*self.perp_neg_f_sf, 1 - rt)]))
             else:
                 r = 2 - abs(a) / 90
                 pos.append(r * side + (1 - r) * back)
                 negs += [side, front]
                 rt = torch.tensor(r)
-                weights.append(torch.stack([-shifted_expotional_decay(*self.perp_neg_f_sb, rt), -shifted_expotional_decay(*self.perp_neg_f_fsb, rt)]))
+                weights.append(torch.stack([-shifted_expotional_decay(*self.perp_neg_f_sb, rt),
+                                            -shifted_expotional_decay(*self.perp_neg_f_fsb, rt)]))
         emb = torch.cat([torch.stack(pos), uncond.expand(B, -1, -1), torch.stack(negs)], 0)
         return emb, torch.stack(weights).to(emb)
 
@@ -156,7 +166,8 @@ class SampleSpec:
     dist: DistributionSpec
     seed: int = 0
     view_dependent: bool = False
-    prefix_style: bool = False  # view_dependent_prompt_front: "<dir> view of <prefix>" instead of "<suffix>, <dir> view"
+    # view_dependent_prompt_front: "<dir> view of <prefix>" instead of "<suffix>, <dir> view"
+    prefix_style: bool = False
 
 
 @dataclass
@@ -187,7 +198,8 @@ class PromptSample:
 
     def state(self) -> Dict[str, Any]:
         """For checkpoints."""
-        return {"text_embeddings": self.text_embeddings.cpu(), "text_embeddings_vd": None if self.text_embeddings_vd is None else self.text_embeddings_vd.cpu(),
+        return {"text_embeddings": self.text_embeddings.cpu(),
+                "text_embeddings_vd": None if self.text_embeddings_vd is None else self.text_embeddings_vd.cpu(),
                 "eps": self.eps.cpu(), "meta": dict(self.meta)}
 
     @classmethod
@@ -291,7 +303,8 @@ def prepare_prompt(
             diffs = sample_matches(sample, spec, dists, text_encoder)
             if diffs:
                 raise ConfigError(
-                    f"the saved prompt sample ({saved or 'checkpoint'}) was drawn with other settings: {'; '.join(diffs)}. "
+                    f"the saved prompt sample ({saved or 'checkpoint'}) was drawn with other settings: "
+                    f"{'; '.join(diffs)}. "
                     f"Start a new run (or delete {saved.name if saved else SAMPLE_FILE}) to draw a new sample"
                 )
         else:
@@ -360,7 +373,8 @@ class DreamDistributionPromptProcessor(BaseObject):
             raise ConfigError(f"{w}.use_prompt_debiasing works on prompt text; a distribution has none: set it false")
         for k in ("prompt_front", "prompt_side", "prompt_back", "prompt_overhead"):
             if getattr(cfg, k) is not None:
-                raise ConfigError(f"{w}.{k}: manual view prompts are text; with a distribution use view_dependent_prompting")
+                raise ConfigError(f"{w}.{k}: manual view prompts are text; with a distribution use "
+                                  "view_dependent_prompting")
         if cfg.use_perp_neg and not cfg.view_dependent_prompting:
             raise ConfigError(f"{w}.use_perp_neg needs {w}.view_dependent_prompting=true")
         self.device = torch.device(device)
@@ -371,12 +385,14 @@ class DreamDistributionPromptProcessor(BaseObject):
         prepared = prepare_prompt(
             distribution=cfg.distribution, scale=cfg.scale, mixture=cfg.mixture, prefix=cfg.prefix, suffix=cfg.suffix,
             seed=int(cfg.seed if cfg.seed is not None else seed), view_dependent=cfg.view_dependent_prompting,
-            prefix_style=cfg.view_dependent_prompt_front, class_index=cfg.class_index, negative_prompt=cfg.negative_prompt,
+            prefix_style=cfg.view_dependent_prompt_front, class_index=cfg.class_index,
+            negative_prompt=cfg.negative_prompt,
             text_encoder=enc, tokenizer=tok, where=w, sample_path=(Path(save_dir) / SAMPLE_FILE) if save_dir else None,
             sample=sample, device=self.device, covariance=cfg.covariance,
         )
         self.spec, self.sample, self.uncond = prepared.spec, prepared.sample, prepared.uncond
-        self.directions = make_directions(cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold, cfg.view_dependent_prompt_front)
+        self.directions = make_directions(cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold,
+                                          cfg.view_dependent_prompt_front)
         self.direction2idx = {d.name: i for i, d in enumerate(self.directions)}
         self.prompt = prepared.prompt
         self.prompts_vd = [d.prompt(self.prompt) for d in self.directions]

@@ -29,7 +29,8 @@ ALPHA_THRE = 0.01
 EARLY_STOP_EPS = 1e-4
 
 
-def ray_aabb(rays_o: torch.Tensor, rays_d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def ray_aabb(rays_o: torch.Tensor, rays_d: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> Tuple[torch.Tensor,
+                                                                                                      torch.Tensor]:
     """(R,3),(R,3), box (3,),(3,) -> t_near, t_far (R,); t_far < t_near when the ray misses."""
     inv = 1.0 / torch.where(rays_d.abs() < 1e-10, torch.full_like(rays_d, 1e-10) * torch.sign(rays_d + 1e-20), rays_d)
     t0 = (lo - rays_o) * inv
@@ -61,7 +62,8 @@ def render_weights(sigmas: torch.Tensor, deltas: torch.Tensor, ray_indices: torc
     return trans * alphas, trans, alphas
 
 
-def accumulate(weights: torch.Tensor, values: Optional[torch.Tensor], ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
+def accumulate(weights: torch.Tensor, values: Optional[torch.Tensor], ray_indices: torch.Tensor,
+               n_rays: int) -> torch.Tensor:
     """Σ_i w_i·v_i per ray -> (n_rays, C) (C=1 when values is None)."""
     src = weights[:, None] if values is None else weights[:, None] * values
     out = torch.zeros(n_rays, src.shape[-1], dtype=src.dtype, device=src.device)
@@ -274,7 +276,8 @@ class NeRFVolumeRenderer(BaseModule):
         points = rays_o[ray_indices] + t_mid[:, None] * t_dirs
         want_normal = bool(self.cfg.return_comp_normal or getattr(self.material, "requires_normal", False))
         geo = self.geometry(points, output_normal=want_normal)
-        rgb = self.material(features=geo["features"], viewdirs=t_dirs, positions=points, **({"shading_normal": geo["normal"]} if "normal" in geo else {}))
+        rgb = self.material(features=geo["features"], viewdirs=t_dirs, positions=points,
+                            **({"shading_normal": geo["normal"]} if "normal" in geo else {}))
         weights, _, _ = render_weights(geo["density"][:, 0], t_ends - t_starts, ray_indices)
         opacity = accumulate(weights, None, ray_indices, R)
         depth = accumulate(weights, t_mid[:, None], ray_indices, R)
@@ -317,12 +320,14 @@ class NeRFVolumeRenderer(BaseModule):
         if bg_color is None:
             bg = self.background(dirs=rays_d).reshape(-1, 3)
         else:
-            bg = bg_color.to(rays_o).expand(B, H, W, 3).reshape(-1, 3) if bg_color.ndim <= 2 else bg_color.reshape(-1, 3)
+            bg = bg_color.to(rays_o).expand(B, H, W, 3).reshape(-1, 3) if bg_color.ndim <= 2 else bg_color.reshape(-1,
+                                                                                                                   3)
         if self.training:
             out = self._render_rays(flat_o, flat_d, bg)
         else:
             chunk = self.cfg.eval_chunk_size if self.cfg.eval_chunk_size > 0 else flat_o.shape[0]
-            parts = [self._render_rays(flat_o[s : s + chunk], flat_d[s : s + chunk], bg[s : s + chunk]) for s in range(0, flat_o.shape[0], chunk)]
+            parts = [self._render_rays(flat_o[s : s + chunk], flat_d[s : s + chunk],
+                                       bg[s : s + chunk]) for s in range(0, flat_o.shape[0], chunk)]
             out = {k: torch.cat([p[k] for p in parts], 0) for k in parts[0]}
         shaped = {}
         for k, v in out.items():

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamdist3d.config import ConfigError, parse_structured
-from dreamdist3d.lift3d.base import C, Updateable
 from dreamdist3d.images import save_png, to_uint8
+from dreamdist3d.lift3d.base import C, Updateable
 from dreamdist3d.lift3d.saving import frame_grid, hstack, write_video
 from dreamdist3d.registry import components, find
 
@@ -81,7 +81,8 @@ def build_field(cfg: SystemConfig) -> tuple:
         raise ConfigError("system.geometry_convert_from is not supported (no geometry conversion in dreamdist3d)")
     geometry = find_component(cfg.geometry_type, "system.geometry_type")(cfg.geometry, where="system.geometry")
     material = find_component(cfg.material_type, "system.material_type")(cfg.material, where="system.material")
-    background = find_component(cfg.background_type, "system.background_type")(cfg.background, where="system.background")
+    background = find_component(cfg.background_type, "system.background_type")(cfg.background,
+                                                                               where="system.background")
     renderer = find_component(cfg.renderer_type, "system.renderer_type")(
         cfg.renderer, geometry=geometry, material=material, background=background, where="system.renderer"
     )
@@ -119,13 +120,15 @@ class MVDreamSystem(nn.Module, Updateable):
             pp_cfg = dict(self.cfg.prompt_processor)
             pp_path = pp_cfg.get("pretrained_model_name_or_path")
             g_path = self.guidance.cfg.ckpt_path or self.guidance.cfg.pretrained_model_name_or_path
-            shared = backbone if backbone is not None else (self.guidance.backbone if (pp_path in (None, g_path)) else None)
+            shared = backbone if backbone is not None else (self.guidance.backbone if (pp_path in (None,
+                                                                                                   g_path)) else None)
             from dreamdist3d.lift3d.prompt_processor import PromptSample
 
             sample = PromptSample.from_state(prompt_sample) if isinstance(prompt_sample, dict) else prompt_sample
             self.prompt_processor = find_component(self.cfg.prompt_processor_type, "system.prompt_processor_type")(
                 pp_cfg, backbone=shared, device=self.device, seed=seed,
-                save_dir=str(self.save_dir.parent) if self.save_dir else None, sample=sample, where="system.prompt_processor",
+                save_dir=str(self.save_dir.parent) if self.save_dir else None, sample=sample,
+                where="system.prompt_processor",
             )
             self.prompt_utils = self.prompt_processor()
         self.global_step = 0
@@ -171,7 +174,8 @@ class MVDreamSystem(nn.Module, Updateable):
                 loss = loss + value * self.lam(name[len("loss_") :])
         if self.lam("orient") > 0:
             if "normal" not in out:
-                raise ConfigError("system.loss.lambda_orient > 0 needs normals: set system.geometry.normal_type=finite_difference")
+                raise ConfigError("system.loss.lambda_orient > 0 needs normals: set "
+                                  "system.geometry.normal_type=finite_difference")
             w, n, d = out["weights"].detach(), out["normal"], out["t_dirs"]
             orient = (w * F.relu((n * d).sum(-1, keepdim=True)) ** 2).sum() / (out["opacity"] > 0).sum().clamp_min(1)
             logs["train/loss_orient"] = orient.detach()
@@ -225,7 +229,8 @@ class MVDreamSystem(nn.Module, Updateable):
                 progress()
         if max_opacity < 1e-3:
             raise EmptyFieldError(
-                f"the field renders empty at step {step} (max opacity {max_opacity:.2e} over {len(frames)} test views): "
+                f"the field renders empty at step {step} (max opacity {max_opacity:.2e} over {len(frames)} test "
+                "views): "
                 "there is no density to show. The checkpoint may be untrained or diverged; check system.geometry "
                 "(density_bias, density_blob_scale) and the resume= checkpoint"
             )
@@ -238,7 +243,8 @@ class MVDreamSystem(nn.Module, Updateable):
         ocfg = dict(self.cfg.optimizer) or {"name": "AdamW", "args": {"lr": 0.01, "betas": [0.9, 0.99], "eps": 1e-15}}
         unknown = set(ocfg) - {"name", "args", "params"}
         if unknown:
-            raise ConfigError(f"unknown config key(s) {sorted(unknown)} in system.optimizer (valid: name, args, params)")
+            raise ConfigError(f"unknown config key(s) {sorted(unknown)} in system.optimizer (valid: name, args, "
+                              "params)")
         name = ocfg.get("name", "AdamW")
         if not hasattr(torch.optim, name):
             raise ConfigError(f"system.optimizer.name: unknown torch optimizer '{name}'")

@@ -170,7 +170,8 @@ class Trainer:
                     out = system.training_step(batch)
                 loss = out["loss"]
                 if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the learning rates in system.optimizer")
+                    raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the learning rates in "
+                                             "system.optimizer")
                 optim.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
@@ -202,7 +203,8 @@ class Trainer:
                     system.train()
                 if every_ckpt and step % every_ckpt == 0:
                     self.save(system, optim, sched, step, f"epoch=0-step={step}.ckpt")
-                if self.ckpt_cfg.save_last and ((every_val and step % every_val == 0) or (every_ckpt and step % every_ckpt == 0)):
+                due = (every_val and step % every_val == 0) or (every_ckpt and step % every_ckpt == 0)
+                if self.ckpt_cfg.save_last and due:
                     self.save(system, optim, sched, step, "last.ckpt")
         except KeyboardInterrupt:
             self.interrupted = True

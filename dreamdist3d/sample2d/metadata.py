@@ -19,7 +19,8 @@ PathLike = Union[str, Path]
 
 
 @torch.no_grad()
-def embedding_stats(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, fed: Optional[torch.Tensor] = None) -> Dict[str, Any]:
+def embedding_stats(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                    fed: Optional[torch.Tensor] = None) -> Dict[str, Any]:
     """Statistics of one drawn prompt embedding against the law it came from.
 
     sample, mean, std: (77, D) (float32, before any cast to the pipeline dtype); fed: the tensor actually given to

@@ -28,7 +28,6 @@ from dreamdist3d.backbones.ddim import ddim_sample, ddim_timesteps
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 
 
-
 @torch.no_grad()
 def sample_views(
     backbone: Backbone,
@@ -50,7 +49,8 @@ def sample_views(
     `return_latents`. Samples are processed `max_batch` at a time (2·F·max_batch UNet rows); samples are independent,
     so `max_batch` changes only memory use (and float rounding)."""
     if not backbone.supports_camera:
-        raise ValueError(f"backbone '{backbone.name}' has no camera conditioning; MVDream previews need an MVDream backbone")
+        raise ValueError(f"backbone '{backbone.name}' has no camera conditioning; MVDream previews need an MVDream "
+                         "backbone")
     camera = get_camera(num_frames, elevation=elevation, azimuth_start=azimuth_start)  # (F, 16)
     return ddim_sample(backbone, context, uncond, steps=steps, cfg=cfg, camera=camera, num_frames=num_frames,
                        seed=seed, max_batch=max_batch, return_latents=return_latents, progress=progress)
@@ -112,7 +112,8 @@ def conditioning_from_distribution(
     distribution, re-fitted with `prefix`/`suffix` (None: as learned), spread scaled by `scale` (0: the mean)."""
     from dreamdist3d.distribution import DistributionSpec, fit
 
-    spec = DistributionSpec.from_lists([path], scales=[scale], class_indices=[class_index], prefix=prefix, suffix=suffix,
+    spec = DistributionSpec.from_lists([path], scales=[scale], class_indices=[class_index], prefix=prefix,
+                                       suffix=suffix,
                                        covariance=covariance, key="--distribution")
     mixture = fit(spec, backbone.text_encoder, backbone.tokenizer, check_encoder=check_encoder)
     return mixture.sample(n, seed).to("cpu", torch.float32)

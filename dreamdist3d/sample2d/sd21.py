@@ -115,7 +115,8 @@ def load_sd21_pipeline(
         )
     if scheduler:
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)} (or leave it out for the folder's)")
+            raise ValueError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)} (or leave it out for "
+                             "the folder's)")
         pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -355,7 +356,8 @@ class _BackgroundWriter:
     def __init__(self, workers: int = 4) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dreamdist3d-write") if workers > 0 else None
+        self.pool = ThreadPoolExecutor(max_workers=workers,
+                                       thread_name_prefix="dreamdist3d-write") if workers > 0 else None
         self.futures: list = []
 
     def submit(self, fn, *args) -> None:
@@ -425,7 +427,7 @@ def sample_to_folder(
             idx = list(range(start, min(settings.n, start + settings.batch_size)))
             seeds = [image_seeds(settings.seed, i, settings.same_latents) for i in idx]
             embeds = sampler.draw(law, [s for s, _ in seeds])
-            batch = sampler.generate(embeds, [l for _, l in seeds], negative, settings.steps, settings.cfg,
+            batch = sampler.generate(embeds, [s for _, s in seeds], negative, settings.steps, settings.cfg,
                                      settings.height, settings.width, settings.eta)
             with sampler._timed("write"):
                 fed = embeds.to(sampler.dtype)
@@ -481,7 +483,8 @@ def sweep_to_grid(
     out.mkdir(parents=True, exist_ok=True)
     names = [Path(p.info["path"]).name for p in mixture.parts]
     if kind == "scale":
-        rows = [(f"gamma={g:g}", mixture.law(gamma=g), mixture.describe(gamma=g)) for g in (check_scale(g, "γ") for g in gammas)]
+        rows = [(f"gamma={g:g}", mixture.law(gamma=g),
+                 mixture.describe(gamma=g)) for g in (check_scale(g, "γ") for g in gammas)]
         heading = f"gamma sweep: {' + '.join(names)}"
     elif kind == "mix":
         if len(mixture.parts) != 2:
@@ -497,7 +500,8 @@ def sweep_to_grid(
     else:
         raise ValueError(f"--kind must be 'scale' or 'mix', got {kind!r}")
     edit = mixture.parts[0].info
-    heading += f" | prefix '{edit['prefix_used']}' suffix '{edit['suffix_used']}' | cfg {settings.cfg:g}, {settings.steps} steps"
+    heading += (f" | prefix '{edit['prefix_used']}' suffix '{edit['suffix_used']}' | cfg {settings.cfg:g}, "
+                f"{settings.steps} steps")
     negative = sampler.negative_embeds(settings.negative) if settings.cfg > 1 else None
     base = _base_record(sampler, settings)
     if command is not None:
@@ -516,7 +520,8 @@ def sweep_to_grid(
                 grid[r][c] = batch[j]
                 law = rows[r][1]
                 rec = {"row": r, "col": c, "label": rows[r][0], "sample_seed": cols[c][0], "latent_seed": cols[c][1],
-                       **rows[r][2], "embedding": embedding_stats(embeds[j], law.mean, law.std, fed=embeds[j].to(sampler.dtype))}
+                       **rows[r][2], "embedding": embedding_stats(embeds[j], law.mean, law.std,
+                                                                  fed=embeds[j].to(sampler.dtype))}
                 if save_cells:
                     rec["file"] = f"sweep-{kind}-r{r}-c{c}.png"
                     save_png(batch[j], out / rec["file"], {**base, **rec})
@@ -526,7 +531,7 @@ def sweep_to_grid(
         sheet = labelled_grid(grid, [r[0] for r in rows], [f"seed {s}" for s, _ in cols], title=heading)
         path = out / f"sweep-{kind}.png"
         summary = {**base, "sweep": kind, "rows": [r[0] for r in rows], "columns_sample_seeds": [s for s, _ in cols],
-                   "columns_latent_seeds": [l for _, l in cols], "mixture": mixture.describe()}
+                   "columns_latent_seeds": [s for _, s in cols], "mixture": mixture.describe()}
         save_png(sheet, path, summary)
         write_json({**summary, "cells": records, "timings_s": dict(sampler.timings)}, out / f"sweep-{kind}.json")
     return path, records

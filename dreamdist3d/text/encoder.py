@@ -16,7 +16,6 @@ code the official fixtures were made with.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional, Set, Tuple, Union
 

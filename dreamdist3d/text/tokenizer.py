@@ -36,7 +36,8 @@ _WORD_PATTERN = regex.compile(
 
 def _byte_alphabet() -> Dict[int, str]:
     """Map each byte to a printable unicode character (the byte-level BPE alphabet)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"),
+                                                                                                       ord("ÿ") + 1))
     table = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):

@@ -36,8 +36,8 @@ from dreamdist3d.toyworld.objects import (
     SHAPES,
     SIZE_MAX,
     SIZE_MIN,
-    ObjectGrammar,
     WORLD,
+    ObjectGrammar,
     hue_distance,
     nearest_colour,
 )
@@ -56,7 +56,8 @@ MAX_OTHER_FRACTION = 0.15
 MAX_GREY_FRACTION = 0.35
 MAX_SOFTNESS = 0.6  # faint-foreground pixels per foreground pixel: renders <= 0.22, Gaussian blobs >= 1.5
 OOD_MARGIN = 1.5  # k-NN threshold = 99.5th percentile of held-out render distances x this
-FEATURE_NAMES = ("hue_cos", "hue_sin", "size", "aspect", *[f"p_{s}" for s in SHAPES], "has_part", "part_cos", "part_sin")
+FEATURE_NAMES = ("hue_cos", "hue_sin", "size", "aspect", *[f"p_{s}" for s in SHAPES], "has_part", "part_cos",
+                 "part_sin")
 
 
 # ----------------------------------------------------------------------------------------------------- readings
@@ -99,7 +100,8 @@ class Reading:
         """(D,) attribute feature for coverage/density metrics; None when rejected."""
         if not self.ok:
             return None
-        return attribute_feature(self.hue, self.size, self.aspect, self.shape_probs, self.part_hue if self.has_part else None)
+        return attribute_feature(self.hue, self.size, self.aspect, self.shape_probs,
+                                 self.part_hue if self.has_part else None)
 
 
 def attribute_feature(
@@ -281,7 +283,8 @@ def _to_read_resolution(images: torch.Tensor) -> torch.Tensor:
 class _ShapeNet(nn.Module):
     def __init__(self, d_in: int, n_out: int, hidden: int = 64):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, n_out))
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, n_out))
 
     def forward(self, x):
         return self.net(x)
@@ -412,7 +415,8 @@ class AttributeReader:
             score = float(ood[j])
             out[i] = Reading(
                 ok=score <= 1.0,
-                reason=None if score <= 1.0 else f"out of world: silhouette unlike any toy render (k-NN score {score:.2f})",
+                reason=None if score <= 1.0 else "out of world: silhouette unlike any toy render (k-NN score "
+                                                 f"{score:.2f})",
                 colour=nearest_colour(a.hue),
                 hue=a.hue,
                 shape=SHAPES[si],
@@ -479,18 +483,21 @@ def aggregate(readings: Sequence[Reading]) -> Reading:
     ok = [r for r in readings if r.ok]
     if 2 * len(ok) <= len(readings):
         reasons = sorted({r.reason for r in readings if not r.ok})
-        return Reading(ok=False, reason=f"{len(readings) - len(ok)}/{len(readings)} views rejected: " + "; ".join(reasons))
+        return Reading(ok=False,
+                       reason=f"{len(readings) - len(ok)}/{len(readings)} views rejected: " + "; ".join(reasons))
     # colour by a vote weighted by foreground area (a view where the part hides the body can flip one view),
     # hue by the circular mean over the views that agree with the vote
     colour = _vote([r.colour for r in ok], [r.fg_fraction for r in ok])
-    hue = _circ_mean(torch.tensor([r.hue for r in ok if r.colour == colour]), torch.ones(sum(r.colour == colour for r in ok)))
+    hue = _circ_mean(torch.tensor([r.hue for r in ok if r.colour == colour]),
+                     torch.ones(sum(r.colour == colour for r in ok)))
     probs = torch.tensor([r.shape_probs for r in ok]).mean(0)
     si = int(probs.argmax())
     parts = [r for r in ok if r.has_part]
     part_hue = None
     if parts:
         pc = _vote([r.part_colour for r in parts], [r.fg_fraction for r in parts])
-        part_hue = _circ_mean(torch.tensor([r.part_hue for r in parts if r.part_colour == pc]), torch.ones(sum(r.part_colour == pc for r in parts)))
+        part_hue = _circ_mean(torch.tensor([r.part_hue for r in parts if r.part_colour == pc]),
+                              torch.ones(sum(r.part_colour == pc for r in parts)))
     positions = [r.part_position for r in parts if r.part_position]
     return Reading(
         ok=True,
@@ -517,7 +524,8 @@ def _knn_dist(x: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------- metrics
-def precision_recall_density_coverage(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 5) -> Dict[str, float]:
+def precision_recall_density_coverage(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 5) -> Dict[str,
+                                                                                                              float]:
     """Naeem et al. (2020) precision, recall, density and coverage of fake features against real ones: the one
     implementation, `dreamdist3d.evaluation.metrics.prdc` (closed k-NN balls; needs more than k real features; recall
     nan when there are at most k fakes)."""

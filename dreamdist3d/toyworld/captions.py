@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Set, Union
 
 import numpy as np
 
-from dreamdist3d.toyworld.objects import (
+from dreamdist3d.toyworld.vocabulary import (
     ASPECT_SYNONYMS,
     COLOUR_SYNONYMS,
     COLOURS,
@@ -24,7 +24,6 @@ from dreamdist3d.toyworld.objects import (
     PALETTE,
     SHAPE_SYNONYMS,
     SIZE_SYNONYMS,
-    ObjectSpec,
     hue_distance,
     nearest_colour,
 )
@@ -78,7 +77,7 @@ def _pick(options, rng):
     return options[0] if rng is None else str(rng.choice(options))
 
 
-def body_phrase(spec: ObjectSpec, rng: Optional[np.random.Generator]) -> str:
+def body_phrase(spec, rng: Optional[np.random.Generator]) -> str:
     """'small tall red box' style phrase (no article)."""
     words = [
         _pick(SIZE_SYNONYMS[spec.size_word], rng),
@@ -89,7 +88,7 @@ def body_phrase(spec: ObjectSpec, rng: Optional[np.random.Generator]) -> str:
     return " ".join(w for w in words if w)
 
 
-def caption(spec: ObjectSpec, rng: Union[None, int, np.random.Generator] = None) -> str:
+def caption(spec, rng: Union[None, int, np.random.Generator] = None) -> str:
     """Canonical caption (rng None) or a random paraphrase (rng an int seed or numpy Generator)."""
     if rng is not None:
         rng = np.random.default_rng(rng)

@@ -72,7 +72,8 @@ class AttributeSupport:
         if hue is not None and not self._hue_in(float(hue), self.colours):
             out.append(f"hue {float(hue):.0f} not near {self.colours}")
         size = get("size")
-        if size is not None and not (self.size_range[0] - self.size_tol <= float(size) <= self.size_range[1] + self.size_tol):
+        lo, hi = self.size_range[0] - self.size_tol, self.size_range[1] + self.size_tol
+        if size is not None and not (lo <= float(size) <= hi):
             out.append(f"size {float(size):.2f} outside {self.size_range}")
         aspect = get("aspect")
         if aspect is not None and shape in self.aspect_ranges:
@@ -174,7 +175,8 @@ REFSETS: Dict[str, RefSet] = {
         RefSet(
             "cool-round-topped",
             "cool-coloured round things (spheres, capsules, rings) with a small part on top",
-            ObjectGrammar(shapes=("sphere", "capsule", "torus"), colours=COOL_COLOURS, part_prob=1.0, placements=("top",)),
+            ObjectGrammar(shapes=("sphere", "capsule", "torus"), colours=COOL_COLOURS, part_prob=1.0, placements=("top",
+                                                                                                                  )),
             n=12,
             seed=202,
         ),

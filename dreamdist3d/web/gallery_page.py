@@ -56,7 +56,8 @@ def prompt_sample_settings(run: Path) -> Dict[str, Any]:
         return {}
     files = [{"file": Path(x.get("path", "")).name, "weight": x.get("weight"), "gamma": x.get("scale")}
              for x in meta.get("files", [])]
-    return {"distributions": files, "prefix": meta.get("prefix"), "suffix": meta.get("suffix"), "seed": meta.get("seed")}
+    return {"distributions": files, "prefix": meta.get("prefix"), "suffix": meta.get("suffix"),
+            "seed": meta.get("seed")}
 
 
 def copy_static(out: Path) -> Path:
@@ -108,7 +109,8 @@ CSS = """body{font-family:sans-serif;background:#fafafa;margin:1.5em;color:#222}
 .refs,.objects{display:flex;flex-wrap:wrap;gap:12px}.refs img{width:96px;height:96px;object-fit:contain;
 image-rendering:pixelated;background:#fff;border:1px solid #ddd}.card{background:#fff;border:1px solid #ddd;
 padding:8px;width:540px}.views{display:flex;gap:8px}video,model-viewer{width:256px;height:256px;background:#fff;
-border:1px solid #eee}model-viewer::part(default-progress-bar){display:none}.meta{font-size:12px;color:#555}.warn{background:#fee;border:1px solid #c00;padding:8px}"""
+border:1px solid #eee}model-viewer::part(default-progress-bar){display:none}.meta{font-size:12px;color:#555}
+.warn{background:#fee;border:1px solid #c00;padding:8px}"""
 
 
 def write_gallery_page(out: Path, objects: Sequence[GalleryObject], references: Sequence[Path] = (), title: str = "",
@@ -123,7 +125,8 @@ def write_gallery_page(out: Path, objects: Sequence[GalleryObject], references: 
         viewer = (f'<model-viewer src="{e(_rel(glb, out))}" camera-controls auto-rotate interaction-prompt="none" '
                   f'shadow-intensity="0" alt="seed {o.seed}: 3D object"></model-viewer>' if glb else
                   '<div class="meta">no GLB exported (run `dreamdist3d export RUN`)</div>')
-        links = " · ".join(f'<a href="{e(_rel(p, out))}" download>{fmt.upper()}</a>' for fmt, p in sorted(o.meshes.items()))
+        links = " · ".join(f'<a href="{e(_rel(p, out))}" download>{fmt.upper()}</a>' for fmt,
+                           p in sorted(o.meshes.items()))
         settings = _settings_text(o.settings)
         cards.append(
             f'<div class="card" data-seed="{o.seed}"><div class="views">'
@@ -145,7 +148,8 @@ def write_gallery_page(out: Path, objects: Sequence[GalleryObject], references: 
         "<p class='meta'>Each object: its turntable and the exported mesh (drag to turn it). One prompt sample per "
         "seed.</p>",
         f"<div class='objects'>{''.join(cards)}</div>",
-        *([f"<h2>Turntable frames</h2><img src='{e(_rel(grid_png, out))}' style='max-width:100%'>"] if grid_png else []),
+        *([f"<h2>Turntable frames</h2><img src='{e(_rel(grid_png, out))}' style='max-width:100%'>"]
+          if grid_png else []),
         "<p class='meta'>Viewer: &lt;model-viewer&gt; 4.4.0 (Apache-2.0, bundles three.js, MIT), served from "
         "<a href='static/LICENSE-model-viewer.txt'>static/</a>.</p>",
         "</body></html>", ""])

@@ -10,10 +10,10 @@ For each reference set (`REFSETS`), with the toy backbone:
   attribute feature (its "medoid caption": the best single caption naming part of the set);
 - **reference**: the reference renders themselves read back: the reader's own reject and in-distribution rates on
   clean renders, and how much of the set's distribution 12 draws of it cover.
-All generated samples are single front views (2D mode, DDIM 25 steps, CFG `DEFAULT_GUIDANCE` = 2, the same seeds for every
-method). First, a caption check (`caption_match`: seen-world captions generated and read back) and an interpolation
-readout (`interpolation_readout`: hues along "a red box" -> "a yellow box" in embedding space) say how far the
-backbone itself can be trusted.
+All generated samples are single front views (2D mode, DDIM 25 steps, CFG `DEFAULT_GUIDANCE` = 2, the same seeds for
+every method). First, a caption check (`caption_match`: seen-world captions generated and read back) and an
+interpolation readout (`interpolation_readout`: hues along "a red box" -> "a yellow box" in embedding space) say how far
+the backbone itself can be trusted.
 With `n_3d > 0`, every method also gets N text-to-3D runs (`configs/toy/toy-3d.yaml`, seeds 0..N-1: a fresh
 prompt sample each for K=32; K=1 and the caption, whose one prompt is saved as a K=1 distribution with
 `PromptDistribution.from_caption`, differ only by the run's seed); each object is read on 4 turntable views (one
@@ -48,14 +48,23 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
 import torch
 
 from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
+from dreamdist3d.evaluation.toy_scores import (  # noqa: F401 (re-exported)
+    METRICS,
+    claim_check,
+    format_caption_match,
+    format_table,
+    medoid_caption,
+    pairwise_mean_distance,
+    score_readings,
+    verdicts,
+)
 
 METHODS = ("K=32", "K=1", "caption")
-METRICS = ("n", "reject", "in_dist", "in_dist_acc", "coverage", "density", "precision", "recall", "diversity", "pix_div")
 DEFAULT_READER = "outputs/toyworld/attribute-reader.safetensors"
 
 
@@ -77,7 +86,8 @@ class EvalConfig:
     guidance: float = DEFAULT_GUIDANCE
     scale: float = 1.0
     k: int = 5  # k of the k-NN balls of coverage/density
-    n_real: int = 64  # objects of the set's grammar that stand for its distribution in coverage/density/precision/recall
+    # objects of the set's grammar that stand for its distribution in coverage/density/precision/recall
+    n_real: int = 64
     seed: int = 0
     progress: bool = True
     n_3d: int = 0  # 3D runs per distribution (K=32 and K=1), read on 4 turntable views each; 0 = 2D only
@@ -86,68 +96,6 @@ class EvalConfig:
     oracles: bool = True  # calibration rows from exact renders of ideal generators (seconds)
     caption_check: int = 64  # seen-world captions generated and read back first (`caption_match`); 0 = skip
     caption_check_only: bool = False  # stop after the caption check (no reference sets)
-
-
-# ----------------------------------------------------------------------------------------------------- metrics
-def pairwise_mean_distance(x: torch.Tensor) -> float:
-    """Mean L2 distance over distinct pairs of rows of x (M, D); nan when M < 2."""
-    from dreamdist3d.evaluation.metrics import mean_pairwise_l2
-
-    return mean_pairwise_l2(x)
-
-
-def score_readings(readings: Sequence[Any], support: Any, real_feats: torch.Tensor, images: Optional[torch.Tensor] = None,
-                   k: int = 5) -> Dict[str, float]:
-    """The metrics of one method (see the module docstring). readings: one `Reading` per image; support: an
-    `AttributeSupport`; real_feats (R, D): attribute features of the reference set; images (N,3,H,W) for pix_div."""
-    from dreamdist3d.evaluation.metrics import prdc as precision_recall_density_coverage
-
-    n = len(readings)
-    if n == 0:
-        raise ValueError("score_readings needs at least one reading")
-    ok = [r for r in readings if r.ok]
-    inside = [r for r in ok if support.contains(r.labels())]
-    feats = torch.stack([r.feature for r in ok]) if ok else torch.zeros(0, real_feats.shape[1])
-    prdc = precision_recall_density_coverage(real_feats, feats, k=k)
-    pix = float("nan")
-    if images is not None and images.shape[0] >= 2:
-        flat = images.reshape(images.shape[0], -1).double()
-        pix = pairwise_mean_distance(flat) / math.sqrt(flat.shape[1])
-    return {
-        "n": n,
-        "reject": 1.0 - len(ok) / n,
-        "in_dist": len(inside) / n,
-        "in_dist_acc": len(inside) / len(ok) if ok else float("nan"),
-        "coverage": prdc["coverage"],
-        "density": prdc["density"],
-        "precision": prdc["precision"],
-        "recall": prdc["recall"],
-        "diversity": pairwise_mean_distance(feats),
-        "pix_div": pix,
-    }
-
-
-def format_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """Markdown table: one row per (refset, method)."""
-    cols = ("refset", "method", *METRICS)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for r in rows:
-        cells = []
-        for c in cols:
-            v = r.get(c, "")
-            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def medoid_caption(refset) -> str:
-    """Caption of the reference object nearest (L2 on exact attribute features) to the set's mean feature."""
-    from dreamdist3d.toyworld.attributes import spec_feature
-
-    specs = refset.specs()
-    feats = torch.stack([spec_feature(s) for s in specs])
-    i = int((feats - feats.mean(0)).norm(dim=1).argmin())
-    return specs[i].caption()
 
 
 # ----------------------------------------------------------------------------------------------------- reader
@@ -228,7 +176,8 @@ def interpolation_check(
     out = []
     for t in ts:
         ctx = enc(ea + float(t) * (eb - ea))  # (1,77,D)
-        imgs = [sample_toy(backbone, ctx, uncond, steps=steps, cfg=cfg, num_frames=num_frames, seed=s)[0] for s in seeds]
+        imgs = [sample_toy(backbone, ctx, uncond, steps=steps, cfg=cfg, num_frames=num_frames,
+                           seed=s)[0] for s in seeds]
         out.append(torch.stack(imgs))
     return {"ts": list(ts), "images": torch.stack(out), "captions": (a.caption(), b.caption())}
 
@@ -289,7 +238,7 @@ def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    from dreamdist3d.commands.gallery import find_turntable
+    from dreamdist3d.lift3d.gallery import find_turntable
     from dreamdist3d.lift3d.saving import sorted_frames
 
     tt = find_turntable(Path(run_dir))
@@ -330,14 +279,10 @@ def oracle_scores(reader, refset, real: torch.Tensor, n: int = 32, seed: int = 0
     return out
 
 
-def verdicts(readings, support) -> List[str]:
-    return ["reject" if not r.ok else ("in" if support.contains(r.labels()) else "out") for r in readings]
-
-
 # ----------------------------------------------------------------------------------------------------- evaluation
 def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> Dict[str, Any]:
     """All methods on one reference set -> {"rows": [...], "sheet": path, "captions": ..., "times": ...}."""
-    from dreamdist3d.toyworld.demo import learn_distribution, prompt_samples, render_references, sample_images
+    from dreamdist3d.recipes.toy_demo import learn_distribution, prompt_samples, render_references, sample_images
     from dreamdist3d.toyworld.refsets import get_refset
 
     rs = get_refset(name)
@@ -377,7 +322,7 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
     oracle_rows = oracle_scores(reader, rs, real, n=cfg.n, seed=cfg.seed, k=cfg.k) if cfg.oracles else []
     views_3d: Dict[str, torch.Tensor] = {}
     if cfg.n_3d > 0:  # 3D runs of both learned distributions, read on 4 turntable views per object
-        from dreamdist3d.toyworld.demo import launch_3d
+        from dreamdist3d.recipes.toy_demo import launch_3d
 
         for method in METHODS:
             t0 = time.perf_counter()
@@ -458,47 +403,15 @@ def evaluate(cfg: EvalConfig, backbone=None, reader=None) -> Dict[str, Any]:
           f"steps, CFG {cfg.guidance}.\n", *([format_caption_match(check), ""] if check else []), table, "",
           "Captions of the caption baseline (medoid of each set): "
           + "; ".join(f"{k}: \"{v['caption']}\"" for k, v in per_set.items()), "", "Claim (K=32 coverage > K=1 at an "
-          "in-distribution rate at most 0.15 below K=1's): " + "; ".join(f"{k}: {v}" for k, v in report["claim"].items()), "",
+          "in-distribution rate at most 0.15 below K=1's): " + "; ".join(f"{k}: {v}" for k,
+                                                                         v in report["claim"].items()), "",
           *[f"![{k}](sheet-{k}.png)" for k in per_set]]
     (out / "report.md").write_text("\n".join(md) + "\n")
     print(table)
-    print(f"[toy-eval] report: {out / 'report.md'} ({report['times']['wall_s']} s wall, {report['times']['cpu_s']} s CPU)",
+    print(f"[toy-eval] report: {out / 'report.md'} ({report['times']['wall_s']} s wall, {report['times']['cpu_s']} s "
+          "CPU)",
           file=sys.stderr)
     return report
-
-
-def format_caption_match(check: Dict[str, Any]) -> str:
-    """The caption check as text: one line per view mode, then the interpolation readout."""
-    lines = [_caption_line(check)] + ([_caption_line(check["four_view"])] if "four_view" in check else [])
-    if "interpolation" in check:
-        it = check["interpolation"]
-        lines.append('interpolated text embeddings, "{}" -> "{}": read hue {}'.format(
-            *it["captions"], " → ".join("rejected" if h is None else f"{h:.0f}°" for h in it["hues"])))
-    return "\n".join(lines)
-
-
-def _caption_line(check: Dict[str, Any]) -> str:
-    return (f"caption check ({check['n']} seen-world captions, {check['views']} view(s), DDIM {check['steps']}, CFG "
-            f"{check['guidance']}): accepted {check['accepted']:.2f}, colour {check['colour']:.2f}, shape "
-            f"{check['shape']:.2f}, part {check['part']:.2f}, colour and shape {check['colour_and_shape']:.2f}")
-
-
-def claim_check(rows: Sequence[Dict[str, Any]], tol: float = 0.15) -> Dict[str, str]:
-    """Per refset, in 2D and (where there are 3D rows) in 3D: does K=32 have higher coverage than K=1 at an
-    in-distribution rate no more than `tol` below K=1's (a higher rate is better, not a mismatch)?"""
-    out = {}
-    for name in dict.fromkeys(r["refset"] for r in rows):
-        by = {r["method"]: r for r in rows if r["refset"] == name}
-        for suffix in ("", " (3D)"):
-            a, b = by.get("K=32" + suffix), by.get("K=1" + suffix)
-            if not a or not b:
-                continue
-            higher = a["coverage"] > b["coverage"]
-            in_dist_kept = a["in_dist"] >= b["in_dist"] - tol
-            verdict = "holds" if (higher and in_dist_kept) else "does not hold"
-            out[name + suffix] = (f"{verdict} (coverage {a['coverage']:.2f} vs {b['coverage']:.2f}, in-dist "
-                                  f"{a['in_dist']:.2f} vs {b['in_dist']:.2f})")
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
@@ -544,4 +457,5 @@ def cli_run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["EvalConfig", "evaluate", "evaluate_refset", "score_readings", "format_table", "medoid_caption",
-           "get_reader", "claim_check", "caption_match", "interpolation_check", "interpolation_readout", "format_caption_match", "pairwise_mean_distance", "METHODS", "METRICS"]
+           "get_reader", "claim_check", "caption_match", "interpolation_check", "interpolation_readout",
+           "format_caption_match", "pairwise_mean_distance", "METHODS", "METRICS"]

@@ -53,8 +53,16 @@ from dreamdist3d.distribution import COVARIANCES, PromptDistribution, PromptLear
 from dreamdist3d.io import atomic_path, check_writable
 from dreamdist3d.learn.data import LatentCache, is_multiview_folder, load_references
 from dreamdist3d.learn.loss import LOSS_MODES, OBJECTIVES, assigned_prompts, distribution_loss
-from dreamdist3d.runs import (checkpoints_in, find_latest_checkpoint, latest_checkpoint, load_checkpoint, new_run_dir,
-                              pick_device, save_checkpoint, step_of)
+from dreamdist3d.runs import (
+    checkpoints_in,
+    find_latest_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    new_run_dir,
+    pick_device,
+    save_checkpoint,
+    step_of,
+)
 
 CHECKPOINT_FORMAT = "dreamdist3d.learn-checkpoint"
 CHECKPOINT_VERSION = 1

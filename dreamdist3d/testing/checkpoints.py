@@ -144,7 +144,7 @@ def tiny_mvdream_state_dict(
         "resolution": resolution,
         "vae_sample_size": resolution,
         "seed": seed,
-        "note": "tiny random MVDream-layout checkpoint written by dreamdist3d.backbones.tiny (not a real model)",
+        "note": "tiny random MVDream-layout checkpoint written by dreamdist3d.testing.checkpoints (not a real model)",
     }
     return sd, config
 

@@ -3,7 +3,7 @@
 `python launch.py --config configs/toy/dreamdist-toy.yaml` and `dreamdist3d toyworld demo` run `run_demo`:
 
 1. render a toy reference set (`REFSETS`, 8-16 single front views) to PNGs (`reference/`, `reference.png`);
-2. learn a prompt distribution from them with the learning recipe (`dreamdist3d.learn.recipe.learn`, K=32, n_ctx 4,
+2. learn a prompt distribution from them with the learning recipe (`dreamdist3d.recipes.learn.learn`, K=32, n_ctx 4,
    the official optimiser settings, few steps) against the toy backbone (`learn/…/distribution.safetensors`);
 3. draw fresh prompt samples from it and write 2D samples (`samples-2d.png`) and 4-view previews
    (`previews-4view.png`) with the toy DDIM sampler;
@@ -147,7 +147,7 @@ def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_p
                        prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "official",
                        covariance: str = "diag"):
     """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult."""
-    from dreamdist3d.learn.recipe import LearnConfig, learn
+    from dreamdist3d.recipes.learn import LearnConfig, learn
 
     cfg = LearnConfig(
         name=name, images=str(images_dir), mode="2d", backbone="toy",
@@ -193,22 +193,19 @@ def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = 
     """One text-to-3D run of the toy backbone with the prompt sample of `seed`: folder `out/runs/seed<seed>/`."""
     import shutil
 
-    from dreamdist3d.launch import build_parser, run
+    from dreamdist3d.recipes.lift3d import run_3d
 
     previous = Path(out) / "runs" / f"seed{seed}"
     if (previous / "cmd.txt").is_file():  # a previous demo's run of this seed: start clean (its turntable would
         shutil.rmtree(previous)            # otherwise be picked up when the step counts differ)
-    largs = [
-        "--config", str(resolve_path(config)), "--train", *(["--cpu"] if str(device) == "cpu" else []),
+    settings = [
         f"system.prompt_processor.distribution={distribution}", f"seed={seed}", f"exp_root_dir={out}", "name=runs",
         f"tag=seed{seed}", "use_timestamp=false", f"trainer.max_steps={steps}",
         f"trainer.enable_progress_bar={str(bool(progress)).lower()}", *overrides,
     ]
-    parsed, extras = build_parser().parse_known_args(largs)
-    rc = run(parsed, extras, backbone=backbone)
-    if rc != 0:
-        raise RuntimeError(f"3D run seed {seed} failed (launch.py returned {rc})")
-    return Path(out) / "runs" / f"seed{seed}"
+    res = run_3d(resolve_path(config), backbone=backbone, mode="train", overrides=settings,
+                 device="cpu" if str(device) == "cpu" else "auto")
+    return res.run_dir
 
 
 def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = False, texture_size: int = 256,
@@ -255,7 +252,7 @@ def _log(msg: str) -> None:
 
 def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     """Run the demo (see the module docstring); returns the summary (also written to `<out>/summary.json`)."""
-    from dreamdist3d.commands.gallery import build_gallery, find_turntable
+    from dreamdist3d.lift3d.gallery import build_gallery, find_turntable
     from dreamdist3d.toyworld.refsets import get_refset
 
     cfg = check_config(cfg)

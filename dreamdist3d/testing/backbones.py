@@ -1,6 +1,6 @@
 """A tiny random pixel-space `Backbone` for tests and smoke runs of the learning recipe (no files, no downloads).
 
-    dreamdist3d learn --images DIR --backbone dreamdist3d.learn.tiny:tiny_pixel_backbone --steps 50 ...
+    dreamdist3d learn --images DIR --backbone dreamdist3d.testing.backbones:tiny_pixel_backbone --steps 50 ...
 
 Text encoder: 2 CLIP layers of width 32 over the real CLIP BPE tokenizer; denoiser: a 2-level diffusers
 `UNet2DConditionModel` (cross-attention to the 77 text states) on 3-channel 16×16 images (vae=None: pixel space),
@@ -87,7 +87,7 @@ def tiny_toy_backbone(device: Union[str, torch.device] = "cpu", dtype: torch.dty
         den = ToyDenoiser(3, enc.hidden_size)
     bb = Backbone(name="tiny-toy", tokenizer=ClipTokenizer.default(), text_encoder=enc, unet=den,
                   schedule=NoiseSchedule.scaled_linear(prediction_type), resolution=resolution, vae=None,
-                  supports_camera=supports_camera, source=f"dreamdist3d.learn.tiny toy seed {seed}")
+                  supports_camera=supports_camera, source=f"dreamdist3d.testing.backbones toy seed {seed}")
     return bb.to(device=device, dtype=dtype)
 
 
@@ -102,12 +102,14 @@ def tiny_pixel_backbone(device: Union[str, torch.device] = "cpu", dtype: torch.d
         torch.manual_seed(seed + 1)
         unet = UNet2DConditionModel(
             sample_size=resolution, in_channels=3, out_channels=3, block_out_channels=(32, 32), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D",
+                                                                                      "CrossAttnUpBlock2D"),
             cross_attention_dim=enc.hidden_size, attention_head_dim=8, norm_num_groups=8,
         )
     bb = Backbone(name="tiny-pixel", tokenizer=ClipTokenizer.default(), text_encoder=enc,
                   unet=DiffusersUNetAdapter(unet), schedule=NoiseSchedule.scaled_linear(prediction_type),
-                  resolution=resolution, vae=None, supports_camera=False, source=f"dreamdist3d.learn.tiny seed {seed}")
+                  resolution=resolution, vae=None, supports_camera=False,
+                  source=f"dreamdist3d.testing.backbones seed {seed}")
     return bb.to(device=device, dtype=dtype)
 
 

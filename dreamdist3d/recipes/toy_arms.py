@@ -104,7 +104,7 @@ def majority(readings: Sequence[Any]) -> str:
 # ----------------------------------------------------------------------------------------------------- one run
 @torch.no_grad()
 def _images(backbone, context: torch.Tensor, cfg: ArmsConfig, seed: int) -> torch.Tensor:
-    from dreamdist3d.toyworld.demo import sample_images
+    from dreamdist3d.recipes.toy_demo import sample_images
 
     return sample_images(backbone, context, 1, seed=seed + LATENT_SEED_OFFSET, steps=cfg.sample_steps,
                          guidance=cfg.guidance)[:, 0]
@@ -121,8 +121,8 @@ def caption_law(backbone, captions: Sequence[str], covariance: str) -> PromptGau
 def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int, folder: Path,
             real: torch.Tensor) -> Dict[str, Any]:
     from dreamdist3d.distribution import DistributionSpec, PromptDistribution, fit
-    from dreamdist3d.toyworld.demo import learn_distribution, render_references
-    from dreamdist3d.toyworld.evaluate import medoid_caption, score_readings
+    from dreamdist3d.recipes.toy_demo import learn_distribution, render_references
+    from dreamdist3d.recipes.toy_eval import medoid_caption, score_readings
     from dreamdist3d.toyworld.refsets import get_refset
 
     rs = get_refset(refset)
@@ -174,7 +174,7 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
 def run_arms(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]]:
     """Every (refset, arm, seed) not yet cached; returns all cached records of the config."""
     from dreamdist3d.backbones.load import load_backbone
-    from dreamdist3d.toyworld.evaluate import get_reader, real_features
+    from dreamdist3d.recipes.toy_eval import get_reader, real_features
     from dreamdist3d.toyworld.refsets import get_refset
 
     unknown = [a for a in cfg.arms if a not in ARMS]
@@ -209,8 +209,8 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
     prompt sample each), each object read on 4 turntable views (one aggregated reading), scored like the 2D rows.
     Cached as `<out>/runs3d/<set>/<arm>/seed<s>.json`; returns all cached 3D records of the config."""
     from dreamdist3d.backbones.load import load_backbone
-    from dreamdist3d.toyworld.demo import launch_3d
-    from dreamdist3d.toyworld.evaluate import get_reader, real_features, score_readings, turntable_views
+    from dreamdist3d.recipes.toy_demo import launch_3d
+    from dreamdist3d.recipes.toy_eval import get_reader, real_features, score_readings, turntable_views
     from dreamdist3d.toyworld.refsets import get_refset
 
     out = Path(cfg.out)

@@ -1,7 +1,7 @@
 """Small assets for tests and CPU smoke runs of the 3D runner (no downloads, seconds to make).
 
 - `write_tiny_assets(folder, seed)`: a tiny random MVDream-layout checkpoint (`tiny-mvdream.pt`, written by
-  `dreamdist3d.backbones.tiny`) and a prompt distribution learned "against" its text encoder
+  `dreamdist3d.testing.checkpoints`) and a prompt distribution learned "against" its text encoder
   (`tiny-dist.safetensors`: random context vectors with a wide spread, so two seeds give clearly different samples).
 - `OracleDenoiser`: a denoiser with MVDream's call signature that knows the answer: every clean image is `target`
   (a (C,h,w) tensor), so ε̂(x_t, t) = (x_t − sqrt(ᾱ_t)·target)/sqrt(1 − ᾱ_t) and x̂0 = target. SDS against it is a
@@ -28,8 +28,8 @@ def write_tiny_assets(folder, seed: int = 0, n_prompts: int = 8, ctx_scale: floa
                       prefix: str = "a photo of", suffix: str = "") -> Tuple[Path, Path]:
     """(checkpoint path, distribution path) in `folder`; reused when already there."""
     from dreamdist3d.backbones.mvdream import load_mvdream
-    from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
     from dreamdist3d.distribution import PromptDistribution, PromptLearner
+    from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,11 +38,13 @@ def write_tiny_assets(folder, seed: int = 0, n_prompts: int = 8, ctx_scale: floa
         write_tiny_mvdream_checkpoint(ckpt, seed=seed)
     if not dist.is_file():
         bb = load_mvdream(ckpt)
-        learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=4, n_prompts=n_prompts, prefix=prefix, suffix=suffix,
+        learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=4, n_prompts=n_prompts, prefix=prefix,
+                                suffix=suffix,
                                 generator=torch.Generator().manual_seed(seed + 1))
         with torch.no_grad():
             learner.ctx.mul_(ctx_scale)
-        PromptDistribution.from_learner(learner, backbone=f"tiny-mvdream seed {seed}", source="dreamdist3d.lift3d.testing").save(dist)
+        PromptDistribution.from_learner(learner, backbone=f"tiny-mvdream seed {seed}",
+                                        source="dreamdist3d.testing.assets").save(dist)
     return ckpt, dist
 
 

@@ -1,0 +1,69 @@
+"""The gallery of a set of 3D runs `<out>/runs/seed<seed>/`: find each run's turntable, then a PNG grid of turntable
+frames (one row per seed) and an HTML page (`dreamdist3d.web.gallery_page`). Used by `dreamdist3d gallery` and the
+toy demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+def run_dir(out: Path, seed: int) -> Path:
+    return out / "runs" / f"seed{seed}"
+
+
+def find_turntable(run: Path) -> Optional[Dict[str, Path]]:
+    """The newest `save/it<step>-test.mp4` of a run and its frame folder."""
+    save = run / "save"
+    videos = sorted(save.glob("it*-test.mp4"), key=lambda p: int(p.name[2:].split("-")[0])) if save.is_dir() else []
+    if not videos:
+        return None
+    v = videos[-1]
+    return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": int(v.name[2:].split("-")[0])}
+
+
+def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "",
+                  references: Optional[Path] = None) -> Dict[str, Path]:
+    """gallery.png (row per seed: n_frames turntable frames) and gallery.html (`dreamdist3d.web.gallery_page`: the
+    references, then each object's turntable beside an interactive GLB viewer, its prompt sample and mesh links)."""
+    from PIL import Image
+
+    from dreamdist3d.images import save_png
+    from dreamdist3d.lift3d.saving import sorted_frames
+
+    rows, entries = [], []
+    for seed in seeds:
+        tt = find_turntable(run_dir(out, seed))
+        if tt is None:
+            continue
+        frames = sorted_frames(tt["frames"])
+        if not frames:
+            continue
+        pick = [frames[i] for i in np.linspace(0, len(frames), n_frames, endpoint=False).astype(int)]
+        imgs = [np.asarray(Image.open(f).convert("RGB")) for f in pick]
+        h = imgs[0].shape[0]
+        imgs = [im[:, :h] for im in imgs]  # the RGB panel (saved test images are RGB | opacity side by side)
+        rows.append(np.concatenate(imgs, axis=1))
+        entries.append((seed, tt))
+    if not rows:
+        raise FileNotFoundError(f"no finished runs with a turntable under {out / 'runs'}")
+    width = max(r.shape[1] for r in rows)
+    grid = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows],
+                          axis=0)
+    png = save_png(grid, out / "gallery.png")
+    cells = []
+    from dreamdist3d.web.gallery_page import (
+        GalleryObject,
+        find_meshes,
+        prompt_sample_settings,
+        reference_images,
+        write_gallery_page,
+    )
+
+    for seed, tt in entries:
+        run = run_dir(out, seed)
+        cells.append(GalleryObject(seed, tt["step"], tt["video"], find_meshes(run), prompt_sample_settings(run)))
+    page_path = write_gallery_page(out, cells, reference_images(references), title, grid_png=png)
+    return {"png": png, "html": page_path}
