@@ -51,7 +51,7 @@ from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.distribution import COVARIANCES, PromptDistribution, PromptLearner
-from dreamdist3d.io import atomic_path, atomic_torch_save
+from dreamdist3d.io import atomic_path, atomic_torch_save, load_error_reason
 from dreamdist3d.learn.data import LatentCache, is_multiview_folder, load_references
 from dreamdist3d.learn.loss import LOSS_MODES, OBJECTIVES, assigned_prompts, distribution_loss
 
@@ -550,7 +550,7 @@ def _load_checkpoint(path: Path, cfg: LearnConfig, fingerprint: dict, ctx, opt, 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # damaged / foreign file
-        raise ValueError(f"resume: cannot read checkpoint {path} ({type(e).__name__}: {e})") from None
+        raise ValueError(f"resume: cannot read checkpoint {path} ({load_error_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"resume: {path} is not a dreamdist3d learning checkpoint")
     old = json.loads(state["config"])
