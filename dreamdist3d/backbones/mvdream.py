@@ -32,8 +32,8 @@ import torch
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.schedule import NoiseSchedule, scaled_linear_betas
 from dreamdist3d.backbones.vae import LDM_VAE_PREFIX, SD_SCALE_FACTOR, build_vae, convert_ldm_vae, vae_to_ldm_state_dict
-from dreamdist3d.text import ClipTokenizer, TextEncoder
 from dreamdist3d.io import load_error_reason
+from dreamdist3d.text import ClipTokenizer, TextEncoder
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = LDM_VAE_PREFIX
