@@ -152,3 +152,217 @@ def test_non_finite_ctx_is_refused_at_load(enc, tmp_path):
     torch.save({"model_state_dict": {"ctx": ctx}}, official)
     with pytest.raises(DistributionFileError, match="NaN/Inf"):
         PromptDistribution.load(official)
+
+
+@pytest.mark.parametrize("argv", [
+    ["preview", "--mvdream", "toy", "--prompt", "a red cone", "--cfg", "nan"],
+    ["preview", "--mvdream", "toy", "--prompt", "a red cone", "--elevation", "nan"],
+    ["sample", "--distribution", "d.safetensors", "--sd21", "sd", "--out", "o", "--weight", "nan"],
+    ["sample", "--distribution", "d.safetensors", "--sd21", "sd", "--out", "o", "--cfg", "inf"],
+    ["sweep", "--distribution", "d.safetensors", "--sd21", "sd", "--out", "o", "--kind", "scale", "--cfg", "nan"],
+    ["learn", "--images", "refs", "--lr", "inf"],
+    ["toyworld", "sample", "--prompt", "a red cone", "--cfg", "nan"],
+])
+def test_non_finite_numbers_are_refused_by_every_command(argv, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # (before the fix, preview and toyworld sample wrote black images here)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "must be a finite number" in capsys.readouterr().err
+
+
+def test_non_finite_numbers_are_refused_by_the_python_api_and_configs(enc, tmp_path):
+    from dreamdist3d.distribution import DistributionSpec
+    from dreamdist3d.learn.recipe import LearnConfig, learn
+    from dreamdist3d.sample2d.mvdream_preview import PreviewRequest, run_preview
+
+    path = make_dist(enc, tmp_path / "d.safetensors")
+    with pytest.raises(ValueError, match="finite"):  # NaN passed the sum-to-1 check (NaN compares False)
+        DistributionSpec.from_lists([path, path], weights=[float("nan"), 1.0])
+    for key in ("cfg", "elevation", "azimuth_start", "scale"):
+        with pytest.raises(ValueError, match="finite"):
+            run_preview(PreviewRequest(mvdream="no-such.pt", prompt="x", **{key: float("nan")}), tmp_path / "p.png")
+    for lr in (float("inf"), float("nan")):  # learn ... lr=inf as a key=value override
+        with pytest.raises(ValueError, match="config key 'lr': must be a finite number"):
+            learn(LearnConfig(images=str(DATA), backbone=TOY, lr=lr, out_dir=str(tmp_path / "runs")))
+    assert not (tmp_path / "runs").exists()
+    assert main(["learn", "--images", str(DATA), "--backbone", TOY, "--out-dir", str(tmp_path / "runs"), "lr=inf"]) == 2
+
+
+class _NaNGradFrom(torch.nn.Module):
+    """The UNet as is, but from its `start`-th call on its gradient is NaN (the loss stays finite)."""
+
+    def __init__(self, inner, start):
+        super().__init__()
+        self.inner, self.start, self.calls = inner, start, 0
+
+    def forward(self, *a, **kw):
+        self.calls += 1
+        out = self.inner(*a, **kw)
+        if self.calls < self.start:
+            return out
+
+        class NaNGrad(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                return g * float("nan")
+
+        return NaNGrad.apply(out)
+
+
+def small(tmp_path, **kw):
+    from dreamdist3d.learn.recipe import LearnConfig
+
+    base = dict(images=str(DATA), backbone=TOY, n_prompts=8, batch_size=2, n_samples=2, steps=6, checkpoint_every=1,
+                keep_checkpoints=0, preview_every=0, out_dir=str(tmp_path), progress=False)
+    base.update(kw)
+    return LearnConfig(**base)
+
+
+def test_learn_never_saves_a_non_finite_ctx_as_the_last_good_state(tmp_path):
+    from dreamdist3d.learn.recipe import NonFiniteLossError, learn
+    from dreamdist3d.learn.tiny import tiny_toy_backbone
+
+    sick = tiny_toy_backbone(resolution=8)
+    sick.unet = _NaNGradFrom(sick.unet, start=3)  # one UNet call per step ("fast" loss)
+    with pytest.raises(NonFiniteLossError, match=r"gradient became nan at step 3.*step-0000002\.pt \(step 2\)"):
+        learn(small(tmp_path), backbone=sick)
+    ckpts = sorted(tmp_path.glob("*/ckpts/step-*.pt"))
+    assert [p.name for p in ckpts] == ["step-0000001.pt", "step-0000002.pt"]
+    for p in ckpts:
+        assert torch.isfinite(torch.load(p, weights_only=True)["ctx"]).all(), p
+    assert not list(tmp_path.glob("*/distribution.safetensors"))
+
+
+def interrupting_backbone(device="cpu", dtype=torch.float32, at_call=4):
+    """A tiny backbone whose UNet is interrupted (Ctrl-C) at its `at_call`-th call, inside a step."""
+    from dreamdist3d.learn.tiny import tiny_toy_backbone
+
+    bb = tiny_toy_backbone(device=device, dtype=dtype, resolution=8)
+    inner = bb.unet
+
+    class CtrlC(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, *a, **kw):
+            self.calls += 1
+            if self.calls == at_call:
+                raise KeyboardInterrupt
+            return self.inner(*a, **kw)
+
+    bb.unet = CtrlC()
+    return bb
+
+
+def test_ctrl_c_in_learn_keeps_the_current_step_and_prints_the_resume_command(tmp_path, capsys, monkeypatch):
+    from dreamdist3d.learn.recipe import learn
+    from dreamdist3d.learn.tiny import tiny_toy_backbone
+
+    full = learn(small(tmp_path / "full", checkpoint_every=100), backbone=tiny_toy_backbone(resolution=8))
+
+    argv = ["dreamdist3d", "learn", "--images", str(DATA), "--backbone", "test_robustness:interrupting_backbone",
+            "--out-dir", str(tmp_path / "cut"), "--n-prompts", "8", "--batch-size", "2", "--n-samples", "2",
+            "--steps", "6", "--checkpoint-every", "100", "--preview-every", "0", "--quiet", "flip=true"]
+    monkeypatch.setattr("sys.argv", argv)
+    assert main(argv[1:]) == 130  # interrupted inside step 4: steps 1-3 are done
+    err = capsys.readouterr().err
+    ckpt = next((tmp_path / "cut").glob("*/ckpts/step-0000003.pt"))
+    assert f"interrupted at step 3: saved {ckpt}" in err
+    command = err.split("resume with: ")[1].splitlines()[0]
+    assert command.startswith("dreamdist3d learn --images") and command.endswith(f"--resume {ckpt}")
+    # the kept state is exactly step 3 of the uninterrupted run: resuming replays it bit for bit
+    resumed = learn(small(tmp_path / "cut", checkpoint_every=100, backbone="test_robustness:interrupting_backbone"),
+                    backbone=tiny_toy_backbone(resolution=8), resume=str(ckpt))
+    assert resumed.step == 6 and torch.equal(resumed.ctx, full.ctx)
+    assert resumed.history["loss"] == full.history["loss"]
+
+
+def test_a_ctrl_c_during_the_update_is_held_until_the_update_is_whole():
+    import signal
+
+    from dreamdist3d.learn.recipe import _sigint_held
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("update finished")
+    assert done == ["update finished"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.fixture(scope="module")
+def assets_3d(tmp_path_factory):
+    from dreamdist3d.lift3d.testing import write_tiny_assets
+
+    ckpt, dist = write_tiny_assets(tmp_path_factory.mktemp("assets3d"))
+    return str(ckpt), str(dist)
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("prompt", "the prompt sample holds NaN/Inf"),
+    ("geometry", "the parameters of system.geometry became NaN/Inf in an earlier update: lower the learning rates"),
+    ("render", "the render (comp_rgb) is NaN/Inf although the parameters are finite"),
+    ("guidance", "the guidance returned NaN/Inf (loss_sds)"),
+])
+def test_3d_non_finite_error_says_where_the_nan_came_from(assets_3d, tmp_path, monkeypatch, where, expected):
+    from dreamdist3d.launch import main as launch_main
+    from dreamdist3d.lift3d.system import MVDreamSystem
+
+    orig = MVDreamSystem.training_step
+
+    def sabotaged(self, batch):
+        with torch.no_grad():
+            if where == "prompt":
+                self.prompt_utils.text_embeddings_vd.fill_(float("nan"))
+                self.prompt_utils.text_embeddings.fill_(float("nan"))
+            elif where == "geometry":  # (NaN density alone renders as empty space: the render is made NaN too)
+                for p in self.geometry.parameters():
+                    p.fill_(float("nan"))
+        return orig(self, batch)
+
+    if where == "guidance":
+        from dreamdist3d.lift3d.guidance import MultiviewDiffusionGuidance
+
+        g_orig = MultiviewDiffusionGuidance.forward
+
+        def nan_guidance(self, *a, **kw):
+            res = g_orig(self, *a, **kw)
+            res["loss_sds"] = res["loss_sds"] * float("nan")
+            return res
+
+        monkeypatch.setattr(MultiviewDiffusionGuidance, "forward", nan_guidance)
+    if where in ("render", "geometry"):
+        r_orig = MVDreamSystem.forward
+
+        def nan_render(self, batch):
+            out = r_orig(self, batch)
+            return {**out, "comp_rgb": out["comp_rgb"] * float("nan")}
+
+        monkeypatch.setattr(MVDreamSystem, "forward", nan_render)
+    monkeypatch.setattr(MVDreamSystem, "training_step", sabotaged)
+    ckpt, dist = assets_3d
+    with pytest.raises(FloatingPointError) as e:
+        launch_main(["--config", str(REPO / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml"), "--train", "--cpu",
+                     f"system.guidance.pretrained_model_name_or_path={ckpt}",
+                     f"system.prompt_processor.distribution={dist}", f"exp_root_dir={tmp_path}",
+                     "trainer.max_steps=2", "trainer.val_check_interval=0"])
+    assert expected in str(e.value) and "at step 0" in str(e.value), str(e.value)
+    if where != "geometry":
+        assert "learning rate" not in str(e.value)
+
+
+def test_3d_optimizer_lr_inf_is_refused(assets_3d, tmp_path, capsys):
+    from dreamdist3d.launch import main as launch_main
+
+    ckpt, dist = assets_3d
+    rc = launch_main(["--config", str(REPO / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml"), "--train", "--cpu",
+                      f"system.guidance.pretrained_model_name_or_path={ckpt}",
+                      f"system.prompt_processor.distribution={dist}", f"exp_root_dir={tmp_path}",
+                      "trainer.max_steps=2", "system.optimizer.args.lr=inf"])
+    assert rc == 2 and "system.optimizer.args.lr must be a finite number" in capsys.readouterr().err

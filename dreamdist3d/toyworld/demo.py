@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -98,6 +99,12 @@ def check_config(cfg: DemoConfig) -> DemoConfig:
     for k in ("n_2d", "n_4view", "n_3d"):
         if getattr(cfg, k) < 0:
             raise bad(k, f"must be ≥ 0, got {getattr(cfg, k)}")
+    for k in ("lr", "guidance", "scale"):  # NaN passes every comparison and gives black images
+        if not math.isfinite(getattr(cfg, k)):
+            raise bad(k, f"must be a finite number, got {getattr(cfg, k)}")
+    if cfg.lr <= 0 or cfg.scale < 0:
+        raise bad("lr" if cfg.lr <= 0 else "scale", f"must be {'> 0' if cfg.lr <= 0 else '≥ 0'}, got "
+                  f"{cfg.lr if cfg.lr <= 0 else cfg.scale}")
     bad_over = [o for o in cfg.overrides_3d if "=" not in o]
     if bad_over:
         raise bad("overrides_3d", f"entries must be key=value, got {bad_over}")
