@@ -87,14 +87,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, 16, "number of images (default 16)")
     p.add_argument("--save-embeddings", action="store_true",
                    help="also write embeddings.safetensors with every drawn prompt embedding and the law's mean/std")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (its images, sidecars, grid.png, run.json); without it such a "
+                        "folder is refused")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamdist3d.sample2d.sd21 import sample_to_folder
+    from dreamdist3d.sample2d.sd21 import check_out_folder, sample_to_folder
 
+    check_out_folder(args.out, args.overwrite)  # before any model is loaded
     sampler, mixture, settings = prepare(args)
     records = sample_to_folder(sampler, mixture, settings, args.out, save_embeddings=args.save_embeddings,
-                               command=sys.argv[:], title=args.title)
+                               command=sys.argv[:], title=args.title, overwrite=args.overwrite)
     t = sampler.timings
     print(f"wrote {len(records)} images to {args.out} (contact sheet grid.png, settings in each PNG, <i>.json and run.json); "
           f"pipeline {t['pipeline']:.1f}s, fit {t['fit']:.2f}s, on {sampler.device} {records[0]['dtype']}")
