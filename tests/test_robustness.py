@@ -366,3 +366,58 @@ def test_3d_optimizer_lr_inf_is_refused(assets_3d, tmp_path, capsys):
                       f"system.prompt_processor.distribution={dist}", f"exp_root_dir={tmp_path}",
                       "trainer.max_steps=2", "system.optimizer.args.lr=inf"])
     assert rc == 2 and "system.optimizer.args.lr must be a finite number" in capsys.readouterr().err
+
+
+# ==================================================================================================== item 7
+def _png(path: Path, size) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", size, (200, 40, 40)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("pixels", [130, 20_000])  # a DecompressionBombWarning (> limit) and an Error (> 2 × limit)
+def test_decompression_bomb_sized_image_is_named_and_skipped_with_skip_bad(tmp_path, monkeypatch, pixels):
+    from PIL import Image
+
+    from dreamdist3d.learn.data import ReferenceDataError, load_reference_images
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a small stand-in for PIL's 89 M pixel limit
+    side = int(pixels ** 0.5)
+    for i in range(2):
+        _png(tmp_path / f"ok{i}.png", (8, 10))
+    bomb = _png(tmp_path / "zz-bomb.png", (side, side))
+    with pytest.raises(ReferenceDataError, match=r"zz-bomb\.png is too large to decode safely.*--skip-bad"):
+        load_reference_images(tmp_path, 8)
+    with pytest.warns(UserWarning, match="zz-bomb.png"):
+        refs = load_reference_images(tmp_path, 8, skip_bad=True)
+    assert len(refs) == 2 and refs.skipped and str(bomb) in refs.skipped[0]
+
+
+@pytest.mark.parametrize("kind", ["random", "mvdream", "truncated"])
+def test_bad_toy_weights_are_a_clear_error(tmp_path, capsys, kind):
+    from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.backbones.toy_weights import default_weights_path
+
+    path = tmp_path / "weights.safetensors"
+    if kind == "random":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "mvdream":
+        from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
+
+        path = tmp_path / "sd-v2.1-base-4view.pt"
+        write_tiny_mvdream_checkpoint(path)
+    else:
+        blob = default_weights_path().read_bytes()
+        path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(ValueError, match=f"--weights: {path}"):
+        load_backbone(f"toy:{path}", config_key="--weights")
+    assert main(["toyworld", "sample", "--prompt", "a red cone", "--weights", str(path), "--out",
+                 str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert "toy backbone weights" in err and "Traceback" not in err and not (tmp_path / "s.png").exists()
+
+
+def test_toyworld_sample_n_0_is_a_clear_error(tmp_path, capsys):
+    assert main(["toyworld", "sample", "--prompt", "a red cone", "--n", "0", "--out", str(tmp_path / "s.png")]) == 2
+    assert "--n must be ≥ 1, got 0" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
