@@ -145,7 +145,7 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
         return _learn(cfg, backbone, resume, raw, live)
     except KeyboardInterrupt:
         keep = live.get("keep_good_state")
-        if keep is not None:
+        if keep is not None and live.get("rank") == 0:  # only rank 0 writes files
             saved = keep()
             if saved is not None:
                 print(f"\n[learn] interrupted at step {_step_of(saved)}: saved {saved}\n[learn] resume with: "
@@ -254,7 +254,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         _write_metrics(run_dir, history)
         return path
 
-    live["keep_good_state"] = keep_good_state
+    live.update(keep_good_state=keep_good_state, rank=rank)
     while step < stop:
         rng_before, stream_before = gen.get_state(), stream.state_dict()  # to save the pre-step state on NaN
         pending = True
