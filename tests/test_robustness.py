@@ -421,3 +421,15 @@ def test_bad_toy_weights_are_a_clear_error(tmp_path, capsys, kind):
 def test_toyworld_sample_n_0_is_a_clear_error(tmp_path, capsys):
     assert main(["toyworld", "sample", "--prompt", "a red cone", "--n", "0", "--out", str(tmp_path / "s.png")]) == 2
     assert "--n must be ≥ 1, got 0" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
+
+
+def test_resume_with_another_text_encoder_says_which_in_one_line(tmp_path):
+    from dreamdist3d.config import ConfigError
+    from dreamdist3d.learn.recipe import learn
+    from dreamdist3d.learn.tiny import tiny_toy_backbone
+
+    first = learn(small(tmp_path, steps=2), backbone=tiny_toy_backbone(resolution=8))
+    with pytest.raises(ConfigError) as e:
+        learn(small(tmp_path, steps=4), backbone=tiny_toy_backbone(resolution=8, seed=1), resume=str(first.run_dir))
+    msg = str(e.value)
+    assert "\n" not in msg and msg.count("hidden 32, 2 layers, vocab 49408, weights ") == 2, msg

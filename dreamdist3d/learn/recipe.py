@@ -654,7 +654,10 @@ def _load_checkpoint(path: Path, cfg: LearnConfig, fingerprint: dict, ctx, opt, 
             warnings.warn(f"resume: '{key}' changed from {old[key]!r} to {getattr(cfg, key)!r}; the run continues with the "
                           "new value (it will not match an uninterrupted run)", stacklevel=3)
     if not fingerprints_match(json.loads(state["text_encoder"]), fingerprint):
-        raise ConfigError(f"resume: {path} was learned with another text encoder; load the same backbone")
+        from dreamdist3d.distribution.file import describe_encoder
+
+        raise ConfigError(f"resume: {path} was learned with text encoder ({describe_encoder(json.loads(state['text_encoder']))}) "
+                          f"but got another ({describe_encoder(fingerprint)}); load the same backbone")
     if tuple(state["ctx"].shape) != tuple(ctx.shape):
         raise ConfigError(f"resume: checkpoint ctx {tuple(state['ctx'].shape)} does not fit {tuple(ctx.shape)}")
     with torch.no_grad():
