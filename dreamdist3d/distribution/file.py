@@ -193,6 +193,8 @@ class PromptDistribution:
             raise DistributionFileError(f"{path}: its dreamdist3d metadata is not a JSON object (file damaged?)")
         if raw.get("format") != FORMAT:
             raise DistributionFileError(f"{path} holds '{raw.get('format')}', not a prompt distribution ({FORMAT})")
+        if not isinstance(raw.get("format_version", 0), int):
+            raise DistributionFileError(f"{path}: its format_version is not a whole number (file damaged?)")
         if int(raw.get("format_version", 0)) > FORMAT_VERSION:
             raise DistributionFileError(
                 f"{path} has format version {raw.get('format_version')}, newer than this dreamdist3d reads "
