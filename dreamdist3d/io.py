@@ -154,3 +154,19 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str,
             f"{path} is not a readable .safetensors file ({e}); it may be truncated or not a dreamdist3d file"
         ) from None
     return tensors, meta
+
+
+def load_error_reason(e: BaseException) -> str:
+    """One line saying why `torch.load(weights_only=True)` refused a file, without torch's advice to retry with
+    `weights_only=False` (that would run whatever code the file's pickle holds)."""
+    import pickle
+
+    text = str(e)
+    if "allowed global" in text or "Unsupported global" in text:
+        return "it holds pickled Python objects besides tensors, which dreamdist3d never unpickles (that could run code)"
+    if isinstance(e, pickle.UnpicklingError):
+        return "it is not a PyTorch checkpoint (unreadable pickle data)"
+    first = text.splitlines()[0].split(". ")[0].strip() if text.strip() else ""
+    if "weights_only" in first:
+        first = ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -339,3 +339,30 @@ def test_seed_layout():
     g = PromptGaussian(torch.zeros(77, 8), torch.ones(77, 8))
     assert torch.equal(g.noise(2, 3), torch.stack([draw_eps(3, (77, 8)), draw_eps(4, (77, 8))]))
     assert torch.equal(g.noise(1, 4, start=0)[0], g.noise(2, 3)[1])  # sample i does not depend on how many
+
+
+def test_sample_into_a_folder_holding_an_earlier_run_refuses_or_overwrites_cleanly(world, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """Issue 17 item 3: a second run into the same --out never overwrites 0000.png beside stale files of the first."""
+    out = tmp_path / "run"
+    base = ["sample", "--distribution", world["files"][0], "--sd21", str(world["folder"]), "--steps", "1",
+            "--batch-size", "2", "--out", str(out), "--device", "cpu", "--dtype", "fp32"]
+    assert main(base + ["--n", "3", "--save-embeddings"]) == 0
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "notes.txt").write_text("mine")  # not a file of the run: never touched
+
+    # refused before any model is loaded, naming the folder and both ways out
+    monkeypatch.setattr(SD21Sampler, "from_folder", classmethod(lambda *a, **k: pytest.fail("model loaded")))
+    capsys.readouterr()
+    assert main(base + ["--n", "2", "--seed", "9"]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "earlier run" in err and "--out" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "notes.txt"} == first
+    monkeypatch.undo()
+
+    # --overwrite: the new run alone (2 images), no 0002.png / embeddings of the first left beside the new run.json
+    assert main(base + ["--n", "2", "--seed", "9", "--overwrite"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["0000.json", "0000.png", "0001.json", "0001.png", "grid.png", "notes.txt", "run.json"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["files"] == ["0000.png", "0001.png"] and (out / "notes.txt").read_text() == "mine"

@@ -31,9 +31,9 @@ def _version(text: str):
 
 
 def test_extension_under_threestudio_pins(tmp_path):
-    from dreamdist3d.testing.checkpoints import tiny_sd21_folder
     from dreamdist3d.lift3d.prompt_processor import DreamDistributionPromptProcessor as OurProcessor
     from dreamdist3d.testing.assets import write_tiny_assets
+    from dreamdist3d.testing.checkpoints import tiny_sd21_folder
 
     write_tiny_assets(tmp_path / "mv")
     tiny_sd21_folder(tmp_path / "sd21new", seed=1)  # saved by the current transformers: no `text_model.` key prefix

@@ -231,3 +231,61 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     reads = [Reading(True, colour="red")] * 3 + [Reading(True, colour="yellow"), Reading(False)]
     c = colour_scores(reads, ["red", "orange", "yellow", "pink"])
     assert c["colour_tv"] == pytest.approx(0.5 * (abs(0.75 - 0.25) + 0.25 + 0 + 0.25)) and c["colours_hit2"] == 1
+
+
+# ----------------------------------------------------------------------------------------------------- issue 17
+def test_demo_output_is_per_reference_set_and_a_rerun_never_replaces_results_unasked(tiny_weights, tmp_path,
+                                                                                      monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the repository's outputs/ whatever happens
+    """Item 3: the default folder is outputs/toyworld/demo/<refset>; an earlier demo in the folder is refused before
+    anything loads, and replaced as a whole (no seed run of it left beside the new ones) only with overwrite."""
+    from dreamdist3d.launch import main
+    from dreamdist3d.recipes.toy_demo import DemoConfig, check_config
+
+    assert check_config(DemoConfig(refset="cool-round-topped")).out == "outputs/toyworld/demo/cool-round-topped"
+    assert check_config(DemoConfig()).out == "outputs/toyworld/demo/warm-cones-cylinders"
+
+    out = tmp_path / "demo"
+    (out / "3d" / "runs" / "seed3").mkdir(parents=True)  # an earlier demo (with more 3D runs than this one)
+    (out / "3d" / "runs" / "seed3" / "cmd.txt").write_text("earlier")
+    (out / "summary.json").write_text("{}")
+    (out / "mine.txt").write_text("not the demo's")
+    small = ["--config", str(REPO / "configs/toy/dreamdist-toy.yaml"), f"weights={tmp_path / 'absent.safetensors'}",
+             f"out={out}", "progress=false", "steps=2", "n_2d=1", "n_4view=0", "sample_steps=1", "n_3d=0"]
+    assert main(small) == 2  # refused before the (absent) weights are even looked at
+    err = capsys.readouterr().err
+    assert str(out) in err and "earlier demo run" in err and "overwrite=true" in err and "out=DIR" in err
+    assert (out / "3d" / "runs" / "seed3" / "cmd.txt").read_text() == "earlier"
+
+    small[2] = f"weights={tiny_weights}"
+    assert main(small + ["overwrite=true"]) == 0
+    assert not (out / "3d").exists() and (out / "mine.txt").read_text() == "not the demo's"
+    assert json.loads((out / "summary.json").read_text())["learn"]["steps"] == 2
+
+
+def test_fast_never_overrides_keys_set_explicitly(tmp_path):
+    """Item 7: fast=true shrinks the config file's values, not a key=value (or --steps) the user gave."""
+    import argparse
+
+    from dreamdist3d.recipes.toy_demo import DemoConfig, add_arguments, config_from_args, fast_config
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = config_from_args(p.parse_args(["--fast", "steps=300", "n_2d=16", "--steps-3d", "100"]))
+    assert (cfg.steps, cfg.n_2d, cfg.steps_3d, cfg.n_4view) == (300, 16, 100, 2)  # n_4view: the fast preset's
+    assert fast_config(DemoConfig()).steps == 40
+
+    seen = {}
+    import dreamdist3d.recipes.toy_demo as demo
+
+    def fake_run(cfg, backbone=None):
+        seen["cfg"] = cfg
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(demo, "run_demo", fake_run)
+    try:
+        demo.launch_entry(str(REPO / "configs/toy/dreamdist-toy.yaml"), ["fast=true", "steps=120", "sample_steps=7"])
+    finally:
+        monkeypatch.undo()
+    cfg = seen["cfg"]
+    assert (cfg.steps, cfg.sample_steps, cfg.steps_3d, cfg.n_2d) == (120, 7, 40, 8)

@@ -32,6 +32,7 @@ import torch
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.schedule import NoiseSchedule, scaled_linear_betas
 from dreamdist3d.backbones.vae import LDM_VAE_PREFIX, SD_SCALE_FACTOR, build_vae, convert_ldm_vae, vae_to_ldm_state_dict
+from dreamdist3d.io import load_error_reason
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
 UNET_PREFIX = "model.diffusion_model."
@@ -280,13 +281,13 @@ def read_checkpoint(
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):
-                raise CheckpointError(f"cannot read MVDream checkpoint {path}: {e}; {hint}") from e
+                raise CheckpointError(f"cannot read MVDream checkpoint {path}: {load_error_reason(e)}; {hint}") from e
             try:  # legacy (non-zip) torch.save format cannot be memory-mapped
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
             except Exception as e2:
-                raise CheckpointError(f"cannot read MVDream checkpoint {path}: {e2}; {hint}") from e2
+                raise CheckpointError(f"cannot read MVDream checkpoint {path}: {load_error_reason(e2)}; {hint}") from e2
         except Exception as e:
-            raise CheckpointError(f"cannot read MVDream checkpoint {path}: {e}; {hint}") from e
+            raise CheckpointError(f"cannot read MVDream checkpoint {path}: {load_error_reason(e)}; {hint}") from e
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]  # a Lightning-style wrapper around the same keys
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -116,20 +116,41 @@ def load_toy_backbone(
             f"{where}toy backbone weights not found at {path}; train them with `dreamdist3d toyworld train --out "
             f"{path}`"
         )
-    with safe_open(str(path), "pt") as f:
-        header = (f.metadata() or {}).get("dreamdist3d_toy")
+    where = f"{config_key}: " if config_key else ""
+    hint = ("give a toy backbone weights file written by `dreamdist3d toyworld train` (or none for the shipped one); "
+            "an MVDream checkpoint is the backbone mvdream:PATH")
+    try:
+        with safe_open(str(path), "pt") as f:
+            header = (f.metadata() or {}).get("dreamdist3d_toy")
+    except Exception as e:  # SafetensorError, OSError: a random file, an MVDream .pt (a zip), a truncated file
+        raise ValueError(f"{where}{path} is not a toy backbone weights file (not a readable .safetensors: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}); {hint}") from None
     if header is None:
-        raise ValueError(f"{path} is not a toy backbone file (no 'dreamdist3d_toy' metadata)")
-    meta = json.loads(header)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
-    config = ToyBackboneConfig.from_dict(meta["config"])
-    tensors = load_file(str(path))
+        raise ValueError(f"{where}{path} is not a toy backbone file (no 'dreamdist3d_toy' metadata); {hint}")
+    try:
+        meta = json.loads(header)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r}")
+        config = ToyBackboneConfig.from_dict(meta["config"])
+        tensors = load_file(str(path))
+        return _fill_toy_backbone(path, meta, config, tensors, tokenizer, device, dtype)
+    except _ToyWeightsError:
+        raise
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:  # damaged header, missing/mis-shaped tensors
+        msg = f"missing {e}" if isinstance(e, KeyError) else (" ".join(str(e).split())[:300] or type(e).__name__)
+        raise ValueError(f"{where}{path}: a damaged toy backbone weights file ({msg}); {hint}") from None
 
+
+class _ToyWeightsError(ValueError):
+    """A clear error about a readable weights file (passed on as it is)."""
+
+
+def _fill_toy_backbone(path: Path, meta: Dict[str, Any], config, tensors: Dict[str, torch.Tensor],
+                       tokenizer: Optional[ClipTokenizer], device, dtype) -> Backbone:
     backbone = build_toy_backbone(config, seed=0, tokenizer=tokenizer)
     table = backbone.text_encoder.token_embedding.weight
     if table_checksum(table.detach()) != meta["init_table_checksum"]:
-        raise ValueError(
+        raise _ToyWeightsError(
             f"{path}: the regenerated token-embedding rows differ from those the weights were trained with "
             "(torch's random generator changed?); retrain with `dreamdist3d toyworld train`"
         )
@@ -146,7 +167,7 @@ def load_toy_backbone(
     used = {f"unet.{k}" for k in unet_sd} | {f"text.{k}" for k in text_sd} | {TOKEN_IDS_KEY, TOKEN_VALUES_KEY}
     extra = sorted(set(tensors) - used - {TOKEN_TABLE_KEY})
     if extra:
-        raise ValueError(f"{path}: unexpected tensors {extra[:5]}")
+        raise _ToyWeightsError(f"{path}: unexpected tensors {extra[:5]}")
     backbone.source = str(path)
     backbone.unet.eval()
     backbone.unet.requires_grad_(False)

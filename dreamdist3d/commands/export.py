@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from dreamdist3d.commands import finite_float
 from dreamdist3d.export.field import ANALYTIC_FIELDS, Field, check_field, make_analytic_field
 from dreamdist3d.export.isosurface import ExportError
 from dreamdist3d.export.pipeline import FORMATS, export_field, parse_formats
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-texture", action="store_true", help="vertex colours only (no UV unwrap / bake)")
     p.add_argument("--target-faces", type=int, default=0,
                    help="decimate to about this many faces (needs fast-simplification; 0 = off)")
-    p.add_argument("--remove-floaters", type=float, default=0.01,
+    p.add_argument("--remove-floaters", type=finite_float, default=0.01,
                    help="drop connected components below this fraction of all faces (>= 1: a face count)")
     p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component")
     p.add_argument("--up", default="y", choices=["y", "z"], help="up axis of the exported files (default y, glTF)")

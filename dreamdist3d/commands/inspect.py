@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from dreamdist3d.distribution import PromptDistribution
+    from dreamdist3d.distribution.file import describe_encoder
 
     path = Path(args.file)
     dist = PromptDistribution.load(path, class_index=args.class_index)
@@ -130,9 +131,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  training text     prefix={m['prefix']!r} suffix={m['suffix']!r}")
     print(f"  learned against   {m['backbone'] or 'unknown'}  steps={m['steps']} images={m['n_images']}")
     fp = m["text_encoder"]
-    encoder = (f"hidden {fp['hidden_size']}, {fp['num_layers']} layers, vocab {fp['vocab_size']}" if fp
-               else "not recorded (official file)")
-    print("  text encoder      " + encoder)
+    print("  text encoder      " + (describe_encoder(fp) if fp else "not recorded (official file)"))
     print(f"  context           mean token norm {c['token_norm_mean']:.4f}; per slot {c['token_norm_per_slot']}")
     print(f"  spread over K     std {c['spread_std_over_prompts']:.4f}; mean pairwise cosine "
           f"{c['mean_pairwise_cosine']}")

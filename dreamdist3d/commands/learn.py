@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from dreamdist3d.commands import finite_float
+
 NAME = "learn"
 HELP = "learn a prompt distribution from reference images (MVDream 2D / 4-view, SD 2.1, any Backbone)"
 
@@ -34,7 +36,7 @@ FLAGS = [
     ("--n-ctx", "n_ctx", int, "context tokens per prompt (default 4)"),
     ("--n-prompts", "n_prompts", int, "K prompts (default 32)"),
     ("--n-samples", "n_samples", int, "reparameterised samples per image (default 4)"),
-    ("--lr", "lr", float, "AdamW learning rate (default 1e-3)"),
+    ("--lr", "lr", finite_float, "AdamW learning rate (default 1e-3)"),
     ("--loss", "loss", str, "fast (K prompts encoded once) | official (per item, as train.py)"),
     ("--objective", "objective", str, "official (the paper) | wta | softmin | assign (default official)"),
     ("--covariance", "covariance", str, "diag (the paper) | lowrank (the K prompts' full covariance) (default diag)"),

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Tuple
 
+from dreamdist3d.commands import finite_float
+
 NAME = "sample"
 HELP = "generate SD 2.1 images from a prompt distribution (or a mixture), with text edits and diversity scale γ"
 
@@ -16,9 +18,9 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
     g.add_argument("--distribution", action="append", required=True, metavar="FILE",
                    help="distribution file (.safetensors from `dreamdist3d learn`, or an official prompt_learner.pt); "
                         "repeat to mix several")
-    g.add_argument("--weight", type=float, nargs="+", metavar="W",
+    g.add_argument("--weight", type=finite_float, nargs="+", metavar="W",
                    help="mixture weight per distribution, summing to 1 (default: equal shares)")
-    g.add_argument("--scale", type=float, nargs="+", metavar="GAMMA",
+    g.add_argument("--scale", type=finite_float, nargs="+", metavar="GAMMA",
                    help="diversity scale γ ≥ 0, one value or one per distribution (0: the mean prompt; default 1)")
     g.add_argument("--class-index", type=int, nargs="+", metavar="N",
                    help="class of a multi-class official .pt, one value or one per distribution (default 0)")
@@ -37,7 +39,7 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
     m.add_argument("--n", type=int, default=n_default, help=n_help)
     m.add_argument("--negative", default="", help="negative prompt (default empty, as the pipeline)")
     m.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    m.add_argument("--cfg", type=float, default=7.5, help="classifier-free guidance scale (default 7.5; ≤1 disables)")
+    m.add_argument("--cfg", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5; ≤1 disables)")
     m.add_argument("--seed", type=int, default=0,
                    help="base seed: image i uses sample seed seed+i and latent seed seed+i+2**31 (default 0)")
     m.add_argument("--same-latents", action="store_true",
@@ -45,7 +47,7 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
     m.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     m.add_argument("--height", type=int, default=None, help="image height (default: the model's native size)")
     m.add_argument("--width", type=int, default=None, help="image width (default: the model's native size)")
-    m.add_argument("--eta", type=float, default=0.0, help="DDIM eta (default 0)")
+    m.add_argument("--eta", type=finite_float, default=0.0, help="DDIM eta (default 0)")
     m.add_argument("--scheduler", default=None, choices=["ddim", "pndm", "euler", "euler-a", "dpm++"],
                    help="replace the folder's scheduler (default: the folder's, DDIM for SD 2.1)")
 
@@ -87,14 +89,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, 16, "number of images (default 16)")
     p.add_argument("--save-embeddings", action="store_true",
                    help="also write embeddings.safetensors with every drawn prompt embedding and the law's mean/std")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (its images, sidecars, grid.png, run.json); without it such a "
+                        "folder is refused")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamdist3d.sample2d.sd21 import sample_to_folder
+    from dreamdist3d.sample2d.sd21 import check_out_folder, sample_to_folder
 
+    check_out_folder(args.out, args.overwrite)  # before any model is loaded
     sampler, mixture, settings = prepare(args)
     records = sample_to_folder(sampler, mixture, settings, args.out, save_embeddings=args.save_embeddings,
-                               command=sys.argv[:], title=args.title)
+                               command=sys.argv[:], title=args.title, overwrite=args.overwrite)
     t = sampler.timings
     print(f"wrote {len(records)} images to {args.out} (contact sheet grid.png, settings in each PNG, <i>.json and "
           "run.json); "

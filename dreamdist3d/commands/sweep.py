@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from dreamdist3d.commands import finite_float
 from dreamdist3d.commands.sample import add_common_arguments, prepare
 
 NAME = "sweep"
@@ -15,9 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p, 4, "columns: one prompt sample ε and latent seed each, shared by every row (default 4)")
     p.add_argument("--kind", required=True, choices=["scale", "mix"],
                    help="scale: rows γ (--gammas); mix: rows w, the weight of the second of two distributions")
-    p.add_argument("--gammas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 1.5, 2.0],
+    p.add_argument("--gammas", type=finite_float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 1.5, 2.0],
                    help="row values of γ for --kind scale (default 0 0.25 0.5 1 1.5 2)")
-    p.add_argument("--mix-weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+    p.add_argument("--mix-weights", type=finite_float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
                    help="row weights w of the second distribution for --kind mix (default 0 0.25 0.5 0.75 1)")
     p.add_argument("--save-cells", action="store_true", help="also write every cell as its own PNG with metadata")
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict
 
+from dreamdist3d.commands import finite_float
+
 NAME = "toyworld"
 HELP = "the toy world: train the tiny toy backbone from scratch and sample from it"
 
@@ -33,7 +35,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help=f"optimiser steps (default {d.steps}, the shipped weights' count; the result then does not "
                         "depend on the machine's speed)")
-    p.add_argument("--minutes", type=float, default=None,
+    p.add_argument("--minutes", type=finite_float, default=None,
                    help="time budget instead: the step count is fixed from the speed of the first 20 steps so that "
                         "training ends after about this many minutes (with --steps: a cap on wall time)")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -89,7 +91,7 @@ def _sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", type=int, choices=[1, 4], default=4, help="4-view sets with cameras, or single views")
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps")
-    p.add_argument("--cfg", type=float, default=DEFAULT_GUIDANCE,
+    p.add_argument("--cfg", type=finite_float, default=DEFAULT_GUIDANCE,
                    help=f"classifier-free guidance scale (default {DEFAULT_GUIDANCE}, measured best for the shipped "
                         "weights)")
     p.add_argument("--seed", type=int, default=0)
@@ -103,6 +105,9 @@ def _sample_run(args: argparse.Namespace) -> int:
     from dreamdist3d.backbones.toy import generate
     from dreamdist3d.images import save_png, tile_grid, to_uint8
 
+    for flag, value in (("--n", args.n), ("--steps", args.steps), ("--scale", args.scale)):
+        if value < 1:  # --n 0 would write an empty grid (PIL: tile cannot extend outside image)
+            raise ValueError(f"{flag} must be ≥ 1, got {value}")
     bb = load_backbone(f"toy:{args.weights or ''}", config_key="--weights")
     prompts = [p for p in args.prompt for _ in range(args.n)]
     images = generate(bb, prompts, steps=args.steps, cfg=args.cfg, num_frames=args.views, seed=args.seed)

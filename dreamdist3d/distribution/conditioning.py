@@ -18,6 +18,7 @@ processor (ours and the threestudio extension), the toy demo and evaluator, and 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -66,6 +67,8 @@ class DistributionSpec:
             raise ValueError(f"{self.key}: give at least one distribution file (.safetensors from `dreamdist3d learn`, "
                              "or an official prompt_learner.pt)")
         ws = [c.weight for c in self.components]
+        if not all(math.isfinite(w) for w in ws):
+            raise ValueError(f"mixture weights must be finite numbers, got {ws}; e.g. --weight 0.5 0.5 for two distributions")
         if abs(sum(ws) - 1.0) > 1e-6:
             raise ValueError(f"mixture weights must sum to 1, got {ws} (sum {sum(ws):.6g}); e.g. --weight 0.5 0.5 "
                              "for two distributions")

@@ -2,7 +2,10 @@
 
 Metadata (safetensors header, key "dreamdist3d"): format and version, n_ctx, n_prompts, the training prefix/suffix,
 the position mode, the fingerprint of the text encoder it was learned with (hidden size, layers, vocab, weight hash),
-the backbone, steps, image count, and a sha256 of `ctx` so a tampered file is refused.
+the backbone, steps, image count, a sha256 of `ctx` (`ctx_sha256`) and a sha256 of `ctx` and all the other metadata
+(`sha256`), so a tampered or damaged file is refused. Files written before `sha256` existed have only `ctx_sha256`;
+they load, with what they record verified. The file is recognised by its content (safetensors header or a torch
+zip/pickle), not its suffix, and a `ctx` holding NaN/Inf is refused.
 
 `PromptDistribution.load` also imports the official DreamDistribution `prompt_learner.pt` / `final-<step>.pt`
 (`torch.load(weights_only=True)`, nothing else is unpickled), picking a class by index.
@@ -22,7 +25,7 @@ import torch
 from dreamdist3d.distribution.errors import DistributionFileError, EncoderMismatchError
 from dreamdist3d.distribution.gaussian import COVARIANCES
 from dreamdist3d.distribution.learner import POSITION_MODES, PromptLearner
-from dreamdist3d.io import atomic_save_safetensors, read_safetensors
+from dreamdist3d.io import atomic_save_safetensors, load_error_reason, read_safetensors
 from dreamdist3d.text import ClipTokenizer, TextEncoder, fingerprints_match
 
 FORMAT = "dreamdist3d.prompt-distribution"
@@ -52,10 +55,46 @@ class DistributionMeta:
     format_version: int = FORMAT_VERSION
     ctx_sha256: str = ""
     extra: Dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""  # of ctx and every other metadata key (see _file_hash); "" in files written before it existed
 
 
 def _ctx_hash(ctx: torch.Tensor) -> str:
     return hashlib.sha256(ctx.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _file_hash(ctx: torch.Tensor, meta: Dict[str, Any]) -> str:
+    """sha256 of ctx's bytes and the canonical JSON of the metadata without its own `sha256` key."""
+    h = hashlib.sha256(ctx.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def describe_encoder(fp: Any) -> str:
+    """A text-encoder fingerprint in a few words: sizes and a short hash of its weight signature."""
+    if not isinstance(fp, dict):
+        return "unknown"
+    sig = hashlib.sha256(json.dumps(fp.get("signature")).encode()).hexdigest()[:8] if fp.get("signature") else "none"
+    return (f"hidden {fp.get('hidden_size', '?')}, {fp.get('num_layers', '?')} layers, vocab {fp.get('vocab_size', '?')}, "
+            f"weights {sig}")
+
+
+def looks_like_safetensors(path: Union[str, Path]) -> bool:
+    """True when the file starts as a safetensors file does: an 8-byte little-endian header size, then '{'."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def check_finite(ctx: torch.Tensor, path: Any) -> None:
+    if not bool(torch.isfinite(ctx).all()):
+        bad = int((~torch.isfinite(ctx)).sum())
+        raise DistributionFileError(
+            f"{path}: the learned context holds {bad} NaN/Inf value(s) of {ctx.numel()}; it would give black images. "
+            "Use an earlier checkpoint of the run, or learn again (a lower lr, mixed_precision=no)"
+        )
 
 
 @dataclass
@@ -108,8 +147,8 @@ class PromptDistribution:
             have = text_encoder.fingerprint()
             if not fingerprints_match(have, fp):
                 raise EncoderMismatchError(
-                    f"{where} was learned with text encoder {fp} (backbone '{self.meta.backbone}'), but the given one "
-                    f"is {have}; use the checkpoint it was learned against"
+                    f"{where} was learned with text encoder ({describe_encoder(fp)}; backbone "
+                    f"'{self.meta.backbone or 'unknown'}') but got another ({describe_encoder(have)}); load that backbone"
                 )
         pl = PromptLearner(text_encoder, tokenizer, n_ctx=self.meta.n_ctx, n_prompts=self.meta.n_prompts,
                            prefix=self.meta.prefix, suffix=self.meta.suffix, position_mode=self.meta.position_mode)
@@ -120,9 +159,12 @@ class PromptDistribution:
     # ------------------------------------------------------------------ save / load
     def save(self, path: Union[str, Path]) -> Path:
         path = Path(path)
-        meta = DistributionMeta(**{**asdict(self.meta), "ctx_sha256": _ctx_hash(self.ctx.float()),
+        ctx = self.ctx.detach().float().cpu()
+        check_finite(ctx, f"refusing to write {path}")
+        meta = DistributionMeta(**{**asdict(self.meta), "ctx_sha256": _ctx_hash(ctx),
                                    "created": self.meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        atomic_save_safetensors({"ctx": self.ctx.detach().float().cpu()}, path, {"dreamdist3d": json.dumps(asdict(meta))})
+        meta.sha256 = _file_hash(ctx, asdict(meta))
+        atomic_save_safetensors({"ctx": ctx}, path, {"dreamdist3d": json.dumps(asdict(meta))})
         self.meta = meta
         return path
 
@@ -132,10 +174,11 @@ class PromptDistribution:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"distribution file {path} does not exist")
-        with open(path, "rb") as f:
-            head = f.read(4)
-        if path.suffix in (".pt", ".pth", ".ckpt", ".bin") or head[:2] == b"PK":
-            return import_official(path, class_index=class_index)
+        if not looks_like_safetensors(path):  # by content: a .safetensors renamed .pt is still read as one
+            with open(path, "rb") as f:
+                head = f.read(2)
+            if path.suffix in (".pt", ".pth", ".ckpt", ".bin") or head == b"PK" or head[:1] == b"\x80":
+                return import_official(path, class_index=class_index)
         tensors, header = read_safetensors(path)
         if "dreamdist3d" not in header:
             raise DistributionFileError(
@@ -146,18 +189,32 @@ class PromptDistribution:
             raw = json.loads(header["dreamdist3d"])
         except json.JSONDecodeError:
             raise DistributionFileError(f"{path}: its dreamdist3d metadata is not valid JSON (file damaged?)") from None
+        if not isinstance(raw, dict):
+            raise DistributionFileError(f"{path}: its dreamdist3d metadata is not a JSON object (file damaged?)")
         if raw.get("format") != FORMAT:
             raise DistributionFileError(f"{path} holds '{raw.get('format')}', not a prompt distribution ({FORMAT})")
+        if not isinstance(raw.get("format_version", 0), int):
+            raise DistributionFileError(f"{path}: its format_version is not a whole number (file damaged?)")
         if int(raw.get("format_version", 0)) > FORMAT_VERSION:
             raise DistributionFileError(
                 f"{path} has format version {raw.get('format_version')}, newer than this dreamdist3d reads "
                 f"({FORMAT_VERSION}); upgrade dreamdist3d"
             )
-        known = set(DistributionMeta.__dataclass_fields__)
-        meta = DistributionMeta(**{k: v for k, v in raw.items() if k in known})
         if set(tensors) != {"ctx"}:
             raise DistributionFileError(f"{path}: expected exactly one tensor 'ctx', found {sorted(tensors)}")
         ctx = tensors["ctx"]
+        if raw.get("sha256") and _file_hash(ctx.float(), raw) != raw["sha256"]:
+            raise DistributionFileError(
+                f"{path}: its context or metadata (training prefix/suffix, settings) does not match the recorded "
+                "checksum; the file was modified or damaged: use an intact copy or learn it again"
+            )
+        missing = [k for k in ("n_ctx", "n_prompts") if not isinstance(raw.get(k), int)]
+        if missing:
+            raise DistributionFileError(f"{path}: its metadata lacks a whole-number {' and '.join(missing)} (file damaged?)")
+        if not isinstance(raw.get("text_encoder"), (dict, type(None))):
+            raise DistributionFileError(f"{path}: its text_encoder fingerprint is not a JSON object (file damaged?)")
+        known = set(DistributionMeta.__dataclass_fields__)
+        meta = DistributionMeta(**{k: v for k, v in raw.items() if k in known})
         if ctx.ndim != 3 or tuple(ctx.shape[:2]) != (meta.n_prompts, meta.n_ctx):
             raise DistributionFileError(
                 f"{path}: ctx has shape {tuple(ctx.shape)}, metadata says (n_prompts={meta.n_prompts}, "
@@ -169,6 +226,7 @@ class PromptDistribution:
             raise DistributionFileError(f"{path}: unknown position_mode {meta.position_mode!r}")
         if meta.covariance not in COVARIANCES:
             raise DistributionFileError(f"{path}: unknown covariance {meta.covariance!r} (known: {', '.join(COVARIANCES)})")
+        check_finite(ctx.float(), path)
         return cls(ctx.float(), meta)
 
 
@@ -182,8 +240,8 @@ def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle refused (non-weights content) or damaged file
         raise DistributionFileError(
-            f"{path} cannot be read as an official DreamDistribution checkpoint with weights_only=True ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); expected checkpoint-N/prompt_learner.pt or final-N.pt"
+            f"{path} cannot be read as an official DreamDistribution checkpoint (read with weights_only=True: {load_error_reason(e)}); expected "
+            "checkpoint-N/prompt_learner.pt or final-N.pt, or a .safetensors from `dreamdist3d learn`"
         ) from None
     if not isinstance(obj, dict):
         raise DistributionFileError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
@@ -217,6 +275,7 @@ def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = 
     if not 0 <= class_index < n_cls:
         raise DistributionFileError(f"{path} holds {n_cls} class(es); class index {class_index} is out of range")
     sel = ctx[class_index].float().clone()
+    check_finite(sel, f"{path} class {class_index}")
     meta = DistributionMeta(
         n_ctx=int(sel.shape[1]), n_prompts=int(sel.shape[0]), prefix=prefix, suffix=suffix, position_mode="official",
         text_encoder=None, backbone="sd21 (official DreamDistribution)", source=f"official import of {path.name} class {class_index}",

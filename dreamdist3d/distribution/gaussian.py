@@ -135,7 +135,7 @@ class PromptGaussian:
         if not items:
             raise ValueError("mix needs at least one (distribution, weight, scale) item")
         weights = [float(w) for _, w, _ in items]
-        if abs(sum(weights) - 1.0) > tol:
+        if not all(math.isfinite(w) for w in weights) or not abs(sum(weights) - 1.0) <= tol:
             raise ValueError(f"mix weights must sum to 1, got {weights} (sum {sum(weights):.6g}); e.g. --weight 0.5 "
                              "0.5")
         shapes = {tuple(g.mean.shape) for g, _, _ in items}

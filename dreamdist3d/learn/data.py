@@ -57,10 +57,16 @@ def load_image(path: PathLike, resolution: int) -> torch.Tensor:
     if size == 0:
         raise ReferenceDataError(f"reference image {path} is empty (0 bytes); remove it or pass --skip-bad")
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            rgb = _to_rgb_on_white(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # > PIL's pixel limit: refuse, don't decode
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                rgb = _to_rgb_on_white(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ReferenceDataError(
+            f"reference image {path} is too large to decode safely ({e}); shrink it, remove it, or pass --skip-bad"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ReferenceDataError(
             f"cannot decode reference image {path} ({type(e).__name__}: {e}); remove or replace it, or pass --skip-bad"

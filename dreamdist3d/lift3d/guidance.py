@@ -16,6 +16,7 @@ min/max_step follow the `C(...)` schedules of min/max_step_percent, recomputed e
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -55,6 +56,9 @@ class MultiviewDiffusionGuidance(BaseModule):
         cfg = self.cfg
         if cfg.camera_condition_type != "rotation":
             raise ConfigError(f"{self.where}.camera_condition_type must be 'rotation' (the only one MVDream has)")
+        for key in ("guidance_scale", "recon_std_rescale"):  # before the backbone loads; NaN gives a NaN loss
+            if not math.isfinite(float(getattr(cfg, key))):
+                raise ConfigError(f"{self.where}.{key} must be a finite number, got {getattr(cfg, key)}")
         self.device = torch.device(device)
         if backbone is None:
             key = f"{self.where}.ckpt_path" if cfg.ckpt_path else f"{self.where}.pretrained_model_name_or_path"

@@ -11,9 +11,10 @@ no diffusion model is loaded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -195,7 +196,41 @@ class MVDreamSystem(nn.Module, Updateable):
             logs["train/loss_z_variance"] = zv.detach()
             loss = loss + zv * self.lam("z_variance")
         logs["train/loss"] = loss.detach()
+        if not torch.isfinite(loss.detach()):
+            return {"loss": loss, "logs": logs, "non_finite": self.non_finite_source(out, logs, list(g))}
         return {"loss": loss, "logs": logs}
+
+    @torch.no_grad()
+    def non_finite_source(self, out: Dict[str, torch.Tensor], logs: Dict[str, torch.Tensor],
+                          guidance_keys: Sequence[str] = ()) -> str:
+        """Where a NaN/Inf loss came from, upstream first: the prompt sample, the field's parameters, the render,
+        the guidance, a regulariser; with what to do about it."""
+        def finite(t) -> bool:
+            return not isinstance(t, torch.Tensor) or bool(torch.isfinite(t).all())
+
+        pu = self.prompt_utils
+        if pu is not None and not all(finite(getattr(pu, k, None)) for k in
+                                      ("text_embeddings", "uncond_text_embeddings", "text_embeddings_vd",
+                                       "uncond_text_embeddings_vd")):
+            return ("the prompt sample holds NaN/Inf (system.prompt_processor: check the distribution file, its scale "
+                    "and edits; a run's prompt_sample.safetensors is reused on resume)")
+        bad = sorted({name.split(".")[0] for name, p in self.named_parameters()
+                      if not name.startswith("guidance.") and not finite(p)})
+        if bad:
+            return (f"the parameters of {', '.join('system.' + b for b in bad)} became NaN/Inf in an earlier update: "
+                    "lower the learning rates in system.optimizer")
+        render = [k for k in ("comp_rgb", "opacity", "depth", "comp_normal") if k in out and not finite(out[k])]
+        if render:
+            return (f"the render ({', '.join(render)}) is NaN/Inf although the parameters are finite: the geometry or "
+                    "renderer (system.geometry / system.renderer settings) produced it")
+        guided = [k for k in guidance_keys if not finite(logs.get(f"train/{k}"))]
+        terms = [k.split("/", 1)[-1] for k, v in logs.items() if k != "train/loss" and not finite(v)]
+        if guided:
+            return (f"the guidance returned NaN/Inf ({', '.join(guided)}) from a finite render and prompt: check "
+                    "system.guidance (guidance_scale, min/max_step_percent) and the diffusion model")
+        if terms:
+            return f"the regulariser(s) {', '.join(terms)} are NaN/Inf: check system.loss"
+        return "a loss weight (system.loss.lambda_*) is NaN/Inf, or the terms overflowed when summed"
 
     @torch.no_grad()
     def render_views(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
@@ -264,6 +299,17 @@ class MVDreamSystem(nn.Module, Updateable):
                 groups.append({"params": ps, "name": path, **dict(gargs or {})})
         else:
             groups = [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        for where, hp in [("system.optimizer.args", args)] + [(f"system.optimizer.params.{g['name']}", g) for g in groups
+                                                               if "name" in g]:
+            for key in ("lr", "eps", "weight_decay"):
+                value = hp.get(key)
+                if isinstance(value, str):  # YAML reads `inf`, `1e-3` as strings
+                    try:
+                        value = hp[key] = float(value)
+                    except ValueError:
+                        raise ConfigError(f"{where}.{key} must be a number, got {value!r}") from None
+                if isinstance(value, (int, float)) and not math.isfinite(value):
+                    raise ConfigError(f"{where}.{key} must be a finite number, got {value}")
         optim = getattr(torch.optim, name)(groups, **args)
         sched = None
         if self.cfg.scheduler:

@@ -170,8 +170,8 @@ class Trainer:
                     out = system.training_step(batch)
                 loss = out["loss"]
                 if not torch.isfinite(loss.detach()):
-                    raise FloatingPointError(f"loss became {float(loss)} at step {step}; lower the learning rates in "
-                                             "system.optimizer")
+                    why = out.get("non_finite") or "lower the learning rates in system.optimizer"
+                    raise FloatingPointError(f"loss became {float(loss.detach())} at step {step}: {why}")
                 optim.zero_grad(set_to_none=True)
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -146,7 +147,25 @@ class LearnResult:
 # ==================================================================================================== the recipe
 def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optional[str] = None,
           raw: Optional[dict] = None) -> LearnResult:
-    """Run (or resume) a learning run; returns where everything went. See the module docstring."""
+    """Run (or resume) a learning run; returns where everything went. See the module docstring.
+
+    Ctrl-C (KeyboardInterrupt) during the steps writes a checkpoint of the current step (the update of a step is
+    never cut in half), prints the command that resumes it, and re-raises (the CLI exits with 130)."""
+    live: Dict[str, object] = {}
+    try:
+        return _learn(cfg, backbone, resume, raw, live)
+    except KeyboardInterrupt:
+        keep = live.get("keep_good_state")
+        if keep is not None and live.get("rank") == 0:  # only rank 0 writes files
+            saved = keep()
+            if saved is not None:
+                print(f"\n[learn] interrupted at step {step_of(saved)}: saved {saved}\n[learn] resume with: "
+                      f"{resume_command(saved)}", file=sys.stderr)
+        raise
+
+
+def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str], raw: Optional[dict],
+           live: Dict[str, object]) -> LearnResult:
     cfg = _checked(cfg)
     resume = resume or cfg.resume or None
 
@@ -233,8 +252,27 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
     last_ckpt = ckpt_path
     bar = _progress(cfg, step, rank)
     t_start = time.perf_counter()
+    rng_before, stream_before = gen.get_state(), stream.state_dict()
+    pending = False  # True from a step's first random draw until its update is applied
+
+    def keep_good_state() -> Optional[Path]:
+        """Checkpoint the current state (the state before the pending step, if one is), never a non-finite ctx;
+        returns the newest good checkpoint (None if there is none)."""
+        if rank != 0:
+            return last_ckpt
+        if not bool(torch.isfinite(ctx.detach()).all()):
+            return last_ckpt if last_ckpt is not None and last_ckpt.exists() else None
+        path = _checkpoint_path(run_dir, step)
+        if not path.exists():
+            rng, sampler = (rng_before, stream_before) if pending else (gen.get_state(), stream)
+            _save_checkpoint(path, step, cfg, fingerprint, ctx, opt, rng, sampler, history, scaler)
+        _write_metrics(run_dir, history)
+        return path
+
+    live.update(keep_good_state=keep_good_state, rank=rank)
     while step < stop:
         rng_before, stream_before = gen.get_state(), stream.state_dict()  # to save the pre-step state on NaN
+        pending = True
         # batch: items, mirror flags, timesteps, reparameterisation ε, latent posterior draws, diffusion noise
         idx = stream.take(global_batch, gen)
         flips = torch.rand(global_batch, generator=gen) < 0.5 if cache.flips == 2 else None
@@ -263,19 +301,9 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
                                     objective_tau=cfg.objective_tau)
         loss_value = _mean_over_processes(out.total.detach().float(), world)
         if not torch.isfinite(loss_value):
-            saved = last_ckpt
-            if rank == 0:  # the state before this step is good: keep it
-                saved = _checkpoint_path(run_dir, step)
-                if not saved.exists():
-                    _save_checkpoint(saved, step, cfg, fingerprint, ctx, opt, rng_before, stream_before, history,
-                                     scaler)
-                _write_metrics(run_dir, history)
-            bar.close()
-            raise NonFiniteLossError(
+            _stop_non_finite(
                 f"loss became {loss_value.item()} at step {step + 1} (diffusion {out.mse.item():.4g}, orthogonal "
-                f"{out.ortho.item():.4g}, precision {precision}); stopped. The last good state is {saved} "
-                f"(step {step}); resume from it with a lower lr or mixed_precision=no"
-            )
+                f"{out.ortho.item():.4g}, precision {precision})", keep_good_state(), bar)
 
         opt.zero_grad(set_to_none=True)
         scaler.scale(out.total).backward()
@@ -287,14 +315,22 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
             grad_norm = torch.nn.utils.clip_grad_norm_([ctx], cfg.max_grad_norm)
         else:
             grad_norm = ctx.grad.norm()
-        scaler.step(opt)
-        scaler.update()
-        step += 1
+        if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # the update would make ctx NaN: keep ctx
+            _stop_non_finite(f"the gradient became {float(grad_norm)} at step {step + 1} (loss {loss_value.item():.4g}, "
+                             f"precision {precision})", keep_good_state(), bar)
+        with _sigint_held():  # a Ctrl-C here would leave ctx and the AdamW moments half-updated
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            pending = False
+            for k, v in (("step", step), ("loss", loss_value.item()), ("mse", out.mse.item()), ("ortho", out.ortho.item()),
+                         ("grad_norm", float(grad_norm)), ("time", time.perf_counter() - t_start)):
+                history[k].append(v)
+        if not bool(torch.isfinite(ctx.detach()).all()):  # finite gradient, non-finite update (lr far too high)
+            _stop_non_finite(f"the learned context became NaN/Inf in the update of step {step} (gradient norm "
+                             f"{float(grad_norm):.4g}, lr {cfg.lr})", keep_good_state(), bar)
 
         # ------------------------------------------------------------ log, checkpoint, preview
-        for k, v in (("step", step), ("loss", loss_value.item()), ("mse", out.mse.item()), ("ortho", out.ortho.item()),
-                     ("grad_norm", float(grad_norm)), ("time", time.perf_counter() - t_start)):
-            history[k].append(v)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value.item():.4f}", ortho=f"{out.ortho.item():.3f}")
         if rank == 0 and (step % max(1, cfg.checkpoint_every) == 0 or step == stop):
@@ -306,6 +342,7 @@ def learn(cfg: LearnConfig, backbone: Optional[Backbone] = None, resume: Optiona
         if rank == 0 and cfg.preview_every > 0 and (step % cfg.preview_every == 0 or step == cfg.steps):
             _preview(run_dir, step, cfg, backbone, learner, multiview, views)
     bar.close()
+    live.clear()  # the steps are over: an interrupt from here on has nothing new to keep
 
     # ---------------------------------------------------------------- the distribution file
     dist_path = run_dir / "distribution.safetensors"
@@ -372,6 +409,9 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
     for key in ("n_ctx", "n_prompts", "n_samples", "batch_size", "steps", "num_views"):
         if getattr(cfg, key) < 1:
             raise bad(key, f"must be ≥ 1, got {getattr(cfg, key)}")
+    for key, f in LearnConfig.__dataclass_fields__.items():  # NaN passes every comparison below
+        if f.type in ("float", float) and not math.isfinite(getattr(cfg, key)):
+            raise bad(key, f"must be a finite number, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
         raise bad("lr", f"must be > 0, got {cfg.lr}")
     position_mode = cfg.position_mode or ("official" if cfg.loss == "official" else "clean")
@@ -475,6 +515,55 @@ def _write_configs(run_dir: Path, cfg: LearnConfig, raw: Optional[dict], resumed
             tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
 
 
+def _stop_non_finite(what: str, saved: Optional[Path], bar) -> None:
+    bar.close()
+    where = (f"The last good state is {saved} (step {step_of(saved)}); resume from it" if saved is not None else
+             "No good state was saved; start again")
+    raise NonFiniteLossError(f"{what}; stopped. {where} with a lower lr or mixed_precision=no")
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it as KeyboardInterrupt when the block ends
+    (main thread with Python's default handler only; elsewhere a plain block)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def resume_command(ckpt: Path) -> str:
+    """The command line that continues from `ckpt`: this process's own, with its resume argument replaced."""
+    import shlex
+
+    argv = list(sys.argv)
+    prog = Path(argv[0]).name if argv else ""
+    rest, skip = [], False
+    for a in argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not (a.startswith("--resume=") or a.startswith("resume=")):
+            rest.append(a)
+    if prog == "launch.py":
+        return " ".join(shlex.quote(a) for a in ["python", "launch.py", *rest, f"resume={ckpt}"])
+    if rest[:1] == ["learn"]:
+        return " ".join(shlex.quote(a) for a in ["dreamdist3d", *rest, "--resume", str(ckpt)])
+    return f"the same settings with resume={shlex.quote(str(ckpt))} (learn(cfg, resume=...))"
+
+
 # ---------------------------------------------------------------------------------------------------- checkpoints
 def _checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / "ckpts" / f"step-{step:07d}.pt"
@@ -529,7 +618,10 @@ def _load_checkpoint(path: Path, cfg: LearnConfig, fingerprint: dict, ctx, opt, 
             warnings.warn(f"resume: '{key}' changed from {old[key]!r} to {getattr(cfg, key)!r}; the run continues with the "
                           "new value (it will not match an uninterrupted run)", stacklevel=3)
     if not fingerprints_match(json.loads(state["text_encoder"]), fingerprint):
-        raise ConfigError(f"resume: {path} was learned with another text encoder; load the same backbone")
+        from dreamdist3d.distribution.file import describe_encoder
+
+        raise ConfigError(f"resume: {path} was learned with text encoder ({describe_encoder(json.loads(state['text_encoder']))}) "
+                          f"but got another ({describe_encoder(fingerprint)}); load the same backbone")
     if tuple(state["ctx"].shape) != tuple(ctx.shape):
         raise ConfigError(f"resume: checkpoint ctx {tuple(state['ctx'].shape)} does not fit {tuple(ctx.shape)}")
     with torch.no_grad():
@@ -608,4 +700,4 @@ def _preview(run_dir: Path, step: int, cfg: LearnConfig, backbone: Backbone, lea
 
 
 __all__ = ["LearnConfig", "LearnResult", "NonFiniteLossError", "backbone_spec", "find_checkpoint", "launch_entry",
-           "learn", "write_loss_curve"]
+           "learn", "resume_command", "write_loss_curve"]

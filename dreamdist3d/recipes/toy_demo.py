@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,7 +46,8 @@ class DemoConfig:
 
     recipe: str = "toy-demo"
     refset: str = "warm-cones-cylinders"  # a name in dreamdist3d.toyworld.refsets.REFSETS
-    out: str = "outputs/toyworld/demo"  # output folder (created; files of a previous run are overwritten)
+    out: str = ""  # output folder; "" = outputs/toyworld/demo/<refset>. One holding an earlier demo is refused
+    overwrite: bool = False  # ... unless this is true: then that earlier demo's results are replaced
     weights: str = ""  # toy backbone weights; "" = the shipped ones
     seed: int = 0
     threads: int = 1  # torch CPU threads; 0 = torch's default (tiny models: 1 is as fast, and robust on shared cores)
@@ -76,10 +79,26 @@ class DemoConfig:
     gallery_frames: int = 6
 
 
-def fast_config(cfg: DemoConfig) -> DemoConfig:
-    """The smoke version (under a minute on one core): few learning/SDS steps, fewer samples, the same files."""
-    return DemoConfig(**{**asdict(cfg), "steps": 40, "n_2d": 8, "n_4view": 2, "sample_steps": 10, "steps_3d": 40,
-                         "isosurface_resolution": 32})
+FAST = {"steps": 40, "n_2d": 8, "n_4view": 2, "sample_steps": 10, "steps_3d": 40, "isosurface_resolution": 32}
+DEFAULT_OUT_ROOT = "outputs/toyworld/demo"
+EARLIER_RUN_NAMES = ("summary.json", "reference", "reference.png", "learn", "distribution.safetensors", "samples-2d.png",
+                     "previews-4view.png", "3d")
+
+
+def fast_config(cfg: DemoConfig, keep: Sequence[str] = ()) -> DemoConfig:
+    """The smoke version (under a minute on one core): few learning/SDS steps, fewer samples, the same files.
+    Keys in `keep` (those the user set explicitly) keep their values."""
+    return DemoConfig(**{**asdict(cfg), **{k: v for k, v in FAST.items() if k not in set(keep)}})
+
+
+def default_out(refset: str) -> str:
+    """The demo's output folder for a reference set when `out` is not set: one folder per set."""
+    return f"{DEFAULT_OUT_ROOT}/{refset}"
+
+
+def earlier_run(out: Path) -> List[Path]:
+    """What of an earlier demo run the folder `out` holds (its files and folders at the top level)."""
+    return [out / n for n in EARLIER_RUN_NAMES if (out / n).exists()] if out.is_dir() else []
 
 
 def check_config(cfg: DemoConfig) -> DemoConfig:
@@ -98,9 +117,17 @@ def check_config(cfg: DemoConfig) -> DemoConfig:
     for k in ("n_2d", "n_4view", "n_3d"):
         if getattr(cfg, k) < 0:
             raise bad(k, f"must be ≥ 0, got {getattr(cfg, k)}")
+    for k in ("lr", "guidance", "scale"):  # NaN passes every comparison and gives black images
+        if not math.isfinite(getattr(cfg, k)):
+            raise bad(k, f"must be a finite number, got {getattr(cfg, k)}")
+    if cfg.lr <= 0 or cfg.scale < 0:
+        raise bad("lr" if cfg.lr <= 0 else "scale", f"must be {'> 0' if cfg.lr <= 0 else '≥ 0'}, got "
+                  f"{cfg.lr if cfg.lr <= 0 else cfg.scale}")
     bad_over = [o for o in cfg.overrides_3d if "=" not in o]
     if bad_over:
         raise bad("overrides_3d", f"entries must be key=value, got {bad_over}")
+    if not cfg.out:
+        cfg = DemoConfig(**{**asdict(cfg), "out": default_out(cfg.refset)})
     return cfg
 
 
@@ -256,9 +283,15 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     from dreamdist3d.toyworld.refsets import get_refset
 
     cfg = check_config(cfg)
+    out = Path(cfg.out)
+    found = earlier_run(out)
+    if found and not cfg.overwrite:  # before anything is loaded or written
+        raise ConfigError(
+            f"{out} holds an earlier demo run ({', '.join(p.name for p in found)}); a re-run would replace its results. "
+            "Pass a new --out (out=DIR), or --overwrite (overwrite=true) to replace them"
+        )
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
     clock = _Clock()
     files: Dict[str, Any] = {}
     rs = get_refset(cfg.refset)
@@ -266,6 +299,8 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     with clock.stage("load_backbone"):
         if backbone is None:
             backbone = load_backbone(f"toy:{cfg.weights}", device=cfg.device, config_key="weights")
+    for old in found:  # overwrite=true: the earlier demo's results go as a whole (no seed runs of it left beside ours)
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     out.mkdir(parents=True, exist_ok=True)  # only once the weights loaded (a failed start leaves nothing)
     with clock.stage("references"):
         ref_images, ref_paths = render_references(cfg.refset, out / "reference")
@@ -370,7 +405,10 @@ def _jsonable(x: Any) -> Any:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DemoConfig()
     p.add_argument("--refset", default=d.refset, help=f"reference set (default {d.refset}; see dreamdist3d.toyworld.refsets)")
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
+    p.add_argument("--out", default=d.out, help=f"output folder (default {default_out('<refset>')}); one holding "
+                                                 "an earlier demo run is refused without --overwrite")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the results of an earlier demo run in --out")
     p.add_argument("--n-3d", type=int, default=d.n_3d, help=f"3D runs (seeds 0..N-1, default {d.n_3d})")
     p.add_argument("--steps", type=int, default=None, help=f"learning steps (default {d.steps})")
     p.add_argument("--steps-3d", type=int, default=None, help=f"SDS steps per 3D run (default {d.steps_3d})")
@@ -388,9 +426,13 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
 
     base = {"refset": args.refset, "out": args.out, "n_3d": args.n_3d, "weights": args.weights, "seed": args.seed,
             "threads": args.threads, "progress": not args.quiet}
+    if args.overwrite:
+        base["overwrite"] = True
     cfg = parse_structured(DemoConfig, load_yaml(None, args.overrides, base=base), where="")
-    if args.fast:
-        cfg = fast_config(cfg)
+    if args.fast:  # --fast never overrides what was set explicitly (key=value, --steps, --steps-3d)
+        explicit = {o.split("=", 1)[0].strip() for o in args.overrides}
+        explicit |= {k for k, v in (("steps", args.steps), ("steps_3d", args.steps_3d)) if v is not None}
+        cfg = fast_config(cfg, keep=explicit)
     if args.steps is not None:
         cfg.steps = int(args.steps)
     if args.steps_3d is not None:
@@ -412,11 +454,11 @@ def launch_entry(config_path: str, extras: Sequence[str]) -> int:
     raw = load_yaml(config_path, extras)
     fast = bool(raw.pop("fast", False))
     cfg = parse_structured(DemoConfig, raw, where="")
-    if fast:
-        cfg = fast_config(cfg)
+    if fast:  # the smoke preset replaces the config file's values, never a key=value given on the command line
+        cfg = fast_config(cfg, keep={e.split("=", 1)[0].strip().lstrip("+") for e in extras if "=" in e})
     run_demo(cfg)
     return 0
 
 
-__all__ = ["DemoConfig", "fast_config", "run_demo", "render_references", "learn_distribution", "prompt_samples",
+__all__ = ["DemoConfig", "default_out", "fast_config", "run_demo", "render_references", "learn_distribution", "prompt_samples",
            "sample_images", "launch_3d", "export_run", "save_grid"]

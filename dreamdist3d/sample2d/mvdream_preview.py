@@ -15,6 +15,7 @@ latent rule of SD 2.1 sampling), so the noise never shares numbers with prompt s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -132,6 +133,9 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         raise ValueError("give exactly one of a prompt (--prompt) or a distribution file (--distribution)")
     if req.n < 1:
         raise ValueError(f"n must be ≥ 1, got {req.n}")
+    for key in ("scale", "cfg", "elevation", "azimuth_start"):  # NaN/Inf would give black images silently
+        if not math.isfinite(float(getattr(req, key))):
+            raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {getattr(req, key)}")
     if req.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {req.dtype!r}")
     if req.prompt is not None and (req.prefix is not None or req.suffix is not None):

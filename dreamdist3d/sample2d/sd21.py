@@ -397,6 +397,30 @@ def _base_record(sampler: SD21Sampler, settings: SampleSettings) -> Dict[str, An
     }
 
 
+RUN_FILES = ("grid.png", "run.json", "embeddings.safetensors")
+
+
+def earlier_run_files(out: PathLike) -> List[Path]:
+    """The files of an earlier `sample` run in folder `out` (`NNNN.png`, `NNNN.json`, `grid.png`, `run.json`,
+    `embeddings.safetensors`); other files are not the run's and never touched."""
+    import re
+
+    out = Path(out)
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.is_file() and (p.name in RUN_FILES or re.fullmatch(r"\d{4,}\.(png|json)", p.name)))
+
+
+def check_out_folder(out: PathLike, overwrite: bool = False) -> None:
+    """Refuse an output folder that holds an earlier run (a new run would overwrite 0000.png … and leave the rest of
+    the old run beside the new run.json), unless `overwrite`. Cheap: call it before loading any model."""
+    found = earlier_run_files(out)
+    if found and not overwrite:
+        names = ", ".join(p.name for p in found[:3]) + (", …" if len(found) > 3 else "")
+        raise ValueError(f"--out {out} already holds an earlier run ({len(found)} files: {names}); pass a new --out "
+                         "folder, or --overwrite to replace that run")
+
+
 def sample_to_folder(
     sampler: SD21Sampler,
     mixture: PromptMixture,
@@ -406,12 +430,17 @@ def sample_to_folder(
     command: Optional[List[str]] = None,
     write_workers: int = 4,
     title: str = "",
+    overwrite: bool = False,
 ) -> List[Dict[str, Any]]:
     """Draw `settings.n` images from `mixture`, write `<i>.png` (tEXt metadata) + `<i>.json`, `grid.png`, `run.json`
     (and `embeddings.safetensors` with `save_embeddings`). Image files are written on `write_workers` background
-    threads (0: inline) while the next batch is generated. Returns the per-image records (what the sidecars hold)."""
+    threads (0: inline) while the next batch is generated. Returns the per-image records (what the sidecars hold).
+    A folder holding an earlier run is refused unless `overwrite`, which first removes that run's files."""
     settings.validate()
     out = Path(out)
+    check_out_folder(out, overwrite)
+    for old in earlier_run_files(out):  # overwrite: no file of the earlier run may stay beside the new run.json
+        old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     law = mixture.law()
     negative = sampler.negative_embeds(settings.negative) if settings.cfg > 1 else None
