@@ -163,7 +163,8 @@ def load_error_reason(e: BaseException) -> str:
 
     text = str(e)
     if "allowed global" in text or "Unsupported global" in text:
-        return "it holds pickled Python objects besides tensors, which dreamdist3d never unpickles (that could run code)"
+        return ("it holds pickled Python objects besides tensors, which dreamdist3d never unpickles "
+                "(that could run code)")
     if isinstance(e, pickle.UnpicklingError):
         return "it is not a PyTorch checkpoint (unreadable pickle data)"
     first = text.splitlines()[0].split(". ")[0].strip() if text.strip() else ""

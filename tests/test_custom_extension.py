@@ -120,7 +120,8 @@ def _launch_config(tmp_path, monkeypatch, stamp, *overrides):
 def test_example_yaml_sample_is_per_trial_and_resumes(threestudio, assets, tmp_path, monkeypatch):
     load_custom_module(EXTENSION)
     cls = threestudio.find("dreamdistribution-prompt-processor")
-    args = [f"system.prompt_processor.distribution={assets['dist']}", f"system.guidance.ckpt_path={assets['ckpt']}", "seed=3"]
+    args = [f"system.prompt_processor.distribution={assets['dist']}", f"system.guidance.ckpt_path={assets['ckpt']}",
+            "seed=3"]
     cfg = _launch_config(tmp_path, monkeypatch, 1, *args)
     assert cfg.tag == "tiny-dist-seed3" and cfg.trial_dir.endswith("tiny-dist-seed3@20261201-060001")
     pp = cfg.system.prompt_processor

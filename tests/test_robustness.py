@@ -18,12 +18,12 @@ import torch
 from dreamdist3d.cli import main
 from dreamdist3d.distribution import PromptDistribution, PromptLearner
 from dreamdist3d.distribution.errors import DistributionFileError, EncoderMismatchError
-from dreamdist3d.learn.tiny import tiny_text_encoder
+from dreamdist3d.testing.backbones import tiny_text_encoder
 from dreamdist3d.text import ClipTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data" / "cathedral_small"
-TOY = "dreamdist3d.learn.tiny:tiny_toy_backbone"
+TOY = "dreamdist3d.testing.backbones:tiny_toy_backbone"
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_non_finite_numbers_are_refused_by_every_command(argv, capsys, tmp_path,
 
 def test_non_finite_numbers_are_refused_by_the_python_api_and_configs(enc, tmp_path):
     from dreamdist3d.distribution import DistributionSpec
-    from dreamdist3d.learn.recipe import LearnConfig, learn
+    from dreamdist3d.recipes.learn import LearnConfig, learn
     from dreamdist3d.sample2d.mvdream_preview import PreviewRequest, run_preview
 
     path = make_dist(enc, tmp_path / "d.safetensors")
@@ -215,7 +215,7 @@ class _NaNGradFrom(torch.nn.Module):
 
 
 def small(tmp_path, **kw):
-    from dreamdist3d.learn.recipe import LearnConfig
+    from dreamdist3d.recipes.learn import LearnConfig
 
     base = dict(images=str(DATA), backbone=TOY, n_prompts=8, batch_size=2, n_samples=2, steps=6, checkpoint_every=1,
                 keep_checkpoints=0, preview_every=0, out_dir=str(tmp_path), progress=False)
@@ -224,8 +224,8 @@ def small(tmp_path, **kw):
 
 
 def test_learn_never_saves_a_non_finite_ctx_as_the_last_good_state(tmp_path):
-    from dreamdist3d.learn.recipe import NonFiniteLossError, learn
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.recipes.learn import NonFiniteLossError, learn
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     sick = tiny_toy_backbone(resolution=8)
     sick.unet = _NaNGradFrom(sick.unet, start=3)  # one UNet call per step ("fast" loss)
@@ -240,7 +240,7 @@ def test_learn_never_saves_a_non_finite_ctx_as_the_last_good_state(tmp_path):
 
 def interrupting_backbone(device="cpu", dtype=torch.float32, at_call=4):
     """A tiny backbone whose UNet is interrupted (Ctrl-C) at its `at_call`-th call, inside a step."""
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     bb = tiny_toy_backbone(device=device, dtype=dtype, resolution=8)
     inner = bb.unet
@@ -261,8 +261,8 @@ def interrupting_backbone(device="cpu", dtype=torch.float32, at_call=4):
 
 
 def test_ctrl_c_in_learn_keeps_the_current_step_and_prints_the_resume_command(tmp_path, capsys, monkeypatch):
-    from dreamdist3d.learn.recipe import learn
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.recipes.learn import learn
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     full = learn(small(tmp_path / "full", checkpoint_every=100), backbone=tiny_toy_backbone(resolution=8))
 
@@ -286,7 +286,7 @@ def test_ctrl_c_in_learn_keeps_the_current_step_and_prints_the_resume_command(tm
 def test_a_ctrl_c_during_the_update_is_held_until_the_update_is_whole():
     import signal
 
-    from dreamdist3d.learn.recipe import _sigint_held
+    from dreamdist3d.recipes.learn import _sigint_held
 
     done = []
     with pytest.raises(KeyboardInterrupt):
@@ -298,7 +298,7 @@ def test_a_ctrl_c_during_the_update_is_held_until_the_update_is_whole():
 
 @pytest.fixture(scope="module")
 def assets_3d(tmp_path_factory):
-    from dreamdist3d.lift3d.testing import write_tiny_assets
+    from dreamdist3d.testing.assets import write_tiny_assets
 
     ckpt, dist = write_tiny_assets(tmp_path_factory.mktemp("assets3d"))
     return str(ckpt), str(dist)
@@ -403,7 +403,7 @@ def test_bad_toy_weights_are_a_clear_error(tmp_path, capsys, kind):
     if kind == "random":
         path.write_bytes(os.urandom(4096))
     elif kind == "mvdream":
-        from dreamdist3d.backbones.tiny import write_tiny_mvdream_checkpoint
+        from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
 
         path = tmp_path / "sd-v2.1-base-4view.pt"
         write_tiny_mvdream_checkpoint(path)
@@ -425,8 +425,8 @@ def test_toyworld_sample_n_0_is_a_clear_error(tmp_path, capsys):
 
 def test_resume_with_another_text_encoder_says_which_in_one_line(tmp_path):
     from dreamdist3d.config import ConfigError
-    from dreamdist3d.learn.recipe import learn
-    from dreamdist3d.learn.tiny import tiny_toy_backbone
+    from dreamdist3d.recipes.learn import learn
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
 
     first = learn(small(tmp_path, steps=2), backbone=tiny_toy_backbone(resolution=8))
     with pytest.raises(ConfigError) as e:

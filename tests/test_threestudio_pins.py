@@ -39,13 +39,15 @@ def test_extension_under_threestudio_pins(tmp_path):
     tiny_sd21_folder(tmp_path / "sd21new", seed=1)  # saved by the current transformers: no `text_model.` key prefix
     tiny_distribution(tmp_path / "sd21new", tmp_path / "sd21new-dist.safetensors", seed=1)
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([PINS_PYTHON, str(REPO / "tests" / "threestudio_pins_check.py"), str(tmp_path)],
                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"the check failed in {PINS_PYTHON}:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     report = json.loads((tmp_path / "pins-out.json").read_text())
     v = report["versions"]
-    assert _version(v["diffusers"]) < (0, 20) and _version(v["transformers"]) < (4, 36) and _version(v["huggingface_hub"]) < (0, 26), (
+    assert (_version(v["diffusers"]) < (0, 20) and _version(v["transformers"]) < (4, 36)
+            and _version(v["huggingface_hub"]) < (0, 26)), (
         f"{PINS_PYTHON} is not an environment with threestudio's pins: {v}")
 
     from safetensors.torch import load_file

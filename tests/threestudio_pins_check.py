@@ -85,7 +85,8 @@ def main(work: Path) -> None:
     tok, enc = load_text_side(str(ckpt))
     ids = tok(["a photo of a cat"])
     with torch.no_grad():
-        assert torch.equal(bb.text_encoder.encode_ids(ids), enc.encode_ids(ids)), "load_text_side != load_mvdream text side"
+        assert torch.equal(bb.text_encoder.encode_ids(ids), enc.encode_ids(ids)), (
+            "load_text_side != load_mvdream text side")
         z = bb.encode_images(torch.zeros(1, 3, bb.resolution, bb.resolution))
     report["shapes"]["old_mvdream_latent"] = list(z.shape)
     tiny_sd21_folder(old / "sd21", seed=3)
@@ -130,15 +131,19 @@ def main(work: Path) -> None:
     # 3. the example yaml as launch.py reads it (omegaconf as threestudio pins it)
     yaml = EXTENSION / "configs" / "dreamdistribution-mvdream-sd21.yaml"
     mv = case_config("mv", work)
-    cfg = load_config(str(yaml), cli_args=[f"exp_root_dir={work / 'outputs'}", f"system.prompt_processor.distribution={mv['distribution']}",
+    cfg = load_config(str(yaml), cli_args=[f"exp_root_dir={work / 'outputs'}",
+                                           f"system.prompt_processor.distribution={mv['distribution']}",
                                            f"system.guidance.ckpt_path={mv['text_encoder_path']}", "seed=3",
-                                           "system.prompt_processor.scale=1.5", "system.prompt_processor.negative_prompt=ugly"],
+                                           "system.prompt_processor.scale=1.5",
+                                           "system.prompt_processor.negative_prompt=ugly"],
                       n_gpus=1)
     pp = cfg.system.prompt_processor
-    assert cfg.tag == "tiny-dist-seed3" and pp.sample_path == f"{cfg.trial_dir}/prompt_sample.safetensors", (cfg.tag, pp.sample_path)
+    assert cfg.tag == "tiny-dist-seed3" and pp.sample_path == f"{cfg.trial_dir}/prompt_sample.safetensors", (
+        cfg.tag, pp.sample_path)
     out = cls(pp)()
     assert Path(pp.sample_path).is_file()
-    assert torch.equal(out.text_embeddings, tensors["mv.text"]), "the yaml's processor differs from the same settings given directly"
+    assert torch.equal(out.text_embeddings, tensors["mv.text"]), (
+        "the yaml's processor differs from the same settings given directly")
     try:
         load_config(str(yaml), cli_args=[f"exp_root_dir={work / 'outputs'}"], n_gpus=1)
     except Exception as e:  # omegaconf wraps the resolver's error

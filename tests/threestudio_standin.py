@@ -133,12 +133,16 @@ def fake_threestudio() -> Dict[str, types.ModuleType]:
             self._cache_dir = ".threestudio_cache/text_embeddings"
             c = self.cfg
             self.directions = [
-                DirectionConfig("side", lambda s: f"{s}, side view", lambda s: s, lambda e, a, d: torch.ones_like(e, dtype=torch.bool)),
+                DirectionConfig("side", lambda s: f"{s}, side view", lambda s: s,
+                                lambda e, a, d: torch.ones_like(e, dtype=torch.bool)),
                 DirectionConfig("front", lambda s: f"{s}, front view", lambda s: s,
-                                lambda e, a, d: (shift_azimuth_deg(a) > -c.front_threshold) & (shift_azimuth_deg(a) < c.front_threshold)),
+                                lambda e, a, d: ((shift_azimuth_deg(a) > -c.front_threshold)
+                                                 & (shift_azimuth_deg(a) < c.front_threshold))),
                 DirectionConfig("back", lambda s: f"{s}, back view", lambda s: s,
-                                lambda e, a, d: (shift_azimuth_deg(a) > 180 - c.back_threshold) | (shift_azimuth_deg(a) < -180 + c.back_threshold)),
-                DirectionConfig("overhead", lambda s: f"{s}, overhead view", lambda s: s, lambda e, a, d: e > c.overhead_threshold),
+                                lambda e, a, d: ((shift_azimuth_deg(a) > 180 - c.back_threshold)
+                                                 | (shift_azimuth_deg(a) < -180 + c.back_threshold))),
+                DirectionConfig("overhead", lambda s: f"{s}, overhead view", lambda s: s,
+                                lambda e, a, d: e > c.overhead_threshold),
             ]
             self.direction2idx = {d.name: i for i, d in enumerate(self.directions)}
             self.prompt = c.prompt
@@ -173,7 +177,8 @@ def fake_threestudio() -> Dict[str, types.ModuleType]:
         m.__dict__.update(attrs)
         return m
 
-    base = mod("threestudio.utils.base", Updateable=Updateable, BaseObject=BaseObject, get_device=lambda: torch.device("cpu"))
+    base = mod("threestudio.utils.base", Updateable=Updateable, BaseObject=BaseObject,
+               get_device=lambda: torch.device("cpu"))
     modules = {
         "threestudio": ts,
         "threestudio.utils": mod("threestudio.utils"),
@@ -183,7 +188,8 @@ def fake_threestudio() -> Dict[str, types.ModuleType]:
         "threestudio.models.prompt_processors": mod("threestudio.models.prompt_processors"),
         "threestudio.models.prompt_processors.base": mod(
             "threestudio.models.prompt_processors.base", PromptProcessor=PromptProcessor,
-            PromptProcessorOutput=PromptProcessorOutput, DirectionConfig=DirectionConfig, shift_azimuth_deg=shift_azimuth_deg,
+            PromptProcessorOutput=PromptProcessorOutput, DirectionConfig=DirectionConfig,
+            shift_azimuth_deg=shift_azimuth_deg,
         ),
     }
     return modules
@@ -204,7 +210,8 @@ def register_config_resolvers() -> None:
     """The resolvers threestudio.utils.config registers on import."""
     for name, fn in {
         "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b, "div": lambda a, b: a / b,
-        "idiv": lambda a, b: a // b, "basename": lambda p: os.path.basename(p), "rmspace": lambda s, sub: s.replace(" ", sub),
+        "idiv": lambda a, b: a // b, "basename": lambda p: os.path.basename(p),
+        "rmspace": lambda s, sub: s.replace(" ", sub),
         "tuple2": lambda s: [float(s), float(s)], "gt0": lambda s: s > 0, "not": lambda s: not s,
     }.items():
         with warnings.catch_warnings():  # some omegaconf releases flag register_new_resolver; threestudio uses it

@@ -59,13 +59,15 @@ class DreamDistributionPromptProcessor(PromptProcessor):
 
     def prepare_text_embeddings(self) -> None:
         cfg = self.cfg
-        key = "system.prompt_processor." + ("text_encoder_path" if cfg.text_encoder_path else "pretrained_model_name_or_path")
+        key = "system.prompt_processor." + ("text_encoder_path" if cfg.text_encoder_path
+                                            else "pretrained_model_name_or_path")
         tokenizer, text_encoder = load_text_side(cfg.text_encoder_path or cfg.pretrained_model_name_or_path, key=key)
         seed = cfg.seed if cfg.seed is not None else torch.initial_seed()
         self._prepared = prepare_prompt(
             distribution=cfg.distribution, scale=cfg.scale, mixture=cfg.mixture, prefix=cfg.prefix, suffix=cfg.suffix,
-            seed=int(seed) % (2**63), view_dependent=cfg.view_dependent_prompting, prefix_style=cfg.view_dependent_prompt_front,
-            class_index=cfg.class_index, negative_prompt=cfg.negative_prompt, text_encoder=text_encoder, tokenizer=tokenizer,
+            seed=int(seed) % (2**63), view_dependent=cfg.view_dependent_prompting,
+            prefix_style=cfg.view_dependent_prompt_front, class_index=cfg.class_index,
+            negative_prompt=cfg.negative_prompt, text_encoder=text_encoder, tokenizer=tokenizer,
             where="system.prompt_processor", sample_path=cfg.sample_path, device=self.device, covariance=cfg.covariance,
         )
         del text_encoder

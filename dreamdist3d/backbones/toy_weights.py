@@ -136,7 +136,8 @@ def load_toy_backbone(
         return _fill_toy_backbone(path, meta, config, tensors, tokenizer, device, dtype)
     except _ToyWeightsError:
         raise
-    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:  # damaged header, missing/mis-shaped tensors
+    except (ValueError, KeyError, TypeError, RuntimeError,
+            IndexError) as e:  # damaged header, missing/mis-shaped tensors
         msg = f"missing {e}" if isinstance(e, KeyError) else (" ".join(str(e).split())[:300] or type(e).__name__)
         raise ValueError(f"{where}{path}: a damaged toy backbone weights file ({msg}); {hint}") from None
 

@@ -46,7 +46,8 @@ def ldm_vae_key(diffusers_key: str, num_blocks: int) -> str:
     m = re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.*)$", k)
     if m:
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3]}"
-    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$", k)
+    m = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\."
+                 r"(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)$", k)
     if m:
         return f"{m[1]}.mid.attn_1.{_ATTN[m[2]]}.{m[3]}"
     m = re.match(r"(encoder|decoder)\.conv_norm_out\.(.*)$", k)

@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--distribution", metavar="FILE",
                      help="learned prompt distribution (.safetensors from `dreamdist3d learn`, or an official .pt)")
     p.add_argument("--class-index", type=int, default=0, help="class of a multi-class official file (default 0)")
-    p.add_argument("--scale", type=finite_float, default=1.0, help="γ: spread of distribution samples (0 = mean; default 1)")
+    p.add_argument("--scale", type=finite_float, default=1.0,
+                   help="γ: spread of distribution samples (0 = mean; default 1)")
     p.add_argument("--covariance", default=None, choices=["diag", "lowrank"],
                    help="sampling mode (diag: the paper; lowrank: the K prompts' full covariance); default: the file's")
     p.add_argument("--prefix", default=None, help="edit: re-encode the distribution with this prefix")
@@ -32,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
     p.add_argument("--cfg", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
     p.add_argument("--elevation", type=finite_float, default=15.0, help="camera elevation in degrees (default 15)")
-    p.add_argument("--azimuth-start", type=finite_float, default=0.0, help="azimuth of the first view in degrees (default 0)")
+    p.add_argument("--azimuth-start", type=finite_float, default=0.0,
+                   help="azimuth of the first view in degrees (default 0)")
     p.add_argument("--seed", type=int, default=0,
                    help="sample i uses prompt sample seed+i (as `sample` and 3D runs) and latent noise seed+2**31")
     p.add_argument("--out", default="preview.png", help="output PNG (JSON sidecar written beside it)")

@@ -39,7 +39,8 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
     m.add_argument("--n", type=int, default=n_default, help=n_help)
     m.add_argument("--negative", default="", help="negative prompt (default empty, as the pipeline)")
     m.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
-    m.add_argument("--cfg", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5; ≤1 disables)")
+    m.add_argument("--cfg", type=finite_float, default=7.5,
+                   help="classifier-free guidance scale (default 7.5; ≤1 disables)")
     m.add_argument("--seed", type=int, default=0,
                    help="base seed: image i uses sample seed seed+i and latent seed seed+i+2**31 (default 0)")
     m.add_argument("--same-latents", action="store_true",

@@ -68,7 +68,8 @@ class DistributionSpec:
                              "or an official prompt_learner.pt)")
         ws = [c.weight for c in self.components]
         if not all(math.isfinite(w) for w in ws):
-            raise ValueError(f"mixture weights must be finite numbers, got {ws}; e.g. --weight 0.5 0.5 for two distributions")
+            raise ValueError(f"mixture weights must be finite numbers, got {ws}; e.g. --weight 0.5 0.5 "
+                             "for two distributions")
         if abs(sum(ws) - 1.0) > 1e-6:
             raise ValueError(f"mixture weights must sum to 1, got {ws} (sum {sum(ws):.6g}); e.g. --weight 0.5 0.5 "
                              "for two distributions")

@@ -32,7 +32,8 @@ FORMAT = "dreamdist3d.prompt-distribution"
 FORMAT_VERSION = 1
 
 # What the official trainer writes: checkpoint-N/prompt_learner.pt = {"model_state_dict": {"ctx"}};
-# final-N.pt = {"epoch", "model_state_dict": full PromptLearner state, "optimizer_state_dict", "lr_scheduler_state_dict"}.
+# final-N.pt = {"epoch", "model_state_dict": full PromptLearner state, "optimizer_state_dict",
+#               "lr_scheduler_state_dict"}.
 _OFFICIAL_TOP_KEYS = {"model_state_dict", "epoch", "optimizer_state_dict", "lr_scheduler_state_dict"}
 _OFFICIAL_MODEL_PREFIXES = ("ctx", "token_prefix", "token_suffix", "text_encoder.", "vision_encoder.", "embedder.")
 
@@ -74,8 +75,8 @@ def describe_encoder(fp: Any) -> str:
     if not isinstance(fp, dict):
         return "unknown"
     sig = hashlib.sha256(json.dumps(fp.get("signature")).encode()).hexdigest()[:8] if fp.get("signature") else "none"
-    return (f"hidden {fp.get('hidden_size', '?')}, {fp.get('num_layers', '?')} layers, vocab {fp.get('vocab_size', '?')}, "
-            f"weights {sig}")
+    return (f"hidden {fp.get('hidden_size', '?')}, {fp.get('num_layers', '?')} layers, "
+            f"vocab {fp.get('vocab_size', '?')}, weights {sig}")
 
 
 def looks_like_safetensors(path: Union[str, Path]) -> bool:
@@ -125,7 +126,8 @@ class PromptDistribution:
         if not ids:
             raise ValueError("from_caption: the caption is empty; an empty prompt has no tokens to hold")
         if len(ids) + 2 > text_encoder.max_length:
-            raise ValueError(f"from_caption: {len(ids)} tokens + SOS/EOS > {text_encoder.max_length}; shorten the caption")
+            raise ValueError(f"from_caption: {len(ids)} tokens + SOS/EOS > {text_encoder.max_length}; "
+                             "shorten the caption")
         with torch.no_grad():
             ctx = text_encoder.embed_tokens(torch.tensor(ids, dtype=torch.long, device=text_encoder.device))
         meta = DistributionMeta(n_ctx=len(ids), n_prompts=1, position_mode="clean",
@@ -140,7 +142,8 @@ class PromptDistribution:
         if self.ctx.shape[-1] != text_encoder.hidden_size:
             raise EncoderMismatchError(
                 f"{where} has context width {self.ctx.shape[-1]} but the text encoder has hidden size "
-                f"{text_encoder.hidden_size}; load the backbone it was learned against ({self.meta.backbone or 'unknown'})"
+                f"{text_encoder.hidden_size}; load the backbone it was learned against "
+                f"({self.meta.backbone or 'unknown'})"
             )
         fp = self.meta.text_encoder
         if check_encoder and fp is not None:
@@ -148,7 +151,8 @@ class PromptDistribution:
             if not fingerprints_match(have, fp):
                 raise EncoderMismatchError(
                     f"{where} was learned with text encoder ({describe_encoder(fp)}; backbone "
-                    f"'{self.meta.backbone or 'unknown'}') but got another ({describe_encoder(have)}); load that backbone"
+                    f"'{self.meta.backbone or 'unknown'}') but got another ({describe_encoder(have)}); "
+                    "load that backbone"
                 )
         pl = PromptLearner(text_encoder, tokenizer, n_ctx=self.meta.n_ctx, n_prompts=self.meta.n_prompts,
                            prefix=self.meta.prefix, suffix=self.meta.suffix, position_mode=self.meta.position_mode)
@@ -162,7 +166,8 @@ class PromptDistribution:
         ctx = self.ctx.detach().float().cpu()
         check_finite(ctx, f"refusing to write {path}")
         meta = DistributionMeta(**{**asdict(self.meta), "ctx_sha256": _ctx_hash(ctx),
-                                   "created": self.meta.created or datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                                   "created": (self.meta.created
+                                               or datetime.now(timezone.utc).isoformat(timespec="seconds"))})
         meta.sha256 = _file_hash(ctx, asdict(meta))
         atomic_save_safetensors({"ctx": ctx}, path, {"dreamdist3d": json.dumps(asdict(meta))})
         self.meta = meta
@@ -210,7 +215,8 @@ class PromptDistribution:
             )
         missing = [k for k in ("n_ctx", "n_prompts") if not isinstance(raw.get(k), int)]
         if missing:
-            raise DistributionFileError(f"{path}: its metadata lacks a whole-number {' and '.join(missing)} (file damaged?)")
+            raise DistributionFileError(f"{path}: its metadata lacks a whole-number {' and '.join(missing)} "
+                                        "(file damaged?)")
         if not isinstance(raw.get("text_encoder"), (dict, type(None))):
             raise DistributionFileError(f"{path}: its text_encoder fingerprint is not a JSON object (file damaged?)")
         known = set(DistributionMeta.__dataclass_fields__)
@@ -221,16 +227,19 @@ class PromptDistribution:
                 f"n_ctx={meta.n_ctx}, D); the file is damaged"
             )
         if meta.ctx_sha256 and _ctx_hash(ctx.float()) != meta.ctx_sha256:
-            raise DistributionFileError(f"{path}: ctx does not match its recorded checksum; the file was modified or damaged")
+            raise DistributionFileError(f"{path}: ctx does not match its recorded checksum; "
+                                        "the file was modified or damaged")
         if meta.position_mode not in POSITION_MODES:
             raise DistributionFileError(f"{path}: unknown position_mode {meta.position_mode!r}")
         if meta.covariance not in COVARIANCES:
-            raise DistributionFileError(f"{path}: unknown covariance {meta.covariance!r} (known: {', '.join(COVARIANCES)})")
+            raise DistributionFileError(f"{path}: unknown covariance {meta.covariance!r} "
+                                        f"(known: {', '.join(COVARIANCES)})")
         check_finite(ctx.float(), path)
         return cls(ctx.float(), meta)
 
 
-def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = "", suffix: str = "") -> PromptDistribution:
+def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = "",
+                    suffix: str = "") -> PromptDistribution:
     """Read an official DreamDistribution checkpoint (`torch.load(weights_only=True)`) into a PromptDistribution.
 
     The official model adds position embeddings twice, so the result uses position_mode="official".
@@ -240,7 +249,8 @@ def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle refused (non-weights content) or damaged file
         raise DistributionFileError(
-            f"{path} cannot be read as an official DreamDistribution checkpoint (read with weights_only=True: {load_error_reason(e)}); expected "
+            f"{path} cannot be read as an official DreamDistribution checkpoint "
+            f"(read with weights_only=True: {load_error_reason(e)}); expected "
             "checkpoint-N/prompt_learner.pt or final-N.pt, or a .safetensors from `dreamdist3d learn`"
         ) from None
     if not isinstance(obj, dict):
@@ -248,7 +258,8 @@ def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = 
     if "model_state_dict" in obj:
         extra_top = set(obj) - _OFFICIAL_TOP_KEYS
         if extra_top:
-            raise DistributionFileError(f"{path}: unexpected top-level keys {sorted(extra_top)} for an official checkpoint")
+            raise DistributionFileError(f"{path}: unexpected top-level keys {sorted(extra_top)} "
+                                        "for an official checkpoint")
         state = obj["model_state_dict"]
     else:
         state = obj
@@ -270,7 +281,8 @@ def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = 
         raise DistributionFileError(f"{path}: no 'ctx' tensor; keys are {sorted(clean)[:8]}")
     ctx = clean["ctx"]
     if not isinstance(ctx, torch.Tensor) or ctx.ndim != 4:
-        raise DistributionFileError(f"{path}: official ctx must be (n_classes, K, n_ctx, D), got {getattr(ctx, 'shape', ctx)}")
+        raise DistributionFileError(f"{path}: official ctx must be (n_classes, K, n_ctx, D), "
+                                    f"got {getattr(ctx, 'shape', ctx)}")
     n_cls = ctx.shape[0]
     if not 0 <= class_index < n_cls:
         raise DistributionFileError(f"{path} holds {n_cls} class(es); class index {class_index} is out of range")
@@ -278,7 +290,8 @@ def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = 
     check_finite(sel, f"{path} class {class_index}")
     meta = DistributionMeta(
         n_ctx=int(sel.shape[1]), n_prompts=int(sel.shape[0]), prefix=prefix, suffix=suffix, position_mode="official",
-        text_encoder=None, backbone="sd21 (official DreamDistribution)", source=f"official import of {path.name} class {class_index}",
+        text_encoder=None, backbone="sd21 (official DreamDistribution)",
+        source=f"official import of {path.name} class {class_index}",
         extra={"official_n_classes": int(n_cls)},
     )
     return PromptDistribution(sel, meta)

@@ -299,8 +299,8 @@ class MVDreamSystem(nn.Module, Updateable):
                 groups.append({"params": ps, "name": path, **dict(gargs or {})})
         else:
             groups = [{"params": [p for p in self.parameters() if p.requires_grad]}]
-        for where, hp in [("system.optimizer.args", args)] + [(f"system.optimizer.params.{g['name']}", g) for g in groups
-                                                               if "name" in g]:
+        for where, hp in [("system.optimizer.args", args)] + [(f"system.optimizer.params.{g['name']}", g)
+                                                               for g in groups if "name" in g]:
             for key in ("lr", "eps", "weight_decay"):
                 value = hp.get(key)
                 if isinstance(value, str):  # YAML reads `inf`, `1e-3` as strings

@@ -408,7 +408,8 @@ def earlier_run_files(out: PathLike) -> List[Path]:
     out = Path(out)
     if not out.is_dir():
         return []
-    return sorted(p for p in out.iterdir() if p.is_file() and (p.name in RUN_FILES or re.fullmatch(r"\d{4,}\.(png|json)", p.name)))
+    return sorted(p for p in out.iterdir()
+                  if p.is_file() and (p.name in RUN_FILES or re.fullmatch(r"\d{4,}\.(png|json)", p.name)))
 
 
 def check_out_folder(out: PathLike, overwrite: bool = False) -> None:

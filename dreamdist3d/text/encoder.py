@@ -136,7 +136,8 @@ class TextEncoder(nn.Module):
         return cls(CLIPTextModel(config))
 
     @classmethod
-    def from_hf_state_dict(cls, config: Union[CLIPTextConfig, Mapping], state_dict: Mapping[str, torch.Tensor]) -> "TextEncoder":
+    def from_hf_state_dict(cls, config: Union[CLIPTextConfig, Mapping],
+                           state_dict: Mapping[str, torch.Tensor]) -> "TextEncoder":
         """From transformers `CLIPTextModel` weights (keys with or without the 4.x `text_model.` prefix)."""
         enc = cls.from_config(config)
         sd = {k[len("text_model.") :] if k.startswith("text_model.") else k: v for k, v in state_dict.items()}
@@ -152,8 +153,8 @@ class TextEncoder(nn.Module):
         sub = folder / "text_encoder" if (folder / "text_encoder").is_dir() else folder
         if not (sub / "config.json").is_file():
             raise FileNotFoundError(
-                f"no text encoder at {sub}: expected a diffusers Stable Diffusion 2.1 folder with text_encoder/config.json "
-                "and its weights (model.safetensors)"
+                f"no text encoder at {sub}: expected a diffusers Stable Diffusion 2.1 folder with "
+                "text_encoder/config.json and its weights (model.safetensors)"
             )
         extra = {"attn_implementation": "sdpa"} if _HAS_ATTN_IMPLEMENTATION else {}
         from transformers.utils import logging as hf_logging
@@ -169,7 +170,8 @@ class TextEncoder(nn.Module):
         missing = [k for k in info["missing_keys"] if not k.endswith("position_ids")]
         if missing or info["mismatched_keys"]:
             # transformers only warns and leaves these weights random. A folder saved by transformers 5.x has no
-            # `text_model.` key prefix, which 4.x (threestudio's pinned 4.28) expects: read the file ourselves, strictly.
+            # `text_model.` key prefix, which 4.x (threestudio's pinned 4.28) expects: read the file ourselves,
+            # strictly.
             return cls.from_hf_state_dict(clip.config, _read_weights(sub, missing)).to(device=device, dtype=dtype)
         return cls(clip).to(device)
 
@@ -235,10 +237,14 @@ class TextEncoder(nn.Module):
                     dst + "self_attn.v_proj.weight": v, dst + "self_attn.v_proj.bias": vb,
                     dst + "self_attn.out_proj.weight": get(src + "attn.out_proj.weight"),
                     dst + "self_attn.out_proj.bias": get(src + "attn.out_proj.bias"),
-                    dst + "layer_norm1.weight": get(src + "ln_1.weight"), dst + "layer_norm1.bias": get(src + "ln_1.bias"),
-                    dst + "layer_norm2.weight": get(src + "ln_2.weight"), dst + "layer_norm2.bias": get(src + "ln_2.bias"),
-                    dst + "mlp.fc1.weight": get(src + "mlp.c_fc.weight"), dst + "mlp.fc1.bias": get(src + "mlp.c_fc.bias"),
-                    dst + "mlp.fc2.weight": get(src + "mlp.c_proj.weight"), dst + "mlp.fc2.bias": get(src + "mlp.c_proj.bias"),
+                    dst + "layer_norm1.weight": get(src + "ln_1.weight"),
+                    dst + "layer_norm1.bias": get(src + "ln_1.bias"),
+                    dst + "layer_norm2.weight": get(src + "ln_2.weight"),
+                    dst + "layer_norm2.bias": get(src + "ln_2.bias"),
+                    dst + "mlp.fc1.weight": get(src + "mlp.c_fc.weight"),
+                    dst + "mlp.fc1.bias": get(src + "mlp.c_fc.bias"),
+                    dst + "mlp.fc2.weight": get(src + "mlp.c_proj.weight"),
+                    dst + "mlp.fc2.bias": get(src + "mlp.c_proj.bias"),
                 }
             )
         with torch.device("meta"):
