@@ -38,8 +38,10 @@ FLAGS = [
     ("--n-samples", "n_samples", int, "reparameterised samples per image (default 4)"),
     ("--lr", "lr", finite_float, "AdamW learning rate (default 1e-3)"),
     ("--loss", "loss", str, "fast (K prompts encoded once) | official (per item, as train.py)"),
-    ("--objective", "objective", str, "official (the paper) | wta | softmin | assign (default official)"),
-    ("--covariance", "covariance", str, "diag (the paper) | lowrank (the K prompts' full covariance) (default diag)"),
+    ("--objective", "objective", str, "assign (default: each prompt learns its own reference images) | official "
+     "(the paper: R samples per image averaged) | wta | softmin (see README)"),
+    ("--covariance", "covariance", str, "lowrank (default: the K prompts' full covariance) | diag (the paper: per "
+     "token and channel); `--objective official --covariance diag` is the paper's recipe"),
     ("--prefix", "prefix", str, "fixed text before the learned tokens"),
     ("--suffix", "suffix", str, "fixed text after the learned tokens"),
     ("--position-mode", "position_mode", str, "clean | official (default: official with --loss official, else clean)"),

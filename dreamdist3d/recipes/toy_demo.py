@@ -61,6 +61,8 @@ class DemoConfig:
     batch_size: int = 4
     n_samples: int = 4
     prefix: str = ""
+    objective: str = "assign"  # the learning default (README, "The toy world"); the paper: official
+    covariance: str = "lowrank"  # the learning default; the paper: diag
     # 2D samples and 4-view previews from the learned distribution
     n_2d: int = 16
     n_4view: int = 4
@@ -103,6 +105,8 @@ def earlier_run(out: Path) -> List[Path]:
 
 
 def check_config(cfg: DemoConfig) -> DemoConfig:
+    from dreamdist3d.distribution import COVARIANCES
+    from dreamdist3d.learn.loss import OBJECTIVES
     from dreamdist3d.toyworld.refsets import REFSETS
 
     def bad(key, msg):
@@ -112,6 +116,10 @@ def check_config(cfg: DemoConfig) -> DemoConfig:
         raise bad("recipe", f"must be 'toy-demo', got {cfg.recipe!r}")
     if cfg.refset not in REFSETS:
         raise bad("refset", f"unknown reference set {cfg.refset!r}; known: {sorted(REFSETS)}")
+    if cfg.objective not in OBJECTIVES:
+        raise bad("objective", f"must be one of {OBJECTIVES}, got {cfg.objective!r}")
+    if cfg.covariance not in COVARIANCES:
+        raise bad("covariance", f"must be one of {COVARIANCES}, got {cfg.covariance!r}")
     for k in ("n_prompts", "n_ctx", "steps", "batch_size", "n_samples", "sample_steps", "steps_3d"):
         if getattr(cfg, k) < 1:
             raise bad(k, f"must be ≥ 1, got {getattr(cfg, k)}")
@@ -172,8 +180,8 @@ def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, Lis
 
 def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_prompts: int = 32, n_ctx: int = 4,
                        steps: int = 300, lr: float = 1e-3, batch_size: int = 4, n_samples: int = 4, seed: int = 0,
-                       prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "official",
-                       covariance: str = "diag"):
+                       prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "assign",
+                       covariance: str = "lowrank"):
     """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult."""
     from dreamdist3d.recipes.learn import LearnConfig, learn
 
@@ -354,7 +362,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
         res = learn_distribution(backbone, out / "reference", out / "learn", name=rs.name, n_prompts=cfg.n_prompts,
                                  n_ctx=cfg.n_ctx, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size,
                                  n_samples=cfg.n_samples, seed=cfg.seed, prefix=cfg.prefix, progress=cfg.progress,
-                                 device=cfg.device)
+                                 device=cfg.device, objective=cfg.objective, covariance=cfg.covariance)
     dist_path = out / "distribution.safetensors"
     dist_path.write_bytes(Path(res.distribution).read_bytes())
     files["distribution"] = dist_path
