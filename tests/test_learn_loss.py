@@ -60,7 +60,7 @@ def test_official_training_step_parity(official, prediction, mode):
     out.total.backward()
     torch.testing.assert_close(pl.ctx.grad, t[f"{p}.ctx_grad"][0], **F32)
     norm = torch.nn.utils.clip_grad_norm_([pl.ctx], 1.0)
-    torch.testing.assert_close(norm, t[f"{p}.grad_norm_preclip"], atol=0, rtol=1e-6)
+    torch.testing.assert_close(norm, t[f"{p}.grad_norm_preclip"], **F32)  # a reduction: 1.3e-6 rel. on an AMD EPYC
     torch.testing.assert_close(pl.ctx.grad, t[f"{p}.ctx_grad_clipped"][0], **F32)
     torch.optim.AdamW([pl.ctx], lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8).step()
     torch.testing.assert_close(pl.ctx.detach(), t[f"{p}.ctx_after_adamw"][0], **F32)
