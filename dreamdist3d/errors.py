@@ -8,7 +8,8 @@ re-raises to show it):
          KeyError, FileNotFoundError)
     1    the system refused: permission denied, read-only file system, no space left, a path that is a file where a
          folder is needed or the reverse (any other OSError)
-    3    training diverged (an exception with `exit_code = 3`, e.g. learn's NonFiniteLossError)
+    3    training diverged (an exception with `exit_code = 3`, e.g. learn's NonFiniteLossError, or the 3D trainer's
+         FloatingPointError, whose message says where the NaN came from)
     130  interrupted (Ctrl-C)
 
 An exception class may set `exit_code` to choose its code.
@@ -36,7 +37,8 @@ _OS_HINTS = {
     errno.EEXIST: "already exists",
 }
 
-HANDLED = (OSError, ValueError, KeyError)
+DIVERGED = 3
+HANDLED = (OSError, ValueError, KeyError, FloatingPointError)
 
 
 def describe(e: BaseException) -> str:
@@ -59,6 +61,8 @@ def exit_code(e: BaseException) -> int:
         return code
     if isinstance(e, KeyboardInterrupt):
         return INTERRUPTED
+    if isinstance(e, FloatingPointError):
+        return DIVERGED
     if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
         return SYSTEM_ERROR
     return INPUT_ERROR

@@ -277,3 +277,15 @@ def test_truncated_last_ckpt_is_a_clear_error(assets, tmp_path, capsys):
     rc = launch_main(_args(assets, tmp_path / "t", f"resume={last}", mode="--test"))
     _one_line_error(capsys.readouterr().err, str(last), "epoch=0-step=2.ckpt")
     assert rc == 2
+
+
+def test_a_diverged_3d_run_is_one_line_and_exit_code_3(capsys):
+    """The 3D trainer raises FloatingPointError naming where the NaN came from: one stderr line, exit code 3."""
+    from dreamdist3d.errors import run_reporting
+
+    def diverge():
+        raise FloatingPointError("loss became nan at step 12: the guidance terms are not finite")
+
+    assert run_reporting("launch.py", diverge) == 3
+    err = capsys.readouterr().err
+    assert err == "launch.py: error: loss became nan at step 12: the guidance terms are not finite\n"
