@@ -34,10 +34,7 @@ all_reduce, so an N-process run equals a one-process run with an N× batch. Only
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -51,27 +48,37 @@ from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.distribution import COVARIANCES, PromptDistribution, PromptLearner
-from dreamdist3d.io import atomic_path, check_writable
+from dreamdist3d.io import check_writable
 from dreamdist3d.learn.data import LatentCache, is_multiview_folder, load_references
-from dreamdist3d.learn.loss import LOSS_MODES, OBJECTIVES, assigned_prompts, distribution_loss
-from dreamdist3d.runs import (
-    checkpoints_in,
-    find_latest_checkpoint,
-    latest_checkpoint,
-    load_checkpoint,
-    new_run_dir,
-    pick_device,
-    save_checkpoint,
-    step_of,
+from dreamdist3d.learn.loop_parts import (
+    IndexStream,
+    distributed_setup,
+    enable_gradient_checkpointing,
+    mean_over_processes,
+    progress_bar,
 )
+from dreamdist3d.learn.loop_parts import sigint_held as _sigint_held
+from dreamdist3d.learn.loss import LOSS_MODES, OBJECTIVES, assigned_prompts, distribution_loss
+from dreamdist3d.learn.run_files import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT  # re-exported (were defined here)
+from dreamdist3d.learn.run_files import CHECKPOINT_VERSION as CHECKPOINT_VERSION
+from dreamdist3d.learn.run_files import RESUME_MUST_MATCH as RESUME_MUST_MATCH
+from dreamdist3d.learn.run_files import (
+    checkpoint_path,
+    find_checkpoint,
+    load_learn_checkpoint,
+    make_run_dir,
+    prune_checkpoints,
+    resume_command,
+    save_learn_checkpoint,
+    write_configs,
+    write_loss_curve,
+    write_metrics,
+    write_step_preview,
+)
+from dreamdist3d.runs import pick_device, step_of
 
-CHECKPOINT_FORMAT = "dreamdist3d.learn-checkpoint"
-CHECKPOINT_VERSION = 1
 MODES = ("auto", "2d", "4view")
 PRECISIONS = ("no", "fp16", "bf16")
-# Changing these on resume would make the checkpoint mean something else.
-RESUME_MUST_MATCH = ("n_ctx", "n_prompts", "prefix", "suffix", "position_mode", "mode", "backbone", "objective",
-                     "covariance")
 
 
 @dataclass
@@ -171,7 +178,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
     resume = resume or cfg.resume or None
 
     # ---------------------------------------------------------------- processes, device, precision
-    rank, world = _distributed_setup(cfg.device)
+    rank, world = distributed_setup(cfg.device)
     device = pick_device(cfg.device)
     if rank == 0:  # every output location is checked before the backbone is loaded
         check_writable(cfg.out_dir, "out_dir (--out-dir)", is_dir=True)
@@ -203,7 +210,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         if m is not None:
             m.eval().requires_grad_(False)
     if cfg.gradient_checkpointing:
-        _enable_gradient_checkpointing(backbone.unet)
+        enable_gradient_checkpointing(backbone.unet)
     if cfg.channels_last:
         backbone.unet.to(memory_format=torch.channels_last)
     multiview = cfg.mode == "4view" or (cfg.mode == "auto" and is_multiview_folder(cfg.images))
@@ -232,12 +239,12 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
     fingerprint = backbone.text_encoder.fingerprint()
 
     if ckpt_path is not None:
-        step = _load_checkpoint(ckpt_path, cfg, fingerprint, ctx, opt, gen, stream, history, scaler)
+        step = load_learn_checkpoint(ckpt_path, cfg, fingerprint, ctx, opt, gen, stream, history, scaler)
 
     # ---------------------------------------------------------------- run folder (only once the inputs are good)
-    run_dir = ckpt_path.parent.parent if ckpt_path else _new_run_dir(cfg, rank, world)
+    run_dir = ckpt_path.parent.parent if ckpt_path else make_run_dir(cfg, rank, world)
     if rank == 0:
-        _write_configs(run_dir, cfg, raw, resumed_from=ckpt_path)
+        write_configs(run_dir, cfg, raw, resumed_from=ckpt_path)
         kind = f"{len(refs)} objects × {views} views" if multiview else f"{len(refs)} images"
         print(f"[learn] {kind} at {resolution}px → latents {tuple(cache.mean.shape[-3:])} cached "
               f"({cache.flips} variant(s) each); backbone {backbone.name} ({backbone.schedule.prediction_type}); "
@@ -251,7 +258,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
     global_batch = cfg.batch_size * world
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     last_ckpt = ckpt_path
-    bar = _progress(cfg, step, rank)
+    bar = progress_bar(cfg, step, rank)
     t_start = time.perf_counter()
     rng_before, stream_before = gen.get_state(), stream.state_dict()
     pending = False  # True from a step's first random draw until its update is applied
@@ -263,11 +270,11 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
             return last_ckpt
         if not bool(torch.isfinite(ctx.detach()).all()):
             return last_ckpt if last_ckpt is not None and last_ckpt.exists() else None
-        path = _checkpoint_path(run_dir, step)
+        path = checkpoint_path(run_dir, step)
         if not path.exists():
             rng, sampler = (rng_before, stream_before) if pending else (gen.get_state(), stream)
-            _save_checkpoint(path, step, cfg, fingerprint, ctx, opt, rng, sampler, history, scaler)
-        _write_metrics(run_dir, history)
+            save_learn_checkpoint(path, step, cfg, fingerprint, ctx, opt, rng, sampler, history, scaler)
+        write_metrics(run_dir, history)
         return path
 
     live.update(keep_good_state=keep_good_state, rank=rank)
@@ -300,7 +307,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
                                     cameras=cams, mode=cfg.loss, covariance=cfg.covariance, objective=cfg.objective,
                                     prompt_index=prompt_index, objective_delta=cfg.objective_delta,
                                     objective_tau=cfg.objective_tau)
-        loss_value = _mean_over_processes(out.total.detach().float(), world)
+        loss_value = mean_over_processes(out.total.detach().float(), world)
         if not torch.isfinite(loss_value):
             _stop_non_finite(
                 f"loss became {loss_value.item()} at step {step + 1} (diffusion {out.mse.item():.4g}, orthogonal "
@@ -317,15 +324,16 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         else:
             grad_norm = ctx.grad.norm()
         if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # the update would make ctx NaN: keep ctx
-            _stop_non_finite(f"the gradient became {float(grad_norm)} at step {step + 1} (loss {loss_value.item():.4g}, "
-                             f"precision {precision})", keep_good_state(), bar)
+            _stop_non_finite(f"the gradient became {float(grad_norm)} at step {step + 1} "
+                             f"(loss {loss_value.item():.4g}, precision {precision})", keep_good_state(), bar)
         with _sigint_held():  # a Ctrl-C here would leave ctx and the AdamW moments half-updated
             scaler.step(opt)
             scaler.update()
             step += 1
             pending = False
-            for k, v in (("step", step), ("loss", loss_value.item()), ("mse", out.mse.item()), ("ortho", out.ortho.item()),
-                         ("grad_norm", float(grad_norm)), ("time", time.perf_counter() - t_start)):
+            for k, v in (("step", step), ("loss", loss_value.item()), ("mse", out.mse.item()),
+                         ("ortho", out.ortho.item()), ("grad_norm", float(grad_norm)),
+                         ("time", time.perf_counter() - t_start)):
                 history[k].append(v)
         if not bool(torch.isfinite(ctx.detach()).all()):  # finite gradient, non-finite update (lr far too high)
             _stop_non_finite(f"the learned context became NaN/Inf in the update of step {step} (gradient norm "
@@ -335,13 +343,13 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value.item():.4f}", ortho=f"{out.ortho.item():.3f}")
         if rank == 0 and (step % max(1, cfg.checkpoint_every) == 0 or step == stop):
-            last_ckpt = _checkpoint_path(run_dir, step)
-            _save_checkpoint(last_ckpt, step, cfg, fingerprint, ctx, opt, gen.get_state(), stream, history, scaler)
-            _prune_checkpoints(run_dir, cfg.keep_checkpoints)
-            _write_metrics(run_dir, history)
+            last_ckpt = checkpoint_path(run_dir, step)
+            save_learn_checkpoint(last_ckpt, step, cfg, fingerprint, ctx, opt, gen.get_state(), stream, history, scaler)
+            prune_checkpoints(run_dir, cfg.keep_checkpoints)
+            write_metrics(run_dir, history)
             write_loss_curve(run_dir / "loss.png", history)
         if rank == 0 and cfg.preview_every > 0 and (step % cfg.preview_every == 0 or step == cfg.steps):
-            _preview(run_dir, step, cfg, backbone, learner, multiview, views)
+            write_step_preview(run_dir, step, cfg, backbone, learner, multiview, views)
     bar.close()
     live.clear()  # the steps are over: an interrupt from here on has nothing new to keep
 
@@ -357,13 +365,14 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         dist.save(dist_path)
         if cfg.out:
             dist.save(cfg.out)
-        _write_metrics(run_dir, history)
+        write_metrics(run_dir, history)
         write_loss_curve(run_dir / "loss.png", history)
         state = "done" if step >= cfg.steps else f"paused at step {step}/{cfg.steps} (resume=latest continues)"
         print(f"[learn] {state}; distribution {cfg.out or dist_path}", file=sys.stderr)
     if world > 1:
         torch.distributed.barrier()
-    return LearnResult(run_dir, step, Path(cfg.out) if cfg.out else dist_path, ctx.detach().float().cpu().clone(), history)
+    return LearnResult(run_dir, step, Path(cfg.out) if cfg.out else dist_path, ctx.detach().float().cpu().clone(),
+                       history)
 
 
 # ==================================================================================================== entry points
@@ -430,274 +439,11 @@ def backbone_spec(cfg: LearnConfig) -> tuple:
     return cfg.backbone, "--backbone"
 
 
-def _enable_gradient_checkpointing(unet) -> None:
-    for m in (unet, getattr(unet, "unet", None)):
-        fn = getattr(m, "enable_gradient_checkpointing", None)
-        if fn is not None:
-            fn()
-            return
-    warnings.warn(f"{type(unet).__name__} has no gradient checkpointing; ignoring gradient_checkpointing", stacklevel=2)
-
-
-class IndexStream:
-    """Items in shuffled epochs, concatenated (a shuffling loader that never drops items); state resumes exactly."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.perm = torch.empty(0, dtype=torch.long)
-        self.pos = 0
-
-    def take(self, k: int, gen: torch.Generator) -> torch.Tensor:
-        out = []
-        while k > 0:
-            if self.pos >= len(self.perm):
-                self.perm, self.pos = torch.randperm(self.n, generator=gen), 0
-            chunk = self.perm[self.pos : self.pos + k]
-            out.append(chunk)
-            self.pos += len(chunk)
-            k -= len(chunk)
-        return torch.cat(out)
-
-    def state_dict(self) -> dict:
-        return {"perm": self.perm.clone(), "pos": self.pos, "n": self.n}
-
-    def load_state_dict(self, state: dict) -> None:
-        if int(state["n"]) != self.n:
-            raise ConfigError(f"the checkpoint was made with {state['n']} reference items, the folder now has {self.n}")
-        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
-
-
-def _distributed_setup(device_cfg: str):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        use_nccl = torch.cuda.is_available() and not device_cfg.startswith("cpu")
-        dist.init_process_group("nccl" if use_nccl else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _mean_over_processes(x: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-        x /= world
-    return x.cpu()
-
-
-def _progress(cfg: LearnConfig, step: int, rank: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.steps, initial=step, desc=f"learn {cfg.name}", unit="step", dynamic_ncols=True,
-                disable=not cfg.progress or rank != 0, file=sys.stderr)
-
-
-def _new_run_dir(cfg: LearnConfig, rank: int, world: int) -> Path:
-    path = new_run_dir(cfg.out_dir, "", cfg.name) if rank == 0 else None  # <out_dir>/<name>@<stamp>[-N]/ckpts
-    if world > 1:
-        box = [str(path) if path else None]
-        torch.distributed.broadcast_object_list(box, src=0)
-        path = Path(box[0])
-    return path
-
-
-def _write_configs(run_dir: Path, cfg: LearnConfig, raw: Optional[dict], resumed_from: Optional[Path]) -> None:
-    from omegaconf import OmegaConf
-
-    folder = run_dir / "configs"
-    folder.mkdir(parents=True, exist_ok=True)
-    name = "parsed.yaml" if resumed_from is None else f"parsed-resume-{step_of(resumed_from)}.yaml"
-    with atomic_path(folder / name) as tmp:
-        tmp.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    if raw is not None and resumed_from is None:
-        with atomic_path(folder / "raw.yaml") as tmp:
-            tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(raw)))
-
-
 def _stop_non_finite(what: str, saved: Optional[Path], bar) -> None:
     bar.close()
     where = (f"The last good state is {saved} (step {step_of(saved)}); resume from it" if saved is not None else
              "No good state was saved; start again")
     raise NonFiniteLossError(f"{what}; stopped. {where} with a lower lr or mixed_precision=no")
-
-
-@contextlib.contextmanager
-def _sigint_held():
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it as KeyboardInterrupt when the block ends
-    (main thread with Python's default handler only; elsewhere a plain block)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def resume_command(ckpt: Path) -> str:
-    """The command line that continues from `ckpt`: this process's own, with its resume argument replaced."""
-    import shlex
-
-    argv = list(sys.argv)
-    prog = Path(argv[0]).name if argv else ""
-    rest, skip = [], False
-    for a in argv[1:]:
-        if skip:
-            skip = False
-        elif a == "--resume":
-            skip = True
-        elif not (a.startswith("--resume=") or a.startswith("resume=")):
-            rest.append(a)
-    if prog == "launch.py":
-        return " ".join(shlex.quote(a) for a in ["python", "launch.py", *rest, f"resume={ckpt}"])
-    if rest[:1] == ["learn"]:
-        return " ".join(shlex.quote(a) for a in ["dreamdist3d", *rest, "--resume", str(ckpt)])
-    return f"the same settings with resume={shlex.quote(str(ckpt))} (learn(cfg, resume=...))"
-
-
-# ---------------------------------------------------------------------------------------------------- checkpoints
-def _checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / "ckpts" / f"step-{step:07d}.pt"
-
-
-def find_checkpoint(resume: str, cfg: LearnConfig) -> Optional[Path]:
-    """`latest` (newest run `<out_dir>/<name>@*` holding a checkpoint), a checkpoint file, or a run folder."""
-    if resume == "latest":
-        return find_latest_checkpoint(cfg.out_dir, "", cfg.name, pattern="step-*.pt")
-    path = Path(resume)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        ck = latest_checkpoint(path, "step-*.pt")
-        if ck is None:
-            raise FileNotFoundError(f"resume: {path} holds no step-*.pt checkpoint")
-        return ck
-    raise FileNotFoundError(f"resume: {path} does not exist (give 'latest', a run folder or a ckpts/step-*.pt file)")
-
-
-def _save_checkpoint(path: Path, step: int, cfg: LearnConfig, fingerprint: dict, ctx: torch.Tensor, opt, rng: torch.Tensor,
-                     sampler, history: Dict[str, List[float]], scaler) -> None:
-    """sampler: an IndexStream or its state_dict."""
-    sampler = sampler.state_dict() if isinstance(sampler, IndexStream) else sampler
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "step": int(step),
-        "ctx": ctx.detach().float().cpu().clone(),
-        "optimizer": opt.state_dict(),
-        "rng": rng.clone(),
-        "sampler": sampler,
-        "history": {k: torch.tensor(v, dtype=torch.float64) for k, v in history.items()},
-        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-        "config": json.dumps(asdict(cfg)),
-        "text_encoder": json.dumps(fingerprint),
-    }
-    save_checkpoint(state, path)
-
-
-def _load_checkpoint(path: Path, cfg: LearnConfig, fingerprint: dict, ctx, opt, gen, stream, history, scaler) -> int:
-    from dreamdist3d.text import fingerprints_match
-
-    state = load_checkpoint(path, CHECKPOINT_FORMAT, what="learning checkpoint")  # a damaged file names the intact one
-    old = json.loads(state["config"])
-    for key in RESUME_MUST_MATCH:
-        if key in old and old[key] != getattr(cfg, key):
-            raise ConfigError(f"resume: config key '{key}' is {getattr(cfg, key)!r} but the run {path.parent.parent} "
-                              f"was made with {old[key]!r}; use the same value or start a new run")
-    for key in ("seed", "batch_size", "n_samples", "lr", "loss", "flip", "images"):
-        if key in old and old[key] != getattr(cfg, key):
-            warnings.warn(f"resume: '{key}' changed from {old[key]!r} to {getattr(cfg, key)!r}; the run continues with the "
-                          "new value (it will not match an uninterrupted run)", stacklevel=3)
-    if not fingerprints_match(json.loads(state["text_encoder"]), fingerprint):
-        from dreamdist3d.distribution.file import describe_encoder
-
-        raise ConfigError(f"resume: {path} was learned with text encoder ({describe_encoder(json.loads(state['text_encoder']))}) "
-                          f"but got another ({describe_encoder(fingerprint)}); load the same backbone")
-    if tuple(state["ctx"].shape) != tuple(ctx.shape):
-        raise ConfigError(f"resume: checkpoint ctx {tuple(state['ctx'].shape)} does not fit {tuple(ctx.shape)}")
-    with torch.no_grad():
-        ctx.copy_(state["ctx"].to(ctx))
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["rng"])
-    stream.load_state_dict(state["sampler"])
-    if state.get("scaler") and scaler.is_enabled():
-        scaler.load_state_dict(state["scaler"])
-    for k, v in state["history"].items():
-        if k in history:
-            history[k] = [int(x) if k == "step" else float(x) for x in v.tolist()]
-    return int(state["step"])
-
-
-def _prune_checkpoints(run_dir: Path, keep: int) -> None:
-    if keep <= 0:
-        return
-    for p in checkpoints_in(run_dir / "ckpts", "step-*.pt")[:-keep]:
-        p.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------------- outputs
-def _write_metrics(run_dir: Path, history: Dict[str, List[float]]) -> None:
-    keys = list(history)
-    with atomic_path(run_dir / "metrics.csv") as tmp:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(keys)
-            for row in zip(*(history[k] for k in keys)):
-                w.writerow(row)
-
-
-def write_loss_curve(path: Path, history: Dict[str, List[float]]) -> None:
-    """Loss per step (light) and its running mean (dark), orthogonal term on a second panel. Agg backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    steps, loss = history.get("step", []), history.get("loss", [])
-    if not steps:
-        return
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.plot(steps, loss, color="tab:blue", alpha=0.3, lw=0.8, label="loss")
-    win = max(1, len(loss) // 20)
-    if win > 1:
-        c = torch.tensor(loss, dtype=torch.float64).cumsum(0)
-        avg = ((c[win - 1 :] - torch.cat([c.new_zeros(1), c[:-win]])) / win).tolist()
-        ax.plot(steps[win - 1 :], avg, color="tab:blue", lw=1.6, label=f"mean of {win}")
-    ax.set_ylabel("loss (min-SNR MSE + ortho)")
-    ax.legend(loc="upper right")
-    ax.grid(alpha=0.3)
-    ax2.plot(steps, history.get("ortho", []), color="tab:orange", lw=1)
-    ax2.set_ylabel("orthogonal")
-    ax2.set_xlabel("step")
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
-def _preview(run_dir: Path, step: int, cfg: LearnConfig, backbone: Backbone, learner, multiview: bool, views: int) -> None:
-    from dreamdist3d.learn.preview import write_preview
-
-    cameras = None
-    frames = 1
-    if backbone.supports_camera:  # MVDream: 4-view previews whatever the learning mode
-        from dreamdist3d.backbones.cameras import get_camera
-
-        frames = views if multiview else 4
-        cameras = get_camera(frames, elevation=15, azimuth_start=0)
-    write_preview(run_dir / "previews" / f"step-{step:07d}.png", backbone, learner, n_samples=cfg.preview_samples,
-                  steps=cfg.preview_steps, guidance=cfg.preview_guidance, seed=cfg.seed + 1, num_frames=frames,
-                  cameras=cameras, covariance=cfg.covariance)
 
 
 __all__ = ["LearnConfig", "LearnResult", "NonFiniteLossError", "backbone_spec", "find_checkpoint", "launch_entry",

@@ -40,138 +40,26 @@ from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, check_scale
 from dreamdist3d.io import atomic_save_safetensors
 from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid
 from dreamdist3d.sample2d.metadata import embedding_stats, save_png, to_uint8, write_json
+from dreamdist3d.sample2d.run_files import RUN_FILES as RUN_FILES  # re-exported (was defined here)
+from dreamdist3d.sample2d.run_files import BackgroundWriter, check_out_folder, earlier_run_files, write_image
+from dreamdist3d.sample2d.sd21_pipeline import (
+    DTYPES,
+    SCHEDULERS,
+    PathLike,
+    attention_sliced,
+    check_sd21_folder,
+    dtype_name,
+    load_sd21_pipeline,
+    resolve_device,
+    resolve_dtype,
+    tokenizer_for,
+)
+from dreamdist3d.sample2d.sd21_pipeline import float32_weights as _float32
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
-PathLike = Union[str, Path]
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "pndm": "PNDMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-}
 DEFAULT_GAMMAS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)
 DEFAULT_MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 RECORD_KIND = "dreamdist3d.sample2d.sd21"
-
-
-# ---------------------------------------------------------------------------------------------- device and dtype
-def resolve_device(name: Optional[str] = "auto") -> torch.device:
-    """`--device`: "auto" → cuda when this torch sees a GPU, else cpu (`dreamdist3d.runs.pick_device`)."""
-    from dreamdist3d.runs import pick_device
-
-    return pick_device(name, key="--device")
-
-
-def resolve_dtype(name: Optional[str], device: torch.device) -> torch.dtype:
-    """"auto" → fp16 on CUDA, fp32 elsewhere; else one of fp32, fp16, bf16."""
-    if name in (None, "", "auto"):
-        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    if name not in DTYPES:
-        raise ValueError(f"--dtype {name!r}: choose one of {', '.join(DTYPES)} or auto")
-    return DTYPES[name]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}.get(dtype, str(dtype).replace("torch.", ""))
-
-
-# ---------------------------------------------------------------------------------------------- loading
-def check_sd21_folder(folder: PathLike, config_key: str = "--sd21") -> Path:
-    """The folder, after checking it is a complete local diffusers SD 2.1 folder (error names what is missing)."""
-    from dreamdist3d.backbones.sd21 import SUBFOLDERS, _check_folder
-
-    folder = Path(folder)
-    _check_folder(folder, config_key)
-    if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"{folder / 'model_index.json'} not found (set by {config_key}): a diffusers pipeline folder has "
-            f"model_index.json beside {', '.join(s + '/' for s in SUBFOLDERS)}"
-        )
-    return folder
-
-
-def load_sd21_pipeline(
-    folder: PathLike,
-    device: Union[str, torch.device] = "cpu",
-    dtype: torch.dtype = torch.float32,
-    scheduler: Optional[str] = None,
-    attention_slicing: bool = False,
-    vae_tiling: bool = False,
-):
-    """diffusers `StableDiffusionPipeline` from a local folder (no hub, no safety checker), on `device` in `dtype`.
-
-    `scheduler` (ddim, pndm, euler, euler-a, dpm++) replaces the folder's scheduler, built from its config.
-    `attention_slicing` / `vae_tiling` turn on diffusers' memory savers for small GPUs."""
-    import diffusers
-    from diffusers import StableDiffusionPipeline
-
-    folder = check_sd21_folder(folder)
-    with _quiet_loading():
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(folder), local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
-    if scheduler:
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"--scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)} (or leave it out for "
-                             "the folder's)")
-        pipe.scheduler = getattr(diffusers, SCHEDULERS[scheduler]).from_config(pipe.scheduler.config)
-    pipe = pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    if attention_slicing:
-        pipe.enable_attention_slicing()
-    if vae_tiling:
-        pipe.vae.enable_tiling()
-    return pipe
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Silence diffusers/transformers loading chatter (progress bars, the accelerate hint, the torch_dtype rename
-    notice) while a pipeline loads; errors still raise. Restores the previous settings."""
-    import warnings
-
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    saved = [(mod, mod.get_verbosity(), mod.is_progress_bar_enabled()) for mod in (dlog, tlog)]
-    for mod, _, _ in saved:
-        mod.set_verbosity_error()
-        mod.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            yield
-    finally:
-        for mod, level, bars in saved:
-            mod.set_verbosity(level)
-            if bars:
-                mod.enable_progress_bar()
-
-
-def tokenizer_for(folder: PathLike) -> Tuple[ClipTokenizer, str]:
-    """Our tokenizer from the folder's `tokenizer/` (vocab.json + merges.txt); folders saved by transformers 5 keep
-    only tokenizer.json, then the packaged CLIP BPE (the same vocabulary as SD 2.1's) is used. Returns (tok, source)."""
-    sub = Path(folder) / "tokenizer"
-    if (sub / "vocab.json").is_file() and (sub / "merges.txt").is_file():
-        return ClipTokenizer.from_folder(sub), str(sub)
-    return ClipTokenizer.default(), "packaged CLIP BPE (no vocab.json/merges.txt in the folder)"
-
-
-@contextlib.contextmanager
-def _float32(module: torch.nn.Module) -> Iterator[None]:
-    """Run `module` in float32 inside the block; half weights go up and back down exactly (fp16/bf16 ⊂ fp32)."""
-    dtype = next(module.parameters()).dtype
-    if dtype == torch.float32:
-        yield
-        return
-    module.to(torch.float32)
-    try:
-        yield
-    finally:
-        module.to(dtype)
 
 
 def image_seeds(seed: int, index: int, same_latents: bool = False) -> Tuple[int, int]:
@@ -264,7 +152,7 @@ class SD21Sampler:
             "prediction_type": self.pipe.scheduler.config.get("prediction_type"),
             "device": str(self.device),
             "dtype": dtype_name(self.dtype),
-            "attention_slicing": _attention_sliced(self.pipe),
+            "attention_slicing": attention_sliced(self.pipe),
             "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
             "tokenizer": self.tokenizer_source,
             "versions": {"dreamdist3d": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__},
@@ -339,47 +227,7 @@ class SD21Sampler:
         return to_uint8(out)
 
 
-def _attention_sliced(pipe) -> bool:
-    from diffusers.models.attention_processor import SlicedAttnProcessor
-
-    try:
-        return any(isinstance(p, SlicedAttnProcessor) for p in pipe.unet.attn_processors.values())
-    except Exception:  # pragma: no cover - processors API changed
-        return False
-
-
 # ---------------------------------------------------------------------------------------------- runs
-class _BackgroundWriter:
-    """Writes files on worker threads while the pipeline computes the next batch (PNG compression releases the GIL;
-    a 768² PNG costs tens of ms, a large share of a fast GPU's time per image). `close()` waits and re-raises."""
-
-    def __init__(self, workers: int = 4) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=workers,
-                                       thread_name_prefix="dreamdist3d-write") if workers > 0 else None
-        self.futures: list = []
-
-    def submit(self, fn, *args) -> None:
-        if self.pool is None:
-            fn(*args)
-        else:
-            self.futures.append(self.pool.submit(fn, *args))
-
-    def close(self) -> None:
-        try:
-            for f in self.futures:
-                f.result()
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True)
-
-
-def _write_image(image: np.ndarray, png: Path, record: Dict[str, Any], sidecar: Path) -> None:
-    save_png(image, png, record)
-    write_json(record, sidecar)
-
-
 def _base_record(sampler: SD21Sampler, settings: SampleSettings) -> Dict[str, Any]:
     return {
         "kind": RECORD_KIND,
@@ -395,31 +243,6 @@ def _base_record(sampler: SD21Sampler, settings: SampleSettings) -> Dict[str, An
         "same_latents": settings.same_latents,
         "latent_generator": "torch.Generator('cpu') per image",
     }
-
-
-RUN_FILES = ("grid.png", "run.json", "embeddings.safetensors")
-
-
-def earlier_run_files(out: PathLike) -> List[Path]:
-    """The files of an earlier `sample` run in folder `out` (`NNNN.png`, `NNNN.json`, `grid.png`, `run.json`,
-    `embeddings.safetensors`); other files are not the run's and never touched."""
-    import re
-
-    out = Path(out)
-    if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir()
-                  if p.is_file() and (p.name in RUN_FILES or re.fullmatch(r"\d{4,}\.(png|json)", p.name)))
-
-
-def check_out_folder(out: PathLike, overwrite: bool = False) -> None:
-    """Refuse an output folder that holds an earlier run (a new run would overwrite 0000.png … and leave the rest of
-    the old run beside the new run.json), unless `overwrite`. Cheap: call it before loading any model."""
-    found = earlier_run_files(out)
-    if found and not overwrite:
-        names = ", ".join(p.name for p in found[:3]) + (", …" if len(found) > 3 else "")
-        raise ValueError(f"--out {out} already holds an earlier run ({len(found)} files: {names}); pass a new --out "
-                         "folder, or --overwrite to replace that run")
 
 
 def sample_to_folder(
@@ -451,7 +274,7 @@ def sample_to_folder(
     records: List[Dict[str, Any]] = []
     images: List[np.ndarray] = []
     all_embeds: List[torch.Tensor] = []
-    writer = _BackgroundWriter(write_workers)
+    writer = BackgroundWriter(write_workers)
     try:
         for start in range(0, settings.n, settings.batch_size):
             idx = list(range(start, min(settings.n, start + settings.batch_size)))
@@ -466,7 +289,7 @@ def sample_to_folder(
                     stats = embedding_stats(embeds[j], law.mean, law.std, fed=fed[j])
                     rec = {**base, "file": name, "index": i, "sample_seed": seeds[j][0], "latent_seed": seeds[j][1],
                            "embedding": stats}
-                    writer.submit(_write_image, batch[j], out / name, rec, out / f"{i:04d}.json")
+                    writer.submit(write_image, batch[j], out / name, rec, out / f"{i:04d}.json")
                     records.append(rec)
                     images.append(batch[j])
                 if save_embeddings:
