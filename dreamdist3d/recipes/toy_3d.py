@@ -1,0 +1,110 @@
+"""The toy demo's 3D stage: text-to-3D runs of the toy backbone, their mesh export, and several runs at a time.
+
+`launch_3d` is one run (`configs/toy/toy-3d.yaml` through `recipes.lift3d.run_3d`, the loaded backbone passed in);
+`run_3d_seeds` runs a list of seeds `workers_3d` at a time in forked one-thread worker processes that share the
+backbone; `export_run` writes a finished run's meshes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_3D_CONFIG = "configs/toy/toy-3d.yaml"
+
+
+def _log(msg: str) -> None:
+    print(f"[toy-demo] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_path(path: str) -> Path:
+    """A repository file given relative to the working directory, or else to the repository root."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    alt = REPO_ROOT / path
+    return alt if alt.is_file() else p
+
+
+def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = DEFAULT_3D_CONFIG, steps: int = 300,
+              overrides: Sequence[str] = (), progress: bool = True, device: str = "cpu") -> Path:
+    """One text-to-3D run of the toy backbone with the prompt sample of `seed`: folder `out/runs/seed<seed>/`."""
+    import shutil
+
+    from dreamdist3d.recipes.lift3d import run_3d
+
+    previous = Path(out) / "runs" / f"seed{seed}"
+    if (previous / "cmd.txt").is_file():  # a previous demo's run of this seed: start clean (its turntable would
+        shutil.rmtree(previous)            # otherwise be picked up when the step counts differ)
+    settings = [
+        f"system.prompt_processor.distribution={distribution}", f"seed={seed}", f"exp_root_dir={out}", "name=runs",
+        f"tag=seed{seed}", "use_timestamp=false", f"trainer.max_steps={steps}",
+        f"trainer.enable_progress_bar={str(bool(progress)).lower()}", *overrides,
+    ]
+    res = run_3d(resolve_path(config), backbone=backbone, mode="train", overrides=settings,
+                 device="cpu" if str(device) == "cpu" else "auto")
+    return res.run_dir
+
+
+def _one_3d(backbone, cfg, distribution: Path, out: Path, seed: int):
+    """3D run + export of one seed -> (run folder, exported files, (run times, export times))."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    _log(f"3D run seed {seed} ({cfg.steps_3d} SDS steps)")
+    run_dir = launch_3d(backbone, distribution, out, seed, cfg.config_3d, cfg.steps_3d, cfg.overrides_3d,
+                        progress=cfg.progress and cfg.workers_3d <= 1, device=cfg.device)
+    w1, c1 = time.perf_counter(), time.process_time()
+    exported = export_run(run_dir, cfg.formats, cfg.texture, cfg.texture_size, cfg.isosurface_resolution)
+    w2, c2 = time.perf_counter(), time.process_time()
+    span = lambda a, b, c, d: {"wall_s": round(b - a, 2), "cpu_s": round(d - c, 2)}  # noqa: E731
+    return run_dir, exported, (span(w0, w1, c0, c1), span(w1, w2, c1, c2))
+
+
+_WORKER: Dict[str, Any] = {}  # per worker process: the backbone it inherited from the demo at fork time
+
+
+def _worker_init(backbone) -> None:
+    torch.set_num_threads(1)
+    _WORKER["backbone"] = backbone
+
+
+def _worker_run(cfg, distribution: Path, out: Path, seed: int):
+    return _one_3d(_WORKER["backbone"], cfg, distribution, out, seed)
+
+
+def run_3d_seeds(backbone, cfg, distribution: Path, out: Path, seeds: Sequence[int]) -> List[tuple]:
+    """The 3D runs of `seeds`, `cfg.workers_3d` at a time: forked worker processes with one torch thread each share
+    the loaded backbone (copy-on-write); on a CPU two such runs take about the time of one. Results in seed order.
+    Without fork (not Linux/macOS), on CUDA or with workers_3d ≤ 1 they run here one after another."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(cfg.workers_3d, len(seeds))
+    if workers <= 1 or str(cfg.device) != "cpu" or "fork" not in mp.get_all_start_methods():
+        return [_one_3d(backbone, cfg, distribution, out, s) for s in seeds]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_worker_init,
+                             initargs=(backbone,)) as pool:
+        futures = [pool.submit(_worker_run, cfg, distribution, out, s) for s in seeds]
+        return [f.result() for f in futures]
+
+
+def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = False, texture_size: int = 256,
+               isosurface_resolution: int = 64) -> Dict[str, Path]:
+    """Mesh files of a finished run (`<run>/export/model.{glb,obj,ply,…}`)."""
+    from dreamdist3d.export import export_field
+    from dreamdist3d.lift3d.system import load_run_field
+
+    fld = load_run_field(run_dir)
+    res = export_field(fld, Path(run_dir) / "export", formats=formats, isosurface_resolution=isosurface_resolution,
+                       isosurface_threshold=fld.isosurface_threshold, texture=texture, texture_size=texture_size)
+    return dict(res.files)
+
+
+# ----------------------------------------------------------------------------------------------------- the demo
+
+
+__all__ = ["DEFAULT_3D_CONFIG", "export_run", "launch_3d", "resolve_path", "run_3d_seeds"]
