@@ -289,3 +289,29 @@ def test_fast_never_overrides_keys_set_explicitly(tmp_path):
         monkeypatch.undo()
     cfg = seen["cfg"]
     assert (cfg.steps, cfg.sample_steps, cfg.steps_3d, cfg.n_2d) == (120, 7, 40, 8)
+
+
+def test_3d_runs_in_forked_workers_equal_runs_in_process(tiny_weights, tmp_path):
+    """workers_3d=2 (two forked one-thread workers sharing the loaded backbone) gives the same runs as one by one."""
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.distribution import PromptDistribution
+    from dreamdist3d.recipes.toy_3d import run_3d_seeds
+    from dreamdist3d.recipes.toy_demo import DemoConfig
+
+    bb = load_backbone(f"toy:{tiny_weights}")
+    dist = tmp_path / "d.safetensors"
+    PromptDistribution.from_caption("a red cone", bb.text_encoder, bb.tokenizer).save(dist)
+    outs = {}
+    for workers in (1, 2):
+        cfg = DemoConfig(steps_3d=3, workers_3d=workers, progress=False, formats="glb", isosurface_resolution=16)
+        outs[workers] = run_3d_seeds(bb, cfg, dist, tmp_path / f"w{workers}", [0, 1])
+    for (run1, files1, _), (run2, files2, _) in zip(outs[1], outs[2]):
+        assert run1.name == run2.name and Path(files2["glb"]).is_file()
+        s1, s2 = load_file(run1 / "prompt_sample.safetensors"), load_file(run2 / "prompt_sample.safetensors")
+        assert torch.equal(s1["text_embeddings"], s2["text_embeddings"])
+        g1, g2 = (np.asarray(Image.open(next((r / "save").glob("*-test-grid.png")))) for r in (run1, run2))
+        assert np.array_equal(g1, g2)
