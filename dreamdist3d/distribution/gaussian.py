@@ -76,6 +76,13 @@ class PromptGaussian:
             raise ValueError("covariance='lowrank' needs the factor of the K encoded prompts (fit the distribution "
                              "again)")
 
+    @classmethod
+    def from_points(cls, hidden: torch.Tensor, covariance: str = "diag") -> "PromptGaussian":
+        """The Gaussian of K encoded prompts (K, 77, D): their mean, unbiased std (0 for K=1) and low-rank factor."""
+        mean = hidden.mean(0)
+        std = hidden.std(0) if hidden.shape[0] > 1 else torch.zeros_like(mean)
+        return cls(mean, std, prompt_factor(hidden), covariance)
+
     @property
     def dim(self) -> int:
         return int(self.mean.shape[-1])

@@ -181,9 +181,7 @@ class PromptLearner(nn.Module):
         """The Gaussian over encoder states of the K prompts re-encoded with this prefix/suffix (edits), in diag mode
         with the low-rank factor kept (`with_covariance("lowrank")` samples the K prompts' full covariance)."""
         hidden, _ = self.encode(prefix, suffix)
-        hidden = hidden.float()
-        mean, std = self.moments(hidden)
-        return PromptGaussian(mean, std, prompt_factor(hidden))
+        return PromptGaussian.from_points(hidden.float())
 
     @torch.no_grad()
     def interpret(self) -> str:

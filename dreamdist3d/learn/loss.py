@@ -80,11 +80,11 @@ def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covarian
         hidden, pooled = learner.encode()  # (K, 77, D), (K, D): the K prompts, once
         if prompt_index is not None:
             return hidden[prompt_index], learner.orthogonal_loss(pooled)
-        mean, std = learner.moments(hidden)  # (77, D) each
         if covariance == "diag":
+            mean, std = learner.moments(hidden)  # (77, D) each
             context = mean + eps.to(mean) * std  # (B, R, 77, D)
         else:
-            context = mean + torch.einsum("brk,kld->brld", eps.to(mean), prompt_factor(hidden))
+            context = hidden.mean(0) + torch.einsum("brk,kld->brld", eps.to(hidden), prompt_factor(hidden))
         return context, learner.orthogonal_loss(pooled)
     # official: ctx[cls_idx] stacked per item -> B·K sequences through the encoder, moments per item
     x, eos = learner.input_embeddings()  # (K, 77, D)

@@ -287,9 +287,7 @@ def prepare_prompt(
     try:
         dist_spec = DistributionSpec.from_config(distribution, scale, mixture, class_index, prefix, suffix, covariance,
                                                  where=where)
-    except FileNotFoundError:
-        raise
-    except ValueError as e:
+    except ValueError as e:  # (a missing file is a FileNotFoundError, not caught here)
         raise ConfigError(str(e)) from None
     spec = SampleSpec(dist_spec, seed=int(seed), view_dependent=view_dependent, prefix_style=prefix_style)
     saved = Path(sample_path) if sample_path else None

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
-from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, PromptGaussian, prompt_factor
+from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, PromptGaussian
 
 # arm -> learning settings (None: not learned)
 ARMS: Dict[str, Optional[Dict[str, Any]]] = {
@@ -110,17 +110,14 @@ def _images(backbone, context: torch.Tensor, cfg: ArmsConfig, seed: int) -> torc
                          guidance=cfg.guidance)[:, 0]
 
 
-def caption_law(backbone, captions: Sequence[str], covariance: str) -> PromptGaussian:
-    """The Gaussian of the encoded captions (K, 77, D) as if they were K learned prompts."""
-    hidden = torch.cat([backbone.encode_text([c]) for c in captions]).float()
-    mean = hidden.mean(0)
-    std = hidden.std(0) if hidden.shape[0] > 1 else torch.zeros_like(mean)
-    return PromptGaussian(mean, std, prompt_factor(hidden), covariance)
+def encode_captions(backbone, captions: Sequence[str]) -> torch.Tensor:
+    """(K, 77, D) float32: the captions encoded, to stand in for K learned prompts."""
+    return torch.cat([backbone.encode_text([c]) for c in captions]).float()
 
 
 def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int, folder: Path,
             real: torch.Tensor) -> Dict[str, Any]:
-    from dreamdist3d.distribution import DistributionSpec, PromptDistribution, fit
+    from dreamdist3d.distribution import DistributionSpec, fit
     from dreamdist3d.recipes.toy_demo import learn_distribution, render_references
     from dreamdist3d.recipes.toy_eval import medoid_caption, score_readings
     from dreamdist3d.toyworld.refsets import get_refset
@@ -143,18 +140,16 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
         record["loss_last20"] = statistics.fmean(res.history["loss"][-20:])
         record["distribution"] = str(res.distribution)
         spec = DistributionSpec.from_lists([res.distribution])
-        mixture = fit(spec, backbone.text_encoder, backbone.tokenizer)
-        law = mixture.law()
-        dist = PromptDistribution.load(res.distribution)
-        hidden, _ = dist.learner(backbone.text_encoder, backbone.tokenizer).encode()
-        points = hidden.float()
+        law = fit(spec, backbone.text_encoder, backbone.tokenizer).law()
+        k = law.factor.shape[0]  # one file, γ 1: factor_k = (h_k − μ)/√(K−1), so the prompts themselves are
+        points = law.mean + law.factor * math.sqrt(max(k - 1, 1))  # μ + √(K−1)·factor_k (no second encoding)
     elif arm.startswith("captions+"):
-        law = caption_law(backbone, rs.captions(), arm.split("+")[1])
-        points = torch.cat([backbone.encode_text([c]) for c in rs.captions()]).float()
+        points = encode_captions(backbone, rs.captions())
+        law = PromptGaussian.from_points(points, arm.split("+")[1])
     else:  # caption
         cap = medoid_caption(rs)
         record["caption"] = cap
-        law = caption_law(backbone, [cap], "diag")
+        law = PromptGaussian.from_points(encode_captions(backbone, [cap]))
     samples = law.sample(cfg.n, seed=seed)
     images = _images(backbone, samples, cfg, seed)
     readings = reader.read(images)
@@ -209,8 +204,7 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
     prompt sample each), each object read on 4 turntable views (one aggregated reading), scored like the 2D rows.
     Cached as `<out>/runs3d/<set>/<arm>/seed<s>.json`; returns all cached 3D records of the config."""
     from dreamdist3d.backbones.load import load_backbone
-    from dreamdist3d.recipes.toy_demo import launch_3d
-    from dreamdist3d.recipes.toy_eval import get_reader, real_features, score_readings, turntable_views
+    from dreamdist3d.recipes.toy_eval import get_reader, objects_3d, real_features, score_readings
     from dreamdist3d.toyworld.refsets import get_refset
 
     out = Path(cfg.out)
@@ -237,12 +231,8 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
                 reader = reader or get_reader(cfg.reader)
                 real = real if real is not None else real_features(reader, rs, cfg.n_real, 0)
                 t0 = time.perf_counter()
-                objs = []
-                for s3 in range(100 * seed, 100 * seed + cfg.n_3d):
-                    run = launch_3d(backbone, Path(dist).resolve(), out / "work3d" / refset / arm.replace("+", "_"),
-                                    s3, cfg.config_3d, cfg.steps_3d, progress=False)
-                    objs.append(turntable_views(run, 4))
-                views = torch.stack(objs)  # (n_3d, 4, 3, H, W)
+                views = objects_3d(backbone, dist, out / "work3d" / refset / arm.replace("+", "_"),
+                                   range(100 * seed, 100 * seed + cfg.n_3d), cfg.config_3d, cfg.steps_3d)
                 readings = reader.read_views(views.flatten(0, 1), 4)
                 rec = {"refset": refset, "arm": arm + " (3D)", "seed": seed, "n_3d": cfg.n_3d,
                        **score_readings(readings, rs.support, real, views[:, 0], k=cfg.k),
@@ -323,4 +313,4 @@ def cli_run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ARMS", "ArmsConfig", "caption_law", "colour_scores", "run_arms", "run_arms_3d", "run_one", "table"]
+__all__ = ["ARMS", "ArmsConfig", "encode_captions", "colour_scores", "run_arms", "run_arms_3d", "run_one", "table"]

@@ -133,6 +133,16 @@ def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) 
     return save_png(canvas, path)
 
 
+def objects_3d(backbone, distribution: Path, out: Path, seeds: Sequence[int], config: str, steps: int,
+               progress: bool = False) -> torch.Tensor:
+    """One text-to-3D run per seed (`out/runs/seed<s>/`, the prompt sample of that seed), each read back as 4
+    evenly spaced turntable views: (len(seeds), 4, 3, H, W) in [0,1]."""
+    from dreamdist3d.recipes.toy_3d import launch_3d
+
+    runs = [launch_3d(backbone, Path(distribution).resolve(), out, s, config, steps, progress=progress) for s in seeds]
+    return torch.stack([turntable_views(run, 4) for run in runs])
+
+
 def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
     """(n_views, 3, H, W) in [0,1]: evenly spaced frames of a finished run's test turntable (the RGB panel)."""
     import numpy as np
@@ -222,16 +232,11 @@ def evaluate_refset(cfg: EvalConfig, backbone, reader, name: str, out: Path) -> 
     oracle_rows = oracle_scores(reader, rs, real, n=cfg.n, seed=cfg.seed, k=cfg.k) if cfg.oracles else []
     views_3d: Dict[str, torch.Tensor] = {}
     if cfg.n_3d > 0:  # 3D runs of both learned distributions, read on 4 turntable views per object
-        from dreamdist3d.recipes.toy_demo import launch_3d
-
         for method in METHODS:
             t0 = time.perf_counter()
-            objs = []
-            for s3 in range(cfg.seed, cfg.seed + cfg.n_3d):
-                run = launch_3d(backbone, Path(dists[method]).resolve(), folder / "3d" / method.replace("=", ""), s3,
-                                cfg.config_3d, cfg.steps_3d, progress=cfg.progress)
-                objs.append(turntable_views(run, 4))
-            views_3d[method] = torch.stack(objs)  # (n_3d, 4, 3, H, W)
+            views_3d[method] = objects_3d(backbone, dists[method], folder / "3d" / method.replace("=", ""),
+                                          range(cfg.seed, cfg.seed + cfg.n_3d), cfg.config_3d, cfg.steps_3d,
+                                          cfg.progress)  # (n_3d, 4, 3, H, W)
             times[f"{method} (3D)"] = round(time.perf_counter() - t0, 1)
 
     rows, blocks = [], []
