@@ -30,7 +30,7 @@ def _run(folder: Path) -> None:
 
 
 def test_gallery_page_and_server(tmp_path):
-    from dreamdist3d.commands.gallery import build_gallery
+    from dreamdist3d.lift3d.gallery import build_gallery
     from dreamdist3d.web.serve import make_server
 
     out = tmp_path / "gallery"

@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import List
 
-from dreamdist3d.lift3d.gallery import build_gallery, find_turntable, run_dir  # noqa: F401 (re-exported)
-
 NAME = "gallery"
 HELP = "N text-to-3D runs of one distribution (seeds 0..N-1), then a PNG grid and an HTML page of their turntables"
 
@@ -83,17 +81,17 @@ def _load_shared_backbone(config: str, settings: List[str]):
 
 def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[int]:
     """One worker per GPU; worker i takes seeds[i::len(gpus)] one after another."""
+    from dreamdist3d.lift3d.gallery import find_turntable, run_dir
+
     procs = []
     for i, gpu in enumerate(gpus):
         share = seeds[i::len(gpus)]
         if not share:
             continue
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
-        cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution, "--config",
-               args.config,
-               "--out", str(out), "--gpu", "0", "--frames", str(args.frames), "--worker-seeds", ",".join(map(str,
-                                                                                                             share)),
-               *args.overrides]
+        cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution,
+               "--config", args.config, "--out", str(out), "--gpu", "0", "--frames", str(args.frames),
+               "--worker-seeds", ",".join(map(str, share)), *args.overrides]
         procs.append((gpu, share, subprocess.Popen(cmd, env=env)))
     failed = []
     for gpu, share, p in procs:
@@ -105,6 +103,8 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[in
 
 
 def run(args: argparse.Namespace) -> int:
+    from dreamdist3d.lift3d.gallery import build_gallery, find_turntable, run_dir  # (lift3d loads torch models)
+
     dist = Path(args.distribution)
     if not dist.is_file():
         raise FileNotFoundError(f"--distribution {dist} does not exist")
