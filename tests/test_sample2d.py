@@ -16,8 +16,7 @@ from safetensors.torch import load_file
 
 from dreamdist3d.cli import main
 from dreamdist3d.distribution import DistributionSpec, PromptDistribution, PromptLearner
-from dreamdist3d.sample2d.grid import contact_sheet, labelled_grid
-from dreamdist3d.sample2d.metadata import PNG_KEY, read_png_record
+from dreamdist3d.images import PNG_KEY, contact_sheet, labelled_grid, read_png_record
 from dreamdist3d.sample2d.sd21 import (
     LATENT_SEED_OFFSET,
     SampleSettings,

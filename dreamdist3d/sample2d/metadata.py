@@ -12,8 +12,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from dreamdist3d.images import PNG_KEY, read_png_record, save_png, to_uint8  # noqa: F401 (the one PNG writer)
-from dreamdist3d.io import atomic_path
+from dreamdist3d.io import atomic_write_text
 
 PathLike = Union[str, Path]
 
@@ -47,10 +46,7 @@ def embedding_stats(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 
 
 def write_json(record: Any, path: PathLike) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 
 
-__all__ = ["PNG_KEY", "embedding_stats", "read_png_record", "save_png", "to_uint8", "write_json"]
+__all__ = ["embedding_stats", "write_json"]

@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Union
 
 import numpy as np
 
-from dreamdist3d.sample2d.metadata import save_png, write_json
+from dreamdist3d.images import save_png
+from dreamdist3d.sample2d.metadata import write_json
 
 PathLike = Union[str, Path]
 
