@@ -16,7 +16,7 @@ import torch
 
 from dreamdist3d.backbones.toy_weights import default_weights_path, load_toy_backbone
 from dreamdist3d.distribution import PromptDistribution
-from dreamdist3d.recipes.toy_demo import launch_3d
+from dreamdist3d.recipes.toy_3d import launch_3d
 from dreamdist3d.recipes.toy_eval import turntable_views
 from dreamdist3d.toyworld.attributes import AttributeReader
 

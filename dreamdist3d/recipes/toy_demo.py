@@ -34,13 +34,7 @@ from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
-from dreamdist3d.recipes.toy_3d import (  # noqa: F401 (re-exported: the toy evaluators launch 3D runs through here)
-    DEFAULT_3D_CONFIG,
-    export_run,
-    launch_3d,
-    resolve_path,
-    run_3d_seeds,
-)
+from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, run_3d_seeds
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -427,4 +421,4 @@ def launch_entry(config_path: str, extras: Sequence[str]) -> int:
 
 
 __all__ = ["DemoConfig", "default_out", "fast_config", "run_demo", "render_references", "learn_distribution", "prompt_samples",
-           "sample_images", "launch_3d", "export_run", "save_grid"]
+           "sample_images", "save_grid"]
