@@ -19,7 +19,7 @@ processor (ours and the threestudio extension), the toy demo and evaluator, and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -130,9 +130,6 @@ class DistributionSpec:
                              f"`{where}.distribution=cathedrals.safetensors` (or {where}.mixture)")
         return cls.from_lists([str(distribution)], None, [scale], [class_index], prefix, suffix, covariance,
                               key=f"{where}.distribution")
-
-    def with_(self, **changes: Any) -> "DistributionSpec":
-        return replace(self, **changes)
 
 
 def load_files(spec: DistributionSpec) -> List[PromptDistribution]:
