@@ -222,6 +222,14 @@ REFSETS: Dict[str, RefSet] = {
             seed=606,
             held_out=True,
         ),
+        RefSet(  # defined on 2026-12-01 before any run, to check the kernel-mixture/fidelity work; never tuned on
+            "tricolour-tori-cones",
+            "tori, cones and cylinders in yellow, teal or pink, half of them with a part",
+            ObjectGrammar(shapes=("torus", "cone", "cylinder"), colours=("yellow", "teal", "pink"), part_prob=0.5),
+            n=12,
+            seed=707,
+            held_out=True,
+        ),
     )
 }
 
