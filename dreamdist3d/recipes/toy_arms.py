@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
+from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, PromptGaussian
 
 # arm -> learning settings (None: not learned)
@@ -66,7 +66,7 @@ class ArmsConfig:
     weights: str = ""
     reader: str = "outputs/toyworld/attribute-reader.safetensors"
     n: int = 32
-    steps: int = 300
+    steps: int = DEFAULT_LEARN_STEPS  # learning steps, every arm
     n_prompts: int = 32
     n_ctx: int = 4
     lr: float = 1e-3

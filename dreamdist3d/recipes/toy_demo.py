@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import torch
 
 from dreamdist3d.backbones.load import load_backbone
-from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
+from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, run_3d_seeds
@@ -51,10 +51,10 @@ class DemoConfig:
     threads: int = 1  # torch CPU threads; 0 = torch's default (tiny models: 1 is as fast, and robust on shared cores)
     device: str = "cpu"
     progress: bool = True
-    # learning (the official recipe's settings, few steps)
+    # learning (the official recipe's optimiser settings, few steps)
     n_prompts: int = 32  # K
     n_ctx: int = 4
-    steps: int = 300
+    steps: int = DEFAULT_LEARN_STEPS
     lr: float = 1e-3
     batch_size: int = 4
     n_samples: int = 4
@@ -166,8 +166,8 @@ def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, Lis
 
 
 def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_prompts: int = 32, n_ctx: int = 4,
-                       steps: int = 300, lr: float = 1e-3, batch_size: int = 4, n_samples: int = 4, seed: int = 0,
-                       prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "assign",
+                       steps: int = DEFAULT_LEARN_STEPS, lr: float = 1e-3, batch_size: int = 4, n_samples: int = 4,
+                       seed: int = 0, prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "assign",
                        covariance: str = "lowrank"):
     """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult."""
     from dreamdist3d.recipes.learn import LearnConfig, learn

@@ -52,7 +52,7 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 
-from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE
+from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.evaluation.toy_scores import (  # noqa: F401 (re-exported)
     METRICS,
     claim_check,
@@ -79,7 +79,7 @@ class EvalConfig:
     n: int = 32  # generated samples per method
     n_prompts: int = 32  # K of the distribution
     n_ctx: int = 4
-    steps: int = 300  # learning steps (both K=32 and K=1)
+    steps: int = DEFAULT_LEARN_STEPS  # learning steps (both K=32 and K=1)
     lr: float = 1e-3
     batch_size: int = 4
     n_samples: int = 4
