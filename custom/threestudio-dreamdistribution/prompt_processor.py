@@ -47,7 +47,7 @@ class DreamDistributionPromptProcessor(PromptProcessor):
         suffix: Optional[str] = None
         scale: float = 1.0  # γ
         mixture: List[Any] = field(default_factory=list)  # [{path, weight, scale}, ...], weights sum to 1
-        covariance: Optional[str] = None  # diag | lowrank; None: what the file records (official files: diag)
+        covariance: Optional[str] = None  # diag | lowrank | kernel; None: what the file records (official files: diag)
         seed: Optional[int] = None  # set it to ${seed}; None falls back to torch.initial_seed()
         view_dependent_prompting: bool = False  # direction suffix edits of the distribution, re-fitted
         # the model whose text encoder the distribution was learned with; None: pretrained_model_name_or_path

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from dreamdist3d.distribution.gaussian import COVARIANCES
+
 NAME = "inspect"
 HELP = ("print a distribution file's metadata and learned-context summary; with --text-encoder also its "
         "interpretation and a γ scatter PNG")
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="diffusers SD 2.1 folder or MVDream .pt: adds the interpretation and the scatter")
     p.add_argument("--prefix", default=None, help="re-encode with this prefix (edit) before fitting")
     p.add_argument("--suffix", default=None, help="re-encode with this suffix (edit) before fitting")
-    p.add_argument("--covariance", default=None, choices=["diag", "lowrank"],
+    p.add_argument("--covariance", default=None, choices=COVARIANCES,
                    help="sampling mode of the γ scatter (default: what the file records)")
     p.add_argument("--n", type=int, default=64, help="samples per γ in the scatter (default 64)")
     p.add_argument("--seed", type=int, default=0, help="scatter sample i uses prompt sample seed+i (default 0)")

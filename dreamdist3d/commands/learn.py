@@ -40,8 +40,10 @@ FLAGS = [
     ("--loss", "loss", str, "fast (K prompts encoded once) | official (per item, as train.py)"),
     ("--objective", "objective", str, "assign (default: each prompt learns its own reference images) | official "
      "(the paper: R samples per image averaged) | wta | softmin (see README)"),
-    ("--covariance", "covariance", str, "lowrank (default: the K prompts' full covariance) | diag (the paper: per "
-     "token and channel); `--objective official --covariance diag` is the paper's recipe"),
+    ("--covariance", "covariance", str, "sampling law recorded in the file: kernel (default: a mixture around the K "
+     "prompts) | lowrank (the K prompts' full covariance) | diag (the paper: per token and channel); objectives "
+     "that sample while learning use lowrank for kernel; `--objective official --covariance diag` is the paper's "
+     "recipe"),
     ("--prefix", "prefix", str, "fixed text before the learned tokens"),
     ("--suffix", "suffix", str, "fixed text after the learned tokens"),
     ("--position-mode", "position_mode", str, "clean | official (default: official with --loss official, else clean)"),

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from dreamdist3d.commands import finite_float
+from dreamdist3d.distribution.gaussian import COVARIANCES
 
 NAME = "preview"
 HELP = "MVDream 4-view previews (DDIM + classifier-free guidance) of a text prompt or a learned prompt distribution"
@@ -24,8 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-index", type=int, default=0, help="class of a multi-class official file (default 0)")
     p.add_argument("--scale", type=finite_float, default=1.0,
                    help="γ: spread of distribution samples (0 = mean; default 1)")
-    p.add_argument("--covariance", default=None, choices=["diag", "lowrank"],
-                   help="sampling mode (diag: the paper; lowrank: the K prompts' full covariance); default: the file's")
+    p.add_argument("--covariance", default=None, choices=COVARIANCES,
+                   help="sampling law (diag: the paper; lowrank: the K prompts' full covariance; kernel: a mixture "
+                        "around the K prompts); default: the file's")
     p.add_argument("--prefix", default=None, help="edit: re-encode the distribution with this prefix")
     p.add_argument("--suffix", default=None, help="edit: re-encode the distribution with this suffix")
     p.add_argument("--negative", default="", help="negative / unconditional prompt (default \"\")")

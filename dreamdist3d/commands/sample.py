@@ -7,6 +7,7 @@ import sys
 from typing import Tuple
 
 from dreamdist3d.commands import finite_float
+from dreamdist3d.distribution.gaussian import COVARIANCES
 
 NAME = "sample"
 HELP = "generate SD 2.1 images from a prompt distribution (or a mixture), with text edits and diversity scale γ"
@@ -28,9 +29,9 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
                    help="text before the learned tokens (edit; default: the distribution's training prefix)")
     g.add_argument("--suffix", default=None,
                    help='text after the learned tokens (edit, e.g. "jumping on the grass"; default: training suffix)')
-    g.add_argument("--covariance", default=None, choices=["diag", "lowrank"],
-                   help="sampling mode: diag (the paper: per-token σ) or lowrank (the K prompts' full covariance); "
-                        "default: what each file records (official files: diag)")
+    g.add_argument("--covariance", default=None, choices=COVARIANCES,
+                   help="sampling law: diag (the paper: per-token σ), lowrank (the K prompts' full covariance) or "
+                        "kernel (a mixture around the K prompts); default: what each file records (official: diag)")
 
     m = p.add_argument_group("model and sampling")
     m.add_argument("--sd21", required=True, metavar="PATH",

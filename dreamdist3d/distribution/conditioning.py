@@ -59,7 +59,7 @@ class DistributionSpec:
     components: Tuple[Component, ...]
     prefix: Optional[str] = None  # None: each distribution's training prefix
     suffix: Optional[str] = None
-    covariance: Optional[str] = None  # None: what the files record (diag | lowrank)
+    covariance: Optional[str] = None  # None: what the files record (diag | lowrank | kernel)
     key: str = "--distribution"  # the flag / config key named in errors
 
     def __post_init__(self) -> None:

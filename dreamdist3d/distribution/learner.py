@@ -165,7 +165,7 @@ class PromptLearner(nn.Module):
         covariance: str = "diag",
     ) -> torch.Tensor:
         """Differentiable samples (*n_samples, 77, D) of the K prompts' Gaussian: diag μ + ε·σ with ε (*n, 77, D),
-        or lowrank μ + Σ_k a_k·(h_k − μ)/√(K−1) with a = `eps` (*n, K)."""
+        or lowrank μ + Σ_k a_k·(h_k − μ)/√(K−1) with a = `eps` (*n, K) (kernel: the same, its Gaussian part)."""
         check_covariance(covariance)
         mean, std = self.moments(hidden)
         shape = (n_samples,) if isinstance(n_samples, int) else tuple(n_samples)

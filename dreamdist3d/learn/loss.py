@@ -19,7 +19,8 @@ Objectives (`objective`), all on ℓ_{b,r} = w(t_b)·mse_{b,r} of R samples per 
 - `assign` (control): no sampling; prompt k is assigned to image k mod N (and image n to prompt n mod K when K < N);
   each row uses one of its image's prompts, mean_{b,r} ℓ (the "prompts assigned to images" control).
 Covariance (`covariance`) is the law of the reparameterised samples: `diag` μ + ε⊙σ with ε (B, R, 77, D), or
-`lowrank` μ + Σ_k a_k·(h_k − μ)/√(K−1) with a (B, R, K).
+`lowrank` μ + Σ_k a_k·(h_k − μ)/√(K−1) with a (B, R, K); `kernel` (a sampling law: a mixture around the K prompts)
+learns as `lowrank`, its Gaussian part (with the default objective `assign` nothing is sampled while learning).
 
 `mode="official"` arranges the computation as the official train.py/PromptLearner do: the K prompts are stacked per
 batch item and run through the text encoder as B·K sequences, μ/σ/ortho per item. `mode="fast"` (ours) encodes the K
@@ -95,7 +96,7 @@ def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covarian
         return hidden.gather(1, prompt_index[..., None, None].expand(-1, -1, *hidden.shape[2:])), \
             learner.orthogonal_loss(pooled)
     mean = hidden.mean(1)  # (B, 77, D)
-    if covariance == "lowrank":
+    if covariance != "diag":  # lowrank, and kernel's Gaussian part
         factor = (hidden - mean[:, None]) / max(k - 1, 1) ** 0.5  # (B, K, 77, D); zeros for K=1
         return mean[:, None] + torch.einsum("brk,bkld->brld", eps.to(mean), factor), learner.orthogonal_loss(pooled)
     std = hidden.std(1) if k > 1 else torch.zeros_like(mean)

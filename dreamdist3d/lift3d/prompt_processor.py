@@ -358,7 +358,7 @@ class DreamDistributionPromptProcessor(BaseObject):
         suffix: Optional[str] = None
         scale: float = 1.0  # γ
         mixture: List[Any] = field(default_factory=list)  # [{path, weight, scale}, ...]; weights sum to 1
-        covariance: Optional[str] = None  # diag | lowrank; None: what the file records (official files: diag)
+        covariance: Optional[str] = None  # diag | lowrank | kernel; None: what the file records (official files: diag)
         seed: Optional[int] = None  # None: the run's seed
         view_dependent_prompting: bool = False
 

@@ -102,9 +102,9 @@ class LearnConfig:
     suffix: str = ""
     position_mode: str = ""  # "" = "official" with loss=official, else "clean"
     n_samples: int = 4  # R reparameterised samples per image
-    # assign + lowrank won on the held-out toy sets (README, "The toy world"); the paper: official + diag
+    # assign + kernel won on the held-out toy sets (README, "The toy world"); the paper: official + diag
     objective: str = "assign"  # assign | official (the paper) | wta | softmin (see learn/loss.py)
-    covariance: str = "lowrank"  # law of the samples, recorded in the file: lowrank | diag (the paper)
+    covariance: str = "kernel"  # sampling law recorded in the file: kernel | lowrank | diag (the paper)
     objective_delta: float = 0.1  # wta: weight of the mean over the R samples
     objective_tau: float = 0.1  # softmin: temperature relative to the image's mean loss
     batch_size: int = 4  # per process
@@ -290,7 +290,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
             choice = torch.randint(0, 2**31 - 1, (global_batch, cfg.n_samples), generator=gen)
         elif cfg.covariance == "diag":
             eps = torch.randn((global_batch, cfg.n_samples, backbone.text_encoder.max_length, dim), generator=gen)
-        else:  # lowrank: one coefficient per prompt
+        else:  # lowrank (and kernel, which learns as lowrank): one coefficient per prompt
             eps = torch.randn((global_batch, cfg.n_samples, cfg.n_prompts), generator=gen)
         latents = cache.sample(idx, flips, gen)  # (GB, [F,] C, h, w)
         noise = torch.randn(latents.shape, generator=gen)

@@ -48,6 +48,7 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "wta+lowrank": {"objective": "wta", "covariance": "lowrank"},
     "softmin+lowrank": {"objective": "softmin", "covariance": "lowrank"},
     "assign+lowrank": {"objective": "assign", "covariance": "lowrank"},
+    "assign+kernel": {"objective": "assign", "covariance": "kernel"},
     "K=1": {"objective": "official", "covariance": "diag", "n_prompts": 1},
     "captions+diag": None,  # calibration: the references' exact captions as the K prompts
     "captions+lowrank": None,
@@ -59,7 +60,8 @@ SCORES = ("reject", "in_dist", "coverage", "precision", "diversity", "colour_tv"
 @dataclass
 class ArmsConfig:
     refsets: List[str] = field(default_factory=lambda: ["large-tall-greens", "jewel-boxes-spheres",
-                                                         "warm-cones-cylinders", "cool-round-topped"])
+                                                         "tricolour-tori-cones", "warm-cones-cylinders",
+                                                         "cool-round-topped", "far-hues-spheres-cylinders"])
     arms: List[str] = field(default_factory=lambda: list(ARMS))
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     out: str = "outputs/toyworld/arms"

@@ -60,7 +60,7 @@ class DemoConfig:
     n_samples: int = 4
     prefix: str = ""
     objective: str = "assign"  # the learning default (README, "The toy world"); the paper: official
-    covariance: str = "lowrank"  # the learning default; the paper: diag
+    covariance: str = "kernel"  # the learning default; the paper: diag
     # 2D samples and 4-view previews from the learned distribution
     n_2d: int = 16
     n_4view: int = 4
@@ -168,7 +168,7 @@ def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, Lis
 def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_prompts: int = 32, n_ctx: int = 4,
                        steps: int = DEFAULT_LEARN_STEPS, lr: float = 1e-3, batch_size: int = 4, n_samples: int = 4,
                        seed: int = 0, prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "assign",
-                       covariance: str = "lowrank"):
+                       covariance: str = "kernel"):
     """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult."""
     from dreamdist3d.recipes.learn import LearnConfig, learn
 

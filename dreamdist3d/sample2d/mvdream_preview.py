@@ -75,7 +75,7 @@ class PreviewRequest:
     distribution: Optional[str] = None
     class_index: int = 0
     scale: float = 1.0
-    covariance: Optional[str] = None  # diag | lowrank; None: what the file records
+    covariance: Optional[str] = None  # diag | lowrank | kernel; None: what the file records
     prefix: Optional[str] = None
     suffix: Optional[str] = None
     negative: str = ""

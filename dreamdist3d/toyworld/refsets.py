@@ -222,6 +222,13 @@ REFSETS: Dict[str, RefSet] = {
             seed=606,
             held_out=True,
         ),
+        RefSet(  # tuning set (2026-12-01): colours far apart on the hue circle, what lies between is not in the set
+            "far-hues-spheres-cylinders",
+            "spheres and cylinders in orange, teal or purple, a few with a part",
+            ObjectGrammar(shapes=("sphere", "cylinder"), colours=("orange", "teal", "purple"), part_prob=0.3),
+            n=12,
+            seed=808,
+        ),
         RefSet(  # defined on 2026-12-01 before any run, to check the kernel-mixture/fidelity work; never tuned on
             "tricolour-tori-cones",
             "tori, cones and cylinders in yellow, teal or pink, half of them with a part",
