@@ -33,11 +33,13 @@ def test_inspect_our_file_with_and_without_encoder(text_folder, tmp_path, capsys
     root, enc, _, _ = text_folder
     pl = PromptLearner(enc, ClipTokenizer.default(), n_ctx=3, n_prompts=8, prefix="a photo of",
                        generator=torch.Generator().manual_seed(0))
-    path = PromptDistribution.from_learner(pl, backbone="tiny", steps=12, n_images=5).save(tmp_path / "d.safetensors")
+    path = PromptDistribution.from_learner(pl, backbone="tiny", steps=12, n_images=5, covariance="kernel",
+                                           objective="assign").save(tmp_path / "d.safetensors")
 
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "K=8 × L=3 × D=32" in out and "steps=12 images=5" in out and "prefix='a photo of'" in out
+    assert "sampling law      kernel   objective: assign" in out
 
     plot = tmp_path / "scatter.png"
     assert main(["inspect", str(path), "--text-encoder", str(root), "--plot", str(plot), "--json", "--n", "32"]) == 0
@@ -46,6 +48,7 @@ def test_inspect_our_file_with_and_without_encoder(text_folder, tmp_path, capsys
     spread = report["scatter"]["pc_spread_per_gamma"]
     assert spread["0.0"] == 0.0 and 0 < spread["0.5"] < spread["1.0"] < spread["2.0"]  # γ scales the spread
     assert abs(spread["2.0"] / spread["1.0"] - 2.0) < 1e-3
+    assert report["gaussian"]["covariance"] == "kernel"  # the recorded law, unless --covariance says otherwise
     assert Image.open(plot).size[0] > 300
 
 
@@ -55,7 +58,8 @@ def test_inspect_official_checkpoint(text_folder, tmp_path, capsys):
     root, _, _, meta = text_folder
     pt = reference_path("dreamdist-official-ckpt-example.pt")
     assert main(["inspect", str(pt)]) == 0
-    assert "not recorded (official file)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "not recorded (official file)" in out and "sampling law      diag   objective: official" in out
     assert main(["inspect", str(pt), "--text-encoder", str(root), "--plot", str(tmp_path / "s.png"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["interpretation"]["mean_context"] == meta["fits"][0]["interpret_official"]

@@ -132,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
           f"{m['position_mode']}")
     print(f"  training text     prefix={m['prefix']!r} suffix={m['suffix']!r}")
     print(f"  learned against   {m['backbone'] or 'unknown'}  steps={m['steps']} images={m['n_images']}")
+    objective = (m.get("extra") or {}).get("objective", "official (not recorded)")
+    print(f"  sampling law      {m['covariance']}   objective: {objective}")
     fp = m["text_encoder"]
     print("  text encoder      " + (describe_encoder(fp) if fp else "not recorded (official file)"))
     print(f"  context           mean token norm {c['token_norm_mean']:.4f}; per slot {c['token_norm_per_slot']}")
