@@ -222,6 +222,18 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     assert dist.meta.covariance == "lowrank" and dist.meta.extra["objective"] == "wta"
     again = run_arms(cfg, backbone=None, reader=None)  # everything cached: nothing loads, nothing reruns
     assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(json.dumps(r, sort_keys=True) for r in recs)
+    # --resample: scored again from the learned files, nothing learned again; the same law and seeds give the same
+    # numbers, and every learned file is still the one that was learned
+    learned_before = sorted((tmp_path / "arms").rglob("distribution.safetensors"))
+    rescored = run_arms(cfg, backbone=bb, reader=reader, resample=True)
+    assert sorted((tmp_path / "arms").rglob("distribution.safetensors")) == learned_before
+    before = {(r["arm"], r["seed"]): r for r in recs}
+    for r in rescored:
+        b = before[(r["arm"], r["seed"])]
+        assert ("rescore_s" in r) == bool(b.get("distribution"))
+        same = lambda rec: json.dumps({k: v for k, v in rec.items() if k not in ("rescore_s", "time_s")},  # noqa: E731
+                                      sort_keys=True)  # (NaN scores compare equal as JSON)
+        assert same(r) == same(b)
     rec3d = run_arms_3d(cfg, backbone=bb, reader=reader)
     assert sorted(r["arm"] for r in rec3d) == ["K=1 (3D)", "K=1 (3D)", "wta+lowrank (3D)", "wta+lowrank (3D)"]
     assert all(len(r["object_colours"]) == 1 for r in rec3d)
@@ -231,6 +243,13 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     reads = [Reading(True, colour="red")] * 3 + [Reading(True, colour="yellow"), Reading(False)]
     c = colour_scores(reads, ["red", "orange", "yellow", "pink"])
     assert c["colour_tv"] == pytest.approx(0.5 * (abs(0.75 - 0.25) + 0.25 + 0 + 0.25)) and c["colours_hit2"] == 1
+    assert c["batch4"] == 0.0  # windows red red red yellow / red red yellow – show 2 colours, not 3
+    red, yellow, orange, teal = (Reading(True, colour=x) for x in ("red", "yellow", "orange", "teal"))
+    reads = [red, red, yellow, orange, Reading(False), teal, red, red]  # teal is not one of the set's colours
+    # windows: r r y o (3) | r y o – (3) | y o – t (2) | o – t r (2) | – t r r (1)
+    assert colour_scores(reads, ["red", "orange", "yellow", "pink"])["batch4"] == pytest.approx(2 / 5)
+    assert colour_scores(reads, ["red", "teal"])["batch4"] == pytest.approx(2 / 5)  # two colours: both needed
+    assert colour_scores(reads[:3], ["red", "yellow"])["batch4"] is None  # fewer readings than a batch
 
 
 # ----------------------------------------------------------------------------------------------------- issue 17

@@ -12,14 +12,17 @@ Scores per run: the evaluator's (`score_readings`: reject, in-distribution rate,
 against 64 fresh objects of the set's grammar, diversity), plus colour measures that say directly whether samples
 collapse to the mean: `colour_tv` (total-variation distance between the read colours of accepted samples and the
 set's grammar, uniform over its colours), `colours_hit2` (how many of the set's colours at least two samples have),
-`prompt_colours` (colour histogram of the K prompts decoded one by one) and `mean_colour` (of μ, majority of 4).
+`batch4` (the share of runs of 4 consecutive sample seeds, as the demo's four 3D runs, whose accepted samples show
+min(3, number of the set's colours) of the set's colours), `prompt_colours` (colour histogram of the K prompts
+decoded one by one) and `mean_colour` (of μ, majority of 4).
 
 With `--n-3d N`, each learned arm and seed then gets N text-to-3D runs (`configs/toy/toy-3d.yaml`, one prompt sample
 each), each object read on 4 turntable views and scored the same way (rows "<arm> (3D)").
 
 Every finished run is cached as `<out>/runs/<set>/<arm>/seed<s>.json` (3D: `runs3d/`), so an interrupted sweep
-resumes and a table can be made from whatever finished (`--table-only`). The table reports mean ± std over learning
-seeds.
+resumes and a table can be made from whatever finished (`--table-only`); `--resample` scores the cached runs again
+from their learned files without learning (after a change to a sampling law or a score). The table reports mean ±
+std over learning seeds.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "captions+lowrank": None,
     "caption": None,  # the medoid caption, one prompt
 }
-SCORES = ("reject", "in_dist", "coverage", "precision", "diversity", "colour_tv", "colours_hit2")
+SCORES = ("reject", "in_dist", "coverage", "precision", "diversity", "colour_tv", "colours_hit2", "batch4")
+BATCH = 4  # the demo's 3D runs: how many consecutive draws `batch4` looks at
 
 
 @dataclass
@@ -85,8 +89,10 @@ class ArmsConfig:
 
 
 # ----------------------------------------------------------------------------------------------------- colour measures
-def colour_scores(readings: Sequence[Any], colours: Sequence[str]) -> Dict[str, Any]:
-    """Histogram of the read colours of accepted images; TV distance to uniform over `colours`; colours hit ≥ 2."""
+def colour_scores(readings: Sequence[Any], colours: Sequence[str], batch: int = BATCH) -> Dict[str, Any]:
+    """Histogram of the read colours of accepted images; TV distance to uniform over `colours`; colours hit ≥ 2;
+    `batch4`: of the windows of `batch` consecutive readings (in seed order), the share whose accepted readings show
+    min(3, len(colours)) of `colours` (None when there are fewer readings than `batch`)."""
     got = Counter(r.colour for r in readings if r.ok)
     total = sum(got.values())
     hist = {c: got.get(c, 0) for c in sorted(set(got) | set(colours))}
@@ -95,7 +101,11 @@ def colour_scores(readings: Sequence[Any], colours: Sequence[str]) -> Dict[str, 
     else:
         q = {c: (1.0 / len(colours) if c in colours else 0.0) for c in hist}
         tv = 0.5 * sum(abs(hist[c] / total - q[c]) for c in hist)
-    return {"colour_hist": hist, "colour_tv": tv, "colours_hit2": sum(1 for c in colours if got.get(c, 0) >= 2)}
+    seen = [r.colour if r.ok and r.colour in colours else None for r in readings]
+    need = min(3, len(colours))
+    windows = [{c for c in seen[i:i + batch] if c is not None} for i in range(len(seen) - batch + 1)]
+    return {"colour_hist": hist, "colour_tv": tv, "colours_hit2": sum(1 for c in colours if got.get(c, 0) >= 2),
+            "batch4": statistics.fmean(len(w) >= need for w in windows) if windows else None}
 
 
 def majority(readings: Sequence[Any]) -> str:
@@ -119,13 +129,11 @@ def encode_captions(backbone, captions: Sequence[str]) -> torch.Tensor:
 
 def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int, folder: Path,
             real: torch.Tensor) -> Dict[str, Any]:
-    from dreamdist3d.distribution import DistributionSpec, fit
     from dreamdist3d.recipes.toy_demo import learn_distribution, render_references
-    from dreamdist3d.recipes.toy_eval import medoid_caption, score_readings
+    from dreamdist3d.recipes.toy_eval import medoid_caption
     from dreamdist3d.toyworld.refsets import get_refset
 
     rs = get_refset(refset)
-    colours = list(rs.grammar.colours)
     t0 = time.perf_counter()
     refs = folder / "reference"
     if not refs.is_dir():
@@ -141,10 +149,7 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
                                  covariance=settings["covariance"])
         record["loss_last20"] = statistics.fmean(res.history["loss"][-20:])
         record["distribution"] = str(res.distribution)
-        spec = DistributionSpec.from_lists([res.distribution])
-        law = fit(spec, backbone.text_encoder, backbone.tokenizer).law()
-        k = law.factor.shape[0]  # one file, γ 1: factor_k = (h_k − μ)/√(K−1), so the prompts themselves are
-        points = law.mean + law.factor * math.sqrt(max(k - 1, 1))  # μ + √(K−1)·factor_k (no second encoding)
+        law, points = learned_law(backbone, res.distribution, settings["covariance"])
     elif arm.startswith("captions+"):
         points = encode_captions(backbone, rs.captions())
         law = PromptGaussian.from_points(points, arm.split("+")[1])
@@ -152,24 +157,46 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
         cap = medoid_caption(rs)
         record["caption"] = cap
         law = PromptGaussian.from_points(encode_captions(backbone, [cap]))
+    record.update(score_law(cfg, backbone, reader, refset, law, points, seed, real))
+    record["time_s"] = round(time.perf_counter() - t0, 1)
+    return record
+
+
+def learned_law(backbone, distribution: str, covariance: str):
+    """A learned file's law (sampled with `covariance`, the arm's) and its K prompts (K, 77, D)."""
+    from dreamdist3d.distribution import DistributionSpec, fit
+
+    spec = DistributionSpec.from_lists([distribution], covariance=covariance)
+    law = fit(spec, backbone.text_encoder, backbone.tokenizer).law()
+    k = law.factor.shape[0]  # one file, γ 1: factor_k = (h_k − μ)/√(K−1), so the prompts themselves are
+    return law, law.mean + law.factor * math.sqrt(max(k - 1, 1))  # μ + √(K−1)·factor_k (no second encoding)
+
+
+def score_law(cfg: ArmsConfig, backbone, reader, refset: str, law: PromptGaussian, points: Optional[torch.Tensor],
+              seed: int, real: torch.Tensor) -> Dict[str, Any]:
+    """The 2D scores of one law: `cfg.n` samples of seed `seed`, its K prompts decoded one by one, and μ."""
+    from dreamdist3d.recipes.toy_eval import score_readings
+    from dreamdist3d.toyworld.refsets import get_refset
+
+    rs = get_refset(refset)
+    colours = list(rs.grammar.colours)
     samples = law.sample(cfg.n, seed=seed)
     images = _images(backbone, samples, cfg, seed)
     readings = reader.read(images)
-    record.update(score_readings(readings, rs.support, real, images, k=cfg.k))
-    record.update(colour_scores(readings, colours))
+    record = {**score_readings(readings, rs.support, real, images, k=cfg.k), **colour_scores(readings, colours)}
     if points is not None and points.shape[0] > 1:
         pr = reader.read(_images(backbone, points, cfg, seed + 1))
         record["prompt_colours"] = dict(Counter(r.colour if r.ok else "rejected" for r in pr))
         record["prompts_colour_tv"] = colour_scores(pr, colours)["colour_tv"]
     mr = reader.read(_images(backbone, law.mean[None].expand(4, -1, -1).contiguous(), cfg, seed + 2))
     record["mean_colour"] = majority(mr)
-    record["time_s"] = round(time.perf_counter() - t0, 1)
     return record
 
 
 # ----------------------------------------------------------------------------------------------------- the sweep
-def run_arms(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]]:
-    """Every (refset, arm, seed) not yet cached; returns all cached records of the config."""
+def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False) -> List[Dict[str, Any]]:
+    """Every (refset, arm, seed) not yet cached; returns all cached records of the config. `resample`: cached runs
+    are scored again, a learned arm from its learned file (nothing is learned again)."""
     from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.recipes.toy_eval import get_reader, real_features
     from dreamdist3d.toyworld.refsets import get_refset
@@ -184,20 +211,29 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]
         for seed in cfg.seeds:
             for arm in cfg.arms:
                 path = out / "runs" / refset / arm / f"seed{seed}.json"
-                if path.is_file():
-                    records.append(json.loads(path.read_text()))
+                cached = json.loads(path.read_text()) if path.is_file() else None
+                if cached is not None and not resample:
+                    records.append(cached)
                     continue
                 backbone = backbone or load_backbone(f"toy:{cfg.weights}", config_key="weights")
                 reader = reader or get_reader(cfg.reader)
                 if real is None:
                     real = real_features(reader, get_refset(refset), cfg.n_real, 0)
-                rec = run_one(cfg, backbone, reader, refset, arm, seed, out / "work" / refset, real)
+                if cached is not None and cached.get("distribution"):
+                    law, points = learned_law(backbone, cached["distribution"], ARMS[arm]["covariance"])
+                    t0 = time.perf_counter()
+                    rec = {**cached, **score_law(cfg, backbone, reader, refset, law, points, seed, real),
+                           "rescore_s": round(time.perf_counter() - t0, 1)}
+                else:
+                    rec = run_one(cfg, backbone, reader, refset, arm, seed, out / "work" / refset, real)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(rec, indent=1, default=str))
                 records.append(rec)
                 print(f"[arms] {refset} {arm} seed {seed}: in-dist {rec['in_dist']:.2f} coverage {rec['coverage']:.2f} "
                       f"colour TV {rec['colour_tv']:.2f} colours≥2 {rec['colours_hit2']} μ {rec['mean_colour']} "
-                      f"({rec['time_s']} s)", file=sys.stderr, flush=True)
+                      f"batch4 {'–' if rec['batch4'] is None else format(rec['batch4'], '.2f')} "
+                      + (f"(rescored in {rec['rescore_s']} s)" if "rescore_s" in rec else f"({rec['time_s']} s)"),
+                      file=sys.stderr, flush=True)
     return records
 
 
@@ -294,6 +330,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-3d", type=int, default=d.steps_3d, help=f"SDS steps per 3D run (default {d.steps_3d})")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--table-only", action="store_true", help="print the table of the cached runs and stop")
+    p.add_argument("--resample", action="store_true",
+                   help="score the cached 2D runs again from their learned files (no learning), e.g. after a change "
+                        "to a sampling law or a score")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -306,7 +345,7 @@ def cli_run(args: argparse.Namespace) -> int:
     if args.table_only:
         recs = [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     else:
-        recs = run_arms(cfg) + (run_arms_3d(cfg) if cfg.n_3d > 0 else [])
+        recs = run_arms(cfg, resample=args.resample) + (run_arms_3d(cfg) if cfg.n_3d > 0 else [])
     text = table(recs)
     print(text)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -315,4 +354,5 @@ def cli_run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ARMS", "ArmsConfig", "encode_captions", "colour_scores", "run_arms", "run_arms_3d", "run_one", "table"]
+__all__ = ["ARMS", "ArmsConfig", "encode_captions", "colour_scores", "learned_law", "run_arms", "run_arms_3d", "run_one",
+           "score_law", "table"]
