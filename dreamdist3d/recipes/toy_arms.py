@@ -42,6 +42,7 @@ import torch
 
 from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, PromptGaussian
+from dreamdist3d.io import atomic_write_text
 
 # arm -> learning settings (None: not learned)
 ARMS: Dict[str, Optional[Dict[str, Any]]] = {
@@ -89,10 +90,10 @@ class ArmsConfig:
 
 
 # ----------------------------------------------------------------------------------------------------- colour measures
-def colour_scores(readings: Sequence[Any], colours: Sequence[str], batch: int = BATCH) -> Dict[str, Any]:
+def colour_scores(readings: Sequence[Any], colours: Sequence[str]) -> Dict[str, Any]:
     """Histogram of the read colours of accepted images; TV distance to uniform over `colours`; colours hit ≥ 2;
-    `batch4`: of the windows of `batch` consecutive readings (in seed order), the share whose accepted readings show
-    min(3, len(colours)) of `colours` (None when there are fewer readings than `batch`)."""
+    `batch4`: of the windows of `BATCH` consecutive readings (in seed order), the share whose accepted readings show
+    min(3, len(colours)) of `colours` (None when there are fewer readings than `BATCH`)."""
     got = Counter(r.colour for r in readings if r.ok)
     total = sum(got.values())
     hist = {c: got.get(c, 0) for c in sorted(set(got) | set(colours))}
@@ -103,7 +104,7 @@ def colour_scores(readings: Sequence[Any], colours: Sequence[str], batch: int = 
         tv = 0.5 * sum(abs(hist[c] / total - q[c]) for c in hist)
     seen = [r.colour if r.ok and r.colour in colours else None for r in readings]
     need = min(3, len(colours))
-    windows = [{c for c in seen[i:i + batch] if c is not None} for i in range(len(seen) - batch + 1)]
+    windows = [{c for c in seen[i:i + BATCH] if c is not None} for i in range(len(seen) - BATCH + 1)]
     return {"colour_hist": hist, "colour_tv": tv, "colours_hit2": sum(1 for c in colours if got.get(c, 0) >= 2),
             "batch4": statistics.fmean(len(w) >= need for w in windows) if windows else None}
 
@@ -227,7 +228,7 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False
                 else:
                     rec = run_one(cfg, backbone, reader, refset, arm, seed, out / "work" / refset, real)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(rec, indent=1, default=str))
+                atomic_write_text(path, json.dumps(rec, indent=1, default=str))  # (--resample replaces records)
                 records.append(rec)
                 print(f"[arms] {refset} {arm} seed {seed}: in-dist {rec['in_dist']:.2f} coverage {rec['coverage']:.2f} "
                       f"colour TV {rec['colour_tv']:.2f} colours≥2 {rec['colours_hit2']} μ {rec['mean_colour']} "
