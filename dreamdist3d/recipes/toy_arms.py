@@ -169,8 +169,8 @@ def learned_law(backbone, distribution: str, covariance: str):
 
     spec = DistributionSpec.from_lists([distribution], covariance=covariance)
     law = fit(spec, backbone.text_encoder, backbone.tokenizer).law()
-    k = law.factor.shape[0]  # one file, γ 1: factor_k = (h_k − μ)/√(K−1), so the prompts themselves are
-    return law, law.mean + law.factor * math.sqrt(max(k - 1, 1))  # μ + √(K−1)·factor_k (no second encoding)
+    # one file at γ 1: factor_k = (h_k − μ)/√(K−1), so the prompts are μ + √(K−1)·factor_k (no second encoding)
+    return law, law.mean + law.factor * math.sqrt(max(law.factor.shape[0] - 1, 1))
 
 
 def score_law(cfg: ArmsConfig, backbone, reader, refset: str, law: PromptGaussian, points: Optional[torch.Tensor],
@@ -221,8 +221,8 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False
                 if real is None:
                     real = real_features(reader, get_refset(refset), cfg.n_real, 0)
                 if cached is not None and cached.get("distribution"):
-                    law, points = learned_law(backbone, cached["distribution"], ARMS[arm]["covariance"])
                     t0 = time.perf_counter()
+                    law, points = learned_law(backbone, cached["distribution"], ARMS[arm]["covariance"])
                     rec = {**cached, **score_law(cfg, backbone, reader, refset, law, points, seed, real),
                            "rescore_s": round(time.perf_counter() - t0, 1)}
                 else:
