@@ -69,6 +69,8 @@ def test_demo_smoke_through_launch_py(tiny_weights, tmp_path):
     assert Path(files["distribution"]).is_file()
     # the 3D run: a 120-frame turntable and meshes that reopen
     (run,) = files["runs_3d"]
+    assert summary["seeds_3d"] == [run["seed"]] and run["seed"] in range(3)  # the medoid of the 3 2D samples
+    assert Path(run["run_dir"]).name == f"seed{run['seed']}"
     frames = _read_frames(run["turntable"])
     assert len(frames) == 120
     mesh = trimesh.load(run["mesh"]["glb"], force="mesh")
@@ -98,6 +100,9 @@ def test_demo_config_is_strict(tmp_path):
     rc = main(["--config", str(REPO / "configs/toy/dreamdist-toy.yaml"), "stepz=3", f"out={tmp_path}"])
     assert rc == 2
     assert not any(tmp_path.iterdir())  # nothing was written
+    rc = main(["--config", str(REPO / "configs/toy/dreamdist-toy.yaml"), "n_2d=2", "n_3d=4", f"out={tmp_path}"])
+    assert rc == 2  # four 3D seeds cannot be picked among two 2D samples
+    assert not any(tmp_path.iterdir())
     with pytest.raises(SystemExit):  # a 3D/learn config still needs a mode flag
         main(["--config", str(REPO / "configs/tiny/learn-toy.yaml")])
 
@@ -208,12 +213,13 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     bb = load_backbone(f"toy:{tiny_weights}")
     cfg = ArmsConfig(refsets=["warm-cones-cylinders"], arms=["wta+lowrank", "captions+lowrank", "K=1"], seeds=[0, 1],
                      out=str(tmp_path / "arms"), n=4, steps=2, n_prompts=4, batch_size=2, n_samples=2, sample_steps=2,
-                     n_real=24, n_3d=1, steps_3d=2)
+                     n_real=24, n_3d=1, steps_3d=2, pick_blocks=2)
     recs = run_arms(cfg, backbone=bb, reader=reader)
     assert sorted((r["arm"], r["seed"]) for r in recs) == [(a, s) for a in ("K=1", "captions+lowrank", "wta+lowrank")
                                                              for s in (0, 1)]
     for r in recs:
         assert r["n"] == 4 and 0.0 <= r["colour_tv"] <= 1.0 and 0 <= r["colours_hit2"] <= 4 and r["mean_colour"]
+        assert r["pick4"] in (0.0, 0.5, 1.0) and 0.0 <= r["pick4_in_dist"] <= 1.0  # 2 blocks of 16, 4 picked each
     low = next(r for r in recs if r["arm"] == "wta+lowrank")
     assert sum(low["prompt_colours"].values()) == 4  # each of the K=4 learned prompts decoded on its own
     from dreamdist3d.distribution import PromptDistribution

@@ -55,7 +55,8 @@ def _one_3d(backbone, cfg, distribution: Path, out: Path, seed: int):
     """3D run + export of one seed -> (run folder, exported files, (run times, export times))."""
     w0, c0 = time.perf_counter(), time.process_time()
     _log(f"3D run seed {seed} ({cfg.steps_3d} SDS steps)")
-    run_dir = launch_3d(backbone, distribution, out, seed, cfg.config_3d, cfg.steps_3d, cfg.overrides_3d,
+    overrides = [f"system.prompt_processor.scale={cfg.scale}", *cfg.overrides_3d]  # γ as the 2D samples
+    run_dir = launch_3d(backbone, distribution, out, seed, cfg.config_3d, cfg.steps_3d, overrides,
                         progress=cfg.progress and cfg.workers_3d <= 1, device=cfg.device)
     w1, c1 = time.perf_counter(), time.process_time()
     exported = export_run(run_dir, cfg.formats, cfg.texture, cfg.texture_size, cfg.isosurface_resolution)

@@ -7,9 +7,10 @@
    the official optimiser settings, few steps) against the toy backbone (`learn/…/distribution.safetensors`);
 3. draw fresh prompt samples from it and write 2D samples (`samples-2d.png`) and 4-view previews
    (`previews-4view.png`) with the toy DDIM sampler;
-4. N text-to-3D runs (seeds 0..N-1, one prompt sample each) through the real lift3d system
-   (`configs/toy/toy-3d.yaml`: SDS in pixel space, 32 px renders), each exported to GLB/OBJ/PLY with a 120-frame
-   turntable MP4 (`3d/runs/seed<i>/`);
+4. N text-to-3D runs through the real lift3d system (`configs/toy/toy-3d.yaml`: SDS in pixel space, 32 px
+   renders), one prompt sample each: by default the sample seeds of the N most different 2D samples of step 3
+   (`pick_3d: different`, `dreamdist3d.sample2d.pick`), else seeds 0..N-1 (`pick_3d: first`); each exported to
+   GLB/OBJ/PLY with a 120-frame turntable MP4 (`3d/runs/seed<i>/`);
 5. a gallery (`3d/gallery.png`, `3d/gallery.html`) and `summary.json` listing every file with wall and CPU times.
 
 Everything shares one loaded toy backbone (one process; on 2 cores two torch processes at once run many times
@@ -35,6 +36,7 @@ from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, run_3d_seeds
+from dreamdist3d.sample2d.pick import pick_previews
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -68,7 +70,10 @@ class DemoConfig:
     guidance: float = DEFAULT_GUIDANCE  # classifier-free guidance scale of the toy sampler (see backbone.py)
     scale: float = 1.0  # γ: spread of the prompt samples
     # 3D
-    n_3d: int = 4  # runs with seeds seed..seed+n_3d-1
+    n_3d: int = 4  # 3D runs, one prompt sample (seed) each
+    # which sample seeds the 3D runs lift: "different" = those of the n_3d most different of the n_2d 2D samples
+    # (foreground colour histograms, dreamdist3d.sample2d.pick); "first" = seed..seed+n_3d-1
+    pick_3d: str = "different"
     workers_3d: int = 2  # 3D runs at a time, each in its own process with one torch thread (1 = one after another)
     config_3d: str = DEFAULT_3D_CONFIG
     steps_3d: int = 300
@@ -80,6 +85,7 @@ class DemoConfig:
     gallery_frames: int = 6
 
 
+PICKS = ("different", "first")
 FAST = {"steps": 40, "n_2d": 8, "n_4view": 2, "sample_steps": 10, "steps_3d": 40, "isosurface_resolution": 32}
 DEFAULT_OUT_ROOT = "outputs/toyworld/demo"
 EARLIER_RUN_NAMES = ("summary.json", "reference", "reference.png", "learn", "distribution.safetensors", "samples-2d.png",
@@ -124,6 +130,11 @@ def check_config(cfg: DemoConfig) -> DemoConfig:
     for k in ("n_2d", "n_4view", "n_3d"):
         if getattr(cfg, k) < 0:
             raise bad(k, f"must be ≥ 0, got {getattr(cfg, k)}")
+    if cfg.pick_3d not in PICKS:
+        raise bad("pick_3d", f"must be one of {PICKS}, got {cfg.pick_3d!r}")
+    if cfg.pick_3d == "different" and cfg.n_2d < cfg.n_3d:
+        raise bad("pick_3d", f"'different' picks the n_3d={cfg.n_3d} 3D seeds among the n_2d={cfg.n_2d} 2D samples: "
+                             "set n_2d ≥ n_3d, or pick_3d=first")
     for k in ("lr", "guidance", "scale"):  # NaN passes every comparison and gives black images
         if not math.isfinite(getattr(cfg, k)):
             raise bad(k, f"must be a finite number, got {getattr(cfg, k)}")
@@ -283,6 +294,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     loss = res.history.get("loss", [])
     _log(f"learned K={cfg.n_prompts} prompts in {cfg.steps} steps (loss {_mean(loss[:20]):.4f} -> {_mean(loss[-20:]):.4f})")
 
+    seeds = list(range(cfg.seed, cfg.seed + cfg.n_3d))
     with clock.stage("samples_2d"):
         if cfg.n_2d:
             ctx = prompt_samples(backbone, dist_path, cfg.n_2d, seed=cfg.seed, scale=cfg.scale)
@@ -293,6 +305,10 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
             rows = (cfg.n_2d + cols - 1) // cols
             flat = torch.cat([imgs[:, 0], torch.ones(rows * cols - cfg.n_2d, *imgs.shape[2:])])
             files["samples_2d"] = save_grid(out / "samples-2d.png", flat.reshape(rows, cols, *imgs.shape[2:]))
+            if cfg.pick_3d == "different" and cfg.n_3d:
+                seeds = sorted(cfg.seed + i for i in pick_previews(imgs, cfg.n_3d))
+                _log(f"lifting the {cfg.n_3d} most different of the {cfg.n_2d} 2D samples (foreground colours): "
+                     f"seeds {', '.join(map(str, seeds))}")
     with clock.stage("previews_4view"):
         if cfg.n_4view:
             ctx = prompt_samples(backbone, dist_path, cfg.n_4view, seed=cfg.seed, scale=cfg.scale)
@@ -302,7 +318,6 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
             files["previews_4view"] = save_grid(out / "previews-4view.png", imgs)
 
     runs: List[Dict[str, Any]] = []
-    seeds = list(range(cfg.seed, cfg.seed + cfg.n_3d))
     with clock.stage("3d"):
         done = run_3d_seeds(backbone, cfg, dist_path.resolve(), out / "3d", seeds)
     for s, (run_dir, exported, times) in zip(seeds, done):
@@ -325,6 +340,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
         "refset": {"name": rs.name, "description": rs.description, "n": rs.n, "held_out": rs.held_out},
         "backbone": {"source": str(backbone.source), "name": backbone.name},
         "learn": {"steps": int(res.step), "loss_first20": _mean(loss[:20]), "loss_last20": _mean(loss[-20:])},
+        "seeds_3d": seeds,
         "torch_threads": torch.get_num_threads(),
         "times": {"stages": clock.stages, "total": clock.total()},
         "files": _jsonable(files),
@@ -369,7 +385,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                  "an earlier demo run is refused without --overwrite")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the results of an earlier demo run in --out")
-    p.add_argument("--n-3d", type=int, default=d.n_3d, help=f"3D runs (seeds 0..N-1, default {d.n_3d})")
+    p.add_argument("--n-3d", type=int, default=d.n_3d, help=f"3D runs (default {d.n_3d}): the N most different of the 2D samples "
+                                                                "(pick_3d=first: seeds 0..N-1)")
     p.add_argument("--steps", type=int, default=None, help=f"learning steps (default {d.steps})")
     p.add_argument("--steps-3d", type=int, default=None, help=f"SDS steps per 3D run (default {d.steps_3d})")
     p.add_argument("--weights", default="", help="toy backbone weights (default: the shipped ones)")
