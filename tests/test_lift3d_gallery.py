@@ -38,5 +38,11 @@ def test_gallery_runs_seeds_and_builds_grid_and_page(tmp_path):
         mtime = (out / "runs" / "seed0" / "save" / "it2-test.mp4").stat().st_mtime
         assert main(argv) == 0
         assert (out / "runs" / "seed0" / "save" / "it2-test.mp4").stat().st_mtime == mtime
+        # --seeds (as `preview --pick` names them): those runs, in that order (both finished: nothing trains)
+        picked = ["gallery", "--distribution", str(dist), "--seeds", "1", "0", *argv[5:]]
+        assert main(picked) == 0
+        page = (out / "gallery.html").read_text()
+        assert page.index("runs/seed1/") < page.index("runs/seed0/")
+        assert main(picked + ["--first-seed", "3"]) == 2  # --first-seed belongs to --n
     finally:
         torch.set_num_threads(n)

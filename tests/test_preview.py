@@ -96,7 +96,7 @@ def test_cli_preview_prompt_grid_and_sidecar(ckpt, tmp_path):
     assert a.std() > 1.0
 
 
-def test_cli_preview_distribution(ckpt, tmp_path):
+def test_cli_preview_distribution(ckpt, tmp_path, capsys):
     from dreamdist3d.distribution import PromptDistribution, PromptLearner
 
     bb = load_mvdream(ckpt)
@@ -105,12 +105,15 @@ def test_cli_preview_distribution(ckpt, tmp_path):
     dist_path = PromptDistribution.from_learner(learner, backbone="mvdream").save(tmp_path / "dist.safetensors")
     out = tmp_path / "dist.png"
     rc = main(["preview", "--mvdream", str(ckpt), "--distribution", str(dist_path), "--scale", "0.5", "--n", "2",
-               "--steps", "2", "--prefix", "a photo of", "--out", str(out), "--device", "cpu"])
+               "--steps", "2", "--prefix", "a photo of", "--out", str(out), "--device", "cpu", "--pick", "1"])
     assert rc == 0
     assert Image.open(out).size == (4 * 16, 2 * 16)  # rows = samples, 4 view columns
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["settings"]["distribution"] == str(dist_path) and side["settings"]["scale"] == 0.5
     assert side["settings"]["prefix"] == "a photo of" and side["grid"]["rows"] == 2 and side["grid"]["cols"] == 4
+    (seed,) = side["picked_seeds"]  # --pick 1 of 2: the medoid of two is the first (ties go to the lower index)
+    lift = f"lift them: dreamdist3d gallery --distribution {dist_path} --seeds 0"
+    assert seed == 0 and lift in capsys.readouterr().out
 
 
 def test_cli_preview_errors(tmp_path, capsys):
@@ -119,5 +122,8 @@ def test_cli_preview_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(missing) in err and "--mvdream" in err and "sd-v2.1-base-4view.pt" in err
     assert not (tmp_path / "g.png").exists()
+    assert main(["preview", "--mvdream", str(missing), "--distribution", "d.safetensors", "--n", "2", "--pick", "3",
+                 "--out", str(tmp_path / "g.png")]) == 2
+    assert "--pick 3" in capsys.readouterr().err  # said before anything loads
     with pytest.raises(SystemExit):  # --prompt and --distribution are exclusive
         main(["preview", "--mvdream", str(missing), "--prompt", "x", "--distribution", "d.safetensors"])

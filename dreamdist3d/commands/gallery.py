@@ -1,5 +1,6 @@
-"""`dreamdist3d gallery --distribution F --n 8 [--config C] [--gpu 0,1] [key=value ...]`: N text-to-3D runs of
-one distribution with seeds 0..N-1 (one prompt sample each), then one gallery of the objects: a PNG grid of
+"""`dreamdist3d gallery --distribution F (--n 8 | --seeds S …) [--config C] [--gpu 0,1] [key=value ...]`: N
+text-to-3D runs of one distribution with seeds 0..N-1 or the seeds given (one prompt sample each; `dreamdist3d
+preview --pick N` names the seeds of the N most different previews), then one gallery of the objects: a PNG grid of
 turntable frames (one row per seed) and an HTML page with the turntable videos side by side.
 
 One GPU (or the CPU): the runs go one after another in this process, sharing the loaded MVDream model.
@@ -17,13 +18,17 @@ from pathlib import Path
 from typing import List
 
 NAME = "gallery"
-HELP = "N text-to-3D runs of one distribution (seeds 0..N-1), then a PNG grid and an HTML page of their turntables"
+HELP = ("N text-to-3D runs of one distribution (seeds 0..N-1 or --seeds), then a PNG grid and an HTML page of their "
+        "turntables")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distribution", required=True, help="the distribution file (.safetensors or official .pt)")
-    p.add_argument("--n", type=int, default=8, help="number of runs / seeds (default 8: seeds 0..7)")
-    p.add_argument("--first-seed", type=int, default=0, help="seed of the first run (default 0)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--n", type=int, default=8, help="number of runs / seeds (default 8: seeds 0..7)")
+    which.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                       help="these seeds instead (e.g. those `dreamdist3d preview --pick N` names)")
+    p.add_argument("--first-seed", type=int, default=0, help="seed of the first run with --n (default 0)")
     p.add_argument("--config", default="configs/dreamdist-mvdream.yaml",
                    help="launch config (default configs/dreamdist-mvdream.yaml)")
     p.add_argument("--out", default=None, help="gallery folder (default outputs/gallery/<distribution stem>)")
@@ -117,7 +122,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("outputs") / "gallery" / dist.stem
     out.mkdir(parents=True, exist_ok=True)
     worker = getattr(args, "worker_seeds", None)
-    seeds = [int(s) for s in worker.split(",")] if worker else list(range(args.first_seed, args.first_seed + args.n))
+    if args.seeds and args.first_seed:
+        raise ValueError("--first-seed goes with --n; with --seeds list every seed")
+    if worker:
+        seeds = [int(s) for s in worker.split(",")]
+    else:
+        seeds = list(dict.fromkeys(args.seeds or range(args.first_seed, args.first_seed + args.n)))
     todo = [s for s in seeds if find_turntable(run_dir(out, s)) is None]
     if len(todo) < len(seeds):
         print(f"[gallery] keeping {len(seeds) - len(todo)} finished run(s); {len(todo)} to do")

@@ -1,6 +1,8 @@
 """`dreamdist3d preview --mvdream CKPT (--prompt TEXT | --distribution FILE) ...`: MVDream 4-view DDIM previews.
 
 Writes a PNG grid (one row per sample, 4 view columns; a single sample as 2×2) and a JSON sidecar with every setting.
+With `--pick N` it also names the sample seeds of the N most different previews (`dreamdist3d.sample2d.pick`) and
+the `dreamdist3d gallery --seeds …` command that lifts exactly those to 3D.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="azimuth of the first view in degrees (default 0)")
     p.add_argument("--seed", type=int, default=0,
                    help="sample i uses prompt sample seed+i (as `sample` and 3D runs) and latent noise seed+2**31")
+    p.add_argument("--pick", type=int, default=0, metavar="N",
+                   help="with --distribution: name the sample seeds of the N most different of the --n previews "
+                        "(foreground colours) to lift to 3D with `dreamdist3d gallery --seeds`")
     p.add_argument("--out", default="preview.png", help="output PNG (JSON sidecar written beside it)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -60,10 +65,14 @@ def run(args: argparse.Namespace) -> int:
         scale=args.scale, covariance=args.covariance, prefix=args.prefix, suffix=args.suffix, negative=args.negative,
         n=args.n,
         steps=args.steps, cfg=args.cfg, elevation=args.elevation, azimuth_start=args.azimuth_start, seed=args.seed,
-        device=device, dtype=args.dtype, check_encoder=not args.skip_encoder_check,
+        device=device, dtype=args.dtype, check_encoder=not args.skip_encoder_check, pick=args.pick,
     )
     side = run_preview(req, Path(args.out), progress=True)
     g = side["grid"]
     print(f"wrote {args.out} ({g['rows']}×{g['cols']} views of {g['tile']} px) and "
           f"{Path(args.out).with_suffix('.json')}")
+    if side["picked_seeds"]:
+        seeds = " ".join(map(str, side["picked_seeds"]))
+        print(f"the {args.pick} most different of the {args.n} samples (foreground colours): seeds {seeds}\n"
+              f"lift them: dreamdist3d gallery --distribution {args.distribution} --seeds {seeds}")
     return 0

@@ -27,6 +27,7 @@ from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
 from dreamdist3d.backbones.ddim import ddim_sample, ddim_timesteps
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
+from dreamdist3d.sample2d.pick import pick_previews
 
 
 @torch.no_grad()
@@ -89,6 +90,7 @@ class PreviewRequest:
     device: str = "cpu"
     dtype: str = "float32"
     check_encoder: bool = True
+    pick: int = 0  # > 0 (distribution only): record the sample seeds of the `pick` most different samples
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -138,6 +140,9 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
             raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {getattr(req, key)}")
     if req.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {req.dtype!r}")
+    if req.pick and (req.distribution is None or not 1 <= req.pick <= req.n):
+        raise ValueError(f"--pick {req.pick}: picks seeds among the samples of a distribution, so it needs "
+                         f"--distribution and 1 ≤ --pick ≤ --n (--n {req.n})")
     if req.prompt is not None and (req.prefix is not None or req.suffix is not None):
         raise ValueError("--prefix/--suffix edit a learned distribution; with --prompt write them into the prompt")
     out = Path(out)
@@ -177,6 +182,7 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         "ddim_timesteps": ddim_timesteps(backbone.schedule.num_train_timesteps, req.steps).tolist(),
         "guidance_order": "[uncond, cond]",
         "prompt_sample_seeds": [req.seed + i for i in range(req.n)] if req.distribution else None,
+        "picked_seeds": sorted(req.seed + i for i in pick_previews(images, req.pick)) if req.pick else None,
         "latent_seed": req.seed + LATENT_SEED_OFFSET,
         "backbone": backbone.fingerprint(),
     }
