@@ -12,8 +12,10 @@ Scores per run: the evaluator's (`score_readings`: reject, in-distribution rate,
 against 64 fresh objects of the set's grammar, diversity), plus colour measures that say directly whether samples
 collapse to the mean: `colour_tv` (total-variation distance between the read colours of accepted samples and the
 set's grammar, uniform over its colours), `colours_hit2` (how many of the set's colours at least two samples have),
-`batch4` (the share of runs of 4 consecutive sample seeds, as the demo's four 3D runs, whose accepted samples show
-min(3, number of the set's colours) of the set's colours), `prompt_colours` (colour histogram of the K prompts
+`batch4` (the share of runs of 4 consecutive sample seeds, as the demo's four 3D runs with `pick_3d: first`, whose
+accepted samples show min(3, number of the set's colours) of the set's colours), `pick4` (the same share for the 4
+most different of 16 samples, as the demo's default `pick_3d: different`: picked on one decode, judged on another,
+since a 3D run is a new realisation of its prompt sample; `pick4_in_dist` their in-distribution rate), `prompt_colours` (colour histogram of the K prompts
 decoded one by one) and `mean_colour` (of μ, majority of 4).
 
 With `--n-3d N`, each learned arm and seed then gets N text-to-3D runs (`configs/toy/toy-3d.yaml`, one prompt sample
@@ -58,8 +60,10 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "captions+lowrank": None,
     "caption": None,  # the medoid caption, one prompt
 }
-SCORES = ("reject", "in_dist", "coverage", "precision", "diversity", "colour_tv", "colours_hit2", "batch4")
+SCORES = ("reject", "in_dist", "coverage", "precision", "diversity", "colour_tv", "colours_hit2", "batch4", "pick4",
+          "pick4_in_dist")
 BATCH = 4  # the demo's 3D runs: how many consecutive draws `batch4` looks at
+PICK_FROM = 16  # `pick4`: candidates per block (the demo's 2D samples), of which BATCH are picked
 
 
 @dataclass
@@ -83,6 +87,7 @@ class ArmsConfig:
     guidance: float = DEFAULT_GUIDANCE
     k: int = 5
     n_real: int = 64
+    pick_blocks: int = 6  # `pick4`: blocks of PICK_FROM fresh samples, each decoded twice
     progress: bool = False
     n_3d: int = 0  # 3D runs per (set, arm, learning seed) after the 2D pass, read on 4 turntable views; 0 = none
     steps_3d: int = 300
@@ -191,7 +196,29 @@ def score_law(cfg: ArmsConfig, backbone, reader, refset: str, law: PromptGaussia
         record["prompts_colour_tv"] = colour_scores(pr, colours)["colour_tv"]
     mr = reader.read(_images(backbone, law.mean[None].expand(4, -1, -1).contiguous(), cfg, seed + 2))
     record["mean_colour"] = majority(mr)
+    record.update(pick_scores(cfg, backbone, reader, rs, law, seed))
     return record
+
+
+def pick_scores(cfg: ArmsConfig, backbone, reader, rs, law: PromptGaussian, seed: int) -> Dict[str, Any]:
+    """`pick4` / `pick4_in_dist` over `cfg.pick_blocks` blocks of PICK_FROM samples (seed `seed` + 1000): the BATCH
+    picked by `pick_previews` on one decode, read on an independent decode (other initial noise)."""
+    from dreamdist3d.sample2d.pick import pick_previews
+
+    if cfg.pick_blocks < 1:
+        return {"pick4": None, "pick4_in_dist": None}
+    colours = list(rs.grammar.colours)
+    need = min(3, len(colours))
+    candidates = law.sample(PICK_FROM * cfg.pick_blocks, seed=seed + 1000)
+    seen = _images(backbone, candidates, cfg, seed + 3)  # what the pick looks at (the demo's 2D samples)
+    judged = reader.read(_images(backbone, candidates, cfg, seed + 4))  # what the lifted objects turn out to be
+    hits, in_dist = [], []
+    for b in range(cfg.pick_blocks):
+        block = range(PICK_FROM * b, PICK_FROM * (b + 1))
+        picked = [judged[block[i]] for i in pick_previews(seen[block.start:block.stop], BATCH)]
+        hits.append(len({r.colour for r in picked if r.ok and r.colour in colours}) >= need)
+        in_dist.extend(bool(r.ok and rs.support.contains(r.labels())) for r in picked)
+    return {"pick4": statistics.fmean(hits), "pick4_in_dist": statistics.fmean(in_dist)}
 
 
 # ----------------------------------------------------------------------------------------------------- the sweep
@@ -233,6 +260,7 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False
                 print(f"[arms] {refset} {arm} seed {seed}: in-dist {rec['in_dist']:.2f} coverage {rec['coverage']:.2f} "
                       f"colour TV {rec['colour_tv']:.2f} colours≥2 {rec['colours_hit2']} μ {rec['mean_colour']} "
                       f"batch4 {'–' if rec['batch4'] is None else format(rec['batch4'], '.2f')} "
+                      f"pick4 {'–' if rec.get('pick4') is None else format(rec['pick4'], '.2f')} "
                       + (f"(rescored in {rec['rescore_s']} s)" if "rescore_s" in rec else f"({rec['time_s']} s)"),
                       file=sys.stderr, flush=True)
     return records
@@ -356,4 +384,4 @@ def cli_run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["ARMS", "ArmsConfig", "encode_captions", "colour_scores", "learned_law", "run_arms", "run_arms_3d", "run_one",
-           "score_law", "table"]
+           "pick_scores", "score_law", "table"]
