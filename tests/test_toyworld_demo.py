@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +72,9 @@ def test_demo_smoke_through_launch_py(tiny_weights, tmp_path):
     (run,) = files["runs_3d"]
     assert summary["seeds_3d"] == [run["seed"]] and run["seed"] in range(3)  # the medoid of the 3 2D samples
     assert Path(run["run_dir"]).name == f"seed{run['seed']}"
+    tile = np.asarray(grid.convert("RGB"))[8:8 + 128, (2 + 34 * run["seed"]) * 4:(2 + 34 * run["seed"]) * 4 + 128]
+    border = np.concatenate([tile[:4].reshape(-1, 3), tile[-4:].reshape(-1, 3), tile[:, :4].reshape(-1, 3)])
+    assert (border == round(0.1 * 255)).all()  # the lifted sample is framed in samples-2d.png (×4, 2 px gaps)
     frames = _read_frames(run["turntable"])
     assert len(frames) == 120
     mesh = trimesh.load(run["mesh"]["glb"], force="mesh")
@@ -318,7 +322,6 @@ def test_fast_never_overrides_keys_set_explicitly(tmp_path):
 
 def test_3d_runs_in_forked_workers_equal_runs_in_process(tiny_weights, tmp_path):
     """workers_3d=2 (two forked one-thread workers sharing the loaded backbone) gives the same runs as one by one."""
-    import numpy as np
     from PIL import Image
     from safetensors.torch import load_file
 

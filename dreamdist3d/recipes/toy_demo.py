@@ -303,12 +303,16 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
                                  progress=cfg.progress, desc="2D samples")
             cols = 8 if cfg.n_2d >= 8 else cfg.n_2d
             rows = (cfg.n_2d + cols - 1) // cols
-            flat = torch.cat([imgs[:, 0], torch.ones(rows * cols - cfg.n_2d, *imgs.shape[2:])])
-            files["samples_2d"] = save_grid(out / "samples-2d.png", flat.reshape(rows, cols, *imgs.shape[2:]))
             if cfg.pick_3d == "different" and cfg.n_3d:
                 seeds = sorted(cfg.seed + i for i in pick_previews(imgs, cfg.n_3d))
                 _log(f"lifting the {cfg.n_3d} most different of the {cfg.n_2d} 2D samples (foreground colours): "
-                     f"seeds {', '.join(map(str, seeds))}")
+                     f"seeds {', '.join(map(str, seeds))} (framed in samples-2d.png)")
+            shown = imgs[:, 0].clone()
+            for i in [s - cfg.seed for s in seeds if s - cfg.seed < cfg.n_2d]:  # a dark frame: lifted to 3D
+                shown[i, :, [0, -1], :] = 0.1
+                shown[i, :, :, [0, -1]] = 0.1
+            flat = torch.cat([shown, torch.ones(rows * cols - cfg.n_2d, *imgs.shape[2:])])
+            files["samples_2d"] = save_grid(out / "samples-2d.png", flat.reshape(rows, cols, *imgs.shape[2:]))
     with clock.stage("previews_4view"):
         if cfg.n_4view:
             ctx = prompt_samples(backbone, dist_path, cfg.n_4view, seed=cfg.seed, scale=cfg.scale)
