@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -39,10 +40,12 @@ def test_gallery_runs_seeds_and_builds_grid_and_page(tmp_path):
         assert main(argv) == 0
         assert (out / "runs" / "seed0" / "save" / "it2-test.mp4").stat().st_mtime == mtime
         # --seeds (as `preview --pick` names them): those runs, in that order (both finished: nothing trains)
-        picked = ["gallery", "--distribution", str(dist), "--seeds", "1", "0", *argv[5:]]
+        picked = ["gallery", "--distribution", str(dist), "--seeds", "1,0", *argv[5:]]
         assert main(picked) == 0
         page = (out / "gallery.html").read_text()
         assert page.index("runs/seed1/") < page.index("runs/seed0/")
         assert main(picked + ["--first-seed", "3"]) == 2  # --first-seed belongs to --n
+        with pytest.raises(SystemExit):
+            main(["gallery", "--distribution", str(dist), "--seeds", "1,x"])
     finally:
         torch.set_num_threads(n)

@@ -1,4 +1,4 @@
-"""`dreamdist3d gallery --distribution F (--n 8 | --seeds S …) [--config C] [--gpu 0,1] [key=value ...]`: N
+"""`dreamdist3d gallery --distribution F (--n 8 | --seeds S,S,…) [--config C] [--gpu 0,1] [key=value ...]`: N
 text-to-3D runs of one distribution with seeds 0..N-1 or the seeds given (one prompt sample each; `dreamdist3d
 preview --pick N` names the seeds of the N most different previews), then one gallery of the objects: a PNG grid of
 turntable frames (one row per seed) and an HTML page with the turntable videos side by side.
@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distribution", required=True, help="the distribution file (.safetensors or official .pt)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--n", type=int, default=8, help="number of runs / seeds (default 8: seeds 0..7)")
-    which.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
-                       help="these seeds instead (e.g. those `dreamdist3d preview --pick N` names)")
+    which.add_argument("--seeds", type=seed_list, default=None, metavar="S,S,…",
+                       help="these seeds instead, comma-separated (e.g. those `dreamdist3d preview --pick N` names)")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first run with --n (default 0)")
     p.add_argument("--config", default="configs/dreamdist-mvdream.yaml",
                    help="launch config (default configs/dreamdist-mvdream.yaml)")
@@ -39,6 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)  # set for the per-GPU worker processes
     p.add_argument("overrides", nargs="*",
                    help="key=value config overrides for every run (e.g. trainer.max_steps=5000)")
+
+
+def seed_list(text: str) -> List[int]:
+    """"2,5,9" -> [2, 5, 9] (argparse type of --seeds)."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seeds such as 2,5,9, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed")
+    return seeds
 
 
 def run_overrides(args: argparse.Namespace, out: Path, seed: int) -> List[str]:

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} ({g['rows']}×{g['cols']} views of {g['tile']} px) and "
           f"{Path(args.out).with_suffix('.json')}")
     if side["picked_seeds"]:
-        seeds = " ".join(map(str, side["picked_seeds"]))
+        seeds = ",".join(map(str, side["picked_seeds"]))
         print(f"the {args.pick} most different of the {args.n} samples (foreground colours): seeds {seeds}\n"
               f"lift them: dreamdist3d gallery --distribution {args.distribution} --seeds {seeds}")
     return 0
