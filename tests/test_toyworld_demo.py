@@ -57,7 +57,7 @@ def test_demo_smoke_through_launch_py(tiny_weights, tmp_path):
     rc = main([
         "--config", str(REPO / "configs/toy/dreamdist-toy.yaml"),  # no --train: the demo recipe accepts either
         f"weights={tiny_weights}", f"out={out}", "progress=false", "steps=3", "n_2d=3", "n_4view=1", "sample_steps=2",
-        "n_3d=1", "steps_3d=4", "isosurface_resolution=32",
+        "n_3d=1", "steps_3d=4", "isosurface_resolution=32", "scale=0.5",
     ])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -72,6 +72,9 @@ def test_demo_smoke_through_launch_py(tiny_weights, tmp_path):
     (run,) = files["runs_3d"]
     assert summary["seeds_3d"] == [run["seed"]] and run["seed"] in range(3)  # the medoid of the 3 2D samples
     assert Path(run["run_dir"]).name == f"seed{run['seed']}"
+    from dreamdist3d.lift3d.prompt_processor import PromptSample
+
+    assert PromptSample.load(run["prompt_sample"]).meta["files"][0]["scale"] == 0.5  # γ reaches the 3D runs too
     tile = np.asarray(grid.convert("RGB"))[8:8 + 128, (2 + 34 * run["seed"]) * 4:(2 + 34 * run["seed"]) * 4 + 128]
     border = np.concatenate([tile[:4].reshape(-1, 3), tile[-4:].reshape(-1, 3), tile[:, :4].reshape(-1, 3)])
     assert (border == round(0.1 * 255)).all()  # the lifted sample is framed in samples-2d.png (×4, 2 px gaps)
