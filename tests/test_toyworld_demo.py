@@ -74,7 +74,15 @@ def test_demo_smoke_through_launch_py(tiny_weights, tmp_path):
     assert Path(run["run_dir"]).name == f"seed{run['seed']}"
     from dreamdist3d.lift3d.prompt_processor import PromptSample
 
-    assert PromptSample.load(run["prompt_sample"]).meta["files"][0]["scale"] == 0.5  # γ reaches the 3D runs too
+    lifted = PromptSample.load(run["prompt_sample"])
+    assert lifted.meta["files"][0]["scale"] == 0.5  # γ reaches the 3D runs too
+    # the pick relies on the seed rule: 2D sample i of seed 0 is the prompt sample the 3D run with seed i draws
+    from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.recipes.toy_demo import prompt_samples
+
+    drawn = prompt_samples(load_backbone(f"toy:{tiny_weights}"), Path(files["distribution"]), 3, seed=0, scale=0.5)
+    torch.testing.assert_close(lifted.text_embeddings[0], drawn[run["seed"]], rtol=0, atol=1e-6)
+    assert summary["seeds_4view"] == summary["seeds_3d"]  # the previews show what is lifted
     tile = np.asarray(grid.convert("RGB"))[8:8 + 128, (2 + 34 * run["seed"]) * 4:(2 + 34 * run["seed"]) * 4 + 128]
     border = np.concatenate([tile[:4].reshape(-1, 3), tile[-4:].reshape(-1, 3), tile[:, :4].reshape(-1, 3)])
     assert (border == round(0.1 * 255)).all()  # the lifted sample is framed in samples-2d.png (×4, 2 px gaps)

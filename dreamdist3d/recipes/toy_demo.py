@@ -6,7 +6,7 @@
 2. learn a prompt distribution from them with the learning recipe (`dreamdist3d.recipes.learn.learn`, K=32, n_ctx 4,
    the official optimiser settings, few steps) against the toy backbone (`learn/…/distribution.safetensors`);
 3. draw fresh prompt samples from it and write 2D samples (`samples-2d.png`) and 4-view previews
-   (`previews-4view.png`) with the toy DDIM sampler;
+   (`previews-4view.png`: the samples step 4 lifts first) with the toy DDIM sampler;
 4. N text-to-3D runs through the real lift3d system (`configs/toy/toy-3d.yaml`: SDS in pixel space, 32 px
    renders), one prompt sample each: by default the sample seeds of the N most different 2D samples of step 3
    (`pick_3d: different`, `dreamdist3d.sample2d.pick`), else seeds 0..N-1 (`pick_3d: first`); each exported to
@@ -295,6 +295,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     _log(f"learned K={cfg.n_prompts} prompts in {cfg.steps} steps (loss {_mean(loss[:20]):.4f} -> {_mean(loss[-20:]):.4f})")
 
     seeds = list(range(cfg.seed, cfg.seed + cfg.n_3d))
+    seeds_4view: List[int] = []
     with clock.stage("samples_2d"):
         if cfg.n_2d:
             ctx = prompt_samples(backbone, dist_path, cfg.n_2d, seed=cfg.seed, scale=cfg.scale)
@@ -315,7 +316,11 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
             files["samples_2d"] = save_grid(out / "samples-2d.png", flat.reshape(rows, cols, *imgs.shape[2:]))
     with clock.stage("previews_4view"):
         if cfg.n_4view:
-            ctx = prompt_samples(backbone, dist_path, cfg.n_4view, seed=cfg.seed, scale=cfg.scale)
+            # the samples lifted to 3D first (in seed order), then the next seeds: previews of what becomes 3D
+            rest = (s for s in range(cfg.seed, cfg.seed + cfg.n_4view + len(seeds)) if s not in seeds)
+            seeds_4view = [*seeds, *rest][:cfg.n_4view]
+            index = [s - cfg.seed for s in seeds_4view]
+            ctx = prompt_samples(backbone, dist_path, max(index) + 1, seed=cfg.seed, scale=cfg.scale)[index]
             imgs = sample_images(backbone, ctx, 4, seed=cfg.seed + LATENT_SEED_OFFSET + 1, steps=cfg.sample_steps,
                                  guidance=cfg.guidance,
                                  progress=cfg.progress, desc="4-view previews", chunk=4)
@@ -345,6 +350,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
         "backbone": {"source": str(backbone.source), "name": backbone.name},
         "learn": {"steps": int(res.step), "loss_first20": _mean(loss[:20]), "loss_last20": _mean(loss[-20:])},
         "seeds_3d": seeds,
+        "seeds_4view": seeds_4view,
         "torch_threads": torch.get_num_threads(),
         "times": {"stages": clock.stages, "total": clock.total()},
         "files": _jsonable(files),
