@@ -33,6 +33,9 @@ def test_histogram_of_multiview_previews_averages_views_and_empty_views_count_ze
     h = colour_histograms(views[None])
     assert h.shape == (1, 64)
     assert sorted(h[0][h[0] > 0].tolist()) == [0.25, 0.25]
+    broken = _square(COLOURS["red"])
+    broken[:, 12:14, 12:14] = float("nan")  # a diverged sample: NaN pixels count as black, never as an error
+    assert torch.isfinite(colour_histograms(broken[None])).all()
     with pytest.raises(ValueError, match="expected images"):
         colour_histograms(torch.ones(2, 1, 32, 32))
 

@@ -38,7 +38,7 @@ def colour_histograms(images: torch.Tensor, bins: int = BINS, threshold: float =
     if images.dim() != 5 or images.shape[2] != 3:
         raise ValueError(f"expected images (n, F, 3, H, W) or (n, 3, H, W), got {tuple(images.shape)}")
     n, F = images.shape[:2]
-    x = images.reshape(n * F, 3, *images.shape[-2:]).float().clamp(0, 1)
+    x = images.reshape(n * F, 3, *images.shape[-2:]).float().nan_to_num(0.0).clamp(0, 1)  # (nF, 3, H, W)
     fg = (x - background_colour(x)[..., None, None]).abs().amax(dim=1) > threshold  # (nF, H, W)
     q = (x * bins).long().clamp_max(bins - 1)  # (nF, 3, H, W)
     cell = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]  # (nF, H, W)
