@@ -258,8 +258,22 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     rec3d = run_arms_3d(cfg, backbone=bb, reader=reader)
     assert sorted(r["arm"] for r in rec3d) == ["K=1 (3D)", "K=1 (3D)", "wta+lowrank (3D)", "wta+lowrank (3D)"]
     assert all(len(r["object_colours"]) == 1 for r in rec3d)
-    text = table(recs + rec3d)
-    assert text.count("| warm-cones-cylinders |") == 5 and " ± " in text
+    # --pick-3d: the object is the most typical of 16 candidate seeds (one lifted), drawn with the arm's covariance
+    from dataclasses import replace
+
+    from dreamdist3d.lift3d.prompt_processor import PromptSample
+
+    picked = run_arms_3d(replace(cfg, pick_3d=True), backbone=bb, reader=reader)
+    assert sorted(r["arm"] for r in picked) == ["K=1 (3D, picked)"] * 2 + ["wta+lowrank (3D, picked)"] * 2
+    for r in picked:
+        (s,) = r["seeds_3d"]
+        assert s in range(100 * r["seed"], 100 * r["seed"] + 16)
+        folder = "K=1" if r["arm"].startswith("K=1") else "wta_lowrank"
+        sample = PromptSample.load(tmp_path / "arms" / "work3d-picked" / "warm-cones-cylinders" / folder / "runs"
+                                   / f"seed{s}" / "prompt_sample.safetensors")
+        assert sample.meta["covariance"] == ("diag" if folder == "K=1" else "lowrank")
+    text = table(recs + rec3d + picked)
+    assert text.count("| warm-cones-cylinders |") == 7 and " ± " in text
     # the colour measures, by hand: 3 red + 1 yellow against {red, orange, yellow, pink}
     reads = [Reading(True, colour="red")] * 3 + [Reading(True, colour="yellow"), Reading(False)]
     c = colour_scores(reads, ["red", "orange", "yellow", "pink"])

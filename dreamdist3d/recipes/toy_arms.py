@@ -19,9 +19,10 @@ since a 3D run is a new realisation of its prompt sample; `pick4_in_dist` their 
 decoded one by one) and `mean_colour` (of μ, majority of 4).
 
 With `--n-3d N`, each learned arm and seed then gets N text-to-3D runs (`configs/toy/toy-3d.yaml`, one prompt sample
-each), each object read on 4 turntable views and scored the same way (rows "<arm> (3D)").
+each), each object read on 4 turntable views and scored the same way (rows "<arm> (3D)"; with `--pick-3d` the N most
+different of 16 candidates, as the demo lifts them: rows "<arm> (3D, picked)").
 
-Every finished run is cached as `<out>/runs/<set>/<arm>/seed<s>.json` (3D: `runs3d/`), so an interrupted sweep
+Every finished run is cached as `<out>/runs/<set>/<arm>/seed<s>.json` (3D: `runs3d/`, `runs3d-picked/`), so an interrupted sweep
 resumes and a table can be made from whatever finished (`--table-only`); `--resample` scores the cached runs again
 from their learned files without learning (after a change to a sampling law or a score). The table reports mean ±
 std over learning seeds.
@@ -90,6 +91,7 @@ class ArmsConfig:
     pick_blocks: int = 6  # `pick4`: blocks of PICK_FROM fresh samples, each decoded twice
     progress: bool = False
     n_3d: int = 0  # 3D runs per (set, arm, learning seed) after the 2D pass, read on 4 turntable views; 0 = none
+    pick_3d: bool = False  # 3D pass: lift the n_3d most different of PICK_FROM candidates (the demo's default)
     steps_3d: int = 300
     config_3d: str = "configs/toy/toy-3d.yaml"
 
@@ -267,21 +269,25 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False
 
 
 def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]]:
-    """For every cached 2D record of a learned arm: `n_3d` text-to-3D runs (seeds 100·s … 100·s + n_3d − 1, one
-    prompt sample each), each object read on 4 turntable views (one aggregated reading), scored like the 2D rows.
-    Cached as `<out>/runs3d/<set>/<arm>/seed<s>.json`; returns all cached 3D records of the config."""
+    """For every cached 2D record of a learned arm: `n_3d` text-to-3D runs (seeds 100·s … 100·s + n_3d − 1, or with
+    `pick_3d` the n_3d most different of the PICK_FROM seeds from 100·s on, by their 2D samples as the demo picks; one
+    prompt sample each, drawn with the arm's covariance), each object read on 4 turntable views (one aggregated
+    reading), scored like the 2D rows. Cached as `<out>/runs3d[-picked]/<set>/<arm>/seed<s>.json`; returns all cached
+    3D records of the config."""
     from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.recipes.toy_eval import get_reader, objects_3d, real_features, score_readings
+    from dreamdist3d.sample2d.pick import pick_previews
     from dreamdist3d.toyworld.refsets import get_refset
 
     out = Path(cfg.out)
+    kind, runs_dir, work_dir = ("3D, picked", "runs3d-picked", "work3d-picked") if cfg.pick_3d else ("3D", "runs3d", "work3d")
     records = []
     for refset in cfg.refsets:
         rs, real = get_refset(refset), None
         for seed in cfg.seeds:
             for arm in cfg.arms:
                 src = out / "runs" / refset / arm / f"seed{seed}.json"
-                path = out / "runs3d" / refset / arm / f"seed{seed}.json"
+                path = out / runs_dir / refset / arm / f"seed{seed}.json"
                 if ARMS.get(arm) is None or not src.is_file():
                     continue
                 if path.is_file():
@@ -298,10 +304,17 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
                 reader = reader or get_reader(cfg.reader)
                 real = real if real is not None else real_features(reader, rs, cfg.n_real, 0)
                 t0 = time.perf_counter()
-                views = objects_3d(backbone, dist, out / "work3d" / refset / arm.replace("+", "_"),
-                                   range(100 * seed, 100 * seed + cfg.n_3d), cfg.config_3d, cfg.steps_3d)
+                covariance = ARMS[arm]["covariance"]
+                seeds = list(range(100 * seed, 100 * seed + cfg.n_3d))
+                if cfg.pick_3d:
+                    law, _ = learned_law(backbone, dist, covariance)
+                    seen = _images(backbone, law.sample(PICK_FROM, seed=100 * seed), cfg, 100 * seed)
+                    seeds = sorted(100 * seed + i for i in pick_previews(seen, cfg.n_3d))
+                views = objects_3d(backbone, dist, out / work_dir / refset / arm.replace("+", "_"), seeds,
+                                   cfg.config_3d, cfg.steps_3d,
+                                   overrides=[f"system.prompt_processor.covariance={covariance}"])
                 readings = reader.read_views(views.flatten(0, 1), 4)
-                rec = {"refset": refset, "arm": arm + " (3D)", "seed": seed, "n_3d": cfg.n_3d,
+                rec = {"refset": refset, "arm": f"{arm} ({kind})", "seed": seed, "n_3d": cfg.n_3d, "seeds_3d": seeds,
                        **score_readings(readings, rs.support, real, views[:, 0], k=cfg.k),
                        **colour_scores(readings, list(rs.grammar.colours)),
                        "object_colours": [r.colour if r.ok else "rejected" for r in readings],
@@ -309,7 +322,7 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(rec, indent=1, default=str))
                 records.append(rec)
-                print(f"[arms 3D] {refset} {arm} seed {seed}: objects {rec['object_colours']} in-dist "
+                print(f"[arms {kind}] {refset} {arm} seed {seed}: objects {rec['object_colours']} in-dist "
                       f"{rec['in_dist']:.2f} coverage {rec['coverage']:.2f} ({rec['time_s']} s)", file=sys.stderr,
                       flush=True)
     return records
@@ -324,6 +337,7 @@ def table(records: Sequence[Dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     order = {a: i for i, a in enumerate(ARMS)}
     order.update({f"{a} (3D)": 100 + i for i, a in enumerate(ARMS)})
+    order.update({f"{a} (3D, picked)": 200 + i for i, a in enumerate(ARMS)})
     for (refset, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
         cells = [refset, arm, str(len(rs))]
         for key in SCORES:
@@ -356,6 +370,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=d.n, help=f"samples per run (default {d.n})")
     p.add_argument("--n-3d", type=int, default=0,
                    help="after the 2D pass: N text-to-3D runs per learned arm and seed, read on turntable views")
+    p.add_argument("--pick-3d", action="store_true",
+                   help="with --n-3d: lift the N most different of 16 candidate samples (the demo's default), rows "
+                        "'<arm> (3D, picked)'")
     p.add_argument("--steps-3d", type=int, default=d.steps_3d, help=f"SDS steps per 3D run (default {d.steps_3d})")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--table-only", action="store_true", help="print the table of the cached runs and stop")
@@ -370,7 +387,7 @@ def cli_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
     cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
-                     steps=args.steps, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d)
+                     steps=args.steps, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d, pick_3d=args.pick_3d)
     if args.table_only:
         recs = [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     else:

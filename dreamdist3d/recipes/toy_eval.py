@@ -134,12 +134,13 @@ def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) 
 
 
 def objects_3d(backbone, distribution: Path, out: Path, seeds: Sequence[int], config: str, steps: int,
-               progress: bool = False) -> torch.Tensor:
+               progress: bool = False, overrides: Sequence[str] = ()) -> torch.Tensor:
     """One text-to-3D run per seed (`out/runs/seed<s>/`, the prompt sample of that seed), each read back as 4
     evenly spaced turntable views: (len(seeds), 4, 3, H, W) in [0,1]."""
     from dreamdist3d.recipes.toy_3d import launch_3d
 
-    runs = [launch_3d(backbone, Path(distribution).resolve(), out, s, config, steps, progress=progress) for s in seeds]
+    runs = [launch_3d(backbone, Path(distribution).resolve(), out, s, config, steps, overrides=overrides,
+                      progress=progress) for s in seeds]
     return torch.stack([turntable_views(run, 4) for run in runs])
 
 
