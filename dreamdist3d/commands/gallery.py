@@ -130,15 +130,13 @@ def run(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ValueError(f"overrides must be key=value, got {bad}")
+    if args.seeds and args.first_seed:
+        raise ValueError("--first-seed goes with --n; with --seeds list every seed")
     out = Path(args.out) if args.out else Path("outputs") / "gallery" / dist.stem
     out.mkdir(parents=True, exist_ok=True)
     worker = getattr(args, "worker_seeds", None)
-    if args.seeds and args.first_seed:
-        raise ValueError("--first-seed goes with --n; with --seeds list every seed")
-    if worker:
-        seeds = [int(s) for s in worker.split(",")]
-    else:
-        seeds = list(dict.fromkeys(args.seeds or range(args.first_seed, args.first_seed + args.n)))
+    seeds = seed_list(worker) if worker else args.seeds or list(range(args.first_seed, args.first_seed + args.n))
+    seeds = list(dict.fromkeys(seeds))
     todo = [s for s in seeds if find_turntable(run_dir(out, s)) is None]
     if len(todo) < len(seeds):
         print(f"[gallery] keeping {len(seeds) - len(todo)} finished run(s); {len(todo)} to do")

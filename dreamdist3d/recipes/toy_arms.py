@@ -109,11 +109,14 @@ def colour_scores(readings: Sequence[Any], colours: Sequence[str]) -> Dict[str, 
     else:
         q = {c: (1.0 / len(colours) if c in colours else 0.0) for c in hist}
         tv = 0.5 * sum(abs(hist[c] / total - q[c]) for c in hist)
-    seen = [r.colour if r.ok and r.colour in colours else None for r in readings]
-    need = min(3, len(colours))
-    windows = [{c for c in seen[i:i + BATCH] if c is not None} for i in range(len(seen) - BATCH + 1)]
+    windows = [readings[i:i + BATCH] for i in range(len(readings) - BATCH + 1)]
     return {"colour_hist": hist, "colour_tv": tv, "colours_hit2": sum(1 for c in colours if got.get(c, 0) >= 2),
-            "batch4": statistics.fmean(len(w) >= need for w in windows) if windows else None}
+            "batch4": statistics.fmean(shows_set_colours(w, colours) for w in windows) if windows else None}
+
+
+def shows_set_colours(readings: Sequence[Any], colours: Sequence[str]) -> bool:
+    """Whether the accepted `readings` show min(3, len(colours)) of the set's `colours` (the demo's goal)."""
+    return len({r.colour for r in readings if r.ok and r.colour in colours}) >= min(3, len(colours))
 
 
 def majority(readings: Sequence[Any]) -> str:
@@ -210,7 +213,6 @@ def pick_scores(cfg: ArmsConfig, backbone, reader, rs, law: PromptGaussian, seed
     if cfg.pick_blocks < 1:
         return {"pick4": None, "pick4_in_dist": None}
     colours = list(rs.grammar.colours)
-    need = min(3, len(colours))
     candidates = law.sample(PICK_FROM * cfg.pick_blocks, seed=seed + 1000)
     seen = _images(backbone, candidates, cfg, seed + 3)  # what the pick looks at (the demo's 2D samples)
     judged = reader.read(_images(backbone, candidates, cfg, seed + 4))  # what the lifted objects turn out to be
@@ -218,7 +220,7 @@ def pick_scores(cfg: ArmsConfig, backbone, reader, rs, law: PromptGaussian, seed
     for b in range(cfg.pick_blocks):
         block = range(PICK_FROM * b, PICK_FROM * (b + 1))
         picked = [judged[block[i]] for i in pick_previews(seen[block.start:block.stop], BATCH)]
-        hits.append(len({r.colour for r in picked if r.ok and r.colour in colours}) >= need)
+        hits.append(shows_set_colours(picked, colours))
         in_dist.extend(bool(r.ok and rs.support.contains(r.labels())) for r in picked)
     return {"pick4": statistics.fmean(hits), "pick4_in_dist": statistics.fmean(in_dist)}
 
@@ -276,7 +278,7 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
     3D records of the config."""
     from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.recipes.toy_eval import get_reader, objects_3d, real_features, score_readings
-    from dreamdist3d.sample2d.pick import pick_previews
+    from dreamdist3d.sample2d.pick import pick_seeds
     from dreamdist3d.toyworld.refsets import get_refset
 
     out = Path(cfg.out)
@@ -309,7 +311,7 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
                 if cfg.pick_3d:
                     law, _ = learned_law(backbone, dist, covariance)
                     seen = _images(backbone, law.sample(PICK_FROM, seed=100 * seed), cfg, 100 * seed)
-                    seeds = sorted(100 * seed + i for i in pick_previews(seen, cfg.n_3d))
+                    seeds = pick_seeds(seen, cfg.n_3d, 100 * seed)
                 views = objects_3d(backbone, dist, out / work_dir / refset / arm.replace("+", "_"), seeds,
                                    cfg.config_3d, cfg.steps_3d,
                                    overrides=[f"system.prompt_processor.covariance={covariance}"])

@@ -36,7 +36,7 @@ from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, run_3d_seeds
-from dreamdist3d.sample2d.pick import pick_previews
+from dreamdist3d.sample2d.pick import pick_seeds
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -297,15 +297,18 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     seeds = list(range(cfg.seed, cfg.seed + cfg.n_3d))
     seeds_4view: List[int] = []
     with clock.stage("samples_2d"):
+        # prompt samples 0…n−1 of seed `cfg.seed` (sample i is what seed cfg.seed+i draws): enough for the 2D samples
+        # and for the previews, which show the lifted seeds and then the next ones
+        n_draw = max(cfg.n_2d, cfg.n_3d + cfg.n_4view)
+        ctx = prompt_samples(backbone, dist_path, n_draw, seed=cfg.seed, scale=cfg.scale) if n_draw else None
         if cfg.n_2d:
-            ctx = prompt_samples(backbone, dist_path, cfg.n_2d, seed=cfg.seed, scale=cfg.scale)
-            imgs = sample_images(backbone, ctx, 1, seed=cfg.seed + LATENT_SEED_OFFSET, steps=cfg.sample_steps,
-                                 guidance=cfg.guidance,
-                                 progress=cfg.progress, desc="2D samples")
+            imgs = sample_images(backbone, ctx[:cfg.n_2d], 1, seed=cfg.seed + LATENT_SEED_OFFSET,
+                                 steps=cfg.sample_steps, guidance=cfg.guidance, progress=cfg.progress,
+                                 desc="2D samples")
             cols = 8 if cfg.n_2d >= 8 else cfg.n_2d
             rows = (cfg.n_2d + cols - 1) // cols
             if cfg.pick_3d == "different" and cfg.n_3d:
-                seeds = sorted(cfg.seed + i for i in pick_previews(imgs, cfg.n_3d))
+                seeds = pick_seeds(imgs, cfg.n_3d, cfg.seed)
                 _log(f"lifting the {cfg.n_3d} most different of the {cfg.n_2d} 2D samples (foreground colours): "
                      f"seeds {', '.join(map(str, seeds))} (framed in samples-2d.png)")
             shown = imgs[:, 0].clone()
@@ -319,11 +322,9 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
             # the samples lifted to 3D first (in seed order), then the next seeds: previews of what becomes 3D
             rest = (s for s in range(cfg.seed, cfg.seed + cfg.n_4view + len(seeds)) if s not in seeds)
             seeds_4view = [*seeds, *rest][:cfg.n_4view]
-            index = [s - cfg.seed for s in seeds_4view]
-            ctx = prompt_samples(backbone, dist_path, max(index) + 1, seed=cfg.seed, scale=cfg.scale)[index]
-            imgs = sample_images(backbone, ctx, 4, seed=cfg.seed + LATENT_SEED_OFFSET + 1, steps=cfg.sample_steps,
-                                 guidance=cfg.guidance,
-                                 progress=cfg.progress, desc="4-view previews", chunk=4)
+            imgs = sample_images(backbone, ctx[[s - cfg.seed for s in seeds_4view]], 4,
+                                 seed=cfg.seed + LATENT_SEED_OFFSET + 1, steps=cfg.sample_steps,
+                                 guidance=cfg.guidance, progress=cfg.progress, desc="4-view previews", chunk=4)
             files["previews_4view"] = save_grid(out / "previews-4view.png", imgs)
 
     runs: List[Dict[str, Any]] = []

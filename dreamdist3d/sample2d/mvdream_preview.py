@@ -27,7 +27,7 @@ from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
 from dreamdist3d.backbones.ddim import ddim_sample, ddim_timesteps
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
-from dreamdist3d.sample2d.pick import pick_previews
+from dreamdist3d.sample2d.pick import pick_seeds
 
 
 @torch.no_grad()
@@ -182,7 +182,7 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         "ddim_timesteps": ddim_timesteps(backbone.schedule.num_train_timesteps, req.steps).tolist(),
         "guidance_order": "[uncond, cond]",
         "prompt_sample_seeds": [req.seed + i for i in range(req.n)] if req.distribution else None,
-        "picked_seeds": sorted(req.seed + i for i in pick_previews(images, req.pick)) if req.pick else None,
+        "picked_seeds": pick_seeds(images, req.pick, req.seed) if req.pick else None,
         "latent_seed": req.seed + LATENT_SEED_OFFSET,
         "backbone": backbone.fingerprint(),
     }

@@ -70,4 +70,11 @@ def pick_previews(images: torch.Tensor, k: int) -> List[int]:
     return most_different(colour_histograms(images), k)
 
 
-__all__ = ["BINS", "FOREGROUND", "background_colour", "colour_histograms", "most_different", "pick_previews"]
+def pick_seeds(images: torch.Tensor, k: int, first_seed: int) -> List[int]:
+    """The sample seeds, in ascending order, of the `k` most different previews, where preview i shows prompt sample
+    i of `first_seed` — the sample a run with seed `first_seed + i` draws (the distribution seed rule)."""
+    return sorted(first_seed + i for i in pick_previews(images, k))
+
+
+__all__ = ["BINS", "FOREGROUND", "background_colour", "colour_histograms", "most_different", "pick_previews",
+           "pick_seeds"]
