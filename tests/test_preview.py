@@ -81,9 +81,11 @@ def test_cli_preview_prompt_grid_and_sidecar(ckpt, tmp_path):
     img = Image.open(out)
     assert img.size == (32, 32) and img.mode == "RGB"  # 2×2 views of 16 px
     side = json.loads(out.with_suffix(".json").read_text())
-    s = side["settings"]
-    assert (s["prompt"], s["n"], s["steps"], s["cfg"], s["elevation"], s["azimuth_start"], s["seed"]) == (
-        "a cathedral", 1, 3, 7.5, 15.0, 0.0, 7)
+    s, sampler = side["settings"], side["sampler"]
+    assert (s["prompt"], s["n"], s["steps"], s["elevation"], s["azimuth_start"], s["seed"]) == (
+        "a cathedral", 1, 3, 15.0, 0.0, 7)
+    assert (sampler["steps"], sampler["guidance_scale"], sampler["negative_prompt"]) == (3, 7.5, "")  # MVDream's CFG
+    assert side["image_seeds"] == [7 + 2**31]
     assert side["ddim_timesteps"] == [667, 334, 1] and side["guidance_order"] == "[uncond, cond]"
     assert side["view_azimuths_deg"] == [0.0, 90.0, 180.0, 270.0]
     first = out.read_bytes()
@@ -127,3 +129,44 @@ def test_cli_preview_errors(tmp_path, capsys):
     assert "--pick 3" in capsys.readouterr().err  # said before anything loads
     with pytest.raises(SystemExit):  # --prompt and --distribution are exclusive
         main(["preview", "--mvdream", str(missing), "--prompt", "x", "--distribution", "d.safetensors"])
+
+
+def test_ddim_noise_seeds_are_per_sample(ckpt):
+    """`noise_seeds`: sample j's noise from its own generator, so a sample's images do not depend on the others in
+    the call; one sample with noise_seeds=[s] is the same draw as seed=s."""
+    from dreamdist3d.backbones.ddim import ddim_sample
+
+    bb = load_mvdream(ckpt)
+    ctx = bb.encode_text(["a stone cathedral", "a toy robot", "a red car"])
+    uc = bb.encode_text([""])
+    cam = get_camera(4)
+    kw = dict(steps=2, cfg=7.5, camera=cam, num_frames=4, return_latents=True, max_batch=1)
+    with torch.no_grad():
+        both = ddim_sample(bb, ctx, uc, noise_seeds=[11, 12, 13], **kw)
+        alone = ddim_sample(bb, ctx[2:], uc, noise_seeds=[13], **kw)
+        plain = ddim_sample(bb, ctx[2:], uc, seed=13, **kw)
+        shared = ddim_sample(bb, ctx, uc, seed=11, **kw)  # one generator for all: sample 2's noise differs
+    assert torch.equal(both[2], alone[0]) and torch.equal(alone, plain)
+    assert (shared[2] - both[2]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="2 noise seeds for 3 samples"):
+        ddim_sample(bb, ctx, uc, noise_seeds=[1, 2], **kw)
+
+
+def test_preview_sampler_defaults_follow_the_backbone(ckpt):
+    from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS
+    from dreamdist3d.sample2d.mvdream_preview import PreviewSampler, preview_sampler_for
+
+    assert preview_sampler_for(load_mvdream(ckpt)) == PreviewSampler(steps=50, guidance_scale=7.5, clip_x0=False)
+    toy = preview_sampler_for(_Named("toy"), guidance_scale=None, elevation=20.0)  # the shipped toy backbone's name
+    assert (toy.steps, toy.guidance_scale, toy.clip_x0, toy.elevation) == (
+        DEFAULT_SAMPLE_STEPS, DEFAULT_GUIDANCE, True, 20.0)
+    assert PreviewSampler(azimuth_start=30).azimuths() == [30.0, 120.0, 210.0, 300.0]
+    with pytest.raises(ValueError, match="unknown preview setting"):
+        preview_sampler_for(_Named("mvdream"), cfg=3)
+    with pytest.raises(ValueError, match="finite"):
+        preview_sampler_for(_Named("mvdream"), guidance_scale=float("nan"))
+
+
+class _Named:
+    def __init__(self, name: str) -> None:
+        self.name = name

@@ -14,12 +14,15 @@ It is MVDream's sampler (`t2i.py` + LDM `DDIMSampler`) written for any schedule 
   ε recomputed from the clamped x0 (diffusers' `clip_sample` + `use_clipped_model_output`), as pixel-space samplers do;
 - initial noise (n·F, C, h, w) float32 from a CPU generator (`torch.Generator().manual_seed(seed)`, or the
   `generator` given), drawn at once for all samples and then cut into batches of `max_batch` samples, so the
-  result does not depend on the batch size (beyond float rounding) nor on the device.
+  result does not depend on the batch size (beyond float rounding) nor on the device. With `noise_seeds` (one per
+  sample) sample j's noise (F, C, h, w) comes from its own generator seeded `noise_seeds[j]`, so a sample's images
+  do not depend on which other samples share the call (the previews' rule: `sample2d.mvdream_preview`); for n = 1
+  `noise_seeds=[s]` and `seed=s` draw the same numbers.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -69,6 +72,7 @@ def ddim_sample(
     num_frames: int = 1,
     seed: int = 0,
     generator: Optional[torch.Generator] = None,
+    noise_seeds: Optional[Sequence[int]] = None,
     clip_x0: bool = False,
     max_batch: Optional[int] = None,
     return_latents: bool = False,
@@ -77,7 +81,8 @@ def ddim_sample(
     """n samples of F = `num_frames` views for conditioning `context` (n,77,D) and negative `uncond` (77,D)|(1,77,D).
 
     camera: (F, 16) cameras of the F views (one set, repeated for every sample), or None (no camera input).
-    Noise from `generator` if given, else from a CPU generator seeded with `seed`. `max_batch` samples per UNet call
+    Noise from `noise_seeds` (one CPU generator per sample) if given, else from `generator`, else from a CPU
+    generator seeded with `seed`. `max_batch` samples per UNet call
     (2·F·max_batch rows; None: all at once). Returns images (n, F, 3, H, W) float32 in [0, 1] on CPU, decoded per
     batch, or with `return_latents` the final latents (n, F, C, h, w) float32 on CPU."""
     if context.ndim != 3:
@@ -91,8 +96,14 @@ def ddim_sample(
             raise ValueError(f"camera must have num_frames={F} rows, got {camera.shape[0]}")
         camera = camera.to(device, dtype)
     c, s = backbone.latent_channels, backbone.latent_size
-    g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((n * F, c, s, s), generator=g, dtype=torch.float32)
+    if noise_seeds is not None:
+        if len(noise_seeds) != n:
+            raise ValueError(f"{len(noise_seeds)} noise seeds for {n} samples")
+        noise = torch.cat([torch.randn((F, c, s, s), generator=torch.Generator().manual_seed(int(k)),
+                                       dtype=torch.float32) for k in noise_seeds])
+    else:
+        g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+        noise = torch.randn((n * F, c, s, s), generator=g, dtype=torch.float32)
     ts = ddim_timesteps(schedule.num_train_timesteps, steps).tolist()
     uncond = uncond.reshape(1, *uncond.shape[-2:]).to(device, dtype)
     max_batch = n if not max_batch else int(max_batch)

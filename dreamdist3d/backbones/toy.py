@@ -281,6 +281,8 @@ def toy_config_of(backbone: Backbone) -> ToyBackboneConfig:
 # colour and shape 0.50 at CFG 2, 0.47 at 3, 0.33 at 5, 0.03 at 7); higher scales tint
 # the white background and speckle the objects (the attribute reader then rejects them as out of world).
 DEFAULT_GUIDANCE = 2.0
+# DDIM steps of the toy sampler (2D samples, 4-view previews and the anchors of toy 3D runs).
+DEFAULT_SAMPLE_STEPS = 25
 # Learning steps of the toy recipes (demo, eval, arms; K=32 and K=1 alike). The `assign` objective trains each prompt
 # on its own images only (about half a row per prompt per step at batch 4 × 4 rows), so it needs more steps than the
 # official one, whose every row trains μ: at 300 steps the learned prompts of `cool-round-topped` decoded one by one
@@ -294,7 +296,7 @@ def sample_toy(
     backbone: Backbone,
     context: torch.Tensor,
     uncond: torch.Tensor,
-    steps: int = 25,
+    steps: int = DEFAULT_SAMPLE_STEPS,
     cfg: float = DEFAULT_GUIDANCE,
     num_frames: int = 4,
     elevation: float = 15.0,
@@ -327,7 +329,7 @@ def encode_captions(backbone: Backbone, captions: Sequence[str]) -> torch.Tensor
 def generate(
     backbone: Backbone,
     captions: Sequence[str],
-    steps: int = 25,
+    steps: int = DEFAULT_SAMPLE_STEPS,
     cfg: float = DEFAULT_GUIDANCE,
     num_frames: int = 4,
     seed: int = 0,
@@ -355,5 +357,6 @@ __all__ = [
     "sample_toy",
     "generate",
     "DEFAULT_GUIDANCE",
+    "DEFAULT_SAMPLE_STEPS",
     "encode_captions",
 ]

@@ -34,13 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suffix", default=None, help="edit: re-encode the distribution with this suffix")
     p.add_argument("--negative", default="", help="negative / unconditional prompt (default \"\")")
     p.add_argument("--n", type=int, default=1, help="number of 4-view samples (default 1)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50)")
-    p.add_argument("--cfg", type=finite_float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DDIM steps (default: the backbone's, 50 for MVDream, 25 for the toy backbone)")
+    p.add_argument("--cfg", type=finite_float, default=None,
+                   help="classifier-free guidance scale (default: the backbone's, 7.5 for MVDream, 2 for the toy)")
     p.add_argument("--elevation", type=finite_float, default=15.0, help="camera elevation in degrees (default 15)")
     p.add_argument("--azimuth-start", type=finite_float, default=0.0,
                    help="azimuth of the first view in degrees (default 0)")
     p.add_argument("--seed", type=int, default=0,
-                   help="sample i uses prompt sample seed+i (as `sample` and 3D runs) and latent noise seed+2**31")
+                   help="sample i is the 4-view sample of seed+i: prompt sample seed+i (as `sample` and 3D runs) "
+                        "and image noise seed+i+2**31; an anchored 3D run with that seed fits exactly these views")
     p.add_argument("--pick", type=int, default=0, metavar="N",
                    help="with --distribution: name the sample seeds of the N most different of the --n previews "
                         "(foreground colours) to lift to 3D with `dreamdist3d gallery --seeds`")

@@ -6,19 +6,26 @@ the same path.
 
 Sampler: the one DDIM of `dreamdist3d.backbones.ddim` (MVDream `t2i.py` + LDM `DDIMSampler`, η = 0: timesteps
 `range(0, 1000, 1000 // S) + 1` descending, the backbone's float64-made ᾱ, guidance batch `[uncond, cond]`
-(MVDream's sampler order; MVDream-threestudio uses the reverse), initial noise from a CPU `torch.Generator(seed)`),
-with F = 4 views per sample (rows `(b f)`), cameras `get_camera(4, elevation, azimuth_start)` passed to both
-halves, decoded with the VAE, `clamp((x + 1) / 2, 0, 1)`. `run_preview` passes seed + 2**31 as the noise seed (the
-latent rule of SD 2.1 sampling), so the noise never shares numbers with prompt sample `seed`.
+(MVDream's sampler order; MVDream-threestudio uses the reverse)), with F = 4 views per sample (rows `(b f)`),
+cameras `get_camera(4, elevation, azimuth_start)` passed to both halves, decoded with the VAE,
+`clamp((x + 1) / 2, 0, 1)`.
+
+The 4-view sample of prompt-sample seed s (`preview_views`) is ONE thing everywhere: `dreamdist3d preview` shows it,
+the toy demo's previews show it, and an anchored 3D run with seed s fits its field to it
+(`dreamdist3d.lift3d.anchor`). Its prompt sample is sample 0 of seed s (the distribution seed rule), its initial
+noise comes from a CPU generator seeded s + 2**31 (`image_seed`, the latent rule of SD 2.1 sampling; never the
+numbers of prompt sample s), per sample, so preview i of `--seed 0 --n 16` is the 4-view sample of seed i whatever
+else is sampled with it; its settings are a `PreviewSampler` whose defaults depend on the backbone
+(`preview_sampler_for`: MVDream 50 steps, CFG 7.5; the toy world's sampler 25 steps, CFG 2, x0 clipped).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -44,18 +51,79 @@ def sample_views(
     max_batch: int = 4,
     return_latents: bool = False,
     progress: bool = False,
+    noise_seeds: Optional[Sequence[int]] = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """n multi-view samples for conditioning `context` (n,77,D) with negative/unconditional `uncond` (77,D)|(1,77,D).
 
     Returns images (n, F, 3, H, W) float32 in [0, 1] on CPU, or the final scaled latents (n, F, C, h, w) with
     `return_latents`. Samples are processed `max_batch` at a time (2·F·max_batch UNet rows); samples are independent,
-    so `max_batch` changes only memory use (and float rounding)."""
+    so `max_batch` changes only memory use (and float rounding). Noise: `noise_seeds` (one generator per sample) or
+    one generator seeded `seed` (`backbones.ddim.ddim_sample`)."""
     if not backbone.supports_camera:
         raise ValueError(f"backbone '{backbone.name}' has no camera conditioning; MVDream previews need an MVDream "
                          "backbone")
     camera = get_camera(num_frames, elevation=elevation, azimuth_start=azimuth_start)  # (F, 16)
     return ddim_sample(backbone, context, uncond, steps=steps, cfg=cfg, camera=camera, num_frames=num_frames,
-                       seed=seed, max_batch=max_batch, return_latents=return_latents, progress=progress)
+                       seed=seed, noise_seeds=noise_seeds, clip_x0=clip_x0, max_batch=max_batch,
+                       return_latents=return_latents, progress=progress)
+
+
+@dataclass(frozen=True)
+class PreviewSampler:
+    """How the 4-view sample of a prompt sample is drawn (what `preview`, the toy demo and anchored 3D runs share)."""
+
+    steps: int = 50  # DDIM steps
+    guidance_scale: float = 7.5  # classifier-free guidance
+    elevation: float = 15.0  # degrees, every view
+    azimuth_start: float = 0.0  # MVDream azimuth of view 0 (degrees); views step 360/num_frames
+    num_frames: int = 4
+    negative_prompt: str = ""  # the unconditional prompt
+    clip_x0: bool = False  # clamp the predicted x0 to [-1, 1] each step (pixel-space diffusion)
+
+    def azimuths(self) -> List[float]:
+        """MVDream azimuths (degrees) of the views, `get_camera`'s np.arange rule."""
+        return np.arange(self.azimuth_start, self.azimuth_start + 360, 360 / self.num_frames).tolist()
+
+
+def preview_sampler_for(backbone: Backbone, **settings: Any) -> PreviewSampler:
+    """The backbone's preview settings (MVDream: 50 steps, CFG 7.5; the toy backbone: its own sampler, 25 steps,
+    CFG 2, x0 clipped), with `settings` that are not None put over them (unknown names are an error)."""
+    names = {f.name for f in fields(PreviewSampler)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"unknown preview setting(s) {unknown}; known: {sorted(names)}")
+    base = PreviewSampler()
+    if backbone.name == "toy":
+        from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_SAMPLE_STEPS
+
+        base = PreviewSampler(steps=DEFAULT_SAMPLE_STEPS, guidance_scale=DEFAULT_GUIDANCE, clip_x0=True)
+    sampler = replace(base, **{k: v for k, v in settings.items() if v is not None})
+    for key in ("guidance_scale", "elevation", "azimuth_start"):  # NaN/Inf would give black images silently
+        if not math.isfinite(float(getattr(sampler, key))):
+            raise ValueError(f"preview setting {key} must be a finite number, got {getattr(sampler, key)}")
+    return sampler
+
+
+def image_seed(seed: int) -> int:
+    """The seed of the initial image noise of prompt-sample seed `seed` (never the prompt sample's own numbers)."""
+    return int(seed) + LATENT_SEED_OFFSET
+
+
+@torch.no_grad()
+def preview_views(backbone: Backbone, context: torch.Tensor, seeds: Sequence[int], sampler: PreviewSampler,
+                  max_batch: int = 4, progress: bool = False) -> torch.Tensor:
+    """The 4-view samples (n, F, 3, H, W) in [0, 1] (CPU, float32) of the prompt samples `context` (n, 77, D) whose
+    seeds are `seeds`: sample j's image noise from `image_seed(seeds[j])`, cameras and sampler from `sampler`."""
+    if context.shape[0] != len(seeds):
+        raise ValueError(f"{len(seeds)} seeds for {context.shape[0]} prompt samples")
+    uncond = backbone.encode_text([sampler.negative_prompt])
+    return sample_views(
+        backbone, context.to(backbone.device, backbone.text_encoder.dtype), uncond, steps=sampler.steps,
+        cfg=sampler.guidance_scale, elevation=sampler.elevation, azimuth_start=sampler.azimuth_start,
+        num_frames=sampler.num_frames, max_batch=max_batch, progress=progress,
+        noise_seeds=[image_seed(s) for s in seeds], clip_x0=sampler.clip_x0,
+    )
 
 
 def image_grid(images: torch.Tensor):
@@ -81,8 +149,8 @@ class PreviewRequest:
     suffix: Optional[str] = None
     negative: str = ""
     n: int = 1
-    steps: int = 50
-    cfg: float = 7.5
+    steps: Optional[int] = None  # None: the backbone's preview default (`preview_sampler_for`)
+    cfg: Optional[float] = None  # None: the backbone's preview default
     elevation: float = 15.0
     azimuth_start: float = 0.0
     seed: int = 0
@@ -136,7 +204,7 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
     if req.n < 1:
         raise ValueError(f"n must be ≥ 1, got {req.n}")
     for key in ("scale", "cfg", "elevation", "azimuth_start"):  # NaN/Inf would give black images silently
-        if not math.isfinite(float(getattr(req, key))):
+        if getattr(req, key) is not None and not math.isfinite(float(getattr(req, key))):
             raise ValueError(f"--{key.replace('_', '-')} must be a finite number, got {getattr(req, key)}")
     if req.dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {req.dtype!r}")
@@ -156,20 +224,18 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
             backbone, req.distribution, req.n, req.scale, req.prefix, req.suffix, req.seed, req.class_index,
             req.check_encoder, req.covariance,
         )
-    uncond = backbone.encode_text([req.negative])
-    images = sample_views(
-        backbone, context.to(backbone.device, backbone.text_encoder.dtype), uncond, steps=req.steps, cfg=req.cfg,
-        elevation=req.elevation, azimuth_start=req.azimuth_start, seed=req.seed + LATENT_SEED_OFFSET,
-        num_frames=req.num_frames,
-        progress=progress,
-    )
+    sampler = preview_sampler_for(backbone, steps=req.steps, guidance_scale=req.cfg, elevation=req.elevation,
+                                  azimuth_start=req.azimuth_start, num_frames=req.num_frames,
+                                  negative_prompt=req.negative)
+    seeds = [req.seed + i for i in range(req.n)]
+    images = preview_views(backbone, context, seeds, sampler, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid = image_grid(images)
     grid.save(out)
-    azimuths = np.arange(req.azimuth_start, req.azimuth_start + 360, 360 / req.num_frames).tolist()
     side = {
         "kind": "dreamdist3d mvdream preview",
         "settings": asdict(req),
+        "sampler": asdict(sampler),
         "image": out.name,
         "grid": {
             "rows": 2 if (req.n == 1 and req.num_frames == 4) else req.n,
@@ -178,12 +244,12 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
             "size": list(grid.size),
             "order": "row-major views of sample 0, then sample 1, …" ,
         },
-        "view_azimuths_deg": azimuths,
-        "ddim_timesteps": ddim_timesteps(backbone.schedule.num_train_timesteps, req.steps).tolist(),
+        "view_azimuths_deg": sampler.azimuths(),
+        "ddim_timesteps": ddim_timesteps(backbone.schedule.num_train_timesteps, sampler.steps).tolist(),
         "guidance_order": "[uncond, cond]",
-        "prompt_sample_seeds": [req.seed + i for i in range(req.n)] if req.distribution else None,
+        "prompt_sample_seeds": seeds if req.distribution else None,
         "picked_seeds": pick_seeds(images, req.pick, req.seed) if req.pick else None,
-        "latent_seed": req.seed + LATENT_SEED_OFFSET,
+        "image_seeds": [image_seed(s) for s in seeds],
         "backbone": backbone.fingerprint(),
     }
     out.with_suffix(".json").write_text(json.dumps(side, indent=1))
@@ -192,6 +258,10 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
 
 __all__ = [
     "PreviewRequest",
+    "PreviewSampler",
+    "image_seed",
+    "preview_sampler_for",
+    "preview_views",
     "conditioning_from_distribution",
     "conditioning_from_prompt",
     "image_grid",
