@@ -111,4 +111,10 @@ def c2w_from_spherical(
     return c2w
 
 
-__all__ = ["get_camera", "c2w_to_mvdream_camera", "c2w_from_spherical", "FLIP_YZ"]
+def threestudio_azimuth(mvdream_azimuth_deg: Angle) -> Angle:
+    """The threestudio azimuth (degrees) of the view MVDream's sampler calls `mvdream_azimuth_deg`: a − 90, so
+    `c2w_from_spherical(e, threestudio_azimuth(a), d)` is the camera of `get_camera(1, e, a)`."""
+    return mvdream_azimuth_deg - 90.0
+
+
+__all__ = ["get_camera", "c2w_to_mvdream_camera", "c2w_from_spherical", "threestudio_azimuth", "FLIP_YZ"]

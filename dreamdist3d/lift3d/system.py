@@ -2,8 +2,11 @@
 processor; the SDS training step, validation images and the test turntable (threestudio's MVDreamSystem).
 
 Loss: Σ_k g["loss_<k>"]·C(lambda_<k>) over the guidance outputs, plus the regularisers `lambda_orient`,
-`lambda_sparsity`, `lambda_opaque`, `lambda_z_variance` when > 0. Optimizer: `system.optimizer` = {name, args,
-params: {dotted.module.path: {lr, ...}}} (threestudio's parse_optimizer).
+`lambda_sparsity`, `lambda_opaque`, `lambda_z_variance` when > 0. With `system.anchor.source: preview` the run is
+anchored to the 4-view sample of its prompt sample (`dreamdist3d.lift3d.anchor`): `lambda_anchor_rgb` and
+`lambda_anchor_mask` weigh the fit to those views; the first `anchor.steps` steps fit them alone (no guidance call).
+Optimizer: `system.optimizer` = {name, args, params: {dotted.module.path: {lr, ...}}} (threestudio's
+parse_optimizer).
 
 `load_run_field(run_dir, ckpt=None)` rebuilds only the field (geometry + material) of a finished run for export —
 no diffusion model is loaded.
@@ -23,11 +26,14 @@ from torch import nn
 
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.images import save_png, to_uint8
+from dreamdist3d.lift3d.anchor import Anchor, AnchorConfig
+from dreamdist3d.lift3d.anchor import check_config as check_anchor_config
+from dreamdist3d.lift3d.anchor import prepare_views as prepare_anchor_views
 from dreamdist3d.lift3d.base import C, Updateable
 from dreamdist3d.lift3d.saving import frame_grid, hstack, write_video
 from dreamdist3d.registry import components, find
 
-LOSS_TERMS = ("sds", "orient", "sparsity", "opaque", "z_variance", "eikonal")
+LOSS_TERMS = ("sds", "anchor_rgb", "anchor_mask", "orient", "sparsity", "opaque", "z_variance", "eikonal")
 
 
 class EmptyFieldError(ValueError):
@@ -74,6 +80,8 @@ class SystemConfig:
     exporter: dict = field(default_factory=dict)
     # MVDreamSystem
     visualize_samples: bool = False
+    # dreamdist3d: anchor the run to the 4-view sample of its prompt sample (dreamdist3d.lift3d.anchor.AnchorConfig)
+    anchor: dict = field(default_factory=dict)
 
 
 def build_field(cfg: SystemConfig) -> tuple:
@@ -108,12 +116,16 @@ class MVDreamSystem(nn.Module, Updateable):
         self.cfg: SystemConfig = parse_structured(SystemConfig, cfg if cfg is not None else {}, where="system")
         self.device = torch.device(device)
         self.check_loss_keys()
+        self.anchor_cfg = parse_structured(AnchorConfig, self.cfg.anchor, where="system.anchor")
+        check_anchor_config(self.anchor_cfg, self.cfg.loss.get("lambda_anchor_rgb", 0.0),
+                            self.cfg.loss.get("lambda_anchor_mask", 0.0))
         self.geometry, self.material, self.background, self.renderer = build_field(self.cfg)
         self.to(self.device)
         self.save_dir = Path(save_dir) if save_dir else None
         self.guidance = None
         self.prompt_processor = None
         self.prompt_utils = None
+        self.anchor: Optional[Anchor] = None
         if build_guidance:
             self.guidance = find_component(self.cfg.guidance_type, "system.guidance_type")(
                 self.cfg.guidance, backbone=backbone, device=self.device, where="system.guidance"
@@ -132,6 +144,12 @@ class MVDreamSystem(nn.Module, Updateable):
                 where="system.prompt_processor",
             )
             self.prompt_utils = self.prompt_processor()
+            if self.anchor_cfg.source == "preview":
+                sample = self.prompt_processor.sample
+                views = prepare_anchor_views(self.anchor_cfg, self.guidance.backbone, sample.text_embeddings,
+                                             int(sample.meta["seed"]),
+                                             self.save_dir.parent / "anchor" if self.save_dir else None)
+                self.anchor = Anchor(self.anchor_cfg, views, self.device)
         self.global_step = 0
 
     # ------------------------------------------------------------------ config checks
@@ -164,12 +182,24 @@ class MVDreamSystem(nn.Module, Updateable):
     def forward(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         return self.renderer(**batch)
 
+    def anchor_only(self) -> bool:
+        """The anchor-only phase: the first `anchor.steps` steps of an anchored run (no SDS, no guidance call)."""
+        return self.anchor is not None and self.global_step < self.anchor_cfg.steps
+
     def training_step(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-        out = self(batch)
-        g = self.guidance(out["comp_rgb"], self.prompt_utils, **batch)
-        loss = out["comp_rgb"].new_zeros(())
+        loss = torch.zeros((), device=self.device)
         logs: Dict[str, torch.Tensor] = {}
-        for name, value in g.items():
+        out: Optional[Dict[str, torch.Tensor]] = None
+        terms: Dict[str, torch.Tensor] = {}
+        if self.anchor is not None and (self.lam("anchor_rgb") > 0 or self.lam("anchor_mask") > 0):
+            anchored, out = self.anchor.losses(self.renderer)
+            terms.update(anchored)
+        g: Dict[str, torch.Tensor] = {}
+        if not self.anchor_only():
+            out = self(batch)  # the regularisers below look at the SDS render when there is one
+            g = self.guidance(out["comp_rgb"], self.prompt_utils, **batch)
+            terms.update(g)
+        for name, value in terms.items():
             logs[f"train/{name}"] = value.detach()
             if name.startswith("loss_"):
                 loss = loss + value * self.lam(name[len("loss_") :])
