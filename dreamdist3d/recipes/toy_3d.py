@@ -1,8 +1,8 @@
 """The toy demo's 3D stage: text-to-3D runs of the toy backbone, their mesh export, and several runs at a time.
 
 `launch_3d` is one run (`configs/toy/toy-3d.yaml` through `recipes.lift3d.run_3d`, the loaded backbone passed in);
-`run_3d_seeds` runs a list of seeds `workers_3d` at a time in forked one-thread worker processes that share the
-backbone; `export_run` writes a finished run's meshes.
+`map_forked` runs jobs a few at a time in forked one-thread worker processes that share the backbone, and
+`run_3d_seeds` a list of seeds that way; `export_run` writes a finished run's meshes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import torch
 
@@ -65,7 +65,7 @@ def _one_3d(backbone, cfg, distribution: Path, out: Path, seed: int):
     return run_dir, exported, (span(w0, w1, c0, c1), span(w1, w2, c1, c2))
 
 
-_WORKER: Dict[str, Any] = {}  # per worker process: the backbone it inherited from the demo at fork time
+_WORKER: Dict[str, Any] = {}  # per worker process: the backbone it inherited from the parent at fork time
 
 
 def _worker_init(backbone) -> None:
@@ -73,24 +73,30 @@ def _worker_init(backbone) -> None:
     _WORKER["backbone"] = backbone
 
 
-def _worker_run(cfg, distribution: Path, out: Path, seed: int):
-    return _one_3d(_WORKER["backbone"], cfg, distribution, out, seed)
+def _worker_call(fn: Callable, args: tuple):
+    return fn(_WORKER["backbone"], *args)
 
 
-def run_3d_seeds(backbone, cfg, distribution: Path, out: Path, seeds: Sequence[int]) -> List[tuple]:
-    """The 3D runs of `seeds`, `cfg.workers_3d` at a time: forked worker processes with one torch thread each share
-    the loaded backbone (copy-on-write); on a CPU two such runs take about the time of one. Results in seed order.
-    Without fork (not Linux/macOS), on CUDA or with workers_3d ≤ 1 they run here one after another."""
+def map_forked(backbone, fn: Callable, jobs: Sequence[tuple], workers: int, device: str = "cpu") -> List[Any]:
+    """[fn(backbone, *job) for job in jobs], `workers` at a time in forked worker processes with one torch thread
+    each that share the loaded backbone (copy-on-write; on a CPU two such runs take about the time of one). Results
+    in job order. Without fork (not Linux/macOS), on CUDA or with workers ≤ 1 they run here one after another.
+    `fn` must be a module-level function (it is pickled by name)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    workers = min(cfg.workers_3d, len(seeds))
-    if workers <= 1 or str(cfg.device) != "cpu" or "fork" not in mp.get_all_start_methods():
-        return [_one_3d(backbone, cfg, distribution, out, s) for s in seeds]
+    workers = min(int(workers), len(jobs))
+    if workers <= 1 or str(device) != "cpu" or "fork" not in mp.get_all_start_methods():
+        return [fn(backbone, *job) for job in jobs]
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_worker_init,
                              initargs=(backbone,)) as pool:
-        futures = [pool.submit(_worker_run, cfg, distribution, out, s) for s in seeds]
+        futures = [pool.submit(_worker_call, fn, tuple(job)) for job in jobs]
         return [f.result() for f in futures]
+
+
+def run_3d_seeds(backbone, cfg, distribution: Path, out: Path, seeds: Sequence[int]) -> List[tuple]:
+    """The 3D runs (and exports) of `seeds`, `cfg.workers_3d` at a time (`map_forked`). Results in seed order."""
+    return map_forked(backbone, _one_3d, [(cfg, distribution, out, s) for s in seeds], cfg.workers_3d, cfg.device)
 
 
 def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = False, texture_size: int = 256,
@@ -108,4 +114,4 @@ def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = Fals
 # ----------------------------------------------------------------------------------------------------- the demo
 
 
-__all__ = ["DEFAULT_3D_CONFIG", "export_run", "launch_3d", "resolve_path", "run_3d_seeds"]
+__all__ = ["DEFAULT_3D_CONFIG", "export_run", "launch_3d", "map_forked", "resolve_path", "run_3d_seeds"]

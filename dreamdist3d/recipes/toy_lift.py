@@ -1,0 +1,399 @@
+"""Is the 3D object the 4-view sample it was lifted from? (`dreamdist3d toyworld lift`)
+
+Evidence, in the toy world, for how a prompt sample becomes a 3D object. Arms (how the object is made; every arm runs
+`configs/toy/toy-3d.yaml` with these settings over it):
+- `sds<N>`: SDS only, N steps (`system.anchor.source=none`): the object is a new realisation of the prompt sample;
+- `anchor<A>+<S>`: anchored (`system.anchor.source=preview`): A steps fitting the 4-view sample of the prompt sample
+  alone, then S steps of SDS beside the fit (the config's anchor weights and schedules).
+
+Prompt samples:
+- `captions`: `n_captions` objects of the toy world drawn with grammar seed `caption_seed` (2027: no trainer,
+  evaluator or reference set draws objects with it), one caption each, as a K=1 distribution
+  (`PromptDistribution.from_caption`: every sample is the caption). Run seed of caption i, seed r: 1000·r + i.
+- `learned`: distributions learned (the defaults: `assign` + `kernel`, the toy learning steps, learning seed r) from
+  each of `refsets` (the three held-out sets), `samples_per_set` prompt samples each (run seeds 0, 1, …).
+Each (item, seed) has its 4-view sample (`sample2d.mvdream_preview.preview_views`: the images `preview` shows and an
+anchored run fits) and one object per arm; the attribute reader reads the 4-view sample on its 4 views and the
+object on its turntable (9 test views, 45° apart), once at the 4 views' own azimuths (`seen`) and once at the 4
+azimuths halfway between them (`novel`: views no anchor shows).
+
+Scores per arm, mean ± std over seeds: caption fidelity (read colour, shape, part presence, colour and shape as the
+caption says) of the objects beside that of the 4-view samples; agreement of each object with its own 4-view sample
+(colour and shape read alike: `agree`; `parts kept`: of the 4-view samples that show a part, the share whose object
+shows one); SDS steps, steps in all and wall seconds per object (one core).
+
+Every object is cached as `<out>/objects/<arm>/<part>/<item>/seed<r>.json` (written by the worker that made it, so
+an interrupted sweep resumes where it stopped), the 4-view readings as `<out>/views/…`; runs go two at a time in
+forked one-thread workers (`recipes.toy_3d.map_forked`); `--table-only` prints the table of whatever finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from dreamdist3d.backbones.toy import DEFAULT_LEARN_STEPS
+from dreamdist3d.io import atomic_write_text
+
+HELD_OUT = ["large-tall-greens", "jewel-boxes-spheres", "tricolour-tori-cones"]
+CAPTION_SEED = 2027  # grammar seed of the caption objects: used by nothing else (trainer, evaluator, reference sets)
+TEST_VIEWS = 9  # turntable views 0°, 45°, …, 360° (threestudio's linspace includes 360)
+SEEN = (0, 2, 4, 6)  # turntable frames at the 4-view sample's azimuths (threestudio 0/90/180/270 = MVDream +90)
+NOVEL = (1, 3, 5, 7)  # frames halfway between them
+ARM = re.compile(r"^(?:sds(?P<sds>\d+)|anchor(?P<a>\d+)\+(?P<s>\d+))$")
+
+
+@dataclass
+class LiftConfig:
+    out: str = "outputs/toyworld/lift"
+    weights: str = ""  # toy backbone weights; "" = the shipped ones
+    reader: str = "outputs/toyworld/attribute-reader.safetensors"
+    arms: List[str] = field(default_factory=lambda: ["sds300", "sds600", "sds1200", "anchor40+40", "anchor40+110"])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    parts: List[str] = field(default_factory=lambda: ["captions", "learned"])
+    n_captions: int = 32
+    caption_seed: int = CAPTION_SEED
+    refsets: List[str] = field(default_factory=lambda: list(HELD_OUT))
+    samples_per_set: int = 6
+    learn_steps: int = DEFAULT_LEARN_STEPS
+    config_3d: str = "configs/toy/toy-3d.yaml"
+    overrides: List[str] = field(default_factory=list)  # key=value over every arm's 3D config
+    workers: int = 2
+    keep_runs: bool = False  # keep each run's folder (checkpoint, turntable); by default only the readings stay
+
+
+# ----------------------------------------------------------------------------------------------------- arms
+def arm_settings(arm: str) -> Tuple[int, int, List[str]]:
+    """(anchor-only steps, SDS steps, key=value overrides) of an arm name (`sds300`, `anchor40+110`)."""
+    m = ARM.match(arm)
+    if m is None:
+        raise ValueError(f"arm {arm!r}: expected sds<N> or anchor<A>+<S> (e.g. sds300, anchor40+110)")
+    if m["sds"] is not None:
+        n = int(m["sds"])
+        return 0, n, ["system.anchor.source=none", "system.loss.lambda_anchor_rgb=0",
+                      "system.loss.lambda_anchor_mask=0", f"trainer.max_steps={n}"]
+    a, s = int(m["a"]), int(m["s"])
+    return a, s, ["system.anchor.source=preview", f"system.anchor.steps={a}", f"trainer.max_steps={a + s}"]
+
+
+# ----------------------------------------------------------------------------------------------------- items
+@dataclass(frozen=True)
+class Item:
+    """One prompt sample: a distribution file and the run seed that draws it."""
+
+    part: str  # captions | learned
+    key: str  # c07, large-tall-greens-3
+    distribution: str
+    seed: int  # run seed (prompt sample, image noise, SDS randomness)
+    caption: Optional[str] = None  # captions: what the object should be
+    spec: Optional[Dict[str, Any]] = None  # captions: the object's labels
+
+
+def caption_items(cfg: LiftConfig, backbone, rep: int) -> List[Item]:
+    from dreamdist3d.distribution import PromptDistribution
+    from dreamdist3d.toyworld.objects import sample_objects
+
+    folder = Path(cfg.out) / "captions"
+    items = []
+    for i, spec in enumerate(sample_objects(cfg.n_captions, cfg.caption_seed)):
+        caption = spec.caption()
+        path = folder / f"c{i:02d}.safetensors"
+        if not path.is_file():
+            PromptDistribution.from_caption(caption, backbone.text_encoder, backbone.tokenizer,
+                                            backbone=backbone.name).save(path)
+        items.append(Item("captions", f"c{i:02d}", str(path), 1000 * rep + i, caption,
+                          {"colour": spec.colour, "shape": spec.shape, "has_part": spec.part is not None}))
+    return items
+
+
+def _learn(backbone, refset: str, folder: Path, seed: int, steps: int) -> str:
+    from dreamdist3d.recipes.toy_demo import learn_distribution, render_references
+
+    refs = folder / "reference"
+    if not refs.is_dir():
+        render_references(refset, refs)
+    res = learn_distribution(backbone, refs, folder / "learn", name=f"{refset}-s{seed}", steps=steps, seed=seed,
+                             progress=False)
+    final = folder / "distribution.safetensors"
+    shutil.copyfile(res.distribution, final)
+    return str(final)
+
+
+def learned_items(cfg: LiftConfig, backbone, reps: Sequence[int]) -> Dict[int, List[Item]]:
+    """The learned files of every (refset, seed), learned `cfg.workers` at a time where missing."""
+    from dreamdist3d.recipes.toy_3d import map_forked
+
+    out = Path(cfg.out) / "learned"
+    jobs = [(rs, out / rs / f"seed{r}", r, cfg.learn_steps) for r in reps for rs in cfg.refsets
+            if not (out / rs / f"seed{r}" / "distribution.safetensors").is_file()]
+    if jobs:
+        _log(f"learning {len(jobs)} distribution(s) ({cfg.learn_steps} steps each, {cfg.workers} at a time)")
+        map_forked(backbone, _learn, jobs, cfg.workers)
+    return {r: [Item("learned", f"{rs}-{j}", str(out / rs / f"seed{r}" / "distribution.safetensors"), j)
+                for rs in cfg.refsets for j in range(cfg.samples_per_set)] for r in reps}
+
+
+# ----------------------------------------------------------------------------------------------------- readings
+def reading_dict(r) -> Dict[str, Any]:
+    return {"ok": bool(r.ok), "colour": r.colour if r.ok else None, "shape": r.shape if r.ok else None,
+            "has_part": bool(r.has_part) if r.ok else None}
+
+
+def turntable_frames(run: Path, frames: Sequence[int]) -> torch.Tensor:
+    """(len(frames), 3, H, W) in [0,1]: the RGB panels of test frames `frames` of a finished run."""
+    import numpy as np
+    from PIL import Image
+
+    from dreamdist3d.lift3d.gallery import find_turntable
+
+    tt = find_turntable(Path(run))
+    if tt is None:
+        raise FileNotFoundError(f"no turntable in {run}/save")
+    out = []
+    for i in frames:
+        arr = np.asarray(Image.open(Path(tt["frames"]) / f"{i}.png").convert("RGB"))
+        out.append(torch.from_numpy(arr[:, :arr.shape[0]].copy()).permute(2, 0, 1).float() / 255.0)
+    return torch.stack(out)
+
+
+def views_record(cfg: LiftConfig, backbone, reader, item: Item, rep: int) -> Dict[str, Any]:
+    """The 4-view sample of `item` read on its 4 views (cached)."""
+    path = Path(cfg.out) / "views" / item.part / item.key / f"seed{rep}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from dreamdist3d.recipes.toy_demo import prompt_samples
+    from dreamdist3d.sample2d.mvdream_preview import image_grid, preview_sampler_for, preview_views
+
+    ctx = prompt_samples(backbone, Path(item.distribution), 1, seed=item.seed)
+    views = preview_views(backbone, ctx, [item.seed], preview_sampler_for(backbone))[0]  # (4, 3, H, W)
+    rec = {"part": item.part, "item": item.key, "seed": rep, "run_seed": item.seed, "caption": item.caption,
+           "spec": item.spec, "reading": reading_dict(reader.read_views(views, 4)[0])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(views[None]).save(path.with_suffix(".png"))
+    atomic_write_text(path, json.dumps(rec, indent=1))
+    return rec
+
+
+def _object_path(cfg: LiftConfig, arm: str, item: Item, rep: int) -> Path:
+    return Path(cfg.out) / "objects" / arm / item.part / item.key / f"seed{rep}.json"
+
+
+def lift_one(backbone, cfg: LiftConfig, arm: str, item: Item, rep: int) -> Dict[str, Any]:
+    """One 3D object of `arm` for `item`, read on its turntable; the record is written here (resumable sweeps)."""
+    from dreamdist3d.recipes.toy_3d import launch_3d
+    from dreamdist3d.recipes.toy_checks import get_reader
+
+    anchor_steps, sds_steps, overrides = arm_settings(arm)
+    work = Path(cfg.out) / "work" / arm / item.part / item.key / f"rep{rep}"
+    w0, c0 = time.perf_counter(), time.process_time()
+    run = launch_3d(backbone, Path(item.distribution).resolve(), work, item.seed, cfg.config_3d,
+                    anchor_steps + sds_steps, overrides=[*overrides, f"data.n_test_views={TEST_VIEWS}", *cfg.overrides],
+                    progress=False)
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    reader = get_reader(cfg.reader)
+    seen = reader.read_views(turntable_frames(run, SEEN), 4)[0]
+    novel = reader.read_views(turntable_frames(run, NOVEL), 4)[0]
+    rec = {"arm": arm, "part": item.part, "item": item.key, "seed": rep, "run_seed": item.seed,
+           "anchor_steps": anchor_steps, "sds_steps": sds_steps, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+           "seen": reading_dict(seen), "novel": reading_dict(novel)}
+    path = _object_path(cfg, arm, item, rep)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from dreamdist3d.images import save_png, tile_grid, to_uint8
+
+    frames = turntable_frames(run, [*SEEN, *NOVEL])
+    save_png(tile_grid(list(to_uint8(frames, channels_first=True)), cols=4), path.with_suffix(".png"))
+    atomic_write_text(path, json.dumps(rec, indent=1))
+    if not cfg.keep_runs:
+        shutil.rmtree(work, ignore_errors=True)
+    _log(f"{arm} {item.part} {item.key} seed {rep}: seen {_short(rec['seen'])} novel {_short(rec['novel'])} "
+         f"({rec['wall_s']} s)")
+    return rec
+
+
+def _short(r: Dict[str, Any]) -> str:
+    return f"{r['colour']} {r['shape']}{' +part' if r['has_part'] else ''}" if r["ok"] else "unreadable"
+
+
+# ----------------------------------------------------------------------------------------------------- the sweep
+def run_lift(cfg: LiftConfig, backbone=None, reader=None) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """Every (arm, item, seed) not yet cached; returns (4-view records, object records) of the config."""
+    from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.recipes.toy_3d import map_forked
+    from dreamdist3d.recipes.toy_checks import get_reader
+
+    for arm in cfg.arms:
+        arm_settings(arm)  # a bad name fails before anything runs
+    backbone = backbone or load_backbone(f"toy:{cfg.weights}", config_key="weights")
+    reader = reader or get_reader(cfg.reader)
+    items: Dict[int, List[Item]] = {r: [] for r in cfg.seeds}
+    if "captions" in cfg.parts:
+        for r in cfg.seeds:
+            items[r] += caption_items(cfg, backbone, r)
+    if "learned" in cfg.parts:
+        for r, its in learned_items(cfg, backbone, cfg.seeds).items():
+            items[r] += its
+    views = [views_record(cfg, backbone, reader, it, r) for r in cfg.seeds for it in items[r]]
+    jobs = [(cfg, arm, it, r) for r in cfg.seeds for it in items[r] for arm in cfg.arms
+            if not _object_path(cfg, arm, it, r).is_file()]
+    if jobs:
+        _log(f"{len(jobs)} objects to make ({cfg.workers} at a time); cached ones are skipped")
+        map_forked(backbone, lift_one, jobs, cfg.workers)
+    objects = [json.loads(_object_path(cfg, arm, it, r).read_text()) for r in cfg.seeds for it in items[r]
+               for arm in cfg.arms if _object_path(cfg, arm, it, r).is_file()]
+    return views, objects
+
+
+# ----------------------------------------------------------------------------------------------------- scores
+def fidelity(reading: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, bool]:
+    ok = reading["ok"]
+    colour = bool(ok and reading["colour"] == spec["colour"])
+    shape = bool(ok and reading["shape"] == spec["shape"])
+    part = bool(ok and reading["has_part"] == spec["has_part"])
+    return {"colour": colour, "shape": shape, "part": part, "colour+shape": colour and shape}
+
+
+def agreement(obj: Dict[str, Any], views: Dict[str, Any]) -> Dict[str, Optional[bool]]:
+    """Does the object read as its own 4-view sample? (None where a score does not apply.)"""
+    v = views["reading"]
+    if not v["ok"]:
+        return {"agree": None, "part_kept": None}
+    return {"agree": bool(obj["ok"] and obj["colour"] == v["colour"] and obj["shape"] == v["shape"]),
+            "part_kept": bool(obj["ok"] and obj["has_part"]) if v["has_part"] else None}
+
+
+def _rate(values: Sequence[Optional[bool]]) -> Optional[float]:
+    vals = [bool(v) for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def _ms(values: Sequence[Optional[float]], digits: int = 2) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    """{row: {seed: {score: value}}}: rows "4-view samples" and every arm."""
+    by_key = {(v["part"], v["item"], v["seed"]): v for v in views}
+    out: Dict[str, Dict[int, Dict[str, Any]]] = {}
+    seeds = sorted({v["seed"] for v in views})
+    for r in seeds:
+        caps = [v for v in views if v["seed"] == r and v["part"] == "captions"]
+        fid = [fidelity(v["reading"], v["spec"]) for v in caps]
+        out.setdefault("4-view samples", {})[r] = {f"cap_{k}": _rate([f[k] for f in fid]) for k in
+                                                   ("colour", "shape", "part", "colour+shape")}
+        out["4-view samples"][r]["parts_shown"] = _rate(
+            [v["reading"]["has_part"] for v in views if v["seed"] == r and v["part"] == "learned" and v["reading"]["ok"]])
+    for arm in dict.fromkeys(o["arm"] for o in objects):
+        for r in seeds:
+            objs = [o for o in objects if o["arm"] == arm and o["seed"] == r]
+            if not objs:
+                continue
+            row: Dict[str, Any] = {}
+            caps = [o for o in objs if o["part"] == "captions"]
+            for k in ("colour", "shape", "part", "colour+shape"):
+                row[f"cap_{k}"] = _rate([fidelity(o["seen"], by_key[("captions", o["item"], r)]["spec"])[k]
+                                         for o in caps]) if caps else None
+            for where in ("seen", "novel"):
+                ag = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in objs if o["part"] == "learned"]
+                row[f"agree_{where}"] = _rate([a["agree"] for a in ag])
+                row[f"parts_{where}"] = _rate([a["part_kept"] for a in ag])
+                agc = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in caps]
+                row[f"cap_agree_{where}"] = _rate([a["agree"] for a in agc])
+            row["sds_steps"] = statistics.fmean(o["sds_steps"] for o in objs)
+            row["steps"] = statistics.fmean(o["sds_steps"] + o["anchor_steps"] for o in objs)
+            row["wall_s"] = statistics.fmean(o["wall_s"] for o in objs)
+            row["n"] = len(objs)
+            out.setdefault(arm, {})[r] = row
+    return out
+
+
+COLUMNS = [("cap_colour+shape", "captions: colour+shape"), ("cap_part", "captions: part"),
+           ("agree_seen", "learned: agree (seen)"), ("agree_novel", "learned: agree (novel)"),
+           ("parts_seen", "learned: parts kept (seen)"), ("parts_novel", "parts kept (novel)"),
+           ("cap_agree_seen", "captions: agree (seen)"), ("sds_steps", "SDS steps"), ("steps", "steps"),
+           ("wall_s", "s / object")]
+
+
+def table(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -> str:
+    """Markdown: one row per arm (and the 4-view samples), mean ± std over seeds."""
+    sc = scores(views, objects)
+    lines = ["| | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for row, per_seed in sc.items():
+        cells = []
+        for key, _ in COLUMNS:
+            digits = 0 if key in ("sds_steps", "steps") else (1 if key == "wall_s" else 2)
+            cells.append(_ms([per_seed[r].get(key) for r in sorted(per_seed)], digits))
+        n = sum(v.get("n", 0) for v in per_seed.values())
+        lines.append(f"| {row}{f' ({n})' if n else ''} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _log(msg: str) -> None:
+    print(f"[lift] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------- CLI
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = LiftConfig()
+    p.add_argument("--out", default=d.out, help=f"folder of cached records and runs (default {d.out})")
+    p.add_argument("--arm", dest="arms", action="append", default=None, metavar="ARM",
+                   help=f"sds<N> or anchor<A>+<S>, repeatable (default: {' '.join(d.arms)})")
+    p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="seeds (default 0 1 2)")
+    p.add_argument("--part", dest="parts", action="append", choices=["captions", "learned"], default=None,
+                   help="which prompt samples (default both)")
+    p.add_argument("--n-captions", type=int, default=d.n_captions)
+    p.add_argument("--caption-seed", type=int, default=d.caption_seed,
+                   help=f"grammar seed of the caption objects (default {d.caption_seed}, used by nothing else)")
+    p.add_argument("--refset", dest="refsets", action="append", default=None,
+                   help=f"learned part: reference sets (default the held-out ones: {', '.join(HELD_OUT)})")
+    p.add_argument("--samples-per-set", type=int, default=d.samples_per_set)
+    p.add_argument("--learn-steps", type=int, default=d.learn_steps,
+                   help=f"learning steps of the learned part (default {d.learn_steps}, the toy recipes')")
+    p.add_argument("--config-3d", default=d.config_3d)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of every arm's 3D config (repeatable)")
+    p.add_argument("--workers", type=int, default=d.workers, help="runs at a time, one core each (default 2)")
+    p.add_argument("--weights", default=d.weights)
+    p.add_argument("--reader", default=d.reader)
+    p.add_argument("--keep-runs", action="store_true", help="keep every run folder (default: only the readings)")
+    p.add_argument("--table-only", action="store_true", help="print the table of the cached records, run nothing")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    cfg = LiftConfig(out=args.out, arms=args.arms or LiftConfig().arms, seeds=list(args.seeds),
+                     parts=args.parts or LiftConfig().parts, n_captions=args.n_captions,
+                     caption_seed=args.caption_seed, refsets=args.refsets or list(HELD_OUT),
+                     samples_per_set=args.samples_per_set, learn_steps=args.learn_steps, config_3d=args.config_3d, overrides=list(args.overrides),
+                     workers=args.workers, weights=args.weights, reader=args.reader, keep_runs=args.keep_runs)
+    out = Path(cfg.out)
+    if args.table_only:
+        views = [json.loads(p.read_text()) for p in sorted((out / "views").rglob("seed*.json"))]
+        objects = [json.loads(p.read_text()) for p in sorted((out / "objects").rglob("seed*.json"))]
+        objects = [o for o in objects if o["arm"] in cfg.arms and o["seed"] in cfg.seeds]
+        views = [v for v in views if v["seed"] in cfg.seeds]
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
+        views, objects = run_lift(cfg)
+    text = table(views, objects)
+    atomic_write_text(out / "table.md", text + "\n")
+    print(text)
+    return 0
+
+
+__all__ = ["HELD_OUT", "LiftConfig", "agreement", "arm_settings", "fidelity", "run_lift", "scores", "table"]
