@@ -41,9 +41,12 @@ def test_gallery_page_and_server(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (16, 16), (200, 30, 30)).save(refs / "a.png")
+    (out / "runs" / "seed1" / "anchor").mkdir()  # seed 1 is an anchored run: its 4-view sample beside the turntable
+    Image.new("RGB", (64, 64), (30, 200, 30)).save(out / "runs" / "seed1" / "anchor" / "anchor.png")
     res = build_gallery(out, [0, 1], n_frames=3, title="two boxes", references=refs)
     page = res["html"].read_text()
     assert page.count("<model-viewer") == 2 and page.count("<video") == 2
+    assert page.count('<img class="anchor"') == 1 and 'src="runs/seed1/anchor/anchor.png"' in page
     assert 'src="runs/seed1/export/model.glb"' in page and 'href="runs/seed0/export/model.ply"' in page
     assert 'src="references/a.png"' in page and (out / "references" / "a.png").is_file()  # copied into the folder
     assert (out / "static" / "model-viewer.min.js").stat().st_size > 500_000

@@ -27,7 +27,8 @@ def find_turntable(run: Path) -> Optional[Dict[str, Path]]:
 def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "",
                   references: Optional[Path] = None) -> Dict[str, Path]:
     """gallery.png (row per seed: n_frames turntable frames) and gallery.html (`dreamdist3d.web.gallery_page`: the
-    references, then each object's turntable beside an interactive GLB viewer, its prompt sample and mesh links)."""
+    references, then each object's anchor views (anchored runs), turntable and interactive GLB viewer, its prompt
+    sample and mesh links)."""
     from PIL import Image
 
     from dreamdist3d.images import save_png
@@ -56,6 +57,7 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
     cells = []
     from dreamdist3d.web.gallery_page import (
         GalleryObject,
+        find_anchor,
         find_meshes,
         prompt_sample_settings,
         reference_images,
@@ -64,6 +66,7 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
 
     for seed, tt in entries:
         run = run_dir(out, seed)
-        cells.append(GalleryObject(seed, tt["step"], tt["video"], find_meshes(run), prompt_sample_settings(run)))
+        cells.append(GalleryObject(seed, tt["step"], tt["video"], find_meshes(run), prompt_sample_settings(run),
+                                   find_anchor(run)))
     page_path = write_gallery_page(out, cells, reference_images(references), title, grid_png=png)
     return {"png": png, "html": page_path}

@@ -1,4 +1,5 @@
-"""The gallery page: references beside the generated objects, each object as its turntable video and as an interactive
+"""The gallery page: references beside the generated objects, each object as the 4-view sample it was anchored to (an
+anchored run's `anchor/anchor.png`, the views `preview` shows for its seed), its turntable video and an interactive
 GLB viewer (`<model-viewer>`, vendored in `dreamdist3d/web/static/`, copied beside the page: no CDN at view time),
 with the prompt sample's settings and links to its OBJ/GLB/PLY.
 
@@ -28,6 +29,13 @@ class GalleryObject:
     video: Path
     meshes: Dict[str, Path] = field(default_factory=dict)  # "glb" / "obj" / "ply" -> file
     settings: Dict[str, Any] = field(default_factory=dict)  # the prompt sample's settings
+    anchor: Optional[Path] = None  # the 2×2 grid of the 4-view sample an anchored run fitted
+
+
+def find_anchor(run: Path) -> Optional[Path]:
+    """The anchor grid of an anchored run (`anchor/anchor.png`), None for an SDS-only run."""
+    p = run / "anchor" / "anchor.png"
+    return p if p.is_file() else None
 
 
 def find_meshes(run: Path) -> Dict[str, Path]:
@@ -108,8 +116,9 @@ def _settings_text(s: Dict[str, Any]) -> str:
 CSS = """body{font-family:sans-serif;background:#fafafa;margin:1.5em;color:#222}
 .refs,.objects{display:flex;flex-wrap:wrap;gap:12px}.refs img{width:96px;height:96px;object-fit:contain;
 image-rendering:pixelated;background:#fff;border:1px solid #ddd}.card{background:#fff;border:1px solid #ddd;
-padding:8px;width:540px}.views{display:flex;gap:8px}video,model-viewer{width:256px;height:256px;background:#fff;
-border:1px solid #eee}model-viewer::part(default-progress-bar){display:none}.meta{font-size:12px;color:#555}
+padding:8px}.views{display:flex;gap:8px}video,model-viewer,img.anchor{width:256px;height:256px;
+background:#fff;border:1px solid #eee}img.anchor{image-rendering:pixelated}
+model-viewer::part(default-progress-bar){display:none}.meta{font-size:12px;color:#555}
 .warn{background:#fee;border:1px solid #c00;padding:8px}"""
 
 
@@ -128,8 +137,11 @@ def write_gallery_page(out: Path, objects: Sequence[GalleryObject], references: 
         links = " · ".join(f'<a href="{e(_rel(p, out))}" download>{fmt.upper()}</a>' for fmt,
                            p in sorted(o.meshes.items()))
         settings = _settings_text(o.settings)
+        anchor = (f'<img class="anchor" src="{e(_rel(o.anchor, out))}" alt="seed {o.seed}: the 4-view sample it '
+                  f'was anchored to" title="the 4-view sample this object was fitted to (preview --seed {o.seed})">'
+                  if o.anchor else "")
         cards.append(
-            f'<div class="card" data-seed="{o.seed}"><div class="views">'
+            f'<div class="card" data-seed="{o.seed}"><div class="views">{anchor}'
             f'<video src="{e(_rel(o.video, out))}" autoplay loop muted playsinline></video>{viewer}</div>'
             f'<div class="meta">seed {o.seed} · step {o.step}' + (f" · {e(settings)}" if settings else "")
             + (f"<br>{links}" if links else "") + "</div></div>")
@@ -145,8 +157,9 @@ def write_gallery_page(out: Path, objects: Sequence[GalleryObject], references: 
         f"<h1>{e(title or 'dreamdist3d gallery')}</h1>",
         *([f"<h2>References ({len(references)})</h2><div class='refs'>{refs}</div>"] if references else []),
         f"<h2>Generated objects ({len(objects)})</h2>",
-        "<p class='meta'>Each object: its turntable and the exported mesh (drag to turn it). One prompt sample per "
-        "seed.</p>",
+        "<p class='meta'>Each object: the 4-view sample it was anchored to (anchored runs: the views "
+        "<code>dreamdist3d preview</code> shows for its seed), its turntable and the exported mesh (drag to turn it). "
+        "One prompt sample per seed.</p>",
         f"<div class='objects'>{''.join(cards)}</div>",
         *([f"<h2>Turntable frames</h2><img src='{e(_rel(grid_png, out))}' style='max-width:100%'>"]
           if grid_png else []),
@@ -165,5 +178,5 @@ def reference_images(folder: Optional[Path]) -> List[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-__all__ = ["GalleryObject", "copy_static", "find_meshes", "prompt_sample_settings", "reference_images",
+__all__ = ["GalleryObject", "copy_static", "find_anchor", "find_meshes", "prompt_sample_settings", "reference_images",
            "write_gallery_page"]
