@@ -12,8 +12,10 @@ architecture is a preset (`big` for every released file) and the rotation normal
 
 Strict: every key of the file is consumed and every parameter filled, with the shapes of the config, or one
 `LGMCheckpointError` names the file, the setting it came from (`config_key`) and all missing / unexpected /
-mis-shaped keys. The file is read through safetensors' memory map (`dreamdist3d.io.read_safetensors`), the model is
-built on the meta device and filled with `assign=True`, so the weights are not held twice. Nothing is downloaded.
+mis-shaped keys. The tensors are read from safetensors' memory map (`dreamdist3d.io.read_safetensors`) and the
+model is built on the meta device and filled with `assign=True`: no random initialisation; with `dtype` the file's
+own (float16 for the release) its tensors become the parameters, otherwise each is converted once. Nothing is
+downloaded.
 """
 
 from __future__ import annotations
