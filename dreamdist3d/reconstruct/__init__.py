@@ -9,12 +9,16 @@
 - field.py: Gaussians as an export `Field` (density / albedo) for meshes
 """
 
+from dreamdist3d.reconstruct.field import GaussianField
 from dreamdist3d.reconstruct.gaussians import Gaussians
 from dreamdist3d.reconstruct.lgm import LGM, LGM_CONFIGS, LGMConfig, lgm_config
 from dreamdist3d.reconstruct.lgm_cameras import gaussians_to_world, lgm_cameras, lgm_input, plucker_rays
 from dreamdist3d.reconstruct.lgm_load import LGMCheckpointError, lgm_from_state_dict, load_lgm
+from dreamdist3d.reconstruct.ply import read_splat_ply, write_splat_ply
+from dreamdist3d.reconstruct.render import SplatRender, render_gaussians
 
 __all__ = [
+    "GaussianField",
     "Gaussians",
     "LGM",
     "LGMCheckpointError",
@@ -27,4 +31,8 @@ __all__ = [
     "lgm_input",
     "load_lgm",
     "plucker_rays",
+    "read_splat_ply",
+    "render_gaussians",
+    "SplatRender",
+    "write_splat_ply",
 ]

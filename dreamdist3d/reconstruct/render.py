@@ -15,8 +15,8 @@ step, so it draws the same image up to float rounding:
 - alpha = min(0.99, opacity·exp(-½·dᵀΣ⁻¹d)), skipped if below 1/255 or if the exponent is positive; front-to-back
   compositing C = Σ c·α·T, T = Π(1-α), stopping before a Gaussian that would take T below 1e-4;
 - rgb = C + T·background; alpha = 1 - T; depth = Σ z·α·T (not divided by alpha, as the 3DGS fork LGM uses).
-It is differentiable (autograd through the compositing) and runs on any device. Work per tile is batched; memory is
-bounded by `max_elements` (pixels × Gaussians evaluated at once).
+It is differentiable (autograd through the compositing) and runs on any device. Tiles with similar numbers of
+Gaussians are batched; memory is bounded by `max_elements` (pixels × Gaussians evaluated at once).
 
 The "gsplat" backend calls `gsplat.rasterization` (CUDA only, not a dependency: used when importable). gsplat
 normalises quaternions, so it is given `Gaussians.canonical()`; it clamps alpha and culls slightly differently, so it
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -137,30 +137,37 @@ def composite_tiles(proj: Projected, colors: Tensor, opacities: Tensor, tiles: T
                     counts: Tensor, tiles_x: int, tile_size: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Front-to-back compositing of the pixels of `tiles` (n,) -> (rgb (n,P,3), depth (n,P), T (n,P)), P = T².
 
-    `slot` lists proj entries tile after tile (nearest first); tile t owns slot[starts[t] : starts[t] + counts[t]]."""
+    `slot` lists proj entries tile after tile (nearest first); tile t owns slot[starts[t] : starts[t] + counts[t]].
+    Padding entries get opacity 0, so they never contribute."""
     k = int(counts[tiles].max())
     dev = colors.device
     j = torch.arange(k, device=dev)
     valid = j[None] < counts[tiles][:, None]  # (n,K)
     s = torch.where(valid, slot[(starts[tiles][:, None] + j[None]).clamp(max=len(slot) - 1)], 0)  # (n,K), pads: 0
-    ii = torch.arange(tile_size * tile_size, device=dev)
-    px = (tiles % tiles_x)[:, None] * tile_size + ii % tile_size  # (n,P)
-    py = (tiles // tiles_x)[:, None] * tile_size + ii // tile_size
-    dx = proj.xy[s][:, None, :, 0] - px[:, :, None]  # (n,P,K)
-    dy = proj.xy[s][:, None, :, 1] - py[:, :, None]
-    con = proj.conic[s][:, None]  # (n,1,K,3)
-    power = -0.5 * (con[..., 0] * dx * dx + con[..., 2] * dy * dy) - con[..., 1] * dx * dy
     gid = proj.index[s]  # (n,K)
-    alpha = (opacities[gid][:, None] * power.exp()).clamp(max=ALPHA_MAX)
-    alpha = torch.where((power <= 0) & (alpha >= ALPHA_MIN) & valid[:, None], alpha, torch.zeros_like(alpha))
-    keep = torch.cumprod(1 - alpha, -1) >= T_MIN  # stop before the Gaussian that takes T below T_MIN
-    alpha = alpha * keep
+    t = torch.arange(tile_size, device=dev, dtype=proj.xy.dtype)
+    px = (tiles % tiles_x)[:, None] * tile_size + t  # (n,T) pixel columns of each tile
+    py = (tiles // tiles_x)[:, None] * tile_size + t  # (n,T) pixel rows
+    dx = proj.xy[s][:, None, :, 0] - px[:, :, None]  # (n,T,K) per column
+    dy = proj.xy[s][:, None, :, 1] - py[:, :, None]  # (n,T,K) per row
+    con = proj.conic[s][:, None]  # (n,1,K,3)
+    # power = -½(a·dx² + c·dy²) - b·dx·dy, built from per-row and per-column parts: (n, rows, cols, K)
+    row = (-0.5 * con[..., 2] * dy * dy)[:, :, None]
+    col = (-0.5 * con[..., 0] * dx * dx)[:, None]
+    power = (row + col - (con[..., 1] * dx)[:, None] * dy[:, :, None]).flatten(1, 2)  # (n,P,K)
+    power = torch.where(power > 0, -torch.inf, power)  # the CUDA code skips positive exponents
+    opa = torch.where(valid, opacities[gid], 0)[:, None]  # (n,1,K)
+    alpha = (opa * power.exp()).clamp(max=ALPHA_MAX)
+    alpha = torch.where(alpha >= ALPHA_MIN, alpha, 0)
     trans = torch.cumprod(1 - alpha, -1)  # (n,P,K) T after each Gaussian
+    keep = trans >= T_MIN  # stop before the Gaussian that takes T below T_MIN
+    if not bool(keep.all()):
+        alpha = alpha * keep
+        trans = torch.cumprod(1 - alpha, -1)
     before = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
-    w = alpha * before
-    rgb = w @ colors[gid]  # (n,P,K) @ (n,K,3) -> (n,P,3)
-    depth = (w * proj.depth[s][:, None]).sum(-1)
-    return rgb, depth, trans[..., -1]
+    values = torch.cat([colors[gid], proj.depth[s][..., None]], -1)  # (n,K,4)
+    out = (alpha * before) @ values  # (n,P,4)
+    return out[..., :3], out[..., 3], trans[..., -1]
 
 
 def render_view_torch(g: Gaussians, w2c: Tensor, fx: float, fy: float, height: int, width: int, background: Tensor,
@@ -221,10 +228,11 @@ def render_gaussians(
     backend: str = "auto",
     near: float = 0.2,
     tile_size: int = 16,
-    max_elements: int = 1 << 22,
+    max_elements: Optional[int] = None,
 ) -> SplatRender:
     """Render one object's Gaussians (N, …) from V cameras: c2w (V,4,4) or (4,4), fovy in degrees (one per view or
-    one for all), into (V,H,W,·) images; see the module docstring."""
+    one for all), into (V,H,W,·) images; see the module docstring. `max_elements` (torch backend): pixels × Gaussians
+    per batch of tiles, default 2^18 on CPU (cache-sized: 3x faster than 2^22) and 2^24 on CUDA."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if gaussians.batch_shape:
@@ -236,6 +244,8 @@ def render_gaussians(
     c2w = c2w.to(g.means)
     fovs = torch.as_tensor(fovy_deg, dtype=torch.float64).reshape(-1).expand(c2w.shape[0]).tolist()
     bg = torch.as_tensor(background, dtype=torch.float32, device=g.device).reshape(3)
+    if max_elements is None:
+        max_elements = 1 << (24 if g.device.type == "cuda" else 18)
     use_gsplat = backend == "gsplat" or (backend == "auto" and g.device.type == "cuda" and gsplat_available())
     if backend == "gsplat" and (g.device.type != "cuda" or not gsplat_available()):
         raise RuntimeError("backend='gsplat' needs CUDA tensors and `pip install gsplat`; use backend='torch'")
