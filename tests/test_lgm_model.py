@@ -156,6 +156,7 @@ def test_reconstruct_returns_world_frame_gaussians():
     with torch.no_grad():
         lgm_frame = model(lgm_input(images, lgm_cameras(0.0), 16, 49.1))
     assert g.means.shape == (1, 4 * 8 * 8, 3) and g.is_unit()
+    assert [o.num for o in g.unbind()] == [256] and g[0].batch_shape == ()
     torch.testing.assert_close(g.means, lgm_frame.means @ LGM_FROM_WORLD, atol=1e-6, rtol=0)
     torch.testing.assert_close(g.covariances(), LGM_FROM_WORLD.T @ lgm_frame.covariances() @ LGM_FROM_WORLD,
                                atol=1e-6, rtol=1e-4)

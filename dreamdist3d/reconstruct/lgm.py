@@ -132,7 +132,7 @@ def normalize_rotations(x: torch.Tensor, mode: str) -> torch.Tensor:
 class LGM(nn.Module):
     """forward(x (B,V,9,S,S)) -> Gaussians (B, V·s², ...) in LGM's frame; `raw(x)` gives the pre-activation maps."""
 
-    def __init__(self, config: LGMConfig = LGM_CONFIGS["big"]) -> None:
+    def __init__(self, config: LGMConfig) -> None:
         super().__init__()
         self.config = config
         self.unet = LGMUNet(IN_CHANNELS, LGM_CHANNELS, config.down_channels, config.down_attention,

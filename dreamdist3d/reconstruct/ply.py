@@ -8,7 +8,8 @@ stored PRE-activation, as 3DGS trains them: f_dc = (rgb - 0.5) / C0 (C0 = 0.2820
 spherical harmonic), opacity = logit(α), scale = log(σ), rot = a unit quaternion (w, x, y, z) (viewers normalise it
 anyway; the legacy LGM quaternions are made unit by `Gaussians.canonical()` first, so a viewer draws what LGM's own
 renderer draws). Normals are zero (3DGS writes zeros). `sh_degree` > 0 adds the zero higher-order coefficients some
-viewers expect in the record (the SIBR viewer reads fixed-size degree-3 records: use `sh_degree=3` for it).
+viewers expect in the record (the original 3DGS `save_ply` always writes degree 3: `sh_degree=3` gives that exact
+record, for viewers that read fixed-size records).
 
 Frame: by default the export frame of the meshes (`export/transform.py`, `up_axis="y"`): +y up, the object's front
 (azimuth 0) towards +z, same scale as the world; `up_axis="z"` keeps this repo's world axes. Files are written

@@ -19,8 +19,9 @@ It is differentiable (autograd through the compositing) and runs on any device. 
 Gaussians are batched; memory is bounded by `max_elements` (pixels × Gaussians evaluated at once).
 
 The "gsplat" backend calls `gsplat.rasterization` (CUDA only, not a dependency: used when importable). gsplat
-normalises quaternions, so it is given `Gaussians.canonical()`; it clamps alpha and culls slightly differently, so it
-matches the torch backend to about 1e-2 on edges, not bit for bit. "auto" picks gsplat on CUDA when importable.
+normalises quaternions, so it is given `Gaussians.canonical()`; its alpha clamp and culling differ in details, so it
+is not bit-identical to the torch backend (tests/test_lgm_render.py compares the two where both can run). "auto"
+picks gsplat on CUDA when importable.
 """
 
 from __future__ import annotations
