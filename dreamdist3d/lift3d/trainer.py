@@ -99,6 +99,30 @@ def _open_metrics(path: Path, resume_step: Optional[int]):
     return f, writer
 
 
+def _log_row(path: Path, log_file, writer, row: Dict[str, Any]):
+    """Append `row` to metrics.csv -> (file, writer). The header is the first row's keys; a row with new keys (an
+    anchored run's SDS terms start after its anchor-only steps) widens it: the file is rewritten in one step with the
+    new columns, earlier rows empty there."""
+    if writer is None:
+        writer = csv.DictWriter(log_file, fieldnames=list(row), extrasaction="ignore")
+        writer.writeheader()
+    elif any(k not in writer.fieldnames for k in row):
+        fields = list(writer.fieldnames) + [k for k in row if k not in writer.fieldnames]
+        log_file.close()
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+        log_file = open(path, "a", newline="")
+        writer = csv.DictWriter(log_file, fieldnames=fields, extrasaction="ignore")
+    writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+    log_file.flush()  # a killed run keeps every logged row
+    return log_file, writer
+
+
 class Trainer:
     def __init__(self, cfg: TrainerConfig, ckpt_cfg: CheckpointConfig, trial_dir: Path, device: torch.device) -> None:
         self.cfg, self.ckpt_cfg = cfg, ckpt_cfg
@@ -191,11 +215,7 @@ class Trainer:
                 if cfg.log_every_n_steps and step % cfg.log_every_n_steps == 0:
                     row = {"step": step, "time": round(time.time() - t0, 4)}
                     row.update({k.split("/", 1)[-1]: float(v) for k, v in out["logs"].items()})
-                    if writer is None:
-                        writer = csv.DictWriter(log_file, fieldnames=list(row), extrasaction="ignore")
-                        writer.writeheader()
-                    writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
-                    log_file.flush()  # a killed run keeps every logged row
+                    log_file, writer = _log_row(log_path, log_file, writer, row)
                     bar.set_postfix(loss=f"{float(loss.detach()):.4g}", refresh=False)
                 bar.update(1)
                 if every_val and step % every_val == 0:

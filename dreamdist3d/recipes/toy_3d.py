@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -31,9 +31,11 @@ def resolve_path(path: str) -> Path:
     return alt if alt.is_file() else p
 
 
-def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = DEFAULT_3D_CONFIG, steps: int = 300,
-              overrides: Sequence[str] = (), progress: bool = True, device: str = "cpu") -> Path:
-    """One text-to-3D run of the toy backbone with the prompt sample of `seed`: folder `out/runs/seed<seed>/`."""
+def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = DEFAULT_3D_CONFIG,
+              steps: Optional[int] = None, overrides: Sequence[str] = (), progress: bool = True,
+              device: str = "cpu") -> Path:
+    """One text-to-3D run of the toy backbone with the prompt sample of `seed`: folder `out/runs/seed<seed>/`.
+    `steps`: trainer.max_steps (None: the config's, anchor-only steps included)."""
     import shutil
 
     from dreamdist3d.recipes.lift3d import run_3d
@@ -43,7 +45,7 @@ def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = 
         shutil.rmtree(previous)            # otherwise be picked up when the step counts differ)
     settings = [
         f"system.prompt_processor.distribution={distribution}", f"seed={seed}", f"exp_root_dir={out}", "name=runs",
-        f"tag=seed{seed}", "use_timestamp=false", f"trainer.max_steps={steps}",
+        f"tag=seed{seed}", "use_timestamp=false", *([f"trainer.max_steps={steps}"] if steps is not None else []),
         f"trainer.enable_progress_bar={str(bool(progress)).lower()}", *overrides,
     ]
     res = run_3d(resolve_path(config), backbone=backbone, mode="train", overrides=settings,
@@ -54,8 +56,10 @@ def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = 
 def _one_3d(backbone, cfg, distribution: Path, out: Path, seed: int):
     """3D run + export of one seed -> (run folder, exported files, (run times, export times))."""
     w0, c0 = time.perf_counter(), time.process_time()
-    _log(f"3D run seed {seed} ({cfg.steps_3d} SDS steps)")
-    overrides = [f"system.prompt_processor.scale={cfg.scale}", *cfg.overrides_3d]  # γ as the 2D samples
+    _log(f"3D run seed {seed} ({cfg.steps_3d or 'the 3D config´s'} steps)".replace("´", "'"))
+    # γ as the 2D samples; an anchored run's views drawn with the demo's sampler (what previews-4view.png shows)
+    overrides = [f"system.prompt_processor.scale={cfg.scale}", f"system.anchor.sampler_steps={cfg.sample_steps}",
+                 f"system.anchor.guidance_scale={cfg.guidance}", *cfg.overrides_3d]
     run_dir = launch_3d(backbone, distribution, out, seed, cfg.config_3d, cfg.steps_3d, overrides,
                         progress=cfg.progress and cfg.workers_3d <= 1, device=cfg.device)
     w1, c1 = time.perf_counter(), time.process_time()

@@ -92,7 +92,7 @@ class ArmsConfig:
     progress: bool = False
     n_3d: int = 0  # 3D runs per (set, arm, learning seed) after the 2D pass, read on 4 turntable views; 0 = none
     pick_3d: bool = False  # 3D pass: lift the n_3d most different of PICK_FROM candidates (the demo's default)
-    steps_3d: int = 300
+    steps_3d: Optional[int] = None  # steps per 3D run (None: configs/toy/toy-3d.yaml's, anchored)
     config_3d: str = "configs/toy/toy-3d.yaml"
 
 
@@ -375,7 +375,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pick-3d", action="store_true",
                    help="with --n-3d: lift the N most different of 16 candidate samples (the demo's default), rows "
                         "'<arm> (3D, picked)'")
-    p.add_argument("--steps-3d", type=int, default=d.steps_3d, help=f"SDS steps per 3D run (default {d.steps_3d})")
+    p.add_argument("--steps-3d", type=int, default=d.steps_3d, help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--table-only", action="store_true", help="print the table of the cached runs and stop")
     p.add_argument("--resample", action="store_true",

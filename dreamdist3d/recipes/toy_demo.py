@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -36,6 +36,7 @@ from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, run_3d_seeds
+from dreamdist3d.sample2d.mvdream_preview import preview_sampler_for, preview_views
 from dreamdist3d.sample2d.pick import pick_seeds
 
 
@@ -76,7 +77,7 @@ class DemoConfig:
     pick_3d: str = "different"
     workers_3d: int = 2  # 3D runs at a time, each in its own process with one torch thread (1 = one after another)
     config_3d: str = DEFAULT_3D_CONFIG
-    steps_3d: int = 300
+    steps_3d: Optional[int] = None  # steps per 3D run (None: configs/toy/toy-3d.yaml's, anchored)
     overrides_3d: List[str] = field(default_factory=list)  # extra key=value for every 3D run
     formats: str = "glb,obj,ply"
     texture: bool = False  # False: vertex colours (fast); True: baked UV texture
@@ -125,7 +126,7 @@ def check_config(cfg: DemoConfig) -> DemoConfig:
     if cfg.covariance not in COVARIANCES:
         raise bad("covariance", f"must be one of {COVARIANCES}, got {cfg.covariance!r}")
     for k in ("n_prompts", "n_ctx", "steps", "batch_size", "n_samples", "sample_steps", "steps_3d"):
-        if getattr(cfg, k) < 1:
+        if getattr(cfg, k) is not None and getattr(cfg, k) < 1:
             raise bad(k, f"must be ≥ 1, got {getattr(cfg, k)}")
     for k in ("n_2d", "n_4view", "n_3d"):
         if getattr(cfg, k) < 0:
@@ -319,12 +320,12 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
             files["samples_2d"] = save_grid(out / "samples-2d.png", flat.reshape(rows, cols, *imgs.shape[2:]))
     with clock.stage("previews_4view"):
         if cfg.n_4view:
-            # the samples lifted to 3D first (in seed order), then the next seeds: previews of what becomes 3D
+            # the samples lifted to 3D first (in seed order), then the next seeds: the 4-view samples of their seeds
+            # (`preview_views`, as `dreamdist3d preview` draws them), i.e. exactly the views an anchored run fits
             rest = (s for s in range(cfg.seed, cfg.seed + cfg.n_4view + len(seeds)) if s not in seeds)
             seeds_4view = [*seeds, *rest][:cfg.n_4view]
-            imgs = sample_images(backbone, ctx[[s - cfg.seed for s in seeds_4view]], 4,
-                                 seed=cfg.seed + LATENT_SEED_OFFSET + 1, steps=cfg.sample_steps,
-                                 guidance=cfg.guidance, progress=cfg.progress, desc="4-view previews", chunk=4)
+            imgs = preview_views(backbone, ctx[[s - cfg.seed for s in seeds_4view]], seeds_4view,
+                                 preview_sampler_for(backbone, steps=cfg.sample_steps, guidance_scale=cfg.guidance))
             files["previews_4view"] = save_grid(out / "previews-4view.png", imgs)
 
     runs: List[Dict[str, Any]] = []
@@ -333,8 +334,10 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     for s, (run_dir, exported, times) in zip(seeds, done):
         clock.stages[f"3d_seed{s}"], clock.stages[f"export_seed{s}"] = times
         tt = find_turntable(run_dir)
+        anchor = run_dir / "anchor" / "anchor.png"
         runs.append({"seed": s, "run_dir": run_dir, "turntable": tt["video"] if tt else None,
-                     "prompt_sample": run_dir / "prompt_sample.safetensors", "mesh": exported})
+                     "prompt_sample": run_dir / "prompt_sample.safetensors", "mesh": exported,
+                     "anchor": anchor if anchor.is_file() else None})
     if seeds:
         with clock.stage("gallery"):
             gal = build_gallery(out / "3d", seeds, cfg.gallery_frames,
@@ -399,7 +402,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-3d", type=int, default=d.n_3d, help=f"3D runs (default {d.n_3d}): the N most different of the 2D samples "
                                                                 "(pick_3d=first: seeds 0..N-1)")
     p.add_argument("--steps", type=int, default=None, help=f"learning steps (default {d.steps})")
-    p.add_argument("--steps-3d", type=int, default=None, help=f"SDS steps per 3D run (default {d.steps_3d})")
+    p.add_argument("--steps-3d", type=int, default=None, help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
     p.add_argument("--weights", default="", help="toy backbone weights (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's choice)")

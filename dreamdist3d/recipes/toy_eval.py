@@ -48,7 +48,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
@@ -92,7 +92,7 @@ class EvalConfig:
     seed: int = 0
     progress: bool = True
     n_3d: int = 0  # 3D runs per distribution (K=32 and K=1), read on 4 turntable views each; 0 = 2D only
-    steps_3d: int = 300
+    steps_3d: Optional[int] = None  # steps per 3D run (None: configs/toy/toy-3d.yaml's, anchored)
     config_3d: str = "configs/toy/toy-3d.yaml"
     oracles: bool = True  # calibration rows from exact renders of ideal generators (seconds)
     caption_check: int = 64  # seen-world captions generated and read back first (`caption_match`); 0 = skip
@@ -133,7 +133,7 @@ def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) 
     return save_png(canvas, path)
 
 
-def objects_3d(backbone, distribution: Path, out: Path, seeds: Sequence[int], config: str, steps: int,
+def objects_3d(backbone, distribution: Path, out: Path, seeds: Sequence[int], config: str, steps: Optional[int],
                progress: bool = False, overrides: Sequence[str] = ()) -> torch.Tensor:
     """One text-to-3D run per seed (`out/runs/seed<s>/`, the prompt sample of that seed), each read back as 4
     evenly spaced turntable views: (len(seeds), 4, 3, H, W) in [0,1]."""
@@ -332,7 +332,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help=f"learning steps for K=32 and K=1 (default {d.steps})")
     p.add_argument("--n-3d", type=int, default=d.n_3d,
                    help="also N 3D runs per learned distribution, read on 4 turntable views each (default 0: 2D only)")
-    p.add_argument("--steps-3d", type=int, default=d.steps_3d, help=f"SDS steps per 3D run (default {d.steps_3d})")
+    p.add_argument("--steps-3d", type=int, default=d.steps_3d,
+                   help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--caption-check", type=int, default=d.caption_check,
                    help=f"first generate this many seen-world captions and report how many the reader reads back "

@@ -74,16 +74,19 @@ class LiftConfig:
 
 # ----------------------------------------------------------------------------------------------------- arms
 def arm_settings(arm: str) -> Tuple[int, int, List[str]]:
-    """(anchor-only steps, SDS steps, key=value overrides) of an arm name (`sds300`, `anchor40+110`)."""
-    m = ARM.match(arm)
-    if m is None:
-        raise ValueError(f"arm {arm!r}: expected sds<N> or anchor<A>+<S> (e.g. sds300, anchor40+110)")
+    """(anchor-only steps, SDS steps, key=value overrides) of an arm name: `sds300`, `anchor40+110`, optionally
+    followed by `~key=value` settings of its own (`anchor200+50~system.anchor.rays_per_step=1024`)."""
+    base, *extra = arm.split("~")
+    m = ARM.match(base)
+    if m is None or any("=" not in e for e in extra):
+        raise ValueError(f"arm {arm!r}: expected sds<N> or anchor<A>+<S>, then optionally ~key=value settings "
+                         "(e.g. sds300, anchor40+110, anchor200+50~system.anchor.rays_per_step=1024)")
     if m["sds"] is not None:
         n = int(m["sds"])
         return 0, n, ["system.anchor.source=none", "system.loss.lambda_anchor_rgb=0",
-                      "system.loss.lambda_anchor_mask=0", f"trainer.max_steps={n}"]
+                      "system.loss.lambda_anchor_mask=0", f"trainer.max_steps={n}", *extra]
     a, s = int(m["a"]), int(m["s"])
-    return a, s, ["system.anchor.source=preview", f"system.anchor.steps={a}", f"trainer.max_steps={a + s}"]
+    return a, s, ["system.anchor.source=preview", f"system.anchor.steps={a}", f"trainer.max_steps={a + s}", *extra]
 
 
 # ----------------------------------------------------------------------------------------------------- items
@@ -295,8 +298,8 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
         fid = [fidelity(v["reading"], v["spec"]) for v in caps]
         out.setdefault("4-view samples", {})[r] = {f"cap_{k}": _rate([f[k] for f in fid]) for k in
                                                    ("colour", "shape", "part", "colour+shape")}
-        out["4-view samples"][r]["parts_shown"] = _rate(
-            [v["reading"]["has_part"] for v in views if v["seed"] == r and v["part"] == "learned" and v["reading"]["ok"]])
+        learned = [v["reading"] for v in views if v["seed"] == r and v["part"] == "learned"]
+        out["4-view samples"][r]["parts_shown"] = _rate([v["has_part"] for v in learned if v["ok"]])
     for arm in dict.fromkeys(o["arm"] for o in objects):
         for r in seeds:
             objs = [o for o in objects if o["arm"] == arm and o["seed"] == r]
@@ -351,7 +354,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = LiftConfig()
     p.add_argument("--out", default=d.out, help=f"folder of cached records and runs (default {d.out})")
     p.add_argument("--arm", dest="arms", action="append", default=None, metavar="ARM",
-                   help=f"sds<N> or anchor<A>+<S>, repeatable (default: {' '.join(d.arms)})")
+                   help="sds<N> or anchor<A>+<S>, optionally with ~key=value settings of its own; repeatable "
+                        f"(default: {' '.join(d.arms)})")
     p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="seeds (default 0 1 2)")
     p.add_argument("--part", dest="parts", action="append", choices=["captions", "learned"], default=None,
                    help="which prompt samples (default both)")
@@ -378,7 +382,8 @@ def cli_run(args: argparse.Namespace) -> int:
     cfg = LiftConfig(out=args.out, arms=args.arms or LiftConfig().arms, seeds=list(args.seeds),
                      parts=args.parts or LiftConfig().parts, n_captions=args.n_captions,
                      caption_seed=args.caption_seed, refsets=args.refsets or list(HELD_OUT),
-                     samples_per_set=args.samples_per_set, learn_steps=args.learn_steps, config_3d=args.config_3d, overrides=list(args.overrides),
+                     samples_per_set=args.samples_per_set, learn_steps=args.learn_steps, config_3d=args.config_3d,
+                     overrides=list(args.overrides),
                      workers=args.workers, weights=args.weights, reader=args.reader, keep_runs=args.keep_runs)
     out = Path(cfg.out)
     if args.table_only:
