@@ -173,14 +173,18 @@ def views_record(cfg: LiftConfig, backbone, reader, item: Item, rep: int) -> Dic
     """The 4-view sample of `item` read on its 4 views (cached)."""
     path = Path(cfg.out) / "views" / item.part / item.key / f"seed{rep}.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        rec = json.loads(path.read_text())
+        if "part_views" in rec:
+            return rec
     from dreamdist3d.recipes.toy_demo import prompt_samples
     from dreamdist3d.sample2d.mvdream_preview import image_grid, preview_sampler_for, preview_views
 
     ctx = prompt_samples(backbone, Path(item.distribution), 1, seed=item.seed)
     views = preview_views(backbone, ctx, [item.seed], preview_sampler_for(backbone))[0]  # (4, 3, H, W)
+    per_view = reader.read(views)
     rec = {"part": item.part, "item": item.key, "seed": rep, "run_seed": item.seed, "caption": item.caption,
-           "spec": item.spec, "reading": reading_dict(reader.read_views(views, 4)[0])}
+           "spec": item.spec, "reading": reading_dict(reader.read_views(views, 4)[0]),
+           "part_views": sum(bool(r.ok and r.has_part) for r in per_view)}
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(views[None]).save(path.with_suffix(".png"))
     atomic_write_text(path, json.dumps(rec, indent=1))
@@ -266,12 +270,16 @@ def fidelity(reading: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, bool]:
 
 
 def agreement(obj: Dict[str, Any], views: Dict[str, Any]) -> Dict[str, Optional[bool]]:
-    """Does the object read as its own 4-view sample? (None where a score does not apply.)"""
+    """Does the object read as its own 4-view sample? (None where a score does not apply.) `part_kept`: of samples
+    whose reading shows a part (the reader's rule: any one of the 4 views), does the object show one;
+    `clear_part_kept`: the same for parts at least 2 of the 4 views show."""
     v = views["reading"]
     if not v["ok"]:
-        return {"agree": None, "part_kept": None}
+        return {"agree": None, "part_kept": None, "clear_part_kept": None}
+    kept = bool(obj["ok"] and obj["has_part"])
     return {"agree": bool(obj["ok"] and obj["colour"] == v["colour"] and obj["shape"] == v["shape"]),
-            "part_kept": bool(obj["ok"] and obj["has_part"]) if v["has_part"] else None}
+            "part_kept": kept if v["has_part"] else None,
+            "clear_part_kept": kept if views.get("part_views", 0) >= 2 else None}
 
 
 def _rate(values: Sequence[Optional[bool]]) -> Optional[float]:
@@ -314,6 +322,7 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
                 ag = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in objs if o["part"] == "learned"]
                 row[f"agree_{where}"] = _rate([a["agree"] for a in ag])
                 row[f"parts_{where}"] = _rate([a["part_kept"] for a in ag])
+                row[f"clear_parts_{where}"] = _rate([a["clear_part_kept"] for a in ag])
                 agc = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in caps]
                 row[f"cap_agree_{where}"] = _rate([a["agree"] for a in agc])
             row["sds_steps"] = statistics.fmean(o["sds_steps"] for o in objs)
@@ -327,6 +336,7 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
 COLUMNS = [("cap_colour+shape", "captions: colour+shape"), ("cap_part", "captions: part"),
            ("agree_seen", "learned: agree (seen)"), ("agree_novel", "learned: agree (novel)"),
            ("parts_seen", "learned: parts kept (seen)"), ("parts_novel", "parts kept (novel)"),
+           ("clear_parts_seen", "learned: clear parts kept (seen)"),
            ("cap_agree_seen", "captions: agree (seen)"), ("sds_steps", "SDS steps"), ("steps", "steps"),
            ("wall_s", "s / object")]
 

@@ -1,0 +1,100 @@
+"""`dreamdist3d toyworld lift`: arms, the two parts, caching/resume and the scores (by hand on known readings).
+
+A tiny random toy backbone stands in for the shipped weights (the plumbing and files; the numbers on the real
+backbone are in the README)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
+from dreamdist3d.backbones.toy_weights import save_toy_backbone
+from dreamdist3d.recipes.toy_lift import LiftConfig, agreement, arm_settings, fidelity, run_lift, scores, table
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_arm_names():
+    assert arm_settings("sds300") == (0, 300, ["system.anchor.source=none", "system.loss.lambda_anchor_rgb=0",
+                                               "system.loss.lambda_anchor_mask=0", "trainer.max_steps=300"])
+    a, s, over = arm_settings("anchor40+110~system.anchor.rays_per_step=1024")
+    assert (a, s) == (40, 110) and over == ["system.anchor.source=preview", "system.anchor.steps=40",
+                                            "trainer.max_steps=150", "system.anchor.rays_per_step=1024"]
+    for bad in ("sds", "anchor40", "lgm300", "anchor4+4~steps"):
+        with pytest.raises(ValueError, match="expected sds<N> or anchor<A>"):
+            arm_settings(bad)
+
+
+def _reading(colour, shape, part, ok=True):
+    return {"ok": ok, "colour": colour if ok else None, "shape": shape if ok else None, "has_part": part if ok else None}
+
+
+def test_scores_by_hand():
+    spec = {"colour": "red", "shape": "cone", "has_part": True}
+    assert fidelity(_reading("red", "cone", True), spec) == {"colour": True, "shape": True, "part": True,
+                                                            "colour+shape": True}
+    assert fidelity(_reading("red", "box", False), spec) == {"colour": True, "shape": False, "part": False,
+                                                            "colour+shape": False}
+    assert not any(fidelity(_reading(None, None, None, ok=False), spec).values())
+    view = {"reading": _reading("teal", "torus", True), "part_views": 1}
+    assert agreement(_reading("teal", "torus", False), view) == {"agree": True, "part_kept": False,
+                                                                "clear_part_kept": None}  # a part one view shows
+    assert agreement(_reading("teal", "torus", True), {**view, "part_views": 3})["clear_part_kept"] is True
+    assert agreement(_reading("teal", "torus", True), {"reading": _reading(0, 0, 0, ok=False)})["agree"] is None
+    views = [{"part": "captions", "item": "c00", "seed": 0, "spec": spec, "reading": _reading("red", "cone", True)},
+             {"part": "learned", "item": "x-0", "seed": 0, "reading": _reading("teal", "torus", True),
+              "part_views": 2}]
+    objects = [{"arm": "sds10", "part": "captions", "item": "c00", "seed": 0, "anchor_steps": 0, "sds_steps": 10,
+                "wall_s": 2.0, "seen": _reading("red", "cone", False), "novel": _reading("red", "cone", True)},
+               {"arm": "sds10", "part": "learned", "item": "x-0", "seed": 0, "anchor_steps": 0, "sds_steps": 10,
+                "wall_s": 4.0, "seen": _reading("teal", "torus", True), "novel": _reading("teal", "box", True)}]
+    sc = scores(views, objects)
+    assert sc["4-view samples"][0]["cap_colour+shape"] == 1.0
+    row = sc["sds10"][0]
+    assert (row["cap_colour+shape"], row["cap_part"], row["agree_seen"], row["agree_novel"]) == (1.0, 0.0, 1.0, 0.0)
+    assert (row["parts_seen"], row["clear_parts_seen"], row["wall_s"], row["n"]) == (1.0, 1.0, 3.0, 2)
+    assert "| sds10 (2) | 1.00 | 0.00 | 1.00 | 0.00 |" in table(views, objects)
+
+
+def test_lift_end_to_end_on_tiny_inputs(tmp_path):
+    """Both parts through both kinds of arm on a tiny backbone; a rerun makes nothing (everything cached)."""
+    from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.toyworld.attributes import AttributeReader
+
+    weights = tmp_path / "tiny-toy.safetensors"
+    save_toy_backbone(build_toy_backbone(small_test_config(), seed=0), weights)
+    reader_path = tmp_path / "reader.safetensors"
+    AttributeReader.fit(n_train=300, epochs=5).save(reader_path)
+    cfg = LiftConfig(out=str(tmp_path / "lift"), weights=str(weights), reader=str(reader_path),
+                     arms=["sds3", "anchor2+1"], seeds=[0], n_captions=2, refsets=["warm-cones-cylinders"],
+                     samples_per_set=1, learn_steps=2, workers=1,
+                     overrides=["system.anchor.sampler_steps=2", "data.n_test_views=9"])
+    bb = load_backbone(f"toy:{weights}")
+    views, objects = run_lift(cfg, backbone=bb)
+    assert sorted((v["part"], v["item"]) for v in views) == [("captions", "c00"), ("captions", "c01"),
+                                                             ("learned", "warm-cones-cylinders-0")]
+    assert sorted((o["arm"], o["item"]) for o in objects) == sorted(
+        (a, i) for a in ("sds3", "anchor2+1") for i in ("c00", "c01", "warm-cones-cylinders-0"))
+    anchored = [o for o in objects if o["arm"] == "anchor2+1"]
+    assert all((o["anchor_steps"], o["sds_steps"]) == (2, 1) for o in anchored)
+    assert all(set(o["seen"]) == {"ok", "colour", "shape", "has_part"} for o in objects)
+    assert not (tmp_path / "lift" / "work").exists() or not any((tmp_path / "lift" / "work").rglob("*.ckpt"))
+    caption = json.loads((tmp_path / "lift" / "views" / "captions" / "c01" / "seed0.json").read_text())
+    assert caption["run_seed"] == 1 and caption["caption"] and caption["spec"]["shape"]
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "lift" / "objects").rglob("*.json")}
+    again_views, again = run_lift(cfg, backbone=bb)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lift" / "objects").rglob("*.json")} == stamp
+    assert sorted(json.dumps(o, sort_keys=True) for o in again) == sorted(json.dumps(o, sort_keys=True)
+                                                                          for o in objects)
+    text = table(views, objects)
+    assert "| anchor2+1 (3) |" in text and "| sds3 (3) |" in text and "| 4-view samples |" in text
