@@ -57,7 +57,7 @@ def probe(address: str, timeout_s: float = 5.0) -> None:
 
 @dataclass
 class Connection:
-    address: str  # what was joined ("local" for a cluster started here)
+    address: str  # what was joined ("local": a cluster started here; "": the one this process had joined already)
     started: bool  # this process started Ray (and shuts it down at the end)
 
     def resources(self) -> Dict[str, float]:
@@ -77,7 +77,7 @@ def connect(address: Optional[str] = "auto") -> Connection:
     """Join the cluster at `address` ("auto": $RAY_ADDRESS, else a new local one)."""
     ray = import_ray()
     if ray.is_initialized():
-        return Connection("already initialised", started=False)
+        return Connection("", started=False)
     address = (address or "auto").strip()
     joined = os.environ.get("RAY_ADDRESS") if address == "auto" else address
     if joined:

@@ -3,9 +3,9 @@
 Inputs: the driver reads each input file of a task once (`read_inputs`: driver path -> bytes); a worker keeps a copy
 per content hash in its node-local cache (`stage_inputs`) and runs with those paths (`local_call`).
 Results: a worker packs a finished run folder as relative path -> bytes (`pack_run`: every file but the checkpoints,
-with its own paths in the text files given as the driver's); the driver writes them with the one atomic writer
-(`write_run`), the turntable video last, so a run counts as finished (`lift3d.gallery.find_turntable`) only once
-all of it is there.
+with its own paths in text files and safetensors metadata given as the driver's); the driver writes them with the one
+atomic writer (`write_run`), the turntable video last, so a run counts as finished (`lift3d.gallery.find_turntable`)
+only once all of it is there.
 """
 
 from __future__ import annotations
@@ -69,12 +69,30 @@ def pack_run(run: Path, renames: Mapping[str, str]) -> Dict[str, bytes]:
             continue
         data = p.read_bytes()
         if p.suffix in TEXT_SUFFIXES:
-            text = data.decode("utf-8", errors="surrogateescape")
-            for old in order:
-                text = text.replace(old, renames[old])
-            data = text.encode("utf-8", errors="surrogateescape")
+            data = _rename(data.decode("utf-8", errors="surrogateescape"), renames, order).encode(
+                "utf-8", errors="surrogateescape")
+        elif p.suffix == ".safetensors":
+            data = _renamed_safetensors(p, renames, order) or data
         files[rel.as_posix()] = data
     return files
+
+
+def _rename(text: str, renames: Mapping[str, str], order) -> str:
+    for old in order:
+        text = text.replace(old, renames[old])
+    return text
+
+
+def _renamed_safetensors(path: Path, renames: Mapping[str, str], order):
+    """The file written again with the paths in its metadata renamed (e.g. the prompt sample's distribution file);
+    None when its metadata names none."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    renamed = {k: _rename(v, renames, order) for k, v in meta.items()}
+    return save(load_file(str(path)), metadata=renamed) if renamed != meta else None
 
 
 def write_run(run: Path, files: Mapping[str, bytes]) -> Path:

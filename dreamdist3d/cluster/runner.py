@@ -64,7 +64,8 @@ class RayRunner:
     def __enter__(self) -> "RayRunner":
         self.connection = connect(self.cfg.address)
         where = self.connection.address
-        note = "started a local Ray cluster" if where == "local" else f"Ray cluster at {where}"
+        note = {"local": "started a local Ray cluster", "": "the Ray cluster this process had joined"}.get(
+            where, f"joined the Ray cluster at {where}")
         print(f"[cluster] {note}: {self.connection.describe()}", file=sys.stderr, flush=True)
         return self
 
@@ -92,9 +93,9 @@ class RayRunner:
             return self.actors
         self._stop_actors()
         ray = import_ray()
-        where = "the Ray cluster" if self.connection is None else (
-            "this machine's Ray cluster" if self.connection.address == "local" else
-            f"the Ray cluster at {self.connection.address}")
+        address = self.connection.address if self.connection else ""
+        where = {"local": "this machine's Ray cluster", "": "the Ray cluster"}.get(
+            address, f"the Ray cluster at {address}")
         plan = plan_actors(ray.cluster_resources(), where, self.cfg.cpu, self.cfg.actors, self.cfg.cpus_per_actor,
                            n_objects)
         worker = ray.remote(ObjectWorker)

@@ -45,6 +45,8 @@ class ObjectWorker:
         self.name, self.shared_fs = name, shared_fs
         self.scratch = Path(scratch or tempfile.gettempdir()) / "dreamdist3d-ray"
         self.cache = self.scratch / "inputs"
+        for stale in self.scratch.glob(f"{name}-seed*"):  # runs of this worker's previous life (killed mid-run)
+            shutil.rmtree(stale, ignore_errors=True)
         t0 = time.perf_counter()
         call = backbone if shared_fs else local_call(backbone, stage_inputs(inputs, self.cache))
         self.backbone = call()

@@ -171,8 +171,11 @@ def run(args: argparse.Namespace) -> int:
         failed = _run_parallel(args, out, todo, gpus)
     if worker:
         return 1 if failed else 0
-    res = build_gallery(out, seeds, args.frames, title=f"{dist.stem}: {len(seeds)} samples")
-    print(f"gallery: {res['png']}\npage:    {res['html']}")
+    if failed and len(failed) == len(seeds):
+        print(f"[gallery] no run finished: no gallery under {out}", file=sys.stderr)
+    else:  # the page of whatever finished
+        res = build_gallery(out, seeds, args.frames, title=f"{dist.stem}: {len(seeds)} samples")
+        print(f"gallery: {res['png']}\npage:    {res['html']}")
     if failed:
         print(f"[gallery] failed seeds: {failed}; retry only them (finished runs are kept):\n"
               f"  {retry_command(args, out)}", file=sys.stderr)
