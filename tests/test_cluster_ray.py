@@ -169,3 +169,31 @@ def test_failed_seeds_are_listed_with_the_command_that_retries_them(cluster, dis
     assert "seed 0 failed 2 times" in err and "failed seeds: [0, 1]; retry only them" in err
     assert (f"dreamdist3d gallery --distribution {distribution} --n 2 --config {CONFIG} --out {out} --cpu --frames 3 "
             "--ray auto --actors 1 system.prompt_processor.covariance=bogus trainer.max_steps=8") in err
+
+
+def test_toy_demo_and_arms_objects_through_the_runner(cluster, distribution, tmp_path):
+    """The toy demo's 3D stage (run + export) and the arms' 3D objects through Ray: what they make here."""
+    from safetensors.torch import load_file
+
+    from dreamdist3d.backbones.toy_weights import load_toy_backbone
+    from dreamdist3d.recipes.toy_3d import demo_3d_task, run_3d_seeds
+    from dreamdist3d.recipes.toy_demo import DemoConfig
+    from dreamdist3d.recipes.toy_eval import objects_3d
+
+    bb = load_toy_backbone()
+    cfg = DemoConfig(steps_3d=3, workers_3d=1, progress=False, formats="glb", isosurface_resolution=16,
+                     overrides_3d=["data.n_test_views=4"])
+    here = run_3d_seeds(bb, cfg, distribution, tmp_path / "here", [0, 1])
+    with RayRunner(ClusterConfig(cpu=True, progress=False)) as runner:
+        there = runner(demo_3d_task(cfg, distribution), tmp_path / "there", [0, 1])
+        views = objects_3d(None, distribution, tmp_path / "arms", [2, 3], CONFIG, 3, runner=runner,
+                           overrides=["data.n_test_views=4"])
+    for s, (run, exported, _) in zip((0, 1), here):
+        run_r, exported_r, times = there.values[s]
+        assert run_r == (tmp_path / "there" / "runs" / f"seed{s}").resolve() and exported_r["glb"].is_file()
+        assert set(times[0]) == {"wall_s", "cpu_s"}
+        assert torch.equal(load_file(run / "prompt_sample.safetensors")["text_embeddings"],
+                           load_file(run_r / "prompt_sample.safetensors")["text_embeddings"])
+        assert exported["glb"].read_bytes() == exported_r["glb"].read_bytes()
+    local = objects_3d(bb, distribution, tmp_path / "arms-here", [2, 3], CONFIG, 3, overrides=["data.n_test_views=4"])
+    assert views.shape == (2, 4, 3, 32, 32) and torch.equal(views, local)

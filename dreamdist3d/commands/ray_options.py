@@ -7,19 +7,16 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from dreamdist3d.cluster.runner import ClusterConfig
 
-
-def add_arguments(p: argparse.ArgumentParser, cpu_flag: bool = True) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("on a Ray cluster (pip install 'dreamdist3d[ray]')")
     g.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
                    help="run the objects on Ray: each seed a task on a pool of actors that load the backbone once; "
                         "`auto` (the default with a bare --ray) starts a local cluster (or joins $RAY_ADDRESS), "
                         "HOST:PORT or ray://HOST:PORT joins an existing one")
     g.add_argument("--actors", type=int, default=0, metavar="N",
-                   help="workers (default: one per GPU of the cluster" + (", or with --cpu one per --cpus-per-actor "
-                                                                         "CPUs" if cpu_flag else "; here on CPUs")
-                        + "; never more than objects)")
+                   help="workers (default: as many as the cluster has room for, one GPU each, or on CPUs "
+                        "--cpus-per-actor CPUs each; never more than there are objects)")
     g.add_argument("--cpus-per-actor", type=int, default=1, metavar="N",
                    help="CPUs (and torch threads) each worker holds (default 1)")
     g.add_argument("--shared-fs", action="store_true",
@@ -30,8 +27,10 @@ def add_arguments(p: argparse.ArgumentParser, cpu_flag: bool = True) -> None:
                         "temp folder)")
 
 
-def cluster_config(args: argparse.Namespace, cpu: Optional[bool] = None) -> Optional[ClusterConfig]:
-    """The runner's settings from the flags; None without --ray."""
+def cluster_config(args: argparse.Namespace, cpu: Optional[bool] = None):
+    """The runner's settings from the flags (`cluster.ClusterConfig`); None without --ray."""
+    from dreamdist3d.cluster.runner import ClusterConfig
+
     if args.ray is None:
         return None
     address = str(args.ray).strip()

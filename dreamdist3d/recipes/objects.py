@@ -48,8 +48,17 @@ class ObjectsResult:
     failed: Dict[int, str] = field(default_factory=dict)
 
 
+class ObjectsFailedError(RuntimeError):
+    """Objects that failed on a runner after the others finished: `failed` maps where (e.g. "seed 3") to the error."""
+
+    def __init__(self, failed: Mapping[str, str], hint: str = "") -> None:
+        self.failed = dict(failed)
+        text = "; ".join(f"{k}: {v}" for k, v in self.failed.items())
+        super().__init__(f"objects failed ({text})" + (f"; {hint}" if hint else ""))
+
+
 class Runner(Protocol):
     def __call__(self, task: ObjectTask, out: Path, seeds: Sequence[int]) -> ObjectsResult: ...
 
 
-__all__ = ["Call", "ObjectTask", "ObjectsResult", "Runner"]
+__all__ = ["Call", "ObjectTask", "ObjectsFailedError", "ObjectsResult", "Runner"]
