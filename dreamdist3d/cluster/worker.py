@@ -3,9 +3,10 @@
 `ObjectWorker(name, backbone, inputs, ...)` runs `backbone()` when the actor starts (again after a restart);
 `run(call, seed, out, inputs, argv)` makes object `seed` with that backbone:
 - shared filesystem: straight into the driver's `out` (checked to be the same folder through a marker file);
-- otherwise in a scratch folder on this node (`<scratch>/dreamdist3d-ray/<worker name>-seed<S>-*/`, removed
-  afterwards), reading local copies of the input files (kept in `<scratch>/dreamdist3d-ray/inputs/` by content),
-  and returns the run folder's files as bytes (`files.pack_run`).
+- otherwise in a scratch folder on this node (`<scratch>/dreamdist3d-ray/<worker name>-seed<S>-pid<P>-*/`,
+  removed afterwards; one a killed worker left goes when the next worker starts there), reading local copies of
+  the input files (kept in `<scratch>/dreamdist3d-ray/inputs/` by content), and returns the run folder's files as
+  bytes (`files.pack_run`).
 The process's argv is the driver's while a run is made, so the run's `cmd.txt` names the command that started it.
 """
 
@@ -45,8 +46,10 @@ class ObjectWorker:
         self.name, self.shared_fs = name, shared_fs
         self.scratch = Path(scratch or tempfile.gettempdir()) / "dreamdist3d-ray"
         self.cache = self.scratch / "inputs"
-        for stale in self.scratch.glob(f"{name}-seed*"):  # runs of this worker's previous life (killed mid-run)
-            shutil.rmtree(stale, ignore_errors=True)
+        for stale in self.scratch.glob("*-seed*-pid*-*"):  # runs of dead workers on this node (killed mid-run)
+            pid = int(stale.name.split("-pid")[-1].split("-")[0])
+            if not _alive(pid):
+                shutil.rmtree(stale, ignore_errors=True)
         t0 = time.perf_counter()
         call = backbone if shared_fs else local_call(backbone, stage_inputs(inputs, self.cache))
         self.backbone = call()
@@ -77,7 +80,7 @@ class ObjectWorker:
                 return ObjectResult(seed, value, None, self.name, socket.gethostname(), time.perf_counter() - t0)
             local = stage_inputs(inputs, self.cache)
             self.scratch.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f"{self.name}-seed{seed}-", dir=self.scratch))
+            work = Path(tempfile.mkdtemp(prefix=f"{self.name}-seed{seed}-pid{os.getpid()}-", dir=self.scratch))
             try:
                 value = local_call(call, local)(self.backbone, out=work, seed=seed)
                 renames = {str(work): out, **{v: k for k, v in local.items()}}
@@ -88,6 +91,16 @@ class ObjectWorker:
             return ObjectResult(seed, value, files, self.name, socket.gethostname(), time.perf_counter() - t0)
         finally:
             sys.argv = saved_argv
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 __all__ = ["ObjectResult", "ObjectWorker"]
