@@ -59,6 +59,7 @@ class RayRunner:
         self.names: List[str] = []
         self._backbone: Optional[Call] = None
         self._token = secrets.token_hex(3)
+        self.announced: set = set()  # (worker, pid) whose "ready" line was shown
 
     # ------------------------------------------------------------------------------------------ lifetime
     def __enter__(self) -> "RayRunner":
@@ -207,8 +208,10 @@ class _Loop:
             self.bar.note(f"[cluster] worker {self.name(i)} is gone: {self.last_error}")
             return
         self.idle.append(i)
-        self.bar.note(f"[cluster] worker {self.name(i)} ready on {info['host']} ({info['device']}, "
-                      f"{info['threads']} thread(s), backbone loaded in {info['load_s']} s)")
+        if (i, info["pid"]) not in self.r.announced:  # once per worker process (a restart is announced again)
+            self.r.announced.add((i, info["pid"]))
+            self.bar.note(f"[cluster] worker {self.name(i)} ready on {info['host']} ({info['device']}, "
+                          f"{info['threads']} thread(s), backbone loaded in {info['load_s']} s)")
 
     def object_back(self, ref) -> None:
         ray = import_ray()
