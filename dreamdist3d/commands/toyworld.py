@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict
 
-from dreamdist3d.commands import finite_float
+from dreamdist3d.commands import finite_float, ray_options
 
 NAME = "toyworld"
 HELP = "the toy world: train the tiny toy backbone from scratch and sample from it"
@@ -122,12 +122,24 @@ def _demo_arguments(p: argparse.ArgumentParser) -> None:
     from dreamdist3d.recipes.toy_demo import add_arguments
 
     add_arguments(p)
+    ray_options.add_arguments(p)
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    from dreamdist3d.recipes.toy_demo import cli_run
+    from dreamdist3d.recipes.toy_demo import cli_run, config_from_args
 
-    return cli_run(args)
+    cluster = ray_options.cluster_config(args, cpu=str(config_from_args(args).device) == "cpu")
+    return _with_runner(cluster, lambda runner: cli_run(args, runner=runner))
+
+
+def _with_runner(cluster, fn: Callable) -> int:
+    """fn(runner): a Ray runner for the flags' cluster (`--ray`), or None (the objects are made here)."""
+    if cluster is None:
+        return fn(None)
+    from dreamdist3d.cluster import RayRunner
+
+    with RayRunner(cluster) as runner:
+        return fn(runner)
 
 
 def _eval_arguments(p: argparse.ArgumentParser) -> None:
@@ -151,12 +163,14 @@ def _arms_arguments(p: argparse.ArgumentParser) -> None:
     from dreamdist3d.recipes.toy_arms import add_arguments
 
     add_arguments(p)
+    ray_options.add_arguments(p)
 
 
 def _arms_run(args: argparse.Namespace) -> int:
     from dreamdist3d.recipes.toy_arms import cli_run
 
-    return cli_run(args)
+    cluster = ray_options.cluster_config(args, cpu=True) if args.n_3d > 0 and not args.table_only else None
+    return _with_runner(cluster, lambda runner: cli_run(args, runner=runner))
 
 
 def _lift_arguments(p: argparse.ArgumentParser) -> None:

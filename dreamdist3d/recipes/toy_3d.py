@@ -2,17 +2,22 @@
 
 `launch_3d` is one run (`configs/toy/toy-3d.yaml` through `recipes.lift3d.run_3d`, the loaded backbone passed in);
 `map_forked` runs jobs a few at a time in forked one-thread worker processes that share the backbone, and
-`run_3d_seeds` a list of seeds that way; `export_run` writes a finished run's meshes.
+`run_3d_seeds` a list of seeds that way; `export_run` writes a finished run's meshes. `demo_3d_task` and
+`launch_3d_task` are the same objects as tasks for a runner elsewhere (`recipes.objects`, `--ray`), with
+`toy_backbone_call` loading the toy backbone there once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
+
+from dreamdist3d.recipes.objects import Call, ObjectTask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_3D_CONFIG = "configs/toy/toy-3d.yaml"
@@ -69,6 +74,37 @@ def _one_3d(backbone, cfg, distribution: Path, out: Path, seed: int):
     return run_dir, exported, (span(w0, w1, c0, c1), span(w1, w2, c1, c2))
 
 
+def toy_backbone_call(weights: str = "", device: str = "cpu") -> Call:
+    """Loading the toy backbone (the shipped weights, or the file `weights`) where a runner's worker starts."""
+    from dreamdist3d.backbones.toy_weights import load_toy_backbone
+
+    return Call(load_toy_backbone, {"path": weights or None, "device": str(device), "config_key": "weights"},
+                files=("path",))
+
+
+def demo_object(backbone, out: Path, seed: int, *, cfg, distribution: str, config: str):
+    """`_one_3d` as a runner's call: the 3D config is read from `config` (where it lies on the worker)."""
+    return _one_3d(backbone, dataclasses.replace(cfg, config_3d=str(config)), Path(distribution), out, seed)
+
+
+def demo_3d_task(cfg, distribution: Path) -> ObjectTask:
+    """The demo's 3D runs and exports (`_one_3d`) of a `DemoConfig` as a runner's task."""
+    return ObjectTask(
+        run=Call(demo_object, {"cfg": cfg, "distribution": str(Path(distribution).resolve()),
+                               "config": str(resolve_path(cfg.config_3d).resolve())}, files=("distribution", "config")),
+        backbone=toy_backbone_call(cfg.weights, cfg.device), name="3D runs")
+
+
+def launch_3d_task(distribution: Path, config: str, steps: Optional[int], overrides: Sequence[str] = (),
+                   weights: str = "") -> ObjectTask:
+    """`launch_3d` of each seed (no progress bars) as a runner's task."""
+    return ObjectTask(
+        run=Call(launch_3d, {"distribution": str(Path(distribution).resolve()),
+                             "config": str(resolve_path(config).resolve()), "steps": steps,
+                             "overrides": list(overrides), "progress": False}, files=("distribution", "config")),
+        backbone=toy_backbone_call(weights), name="3D objects")
+
+
 _WORKER: Dict[str, Any] = {}  # per worker process: the backbone it inherited from the parent at fork time
 
 
@@ -118,4 +154,5 @@ def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = Fals
 # ----------------------------------------------------------------------------------------------------- the demo
 
 
-__all__ = ["DEFAULT_3D_CONFIG", "export_run", "launch_3d", "map_forked", "resolve_path", "run_3d_seeds"]
+__all__ = ["DEFAULT_3D_CONFIG", "demo_3d_task", "demo_object", "export_run", "launch_3d", "launch_3d_task",
+           "map_forked", "resolve_path", "run_3d_seeds", "toy_backbone_call"]

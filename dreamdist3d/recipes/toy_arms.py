@@ -46,6 +46,7 @@ import torch
 from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, PromptGaussian
 from dreamdist3d.io import atomic_write_text
+from dreamdist3d.recipes.objects import ObjectsFailedError
 
 # arm -> learning settings (None: not learned)
 ARMS: Dict[str, Optional[Dict[str, Any]]] = {
@@ -270,12 +271,13 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False
     return records
 
 
-def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, Any]]:
+def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None, runner=None) -> List[Dict[str, Any]]:
     """For every cached 2D record of a learned arm: `n_3d` text-to-3D runs (seeds 100·s … 100·s + n_3d − 1, or with
     `pick_3d` the n_3d most different of the PICK_FROM seeds from 100·s on, by their 2D samples as the demo picks; one
     prompt sample each, drawn with the arm's covariance), each object read on 4 turntable views (one aggregated
     reading), scored like the 2D rows. Cached as `<out>/runs3d[-picked]/<set>/<arm>/seed<s>.json`; returns all cached
-    3D records of the config."""
+    3D records of the config. `runner` (`recipes.objects.Runner`, `--ray`): the objects are made there; a record
+    whose objects failed there is left out and, once every other record is done, `ObjectsFailedError` names them."""
     from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.recipes.toy_eval import get_reader, objects_3d, real_features, score_readings
     from dreamdist3d.sample2d.pick import pick_seeds
@@ -283,7 +285,7 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
 
     out = Path(cfg.out)
     kind, runs_dir, work_dir = ("3D, picked", "runs3d-picked", "work3d-picked") if cfg.pick_3d else ("3D", "runs3d", "work3d")
-    records = []
+    records, failed = [], {}
     for refset in cfg.refsets:
         rs, real = get_refset(refset), None
         for seed in cfg.seeds:
@@ -312,9 +314,14 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
                     law, _ = learned_law(backbone, dist, covariance)
                     seen = _images(backbone, law.sample(PICK_FROM, seed=100 * seed), cfg, 100 * seed)
                     seeds = pick_seeds(seen, cfg.n_3d, 100 * seed)
-                views = objects_3d(backbone, dist, out / work_dir / refset / arm.replace("+", "_"), seeds,
-                                   cfg.config_3d, cfg.steps_3d,
-                                   overrides=[f"system.prompt_processor.covariance={covariance}"])
+                try:
+                    views = objects_3d(backbone, dist, out / work_dir / refset / arm.replace("+", "_"), seeds,
+                                       cfg.config_3d, cfg.steps_3d,
+                                       overrides=[f"system.prompt_processor.covariance={covariance}"], runner=runner,
+                                       weights=cfg.weights)
+                except ObjectsFailedError as e:  # the other records still run; this one is retried by a rerun
+                    failed.update(e.failed)
+                    continue
                 readings = reader.read_views(views.flatten(0, 1), 4)
                 rec = {"refset": refset, "arm": f"{arm} ({kind})", "seed": seed, "n_3d": cfg.n_3d, "seeds_3d": seeds,
                        **score_readings(readings, rs.support, real, views[:, 0], k=cfg.k),
@@ -327,6 +334,9 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None) -> List[Dict[str, A
                 print(f"[arms {kind}] {refset} {arm} seed {seed}: objects {rec['object_colours']} in-dist "
                       f"{rec['in_dist']:.2f} coverage {rec['coverage']:.2f} ({rec['time_s']} s)", file=sys.stderr,
                       flush=True)
+    if failed:
+        raise ObjectsFailedError(failed, "rerun the same command to retry them (finished objects and records are "
+                                         "kept)")
     return records
 
 
@@ -384,22 +394,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def cli_run(args: argparse.Namespace) -> int:
+def cli_run(args: argparse.Namespace, runner=None) -> int:
+    """`runner`: where the 3D objects are made (`--ray`); None: here, one after another."""
     if args.threads:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
     cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
                      steps=args.steps, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d, pick_3d=args.pick_3d)
+    rc, cached = 0, lambda: [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     if args.table_only:
-        recs = [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
+        recs = cached()
     else:
-        recs = run_arms(cfg, resample=args.resample) + (run_arms_3d(cfg) if cfg.n_3d > 0 else [])
+        try:
+            recs = run_arms(cfg, resample=args.resample) + (run_arms_3d(cfg, runner=runner) if cfg.n_3d > 0 else [])
+        except ObjectsFailedError as e:  # the table of what finished, then the error
+            print(f"[arms] {e}", file=sys.stderr)
+            recs, rc = cached(), 1
     text = table(recs)
     print(text)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     (Path(cfg.out) / "table.md").write_text(text + "\n")
     (Path(cfg.out) / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    return 0
+    return rc
 
 
 __all__ = ["ARMS", "ArmsConfig", "encode_captions", "colour_scores", "learned_law", "run_arms", "run_arms_3d", "run_one",

@@ -35,7 +35,8 @@ from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
-from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, run_3d_seeds
+from dreamdist3d.recipes.objects import Runner
+from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, demo_3d_task, run_3d_seeds
 from dreamdist3d.sample2d.mvdream_preview import preview_sampler_for, preview_views
 from dreamdist3d.sample2d.pick import pick_seeds
 
@@ -252,8 +253,11 @@ def _log(msg: str) -> None:
     print(f"[toy-demo] {msg}", file=sys.stderr, flush=True)
 
 
-def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
-    """Run the demo (see the module docstring); returns the summary (also written to `<out>/summary.json`)."""
+def run_demo(cfg: DemoConfig, backbone=None, runner: Optional[Runner] = None) -> Dict[str, Any]:
+    """Run the demo (see the module docstring); returns the summary (also written to `<out>/summary.json`).
+    `runner`: the 3D stage's objects go to it (`recipes.objects.Runner`, e.g. a Ray cluster) instead of
+    `workers_3d` forked processes here; seeds that failed there are in the summary's `failed_3d`, the gallery shows
+    the others."""
     from dreamdist3d.lift3d.gallery import build_gallery, find_turntable
     from dreamdist3d.toyworld.refsets import get_refset
 
@@ -329,19 +333,26 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
             files["previews_4view"] = save_grid(out / "previews-4view.png", imgs)
 
     runs: List[Dict[str, Any]] = []
+    failed_3d: Dict[int, str] = {}
     with clock.stage("3d"):
-        done = run_3d_seeds(backbone, cfg, dist_path.resolve(), out / "3d", seeds)
-    for s, (run_dir, exported, times) in zip(seeds, done):
+        if runner is None:
+            done = dict(zip(seeds, run_3d_seeds(backbone, cfg, dist_path.resolve(), out / "3d", seeds)))
+        else:  # each seed a task elsewhere (`--ray`: dreamdist3d.cluster), the same run and export
+            made = runner(demo_3d_task(cfg, dist_path), out / "3d", seeds)
+            done, failed_3d = made.values, made.failed
+    lifted = [s for s in seeds if s in done]  # all of them, unless a runner's seed failed
+    for s in lifted:
+        run_dir, exported, times = done[s]
         clock.stages[f"3d_seed{s}"], clock.stages[f"export_seed{s}"] = times
         tt = find_turntable(run_dir)
         anchor = run_dir / "anchor" / "anchor.png"
         runs.append({"seed": s, "run_dir": run_dir, "turntable": tt["video"] if tt else None,
                      "prompt_sample": run_dir / "prompt_sample.safetensors", "mesh": exported,
                      "anchor": anchor if anchor.is_file() else None})
-    if seeds:
+    if lifted:
         with clock.stage("gallery"):
-            gal = build_gallery(out / "3d", seeds, cfg.gallery_frames,
-                                title=f"toy world: {rs.name} — {len(seeds)} objects from one learned distribution",
+            gal = build_gallery(out / "3d", lifted, cfg.gallery_frames,
+                                title=f"toy world: {rs.name} — {len(lifted)} objects from one learned distribution",
                                 references=out / "reference")
             _upscale_png(gal["png"], 4)  # 32 px turntable frames: nearest ×4 so the grid is legible
         files["gallery_png"], files["gallery_html"] = gal["png"], gal["html"]
@@ -354,6 +365,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
         "backbone": {"source": str(backbone.source), "name": backbone.name},
         "learn": {"steps": int(res.step), "loss_first20": _mean(loss[:20]), "loss_last20": _mean(loss[-20:])},
         "seeds_3d": seeds,
+        "failed_3d": {str(k): v for k, v in failed_3d.items()},
         "seeds_4view": seeds_4view,
         "torch_threads": torch.get_num_threads(),
         "times": {"stages": clock.stages, "total": clock.total()},
@@ -366,7 +378,7 @@ def run_demo(cfg: DemoConfig, backbone=None) -> Dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     t = summary["times"]["total"]
     _log(f"done in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU: {out / 'summary.json'}"
-         + (f", gallery {files.get('gallery_html')}" if seeds else ""))
+         + (f", gallery {files.get('gallery_html')}" if lifted else ""))
     return summary
 
 
@@ -431,9 +443,14 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return cfg
 
 
-def cli_run(args: argparse.Namespace) -> int:
+def cli_run(args: argparse.Namespace, runner: Optional[Runner] = None) -> int:
     cfg = config_from_args(args)
-    run_demo(cfg)
+    summary = run_demo(cfg, runner=runner)
+    if summary["failed_3d"]:
+        failed = ", ".join(f"seed {k}: {v}" for k, v in summary["failed_3d"].items())
+        _log(f"3D runs failed ({failed}); the gallery shows the others. Run the demo again with --overwrite "
+             "to redo them")
+        return 1
     return 0
 
 

@@ -134,13 +134,26 @@ def write_sheet(path: Path, blocks: Sequence[Dict[str, Any]], upscale: int = 2) 
 
 
 def objects_3d(backbone, distribution: Path, out: Path, seeds: Sequence[int], config: str, steps: Optional[int],
-               progress: bool = False, overrides: Sequence[str] = ()) -> torch.Tensor:
+               progress: bool = False, overrides: Sequence[str] = (), runner=None, weights: str = "") -> torch.Tensor:
     """One text-to-3D run per seed (`out/runs/seed<s>/`, the prompt sample of that seed), each read back as 4
-    evenly spaced turntable views: (len(seeds), 4, 3, H, W) in [0,1]."""
-    from dreamdist3d.recipes.toy_3d import launch_3d
+    evenly spaced turntable views: (len(seeds), 4, 3, H, W) in [0,1].
 
-    runs = [launch_3d(backbone, Path(distribution).resolve(), out, s, config, steps, overrides=overrides,
-                      progress=progress) for s in seeds]
+    `runner` (`recipes.objects.Runner`): the runs go to it, guided by the toy backbone of `weights` loaded there;
+    seeds that already have a finished run are kept (an interrupted sweep resumes), and seeds that failed there
+    raise `ObjectsFailedError` once the others have finished."""
+    from dreamdist3d.lift3d.gallery import find_turntable, run_dir
+    from dreamdist3d.recipes.objects import ObjectsFailedError
+    from dreamdist3d.recipes.toy_3d import launch_3d, launch_3d_task
+
+    if runner is None:
+        runs = [launch_3d(backbone, Path(distribution).resolve(), out, s, config, steps, overrides=overrides,
+                          progress=progress) for s in seeds]
+    else:
+        todo = [s for s in seeds if find_turntable(run_dir(Path(out), s)) is None]
+        res = runner(launch_3d_task(distribution, config, steps, overrides, weights), Path(out), todo)
+        if res.failed:
+            raise ObjectsFailedError({f"{out} seed {s}": e for s, e in res.failed.items()})
+        runs = [run_dir(Path(out), s) for s in seeds]
     return torch.stack([turntable_views(run, 4) for run in runs])
 
 
