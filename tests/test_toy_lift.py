@@ -6,7 +6,6 @@ backbone are in the README)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -36,7 +35,8 @@ def test_arm_names():
 
 
 def _reading(colour, shape, part, ok=True):
-    return {"ok": ok, "colour": colour if ok else None, "shape": shape if ok else None, "has_part": part if ok else None}
+    return {"ok": ok, "colour": colour if ok else None, "shape": shape if ok else None,
+            "has_part": part if ok else None}
 
 
 def test_scores_by_hand():
