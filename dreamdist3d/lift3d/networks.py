@@ -5,7 +5,10 @@
   `n_features_per_level` features in a table of `min(2^log2_hashmap_size, (res_l+1)³)` rows: dense indexing where the
   grid fits, else the spatial hash `(i·1) xor (j·2654435761) xor (k·805459861) mod T`. A point's feature is the
   trilinear interpolation of its 8 corner vertices. Init uniform ±1e-4 (tcnn's).
-  The gather/scatter runs in chunks inside a custom autograd function that saves only the inputs, so memory is
+  Dense levels (a prefix: the resolution grows with the level) are read with `F.grid_sample` (trilinear,
+  align_corners: vertex v of a level with r cells sits at x = v / r) on a (features, r+1, r+1, r+1) view of their
+  rows — one fused kernel each way, several times faster on a CPU than gathering 8 corners. Hashed levels gather
+  and scatter in chunks inside a custom autograd function that saves only the inputs, so memory is
   O(points × levels × features) however many corners are touched. tinycudann is used instead only when importable,
   on CUDA, and `backend` is "auto" or "tcnn".
 - `SphericalHarmonicsEncoding`: tcnn's real SH basis (inputs in [0, 1], degree d → d² outputs).
@@ -138,9 +141,28 @@ class HashGridEncoding(nn.Module):
         self.register_buffer("dense", torch.tensor(dense, dtype=torch.bool), persistent=False)
         self.params = nn.Parameter(torch.empty(sum(sizes), n_features_per_level).uniform_(-1e-4, 1e-4))
 
+        self.n_dense = int(sum(dense))
+
+    def _dense_levels(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n,3) in [0,1] -> (n, n_dense, F): trilinear reads of the dense levels (row = i + j·(r+1) + k·(r+1)²)."""
+        grid = (x * 2.0 - 1.0)[None, None, None]  # (1,1,1,n,3): (x, y, z) -> (W, H, D)
+        F_ = self.n_features_per_level
+        outs = []
+        for lv in range(self.n_dense):
+            v, off = int(self.res[lv]) + 1, int(self.offsets[lv])
+            vol = self.params[off : off + v**3].view(v, v, v, F_).permute(3, 0, 1, 2)[None]  # (1, F, D=k, H=j, W=i)
+            outs.append(nn.functional.grid_sample(vol, grid, mode="bilinear", align_corners=True)[0, :, 0, 0].t())
+        return torch.stack(outs, 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(-1, 3).float().clamp(0.0, 1.0)
-        out = _HashGridFn.apply(x, self.params, self.res, self.offsets, self.sizes, self.dense, self.chunk)
+        nd, parts = self.n_dense, []
+        if nd:
+            parts.append(self._dense_levels(x))
+        if nd < self.n_levels:
+            parts.append(_HashGridFn.apply(x, self.params, self.res[nd:], self.offsets[nd:], self.sizes[nd:],
+                                           self.dense[nd:], self.chunk))
+        out = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
         return out.reshape(x.shape[0], self.n_output_dims)
 
 
