@@ -15,7 +15,9 @@ from Python with a config object (an OmegaConf DictConfig, a dict, or `config.lo
 - `resume=<ckpt>` continues training (same step, optimizer, RNG and prompt sample) or picks the weights to
   validate/test/export; `resume=latest` takes the newest `last.ckpt` of runs with the same name and tag and keeps
   writing into that run's folder.
-- mode "train" trains, then renders the test turntable; Ctrl-C once stops training and still runs the test.
+- mode "train" trains, then renders the test turntable; Ctrl-C once stops training after the step in progress,
+  writes last.ckpt, still runs the test, then raises KeyboardInterrupt (its message says how to resume; the command
+  line exits with 130).
 - `backbone`: an already loaded Backbone to guide with (e.g. one loaded once for a gallery of runs); by default the
   guidance loads the one the config names.
 
@@ -270,6 +272,12 @@ def _run(cfg: ExperimentConfig, trial: Path, mode: str, backbone, device: str, s
         step = trainer.fit(system, dm, resume=resume)
         res = trainer.test(system, dm, step)
         print(f"turntable: {res['video']}\ngrid: {res['grid']}")
+        if trainer.interrupted:  # Ctrl-C: the test stage ran as threestudio does; the caller still stops (exit 130)
+            last = trainer.ckpt_dir / "last.ckpt"
+            raise KeyboardInterrupt(
+                f"training stopped at step {step}; {last} holds it: continue with resume=latest (same exp_root_dir, "
+                f"name and tag) or resume={last}" if ckpt_cfg.save_last and last.is_file() else
+                f"training stopped at step {step}; no checkpoint was kept (checkpoint.save_last is false)")
         return Run3DResult(trial, dict(res))
     if resume is not None:
         system.load_trainable_state_dict(resume["state_dict"])

