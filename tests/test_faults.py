@@ -110,3 +110,25 @@ def test_ctrl_c_then_resume_latest_is_the_uninterrupted_3d_run_bit_for_bit(asset
     assert ta.keys() == tb.keys()
     differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not differ, differ[:5]
+
+
+# ---------------------------------------------------------------------------------------------- item 4
+def test_full_disk_in_a_3d_run_is_one_line_and_keeps_the_last_checkpoint(assets, tmp_path):
+    """A real full disk: exp_root_dir is a 1.2 MB tmpfs mounted in a private mount namespace (`unshare -rm`); the
+    first last.ckpt (0.7 MB) fits, the next one does not."""
+    disk, after = tmp_path / "disk", tmp_path / "after"
+    disk.mkdir()
+    after.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {disk}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here (unshare -rm, mount tmpfs): {probe.stderr.strip()}")
+    # mount, run launch.py ("$0" "$@"), copy what is on the full disk out before the namespace goes away
+    script = f'mount -t tmpfs -o size=1200k tmpfs {disk} && {{ "$0" "$@"; rc=$?; cp -a {disk}/. {after}/; exit $rc; }}'
+    wrapper = ["unshare", "-rm", "sh", "-c", script]
+    res = run_cli(*launch_args(assets, disk, "trainer.max_steps=6", "trainer.val_check_interval=2"), prefix=wrapper)
+    line = one_error_line(res.stderr, "last.ckpt", "no space left on the device")
+    assert res.returncode == 1, (res.returncode, line)
+    ckpts = next((after / "tiny").iterdir()) / "ckpts"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]  # no temporary file left behind
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 2  # the previous one, intact
