@@ -163,13 +163,20 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str,
     return tensors, meta
 
 
+def holds_pickled_objects(e: BaseException) -> bool:
+    """`torch.load(weights_only=True)` refused a real PyTorch file because it pickles Python objects (classes,
+    functions), as opposed to bytes that are no checkpoint at all (which it reports with the same exception type)."""
+    text = str(e)
+    return "allowed global" in text or "Unsupported global" in text
+
+
 def load_error_reason(e: BaseException) -> str:
     """One line saying why `torch.load(weights_only=True)` refused a file, without torch's advice to retry with
     `weights_only=False` (that would run whatever code the file's pickle holds)."""
     import pickle
 
     text = str(e)
-    if "allowed global" in text or "Unsupported global" in text:
+    if holds_pickled_objects(e):
         return ("it holds pickled Python objects besides tensors, which dreamdist3d never unpickles "
                 "(that could run code)")
     if isinstance(e, pickle.UnpicklingError):

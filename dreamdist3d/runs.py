@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 import shutil
 from datetime import datetime
@@ -35,7 +36,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from dreamdist3d.config import ConfigError
-from dreamdist3d.io import atomic_torch_save
+from dreamdist3d.io import atomic_torch_save, holds_pickled_objects
 
 PathLike = Union[str, Path]
 
@@ -233,11 +234,11 @@ def _read_problem(path: Path, fmt: Optional[str], map_location: Any = "cpu"):
     try:
         state = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickled code
-        import pickle
-
-        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        if holds_pickled_objects(e):
             return ("holds pickled Python objects, not only tensors and plain containers; it is refused (loading it "
                     "could run code)")
+        if isinstance(e, (pickle.UnpicklingError, KeyError, EOFError)):  # what torch says of bytes it cannot parse
+            return "is not a checkpoint at all (not a PyTorch file: unreadable pickle data)"
         first = (str(e).splitlines() or [type(e).__name__])[0]
         return f"cannot be read: it is truncated or not a checkpoint ({type(e).__name__}: {first[:160]})"
     if not isinstance(state, dict) or (fmt is not None and state.get("format") != fmt):

@@ -132,3 +132,40 @@ def test_full_disk_in_a_3d_run_is_one_line_and_keeps_the_last_checkpoint(assets,
     ckpts = next((after / "tiny").iterdir()) / "ckpts"
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]  # no temporary file left behind
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 2  # the previous one, intact
+
+
+# ---------------------------------------------------------------------------------------------- item 5
+def test_random_bytes_as_resume_are_not_a_checkpoint_at_all(assets, tmp_path):
+    junk = tmp_path / "last.ckpt"
+    junk.write_bytes(os.urandom(4096))
+    for argv in (launch_args(assets, tmp_path / "runs", f"resume={junk}"),
+                 ["-m", "dreamdist3d.cli", "learn", "--config", LEARN_TOY, "--quiet", "--resume", str(junk),
+                  "--out-dir", str(tmp_path / "learn")]):
+        res = run_cli(*argv)
+        line = one_error_line(res.stderr, str(junk), "is not a checkpoint at all")
+        assert res.returncode == 2 and "pickled" not in line and "could run code" not in line, line
+
+
+def test_a_diffusers_folder_as_the_mvdream_checkpoint_says_so(assets, tmp_path):
+    sd21 = tmp_path / "stable-diffusion-2-1-base"
+    (sd21 / "unet").mkdir(parents=True)
+    (sd21 / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    res = run_cli(*launch_args(assets, tmp_path / "runs", f"system.guidance.pretrained_model_name_or_path={sd21}"))
+    line = one_error_line(res.stderr, "system.guidance.pretrained_model_name_or_path", str(sd21),
+                          "diffusers (Stable Diffusion 2.1) model folder, not the MVDream checkpoint",
+                          "sd-v2.1-base-4view.pt")
+    assert res.returncode == 2 and "not found" not in line, line
+
+
+def test_skip_bad_warning_gives_no_advice_to_pass_skip_bad(tmp_path):
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for p in sorted((REPO / "tests" / "data" / "cathedral_small").glob("*.jpg"))[:3]:
+        (refs / p.name).write_bytes(p.read_bytes())
+    (refs / "empty.png").write_bytes(b"")
+    res = run_cli("-m", "dreamdist3d.cli", "learn", "--config", LEARN_TOY, "--images", str(refs), "--skip-bad",
+                  "--steps", "1", "--preview-every", "0", "--quiet", "--out-dir", str(tmp_path / "learn"))
+    assert res.returncode == 0, res.stderr
+    warned = [ln for ln in res.stderr.splitlines() if "warning:" in ln]
+    assert warned == [f"dreamdist3d learn: warning: --skip-bad: skipped: reference image {refs / 'empty.png'} is "
+                      "empty (0 bytes)"], res.stderr
