@@ -71,6 +71,11 @@ def exit_code(e: BaseException) -> int:
     return INPUT_ERROR
 
 
+def is_input_error(e: BaseException) -> bool:
+    """A handled error whose exit code is 2: the input (a config key or value, an input file) is wrong."""
+    return handled(e) and not isinstance(e, KeyboardInterrupt) and exit_code(e) == INPUT_ERROR
+
+
 def handled(e: BaseException) -> bool:
     """An error this module turns into one line (the module docstring's kinds, or a class with an `exit_code`)."""
     return isinstance(e, HANDLED) or isinstance(getattr(e, "exit_code", None), int)

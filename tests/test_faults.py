@@ -169,3 +169,50 @@ def test_skip_bad_warning_gives_no_advice_to_pass_skip_bad(tmp_path):
     warned = [ln for ln in res.stderr.splitlines() if "warning:" in ln]
     assert warned == [f"dreamdist3d learn: warning: --skip-bad: skipped: reference image {refs / 'empty.png'} is "
                       "empty (0 bytes)"], res.stderr
+
+
+# ---------------------------------------------------------------------------------------------- item 6
+def test_optimizer_groups_with_dots_can_be_overridden(assets, tmp_path):
+    override = "system.optimizer.params.geometry.encoding.lr=0.02"  # the group's key `geometry.encoding` has a dot
+    res = run_cli(*launch_args(assets, tmp_path, "trainer.max_steps=1", override))
+    assert res.returncode == 0, res.stderr
+    groups = torch.load(next((tmp_path / "tiny").iterdir()) / "ckpts" / "last.ckpt",
+                        weights_only=True)["optimizer"]["param_groups"]
+    assert {g["name"]: g["lr"] for g in groups} == {"geometry.encoding": 0.02, "geometry.density_network": 0.001,
+                                                   "geometry.feature_network": 0.001}
+
+
+# ---------------------------------------------------------------------------------------------- item 7
+@pytest.mark.parametrize("override, words", [
+    ("system.optimizer.params.geometry.encodng.lr=0.02", ["'geometry.encodng' does not name a module"]),
+    ("system.optimizer.params.geometry.encoding.lrr=0.02", ["system.optimizer.params.geometry.encoding",
+                                                            "unknown key(s) ['lrr']"]),
+    ("yaml:lr: .nan", ["system.optimizer.params.geometry.encoding.lr must be a finite number"]),
+    ("system.guidance.view_dependent_prompting=true", ["system.prompt_processor.view_dependent_prompting is false"]),
+    ("system.loss.lambda_orient=1", ["lambda_orient > 0 needs normals"]),  # found at the first step, files written
+], ids=["group-typo", "hyperparameter-typo", "nan-in-yaml", "view-dependence", "late-error"])
+def test_config_errors_leave_no_trial_folder(assets, tmp_path, override, words):
+    argv = launch_args(assets, tmp_path / "runs", "trainer.max_steps=1")
+    if override.startswith("yaml:"):  # the user's own copy of the config, edited
+        config = tmp_path / "mine.yaml"
+        config.write_text(Path(TINY).read_text().replace("lr: 0.01", override[len("yaml:"):], 1))
+        argv[argv.index(TINY)] = str(config)
+    else:
+        argv.append(override)
+    res = run_cli(*argv)
+    one_error_line(res.stderr, *words)
+    assert res.returncode == 2
+    assert not (tmp_path / "runs" / "tiny").exists() or not any((tmp_path / "runs" / "tiny").iterdir())
+
+
+def test_a_yaml_syntax_error_names_the_line(assets, tmp_path):
+    config = tmp_path / "mine.yaml"
+    lines = Path(TINY).read_text().splitlines()
+    n = next(i for i, ln in enumerate(lines) if ln.strip().startswith("lr: 0.01"))
+    lines[n] = lines[n].replace("lr: 0.01", "lr: [0.01")  # an unclosed bracket
+    config.write_text("\n".join(lines) + "\n")
+    argv = launch_args(assets, tmp_path / "runs")
+    argv[argv.index(TINY)] = str(config)
+    res = run_cli(*argv)
+    one_error_line(res.stderr, str(config), f"line {n + 2}, column", f"that starts at line {n + 1}")
+    assert res.returncode == 2 and not (tmp_path / "runs").exists()

@@ -82,6 +82,15 @@ def shifted_expotional_decay(a: float, b: float, c: float, r: torch.Tensor) -> t
     return a * torch.exp(-b * r) + c
 
 
+def check_view_dependence(guidance: bool, processor: bool, where: str = "system") -> None:
+    """The guidance asks for direction embeddings only if the processor prepares them: checked when the config is
+    read, not at the first training step after the diffusion model has loaded."""
+    if guidance and not processor:
+        raise ConfigError(f"{where}.guidance.view_dependent_prompting is true but "
+                          f"{where}.prompt_processor.view_dependent_prompting is false: set both to the same value "
+                          "(MVDream runs with both false)")
+
+
 # ---------------------------------------------------------------------------------------------- output
 @dataclass
 class PromptProcessorOutput:
