@@ -112,6 +112,46 @@ def test_ctrl_c_then_resume_latest_is_the_uninterrupted_3d_run_bit_for_bit(asset
     assert not differ, differ[:5]
 
 
+# ---------------------------------------------------------------------------------------------- item 3
+def _scaled(dist, factor: float, out: Path) -> Path:
+    """The distribution with its context multiplied by `factor`: finite, with a valid checksum."""
+    from dreamdist3d.distribution import PromptDistribution
+
+    return PromptDistribution(dist.ctx * factor, dist.meta).save(out)
+
+
+def test_huge_finite_distributions_are_refused_or_warned_about_naming_the_file(assets, tmp_path):
+    from dreamdist3d.distribution import PromptDistribution, PromptLearner
+    from dreamdist3d.testing.checkpoints import tiny_sd21_folder
+    from dreamdist3d.text import ClipTokenizer, TextEncoder
+
+    dist = PromptDistribution.load(assets["dist"])
+    huge, big = _scaled(dist, 1e30, tmp_path / "huge.safetensors"), _scaled(dist, 1e10, tmp_path / "big.safetensors")
+    sd21 = tiny_sd21_folder(tmp_path / "tiny-sd21", seed=5)  # and a file learned against its text encoder
+    learner = PromptLearner(TextEncoder.from_diffusers(sd21), ClipTokenizer.from_folder(sd21), n_ctx=2, n_prompts=3,
+                            generator=torch.Generator().manual_seed(0))
+    huge_sd21 = _scaled(PromptDistribution.from_learner(learner), 1e30, tmp_path / "huge-sd21.safetensors")
+    cli = ["-m", "dreamdist3d.cli"]
+    res = run_cli(*cli, "inspect", str(huge))  # no encoder to try: the metadata, and a loud warning
+    assert res.returncode == 0 and "inf" not in res.stdout, res.stdout
+    warned = [ln for ln in res.stderr.splitlines() if "warning:" in ln]
+    assert len(warned) == 1 and str(huge) in warned[0] and "NaN" in warned[0], res.stderr
+    preview = ["preview", "--mvdream", assets["ckpt"], "--n", "1", "--steps", "2", "--device", "cpu"]
+    scatter = str(tmp_path / "s.png")
+    for path, argv in ((huge, ["inspect", str(huge), "--text-encoder", assets["ckpt"], "--plot", scatter]),
+                       (huge, [*preview, "--distribution", str(huge), "--out", str(tmp_path / "p.png")]),
+                       (huge_sd21, ["sample", "--distribution", str(huge_sd21), "--sd21", str(sd21), "--n", "1",
+                                    "--steps", "1", "--out", str(tmp_path / "sampled")])):
+        res = run_cli(*cli, *argv)
+        one_error_line(res.stderr, str(path), "encodes to NaN/Inf", "black images")
+        assert res.returncode == 2
+    assert not list(tmp_path.rglob("*.png"))  # no all-black picture was written
+    res = run_cli(*cli, *preview, "--distribution", str(big), "--out", str(tmp_path / "big.png"))
+    warned = [ln for ln in res.stderr.splitlines() if "warning:" in ln]
+    assert res.returncode == 0 and len(warned) == 1, res.stderr
+    assert str(big) in warned[0] and "far outside the encoder's range" in warned[0]
+
+
 # ---------------------------------------------------------------------------------------------- item 4
 def test_full_disk_in_a_3d_run_is_one_line_and_keeps_the_last_checkpoint(assets, tmp_path):
     """A real full disk: exp_root_dir is a 1.2 MB tmpfs mounted in a private mount namespace (`unshare -rm`); the
