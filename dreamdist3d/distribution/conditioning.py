@@ -69,17 +69,26 @@ class DistributionSpec:
                              "or an official prompt_learner.pt)")
         ws = [c.weight for c in self.components]
         if not all(math.isfinite(w) for w in ws):
-            raise ValueError(f"mixture weights must be finite numbers, got {ws}; e.g. --weight 0.5 0.5 "
-                             "for two distributions")
+            raise ValueError(f"{self._weights_where()}: mixture weights must be finite numbers, got {ws}; "
+                             f"{self._weights_example()}")
         if abs(sum(ws) - 1.0) > 1e-6:
-            raise ValueError(f"mixture weights must sum to 1, got {ws} (sum {sum(ws):.6g}); e.g. --weight 0.5 0.5 "
-                             "for two distributions")
+            raise ValueError(f"{self._weights_where()}: mixture weights must sum to 1, got {ws} (sum {sum(ws):.6g}); "
+                             f"{self._weights_example()}")
         for c in self.components:
             check_scale(c.scale, f"{self.key}: scale γ")
             if c.class_index < 0:
                 raise ValueError(f"{self.key}: class index must be ≥ 0, got {c.class_index}")
         if self.covariance is not None:
             check_covariance(self.covariance, f"{self.key}: covariance")
+
+    def _weights_where(self) -> str:
+        return "--weight" if self.key.startswith("--") else self.key
+
+    def _weights_example(self) -> str:
+        """How to give two equal weights, in the words of where the weights came from (flags or a yaml key)."""
+        if self.key.startswith("--"):
+            return "e.g. --weight 0.5 0.5 for two distributions"
+        return f"e.g. {self.key}: [{{path: a.safetensors, weight: 0.5}}, {{path: b.safetensors, weight: 0.5}}]"
 
     @classmethod
     def from_lists(cls, paths: Sequence, weights: Optional[Sequence[float]] = None,
