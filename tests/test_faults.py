@@ -256,3 +256,17 @@ def test_a_yaml_syntax_error_names_the_line(assets, tmp_path):
     res = run_cli(*argv)
     one_error_line(res.stderr, str(config), f"line {n + 2}, column", f"that starts at line {n + 1}")
     assert res.returncode == 2 and not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------- the README's table
+def test_readme_exit_code_table_is_the_one_errors_py_uses():
+    import re
+
+    from dreamdist3d import errors
+
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("**Exit codes and what each means**"):].split("\n\n")[1]
+    codes = [int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)]
+    assert codes == [0, errors.SYSTEM_ERROR, errors.INPUT_ERROR, errors.DIVERGED, errors.INTERRUPTED]
+    assert errors.exit_code(PermissionError(13, "denied")) == 1 and errors.exit_code(ValueError()) == 2
+    assert errors.exit_code(FloatingPointError()) == 3 and errors.exit_code(KeyboardInterrupt()) == 130
