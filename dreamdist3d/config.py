@@ -35,8 +35,7 @@ def load_yaml(path: Optional[Union[str, Path]], overrides: Sequence[str] = (), *
         try:
             loaded = OmegaConf.load(p)
         except Exception as e:  # yaml.YAMLError and friends
-            first = (str(e).splitlines() or [type(e).__name__])[0]
-            raise ConfigError(f"{flag} {path} is not a readable YAML config: {first}") from None
+            raise ConfigError(f"{flag} {path} is not a readable YAML config: {_yaml_problem(e)}") from None
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{flag} {path}: the YAML must be a mapping of keys, not a {type(loaded).__name__}")
         cfg = OmegaConf.merge(cfg, loaded) if base is not None else loaded
@@ -52,6 +51,18 @@ def load_yaml(path: Optional[Union[str, Path]], overrides: Sequence[str] = (), *
         return OmegaConf.merge(cfg, cli, *layers)
     except Exception as e:
         raise ConfigError(f"cannot merge the overrides {overrides} into {path or 'the config'}: {e}") from None
+
+
+def _yaml_problem(e: Exception) -> str:
+    """One line: where (line, column) and what a YAML parser error is."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or not problem:
+        return (str(e).splitlines() or [type(e).__name__])[0]
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context and cmark is not None:
+        text += f" ({context} that starts at line {cmark.line + 1})"
+    return text
 
 
 def parse_structured(schema: Type[T], cfg: Optional[Union[dict, DictConfig]] = None, where: str = "") -> T:

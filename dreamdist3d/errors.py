@@ -10,15 +10,18 @@ re-raises to show it):
          folder is needed or the reverse (any other OSError)
     3    training diverged (an exception with `exit_code = 3`, e.g. learn's NonFiniteLossError, or the 3D trainer's
          FloatingPointError, whose message says where the NaN came from)
-    130  interrupted (Ctrl-C)
+    130  interrupted (Ctrl-C); the trainers save their current step first and the line says how to resume
 
-An exception class may set `exit_code` to choose its code.
+Any exception whose class sets an int `exit_code` is handled here too and ends with that code (a RuntimeError
+subclass such as NonFiniteLossError included). Warnings raised while the command runs are printed as one line,
+`<prog>: warning: <message>`, like the errors.
 """
 
 from __future__ import annotations
 
 import errno
 import sys
+import warnings
 from typing import Callable, Optional
 
 INPUT_ERROR = 2
@@ -68,15 +71,31 @@ def exit_code(e: BaseException) -> int:
     return INPUT_ERROR
 
 
+def is_input_error(e: BaseException) -> bool:
+    """A handled error whose exit code is 2: the input (a config key or value, an input file) is wrong."""
+    return handled(e) and not isinstance(e, KeyboardInterrupt) and exit_code(e) == INPUT_ERROR
+
+
+def handled(e: BaseException) -> bool:
+    """An error this module turns into one line (the module docstring's kinds, or a class with an `exit_code`)."""
+    return isinstance(e, HANDLED) or isinstance(getattr(e, "exit_code", None), int)
+
+
 def run_reporting(prog: str, fn: Callable[[], Optional[int]], verbose: bool = False) -> int:
-    """Call `fn()`; a handled error (see the module docstring) becomes one stderr line and its exit code."""
+    """Call `fn()`; a handled error (see the module docstring) becomes one stderr line and its exit code; a warning
+    becomes one `<prog>: warning: …` line (with `verbose`, Python's usual form with the file and line)."""
+    format_before = warnings.formatwarning
+    if not verbose:
+        warnings.formatwarning = lambda message, *_args, **_kw: f"{prog}: warning: {message}\n"
     try:
         return int(fn() or 0)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return INTERRUPTED
-    except HANDLED as e:
-        if verbose:
+    except Exception as e:
+        if verbose or not handled(e):
             raise
         print(f"{prog}: error: {describe(e)}", file=sys.stderr)
         return exit_code(e)
+    finally:
+        warnings.formatwarning = format_before

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,23 +112,31 @@ def atomic_save_safetensors(tensors: Dict[str, torch.Tensor], path: PathLike,
 
 
 def atomic_torch_save(obj, path: PathLike) -> None:
-    """`torch.save` atomically, flushed to disk. torch reports a failed write (a full disk) as a RuntimeError; it is
-    raised as the OSError it is (ENOSPC when the disk is nearly full, else EIO), naming `path`."""
+    """`torch.save` atomically, flushed to disk. A failed write (a full disk, a quota) is raised as the OSError it is,
+    naming `path`: torch turns the OSError of a file write into a RuntimeError ("unexpected pos …"), so the errno is
+    taken from the OSError in the exception chain, never from torch's text."""
     with atomic_path(path) as tmp:
         try:
             with open(tmp, "wb") as f:
                 torch.save(obj, f)
                 f.flush()
                 os.fsync(f.fileno())
-        except RuntimeError as e:
-            if "writ" not in str(e).lower():
+        except (OSError, RuntimeError) as e:
+            cause = os_error_in_chain(e)
+            if cause is None or cause.errno is None:
                 raise
-            try:
-                full = shutil.disk_usage(Path(path).parent).free < 64 * 2**20
-            except OSError:
-                full = False
-            code = errno.ENOSPC if full else errno.EIO
-            raise OSError(code, os.strerror(code), str(path)) from e
+            raise OSError(cause.errno, os.strerror(cause.errno), str(path)) from e
+
+
+def os_error_in_chain(e: BaseException) -> Optional[OSError]:
+    """The first OSError among `e`, its `__cause__`s and `__context__`s (None if there is none)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 class DistributionFileError(ValueError):
@@ -156,13 +163,20 @@ def read_safetensors(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str,
     return tensors, meta
 
 
+def holds_pickled_objects(e: BaseException) -> bool:
+    """`torch.load(weights_only=True)` refused a real PyTorch file because it pickles Python objects (classes,
+    functions), as opposed to bytes that are no checkpoint at all (which it reports with the same exception type)."""
+    text = str(e)
+    return "allowed global" in text or "Unsupported global" in text
+
+
 def load_error_reason(e: BaseException) -> str:
     """One line saying why `torch.load(weights_only=True)` refused a file, without torch's advice to retry with
     `weights_only=False` (that would run whatever code the file's pickle holds)."""
     import pickle
 
     text = str(e)
-    if "allowed global" in text or "Unsupported global" in text:
+    if holds_pickled_objects(e):
         return ("it holds pickled Python objects besides tensors, which dreamdist3d never unpickles "
                 "(that could run code)")
     if isinstance(e, pickle.UnpicklingError):

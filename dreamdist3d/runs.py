@@ -18,11 +18,15 @@ toy backbone trainer (`recipes/toy_train.py`).
 - `pick_device("auto"|"cpu"|"cuda"|"cuda:N"|…)`: "auto" is CUDA (the process's LOCAL_RANK device) when available,
   else CPU; asking for CUDA without it is a ConfigError naming the key.
 - `seed_everything(seed)`: Python, NumPy and torch global generators.
+- `sigint_held()`: a Ctrl-C inside the block takes effect when the block ends (an update, or a whole 3D step, is
+  never cut in half, so the checkpoint written on Ctrl-C is a state an uninterrupted run also passes through).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import re
 import shutil
 from datetime import datetime
@@ -32,7 +36,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from dreamdist3d.config import ConfigError
-from dreamdist3d.io import atomic_torch_save
+from dreamdist3d.io import atomic_torch_save, holds_pickled_objects
 
 PathLike = Union[str, Path]
 
@@ -74,6 +78,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def sigint_held():
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it as KeyboardInterrupt when the block ends
+    (main thread with Python's default handler only; elsewhere a plain block)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------------------- run folders
@@ -209,11 +234,11 @@ def _read_problem(path: Path, fmt: Optional[str], map_location: Any = "cpu"):
     try:
         state = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickled code
-        import pickle
-
-        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        if holds_pickled_objects(e):
             return ("holds pickled Python objects, not only tensors and plain containers; it is refused (loading it "
                     "could run code)")
+        if isinstance(e, (pickle.UnpicklingError, KeyError, EOFError)):  # what torch says of bytes it cannot parse
+            return "is not a checkpoint at all (not a PyTorch file: unreadable pickle data)"
         first = (str(e).splitlines() or [type(e).__name__])[0]
         return f"cannot be read: it is truncated or not a checkpoint ({type(e).__name__}: {first[:160]})"
     if not isinstance(state, dict) or (fmt is not None and state.get("format") != fmt):
@@ -231,4 +256,4 @@ def _intact_fallback(path: Path, fmt: Optional[str]) -> Optional[Path]:
 
 __all__ = ["CheckpointError", "STAMP_FORMAT", "checkpoints_in", "ckpt_folder", "discard_if_empty",
            "find_latest_checkpoint", "find_runs", "latest_checkpoint", "load_checkpoint", "new_run_dir", "open_run_dir",
-           "pick_device", "run_dir_name", "save_checkpoint", "seed_everything", "step_of"]
+           "pick_device", "run_dir_name", "save_checkpoint", "seed_everything", "sigint_held", "step_of"]

@@ -6,6 +6,7 @@ launch.py's custom-module loader)."""
 from __future__ import annotations
 
 import datetime
+import logging
 import sys
 from pathlib import Path
 
@@ -160,3 +161,60 @@ def test_example_yaml_mixture_and_missing_distribution(threestudio, assets, tmp_
     with pytest.raises(Exception, match=r"system\.prompt_processor\.distribution: distribution file .*nope"):
         _launch_config(tmp_path, monkeypatch, 1, f"system.prompt_processor.distribution={tmp_path}/nope.safetensors",
                        f"system.guidance.ckpt_path={assets['ckpt']}")
+
+
+# ---------------------------------------------------------------------------------------------- issue 31, item 8
+def test_the_log_names_the_distribution_law_gamma_seed_and_sample(threestudio, assets, tmp_path, caplog):
+    load_custom_module(EXTENSION)
+    cls = threestudio.find("dreamdistribution-prompt-processor")
+    sample_path = tmp_path / "prompt_sample.safetensors"
+    cfg = {"distribution": assets["dist"], "text_encoder_path": assets["ckpt"], "seed": 3, "scale": 1.5,
+           "covariance": "lowrank", "sample_path": str(sample_path)}
+    with caplog.at_level(logging.INFO, logger="threestudio"):
+        cls(cfg)
+    log = caplog.text
+    assert "a hamburger" not in log, log  # threestudio's placeholder prompt
+    assert "Using prompt [<tiny-dist>]" in log and "[front]:[<tiny-dist>, front view]" in log, log
+    line = next(ln for ln in log.splitlines() if "[dreamdistribution]" in ln)
+    for words in ("sample 0 of seed 3", f"{assets['dist']} (γ 1.5)", "law lowrank", "prefix 'a photo of' (as learned)",
+                  f"drawn, saved to {sample_path}"):
+        assert words in line, (words, line)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="threestudio"):
+        cls(cfg)  # a resumed run
+    assert f"read back from {sample_path}" in caplog.text
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ((), ["system.guidance.ckpt_path is not set", "sd-v2.1-base-4view.pt"]),  # the yaml's ckpt_path: ???
+    (("system.guidance.ckpt_path=null",), ["system.prompt_processor.text_encoder_path is null",
+                                           "set system.guidance.ckpt_path=", "nothing is downloaded"]),
+    (("system.prompt_processor.distrubution={dist}", "system.guidance.ckpt_path={ckpt}"),
+     ["unknown config key 'system.prompt_processor.distrubution'",
+      "did you mean system.prompt_processor.distribution"]),
+    (("system.prompt_processor.distribution={dist}", "system.guidance.ckpt_path={ckpt}",
+      "system.guidance.view_dependent_prompting=true"),
+     ["system.guidance.view_dependent_prompting is true", "system.prompt_processor.view_dependent_prompting is false"]),
+    (("system.prompt_processor.mixture=[{{path: {dist}, weight: 0.7}}, {{path: {dist}, weight: 0.7}}]",
+      "system.guidance.ckpt_path={ckpt}"),
+     ["system.prompt_processor.mixture: mixture weights must sum to 1",
+      "e.g. system.prompt_processor.mixture: [{path: a.safetensors, weight: 0.5}"]),
+], ids=["ckpt-path-unset", "ckpt-path-null", "misspelt-key", "view-dependence", "mixture-weights"])
+def test_example_yaml_mistakes_are_named_while_the_config_is_read(threestudio, assets, tmp_path, monkeypatch,
+                                                                  overrides, words):
+    load_custom_module(EXTENSION)
+    args = [o.format(dist=assets["dist"], ckpt=assets["ckpt"]) for o in overrides]
+    with pytest.raises(Exception) as e:  # omegaconf wraps a resolver's error; threestudio prints it
+        _launch_config(tmp_path, monkeypatch, 1, *args)
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    assert "--weight" not in str(e.value) and "Missing mandatory value" not in str(e.value)
+
+
+def test_no_local_text_encoder_names_the_keys_to_set(threestudio, assets):
+    load_custom_module(EXTENSION)
+    cls = threestudio.find("dreamdistribution-prompt-processor")
+    hub_id = "'runwayml/stable-diffusion-v1-5' is not a local file"  # threestudio's default: a Hub model id
+    with pytest.raises(ValueError, match=r"text_encoder_path is null and system\.prompt_processor\."
+                                         r"pretrained_model_name_or_path " + hub_id):
+        cls({"distribution": assets["dist"]})

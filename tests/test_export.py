@@ -196,7 +196,9 @@ def test_vertex_colour_fallback(tmp_path):
     for name in ("model.obj", "model.glb"):
         m = _load_mesh(tmp_path / name)
         assert (len(m.vertices), len(m.faces)) == (len(res.vertices), len(res.faces)), name
-        vc = np.asarray(m.visual.vertex_colors)[:, :3].astype(float) / 255.0
+        # trimesh reloads a GLB whose vertex colours come with a material as TextureVisuals + a "color" attribute
+        colours = m.visual.vertex_colors if m.visual.kind == "vertex" else m.visual.vertex_attributes["color"]
+        vc = np.asarray(colours)[:, :3].astype(float) / 255.0
         ref = field.albedo(torch.tensor(res.transform.invert(np.asarray(m.vertices)), dtype=torch.float32)).numpy()
         assert np.abs(vc - ref).max() < 2.5 / 255, name
 
@@ -334,3 +336,42 @@ def test_cli_analytic_and_run_hook(tmp_path, monkeypatch, capsys):
     assert calls == [(run, run / "ckpts" / "last.ckpt")]
     side = json.loads((run / "save" / "export" / "model.export.json").read_text())
     assert side["isosurface"]["resolution"] == 24 and side["source"].startswith(str(run))
+
+
+def _gltf_json(path: Path) -> dict:
+    """The JSON chunk of a .glb, read here byte by byte (not with the writer's own reader)."""
+    data = path.read_bytes()
+    assert data[:4] == b"glTF" and int.from_bytes(data[8:12], "little") == len(data)
+    n = int.from_bytes(data[12:16], "little")
+    assert data[16:20] == b"JSON" and n % 4 == 0
+    return json.loads(data[20:20 + n])
+
+
+@pytest.mark.parametrize("textured", [False, True], ids=["vertex-colours", "textured"])
+@pytest.mark.parametrize("unlit", [False, True], ids=["lit", "unlit"])
+def test_every_glb_has_an_explicit_non_metallic_material(tmp_path, textured, unlit):
+    """glTF's default material is metallic 1: browsers showed the demo's vertex-colour meshes grey and sheened."""
+    export_field(TwoPartField(), tmp_path, "glb", isosurface_resolution=24, texture=textured, texture_size=64,
+                 unlit=unlit, log=lambda s: None)
+    gltf = _gltf_json(tmp_path / "model.glb")
+    prims = [p for m in gltf["meshes"] for p in m["primitives"]]
+    assert prims and all("material" in p for p in prims)
+    for p in prims:
+        mat = gltf["materials"][p["material"]]
+        pbr = mat["pbrMetallicRoughness"]
+        assert pbr["metallicFactor"] == 0 and pbr["roughnessFactor"] == 1
+        assert pbr.get("baseColorFactor", [1, 1, 1, 1]) == [1, 1, 1, 1]  # the colours are the texture / vertices
+        assert ("KHR_materials_unlit" in mat.get("extensions", {})) == unlit
+    assert ("KHR_materials_unlit" in gltf.get("extensionsUsed", [])) == unlit
+    assert ("COLOR_0" in prims[0]["attributes"]) == (not textured)
+    m = _load_mesh(tmp_path / "model.glb")  # still a valid file with its geometry
+    assert len(m.faces) > 0
+
+
+def test_cli_export_unlit(tmp_path):
+    from dreamdist3d.cli import main
+
+    assert main(["export", "--analytic", "box", "--format", "glb", "--no-texture", "--unlit", "--resolution", "24",
+                 "--out", str(tmp_path)]) == 0
+    mat = _gltf_json(tmp_path / "model.glb")["materials"][0]
+    assert "KHR_materials_unlit" in mat["extensions"] and mat["pbrMetallicRoughness"]["metallicFactor"] == 0

@@ -136,7 +136,7 @@ def test_ctrl_c_stops_training_and_runs_the_test_stage(assets, tmp_path, monkeyp
 
     monkeypatch.setattr(MVDreamSystem, "training_step", step)
     assert main(_args(assets, tmp_path, "trainer.max_steps=50", "trainer.val_check_interval=0",
-                      "trainer.limit_test_batches=2")) == 0
+                      "trainer.limit_test_batches=2")) == 130  # errors.INTERRUPTED, after the test stage
     run = _only_run(tmp_path)
     assert _sd(run / "ckpts" / "last.ckpt")["global_step"] == 2
     assert (run / "save" / "it2-test.mp4").is_file()

@@ -57,18 +57,25 @@ def test_atomic_writer_umask_mode_and_nothing_left_on_failure(tmp_path):
 
 
 def test_torch_write_failure_is_an_os_error(tmp_path, monkeypatch):
-    import shutil
-    from collections import namedtuple
-
-    def fail(obj, f):
+    def full(obj, f):  # what torch does on a full disk: the file's OSError, then its own RuntimeError about it
         f.write(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file data/0")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
-    monkeypatch.setattr(torch, "save", fail)
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(100, 100, 0))
+    monkeypatch.setattr(torch, "save", full)
     with pytest.raises(OSError) as e:
         dio.atomic_torch_save({"a": 1}, tmp_path / "last.ckpt")
     assert e.value.errno == errno.ENOSPC and "last.ckpt" in describe(e.value) and "no space left" in describe(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+    def broken(obj, f):  # a torch failure that is not a write error stays what it is, whatever its words
+        raise RuntimeError("PytorchStreamWriter failed writing: an internal error")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(RuntimeError, match="internal error"):
+        dio.atomic_torch_save({"a": 1}, tmp_path / "last.ckpt")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,13 +1,15 @@
 """A stand-in of threestudio's API for testing custom/threestudio-dreamdistribution without threestudio (which needs
 CUDA-only packages), written from the contract in ../shared/reference/threestudio-contract.md: registry with duplicate
 check, strict `parse_structured`, `BaseObject`, `PromptProcessor.configure` flow with a spawned-cache path that must not
-be used, `PromptProcessorOutput`, and launch.py's custom-module loader.
+be used, `PromptProcessorOutput`, the base class's log lines (`threestudio.info`), and launch.py's custom-module
+loader.
 
 No pytest here: tests/test_threestudio_pins.py runs it in a second interpreter with threestudio's pinned packages."""
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import types
@@ -39,6 +41,7 @@ def fake_threestudio() -> Dict[str, types.ModuleType]:
 
     ts.register = register
     ts.find = lambda name: ts.__modules__[name]
+    ts.info = logging.getLogger("threestudio").info  # threestudio: rank_zero_info on the pytorch_lightning logger
 
     def parse_structured(fields, cfg=None):
         return OmegaConf.structured(fields(**cfg))  # strict: an unknown key is a TypeError
@@ -145,12 +148,18 @@ def fake_threestudio() -> Dict[str, types.ModuleType]:
                                 lambda e, a, d: e > c.overhead_threshold),
             ]
             self.direction2idx = {d.name: i for i, d in enumerate(self.directions)}
-            self.prompt = c.prompt
+            self.prompt = self.preprocess_prompt(c.prompt)
             self.negative_prompt = c.negative_prompt
+            ts.info(f"Using prompt [{self.prompt}] and negative prompt [{self.negative_prompt}]")
             self.prompts_vd = [d.prompt(self.prompt) for d in self.directions]
             self.negative_prompts_vd = [d.negative_prompt(self.negative_prompt) for d in self.directions]
+            shown = " ".join(f"[{d.name}]:[{p}]" for p, d in zip(self.prompts_vd, self.directions))
+            ts.info(f"Using view-dependent prompts {shown}")
             self.prepare_text_embeddings()
             self.load_text_embeddings()
+
+        def preprocess_prompt(self, prompt):  # threestudio: a "lib:" prompt is looked up in prompt_library.json
+            return prompt
 
         @staticmethod
         def spawn_func(pretrained_model_name_or_path, prompts, cache_dir):

@@ -1,7 +1,11 @@
 """The threestudio adapter. Everything it computes comes from dreamdist3d: `backbones.load.load_text_side` (the
-text encoder of the MVDream checkpoint / SD 2.1 folder, no UNet) and `lift3d.prompt_processor.prepare_prompt` (fit
-the distribution with the prefix/suffix edits, γ and the mixture; draw ONE sample with the seed; reuse/write the
-sample file; encode the negative prompt).
+text encoder of the MVDream checkpoint / SD 2.1 folder, no UNet; which one: `lift3d.threestudio_checks.
+text_encoder_source`) and `lift3d.prompt_processor.prepare_prompt` (fit the distribution with the prefix/suffix edits,
+γ and the mixture; draw ONE sample with the seed; reuse/write the sample file; encode the negative prompt).
+
+threestudio's base class logs `Using prompt [<prompt>]` and the view prompts made from it: `preprocess_prompt` gives
+it the distribution ("a photo of <cathedrals>") instead of the placeholder `prompt`, and a second line says which
+files, law, γ, seed and sample the run uses and where the sample came from.
 
 threestudio traps handled here (see dreamdist3d's threestudio contract notes):
 - no `spawn_func` of our own: threestudio's spawned child cannot import a `custom/` module, so
@@ -19,7 +23,9 @@ import torch
 from threestudio.models.prompt_processors.base import PromptProcessor, PromptProcessorOutput
 
 from dreamdist3d.backbones.load import load_text_side
-from dreamdist3d.lift3d.prompt_processor import prepare_prompt
+from dreamdist3d.distribution.conditioning import DistributionSpec
+from dreamdist3d.lift3d.prompt_processor import describe, prepare_prompt
+from dreamdist3d.lift3d.threestudio_checks import text_encoder_source
 
 
 @dataclass
@@ -57,11 +63,16 @@ class DreamDistributionPromptProcessor(PromptProcessor):
 
     cfg: Config
 
+    def preprocess_prompt(self, prompt: str) -> str:
+        """What threestudio logs as the prompt (and makes the view prompts of): the distribution, not `prompt`."""
+        cfg = self.cfg
+        return describe(DistributionSpec.from_config(cfg.distribution, cfg.scale, cfg.mixture, cfg.class_index,
+                                                     cfg.prefix, cfg.suffix, cfg.covariance))
+
     def prepare_text_embeddings(self) -> None:
         cfg = self.cfg
-        key = "system.prompt_processor." + ("text_encoder_path" if cfg.text_encoder_path
-                                            else "pretrained_model_name_or_path")
-        tokenizer, text_encoder = load_text_side(cfg.text_encoder_path or cfg.pretrained_model_name_or_path, key=key)
+        source, key = text_encoder_source(cfg.text_encoder_path, cfg.pretrained_model_name_or_path)
+        tokenizer, text_encoder = load_text_side(source, key=key)
         seed = cfg.seed if cfg.seed is not None else torch.initial_seed()
         self._prepared = prepare_prompt(
             distribution=cfg.distribution, scale=cfg.scale, mixture=cfg.mixture, prefix=cfg.prefix, suffix=cfg.suffix,
@@ -71,8 +82,9 @@ class DreamDistributionPromptProcessor(PromptProcessor):
             where="system.prompt_processor", sample_path=cfg.sample_path, device=self.device, covariance=cfg.covariance,
         )
         del text_encoder
-        self.prompt = self._prepared.prompt
-        self.prompts_vd = [d.prompt(self.prompt) for d in self.directions]  # for logs only
+        self.prompt = self._prepared.prompt  # as preprocess_prompt gave it (trees whose base class does not call it)
+        self.prompts_vd = [d.prompt(self.prompt) for d in self.directions]
+        threestudio.info(f"[dreamdistribution] {self._prepared.summary}")
 
     def load_text_embeddings(self) -> None:
         p = self._prepared

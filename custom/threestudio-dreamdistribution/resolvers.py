@@ -1,10 +1,13 @@
 """OmegaConf resolvers used by configs/*.yaml, registered when threestudio's launch.py imports this extension (it
 loads `custom/` before it reads the config).
 
-- `${dreamdist_tag:<distribution>,<mixture>}`: the trial tag's name part: the distribution file's name
-  ("cathedrals"), or the mixture's ("cathedrals+castles"). A mixture run (`distribution: null`) needs no `tag=`.
-  The distribution settings are checked here, while the config is read, so an unset distribution, a missing file or a
-  bad mixture is an error naming its `system.prompt_processor.*` key before any model is loaded.
+- `${dreamdist_tag:${system.prompt_processor},${system.guidance}}`: the trial tag's name part: the distribution
+  file's name ("cathedrals"), or the mixture's ("cathedrals+castles"). A mixture run (`distribution: null`) needs no
+  `tag=`. The settings are checked here, while the config is read (`dreamdist3d.lift3d.threestudio_checks`), so a
+  misspelt processor key, an unset distribution, a missing file, a bad mixture, an unset `system.guidance.ckpt_path`
+  or no local text encoder, and view-dependent guidance without view-dependent samples are each an error naming the
+  key before any model is loaded. (The older form `${dreamdist_tag:<distribution>,<mixture>}` of copied configs
+  still names the trial and checks the distribution settings.)
 - `${dreamdist_timestamp:<use_timestamp>,<n_gpus>}`: threestudio's own trial timestamp (`@%Y%m%d-%H%M%S`; empty
   without `use_timestamp` or with several GPUs, as threestudio does), taken while the config is read instead of after
   it. Set as the config's `timestamp`, threestudio uses it as it is, so `${exp_root_dir}/${name}/${tag}${timestamp}` is
@@ -18,13 +21,17 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dreamdist3d.distribution.conditioning import DistributionSpec
+from dreamdist3d.lift3d.threestudio_checks import WHERE, check_settings
 
-WHERE = "system.prompt_processor"
 
+def dreamdist_tag(processor, guidance=None) -> str:
+    if OmegaConf.is_dict(processor):
+        from .prompt_processor import DreamDistributionPromptProcessor
 
-def dreamdist_tag(distribution, mixture) -> str:
-    mixture = OmegaConf.to_container(mixture) if OmegaConf.is_config(mixture) else list(mixture or [])
-    spec = DistributionSpec.from_config(distribution, 1.0, mixture, where=WHERE)
+        spec = check_settings(processor, guidance, DreamDistributionPromptProcessor.Config)
+    else:  # the older form: (distribution, mixture)
+        mixture = OmegaConf.to_container(guidance) if OmegaConf.is_config(guidance) else list(guidance or [])
+        spec = DistributionSpec.from_config(processor, 1.0, mixture, where=WHERE)
     return "+".join(Path(c.path).stem for c in spec.components)
 
 

@@ -261,6 +261,12 @@ def read_checkpoint(
 ) -> Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]:
     """(flat state dict on CPU, our config dict or None) from a .pt/.ckpt (torch.save) or .safetensors file."""
     path = Path(path)
+    if path.is_dir():
+        diffusers = (path / "model_index.json").is_file() or (path / "unet").is_dir()
+        what = ("a diffusers (Stable Diffusion 2.1) model folder, not the MVDream checkpoint" if diffusers
+                else "a folder, not the MVDream checkpoint file")
+        raise CheckpointError(f"{config_key}: {path} is {what}; give the single file {CHECKPOINT_NAME} from "
+                              f"{CHECKPOINT_SOURCE} (or a .safetensors re-save of it)")
     if not path.is_file():
         raise FileNotFoundError(_missing_message(path, config_key))
     config: Optional[Dict[str, Any]] = None

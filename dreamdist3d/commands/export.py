@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replacement threshold rule when the threshold gives an empty or exploded surface")
     p.add_argument("--texture-size", type=int, default=1024, help="texture width = height in texels (default 1024)")
     p.add_argument("--no-texture", action="store_true", help="vertex colours only (no UV unwrap / bake)")
+    p.add_argument("--unlit", action="store_true",
+                   help="GLB material KHR_materials_unlit: viewers show the colours as they are, without light "
+                        "(default: a lit material, metallic 0, roughness 1)")
     p.add_argument("--target-faces", type=int, default=0,
                    help="decimate to about this many faces (needs fast-simplification; 0 = off)")
     p.add_argument("--remove-floaters", type=finite_float, default=0.01,
@@ -161,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         isosurface_threshold=threshold,
         auto_threshold=args.auto_threshold,
         texture=not args.no_texture,
+        unlit=args.unlit,
         texture_size=args.texture_size,
         target_faces=args.target_faces,
         remove_floaters=args.remove_floaters,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def context_summary(ctx: torch.Tensor) -> dict:
     """Shape, norms and the spread across the K prompts of a learned context (K, L, D)."""
     k, length, d = ctx.shape
+    ctx = ctx.double()  # a context far out of range must not print as "inf"
     norms = ctx.norm(dim=-1)  # (K, L)
     flat = torch.nn.functional.normalize(ctx.reshape(k, -1), dim=-1)
     cos = flat @ flat.T
@@ -88,10 +90,14 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from dreamdist3d.distribution import PromptDistribution
-    from dreamdist3d.distribution.file import describe_encoder
+    from dreamdist3d.distribution.file import DistributionRangeWarning, context_range_problem, describe_encoder
 
     path = Path(args.file)
     dist = PromptDistribution.load(path, class_index=args.class_index)
+    problem = context_range_problem(dist.ctx)  # with --text-encoder, `fit` below checks against that encoder too
+    if problem:
+        warnings.warn(f"{path}: {problem} (a damaged file, or a diverged run?)", DistributionRangeWarning,
+                      stacklevel=2)
     report = {"file": str(path), "metadata": asdict(dist.meta), "context": context_summary(dist.ctx)}
     if args.text_encoder:
         from dreamdist3d.backbones.load import load_text_side
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         from dreamdist3d.distribution import DistributionSpec, fit
 
         spec = DistributionSpec.from_lists([path], class_indices=[args.class_index], prefix=args.prefix,
-                                           suffix=args.suffix, covariance=args.covariance)
+                                           suffix=args.suffix, covariance=args.covariance, key="file")
         g = fit(spec, enc, tok, [dist]).law()
         learner = dist.learner(enc, tok, source=str(path))  # for the token layout and the nearest-token reading
         lay = learner.layout(args.prefix, args.suffix)
@@ -136,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  sampling law      {m['covariance']}   objective: {objective}")
     fp = m["text_encoder"]
     print("  text encoder      " + (describe_encoder(fp) if fp else "not recorded (official file)"))
-    print(f"  context           mean token norm {c['token_norm_mean']:.4f}; per slot {c['token_norm_per_slot']}")
+    print(f"  context           mean token norm {c['token_norm_mean']:.4g}; per slot {c['token_norm_per_slot']}")
     print(f"  spread over K     std {c['spread_std_over_prompts']:.4f}; mean pairwise cosine "
           f"{c['mean_pairwise_cosine']}")
     if "interpretation" in report:

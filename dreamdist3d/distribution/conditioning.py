@@ -19,14 +19,15 @@ processor (ours and the threestudio extension), the toy demo and evaluator, and 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from dreamdist3d.distribution.errors import EncoderMismatchError
-from dreamdist3d.distribution.file import PromptDistribution
+from dreamdist3d.distribution.errors import DistributionFileError, EncoderMismatchError
+from dreamdist3d.distribution.file import DistributionRangeWarning, PromptDistribution, context_range_problem
 from dreamdist3d.distribution.gaussian import COVARIANCES, PromptGaussian, check_covariance, check_scale
 
 Edit = Callable[[str, str], Tuple[str, str]]  # (prefix, suffix) as resolved → (prefix, suffix) encoded
@@ -68,17 +69,26 @@ class DistributionSpec:
                              "or an official prompt_learner.pt)")
         ws = [c.weight for c in self.components]
         if not all(math.isfinite(w) for w in ws):
-            raise ValueError(f"mixture weights must be finite numbers, got {ws}; e.g. --weight 0.5 0.5 "
-                             "for two distributions")
+            raise ValueError(f"{self._weights_where()}: mixture weights must be finite numbers, got {ws}; "
+                             f"{self._weights_example()}")
         if abs(sum(ws) - 1.0) > 1e-6:
-            raise ValueError(f"mixture weights must sum to 1, got {ws} (sum {sum(ws):.6g}); e.g. --weight 0.5 0.5 "
-                             "for two distributions")
+            raise ValueError(f"{self._weights_where()}: mixture weights must sum to 1, got {ws} (sum {sum(ws):.6g}); "
+                             f"{self._weights_example()}")
         for c in self.components:
             check_scale(c.scale, f"{self.key}: scale γ")
             if c.class_index < 0:
                 raise ValueError(f"{self.key}: class index must be ≥ 0, got {c.class_index}")
         if self.covariance is not None:
             check_covariance(self.covariance, f"{self.key}: covariance")
+
+    def _weights_where(self) -> str:
+        return "--weight" if self.key.startswith("--") else self.key
+
+    def _weights_example(self) -> str:
+        """How to give two equal weights, in the words of where the weights came from (flags or a yaml key)."""
+        if self.key.startswith("--"):
+            return "e.g. --weight 0.5 0.5 for two distributions"
+        return f"e.g. {self.key}: [{{path: a.safetensors, weight: 0.5}}, {{path: b.safetensors, weight: 0.5}}]"
 
     @classmethod
     def from_lists(cls, paths: Sequence, weights: Optional[Sequence[float]] = None,
@@ -222,6 +232,7 @@ def fit(spec: DistributionSpec, text_encoder, tokenizer, distributions: Optional
             gaussian = learner.fit(prefix=prefix, suffix=suffix).with_covariance(covariance)
         except ValueError as e:  # prompt too long for the encoder
             raise ValueError(f"{spec.key} ({comp.path}): {e}") from None
+        _check_range(spec.key, comp.path, dist, gaussian, text_encoder)
         meta = dist.meta
         info = {
             "path": str(comp.path),
@@ -240,6 +251,21 @@ def fit(spec: DistributionSpec, text_encoder, tokenizer, distributions: Optional
         }
         parts.append(FittedComponent(comp, gaussian, info))
     return PromptMixture(spec, parts, covariance)
+
+
+def _check_range(key: str, path: str, dist: PromptDistribution, gaussian: PromptGaussian, text_encoder) -> None:
+    """A file whose encoded states are NaN/Inf is refused; one far outside the encoder's range is warned about."""
+    problem = context_range_problem(dist.ctx, text_encoder.token_embedding.weight.detach())
+    parts = [gaussian.mean, gaussian.std] + ([gaussian.factor] if gaussian.factor is not None else [])
+    if not all(bool(torch.isfinite(t).all()) for t in parts):
+        raise DistributionFileError(
+            f"{key}: {path}: its learned context encodes to NaN/Inf states"
+            + (f" ({problem.split(':')[0]})" if problem else "")
+            + "; it would give black images. The file is damaged or came from a diverged run: use an earlier "
+            "checkpoint of its run, or learn again (a lower lr)")
+    if problem:
+        warnings.warn(f"{key}: {path}: {problem} (a damaged file, or a diverged run?)", DistributionRangeWarning,
+                      stacklevel=3)
 
 
 __all__ = ["Component", "DistributionSpec", "FittedComponent", "PromptMixture", "fit", "load_files",

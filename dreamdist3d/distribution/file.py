@@ -98,6 +98,34 @@ def check_finite(ctx: torch.Tensor, path: Any) -> None:
         )
 
 
+# A learned context beyond these is outside any text encoder's range (see `context_range_problem`).
+OVERFLOW_NORM = 1e18  # float32 squares of such values overflow (|x|² > 3.4e38): attention turns them into NaN
+RANGE_FACTOR = 1e3  # × the encoder's largest token embedding: the encoding no longer depends on the words around it
+
+
+class DistributionRangeWarning(UserWarning):
+    """A finite distribution whose learned context lies far outside its text encoder's range."""
+
+
+def context_range_problem(ctx: torch.Tensor, token_table: Optional[torch.Tensor] = None) -> Optional[str]:
+    """Why a finite learned context (K, L, D) is far outside a text encoder's range, or None.
+
+    Without the encoder (`token_table`, its (V, D) token embeddings) only a context whose float32 squares overflow
+    is flagged; with it, also one whose largest token is more than RANGE_FACTOR × the largest token embedding.
+    Norms are taken in float64, so the numbers reported are finite."""
+    top = float(ctx.double().norm(dim=-1).max())
+    if top > OVERFLOW_NORM:
+        return (f"its learned tokens have norms up to {top:.3g}, beyond float32 once squared: any text encoder "
+                "turns them into NaN (black images)")
+    if token_table is not None:
+        ref = float(token_table.double().norm(dim=-1).max())
+        if top > RANGE_FACTOR * ref:
+            return (f"its learned tokens have norms up to {top:.3g}, {top / ref:.3g}× the text encoder's largest token "
+                    f"embedding ({ref:.3g}): far outside the encoder's range, its samples will not look like the "
+                    "references")
+    return None
+
+
 @dataclass
 class PromptDistribution:
     ctx: torch.Tensor  # (K, L, D)

@@ -6,7 +6,8 @@ its `density`/`albedo` calls run there.
 Files written into `out_dir` (name = `ExportConfig.name`, default "model", as threestudio's `save_name`):
 
     model.obj, model.mtl, model_albedo.png   (format "obj"; map_Kd texture, or vertex colours if texture=False)
-    model.glb                                (format "glb"; PBR baseColorTexture embedded, or vertex colours)
+    model.glb                                (format "glb"; PBR baseColorTexture embedded, or vertex colours; a
+                                              material with metallic 0, roughness 1, or unlit with `unlit`)
     model.ply                                (format "ply"; welded mesh, per-vertex RGBA albedo)
     model.export.json                        (always: transform world->export, threshold and how it was chosen,
                                               counts, timings)
@@ -48,6 +49,7 @@ class ExportConfig:
     keep_largest: bool = False  # keep only the largest connected component
     target_faces: int = 0  # decimate to about this many faces (needs fast-simplification); 0 = off
     texture: bool = True  # bake a UV texture; False = vertex colours in every format
+    unlit: bool = False  # GLB: KHR_materials_unlit, viewers show the colours without light (else metallic 0, rough 1)
     texture_size: int = 1024  # threestudio exporter.texture_size
     texture_padding: int = 4  # seam dilation in texels (also the xatlas chart gap, capped at 4)
     xatlas_chart_options: Dict[str, Any] = field(default_factory=dict)
@@ -167,9 +169,10 @@ def export_field(
     if "glb" in fmts:
         if uvm is not None and tex is not None:
             files["glb"] = write_glb(out_dir / f"{c.name}.glb", v_exp[uvm.vmapping], uvm.faces,
-                                     normals[uvm.vmapping], uvm.uvs, tex.image)
+                                     normals[uvm.vmapping], uvm.uvs, tex.image, unlit=c.unlit)
         else:
-            files["glb"] = write_glb(out_dir / f"{c.name}.glb", v_exp, faces, normals, vertex_colors=vcol)
+            files["glb"] = write_glb(out_dir / f"{c.name}.glb", v_exp, faces, normals, vertex_colors=vcol,
+                                     unlit=c.unlit)
     if "ply" in fmts:
         files["ply"] = write_ply(out_dir / f"{c.name}.ply", v_exp, faces, vcol, normals)
     lap("write")

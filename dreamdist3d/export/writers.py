@@ -7,6 +7,12 @@ files intact; files get the usual umask mode.
 GLB pitfall: trimesh only embeds an image when the mesh's visual is a `TextureVisuals` whose material carries it
 (`PBRMaterial.baseColorTexture` here); a `ColorVisuals`, or a material without an image, silently exports an
 untextured mesh. `write_glb` builds exactly that visual and then checks the written bytes contain an image.
+
+GLB material: trimesh writes a vertex-colour mesh with no material, and glTF's default material is metallic
+(metallicFactor 1), which three.js viewers (the gallery's `<model-viewer>`) show grey and sheened whatever the
+colours. Every GLB gets an explicit material: metallic 0, roughness 1, base colour white (the texture or the vertex
+colours are the colour); `unlit=True` adds `KHR_materials_unlit`, so viewers show the colours as they are, without
+light (SDS colour without shading is appearance, not albedo under light).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -21,7 +28,8 @@ import numpy as np
 
 from dreamdist3d.io import atomic_write_bytes, atomic_write_text  # the one atomic writer
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "encode_png", "write_obj", "write_glb", "write_ply", "write_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "encode_png", "glb_with_material", "read_glb_json", "write_obj",
+           "write_glb", "write_ply", "write_json"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -119,8 +127,10 @@ def write_glb(
     uvs: Optional[np.ndarray] = None,
     texture: Optional[np.ndarray] = None,
     vertex_colors: Optional[np.ndarray] = None,
+    unlit: bool = False,
 ) -> Path:
-    """Binary glTF 2.0: textured (PBR baseColorTexture, embedded PNG, metallic 0, roughness 1) or vertex colours."""
+    """Binary glTF 2.0: textured (PBR baseColorTexture, embedded PNG) or vertex colours; either way with an explicit
+    material, metallic 0 and roughness 1 (`unlit`: also KHR_materials_unlit; see the module docstring)."""
     import trimesh
     from PIL import Image
 
@@ -141,7 +151,49 @@ def write_glb(
     data = mesh.export(file_type="glb", include_normals=normals is not None)
     if uvs is not None and texture is not None and b"image/png" not in data:
         raise RuntimeError(f"trimesh wrote {path} without the texture image (TextureVisuals pitfall); not saving it")
-    return atomic_write_bytes(path, data)
+    return atomic_write_bytes(path, glb_with_material(data, unlit))
+
+
+_GLB_JSON, _GLB_BIN = 0x4E4F534A, 0x004E4942
+
+
+def read_glb_json(data: bytes) -> dict:
+    """The JSON chunk of a GLB file."""
+    length, kind = struct.unpack_from("<II", data, 12)
+    if data[:4] != b"glTF" or kind != _GLB_JSON:
+        raise ValueError("not a binary glTF file (no glTF header and JSON chunk)")
+    return json.loads(data[20:20 + length])
+
+
+def glb_with_material(data: bytes, unlit: bool = False) -> bytes:
+    """`data` (a GLB) where every primitive has a material with metallicFactor 0 and roughnessFactor 1 (one white
+    material is added for primitives without one); `unlit` marks every material KHR_materials_unlit."""
+    gltf = read_glb_json(data)
+    json_len = struct.unpack_from("<I", data, 12)[0]
+    rest = data[20 + json_len:]  # the BIN chunk (header included), untouched
+    materials = gltf.setdefault("materials", [])
+    default = None
+    for mesh in gltf.get("meshes", []):
+        for prim in mesh.get("primitives", []):
+            if "material" not in prim:
+                if default is None:
+                    default = len(materials)
+                    materials.append({"name": "vertex_colors",
+                                      "pbrMetallicRoughness": {"baseColorFactor": [1.0, 1.0, 1.0, 1.0]}})
+                prim["material"] = default
+    for mat in materials:
+        pbr = mat.setdefault("pbrMetallicRoughness", {})
+        pbr["metallicFactor"], pbr["roughnessFactor"] = 0.0, 1.0
+        if unlit:
+            mat.setdefault("extensions", {})["KHR_materials_unlit"] = {}
+    if unlit and materials:
+        used = gltf.setdefault("extensionsUsed", [])
+        if "KHR_materials_unlit" not in used:
+            used.append("KHR_materials_unlit")
+    text = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned; JSON pads with spaces
+    body = struct.pack("<II", len(text), _GLB_JSON) + text + rest
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(body)) + body
 
 
 def write_ply(

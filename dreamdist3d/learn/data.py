@@ -43,7 +43,14 @@ PathLike = Union[str, Path]
 
 
 class ReferenceDataError(ValueError):
-    """A problem with the reference images; the message names the folder/file and what to do."""
+    """A problem with the reference images; the message names the folder/file and what to do.
+
+    `ReferenceDataError(problem, fix)`: the message is "<problem>; <fix>"; `problem` alone is what a `skip_bad`
+    warning says (the fix, e.g. "or pass --skip-bad", is no advice to a run that already skips)."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+        self.problem = problem
 
 
 # ---------------------------------------------------------------------------------------------------- one image
@@ -55,7 +62,7 @@ def load_image(path: PathLike, resolution: int) -> torch.Tensor:
     except OSError as e:
         raise ReferenceDataError(f"cannot read reference image {path}: {e.strerror or e}") from None
     if size == 0:
-        raise ReferenceDataError(f"reference image {path} is empty (0 bytes); remove it or pass --skip-bad")
+        raise ReferenceDataError(f"reference image {path} is empty (0 bytes)", "remove it or pass --skip-bad")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # > PIL's pixel limit: refuse, don't decode
@@ -65,12 +72,12 @@ def load_image(path: PathLike, resolution: int) -> torch.Tensor:
                 rgb = _to_rgb_on_white(im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ReferenceDataError(
-            f"reference image {path} is too large to decode safely ({e}); shrink it, remove it, or pass --skip-bad"
+            f"reference image {path} is too large to decode safely ({e})", "shrink it, remove it, or pass --skip-bad"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ReferenceDataError(
-            f"cannot decode reference image {path} ({type(e).__name__}: {e}); remove or replace it, or pass --skip-bad"
-        ) from None
+            f"cannot decode reference image {path} ({type(e).__name__}: {e})",
+            "remove or replace it, or pass --skip-bad") from None
     rgb = _center_square(rgb).resize((resolution, resolution), Image.Resampling.LANCZOS)
     arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0  # (R, R, 3)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
@@ -155,8 +162,8 @@ def load_reference_images(folder: PathLike, resolution: int, skip_bad: bool = Fa
         except ReferenceDataError as e:
             if not skip_bad:
                 raise
-            skipped.append(f"{p}: {e}")
-            warnings.warn(f"skipping {p}: {e}", stacklevel=2)
+            skipped.append(f"{p}: {e.problem}")
+            warnings.warn(f"--skip-bad: skipped: {e.problem}", stacklevel=2)
     if len(images) < min_images:
         extra = f" ({len(skipped)} unreadable file(s) skipped)" if skipped else ""
         raise ReferenceDataError(
@@ -221,8 +228,8 @@ def load_multiview_sets(folder: PathLike, resolution: int, num_views: int = 4, s
         except ReferenceDataError as e:
             if not skip_bad:
                 raise
-            skipped.append(f"{obj}: {e}")
-            warnings.warn(f"skipping {obj}: {e}", stacklevel=2)
+            skipped.append(f"{obj}: {e.problem}")
+            warnings.warn(f"--skip-bad: skipped object {obj}: {e.problem}", stacklevel=2)
     if len(sets) < min_objects:
         raise ReferenceDataError(f"{folder} has {len(sets)} usable multi-view object(s); at least {min_objects} needed")
     return ReferenceSet(torch.stack(sets), paths, torch.stack(cams), skipped)

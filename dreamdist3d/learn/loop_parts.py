@@ -1,10 +1,9 @@
 """The parts of the learning loop (`dreamdist3d.recipes.learn`) that are neither the loss nor a file: the order the
-reference items are drawn in, the processes of a data-parallel run, the progress bar, the Ctrl-C hold around an
-update, and gradient checkpointing of the UNet."""
+reference items are drawn in, the processes of a data-parallel run, the progress bar and gradient checkpointing of
+the UNet. (The Ctrl-C hold around an update is `dreamdist3d.runs.sigint_held`, shared with the 3D trainer.)"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import warnings
@@ -77,25 +76,3 @@ def progress_bar(cfg, step: int, rank: int):
 
     return tqdm(total=cfg.steps, initial=step, desc=f"learn {cfg.name}", unit="step", dynamic_ncols=True,
                 disable=not cfg.progress or rank != 0, file=sys.stderr)
-
-
-@contextlib.contextmanager
-def sigint_held():
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it as KeyboardInterrupt when the block ends
-    (main thread with Python's default handler only; elsewhere a plain block)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
-

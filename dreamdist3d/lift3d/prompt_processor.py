@@ -82,6 +82,15 @@ def shifted_expotional_decay(a: float, b: float, c: float, r: torch.Tensor) -> t
     return a * torch.exp(-b * r) + c
 
 
+def check_view_dependence(guidance: bool, processor: bool, where: str = "system") -> None:
+    """The guidance asks for direction embeddings only if the processor prepares them: checked when the config is
+    read, not at the first training step after the diffusion model has loaded."""
+    if guidance and not processor:
+        raise ConfigError(f"{where}.guidance.view_dependent_prompting is true but "
+                          f"{where}.prompt_processor.view_dependent_prompting is false: set both to the same value "
+                          "(MVDream runs with both false)")
+
+
 # ---------------------------------------------------------------------------------------------- output
 @dataclass
 class PromptProcessorOutput:
@@ -272,6 +281,22 @@ class PreparedPrompt:
     uncond: torch.Tensor  # (1, 77, D) from the text encoder
     prompt: str  # for logs: "a photo of <cathedrals>"
     spec: SampleSpec
+    summary: str = ""  # for logs: which files, law, γ, seed and sample, and where the sample came from
+
+
+def describe_sample(spec: SampleSpec, dists, covariance: str, origin: str) -> str:
+    """One log line saying what a run is conditioned on (threestudio would print its placeholder `prompt`)."""
+    many = len(spec.dist.components) > 1
+    files = " + ".join(f"{c.path} (" + (f"weight {c.weight:g}, " if many else "") + f"γ {c.scale:g})"
+                       for c in spec.dist.components)
+    learned = dists[0].meta
+    prefix = (f"prefix {learned.prefix!r} (as learned)" if spec.dist.prefix is None else
+              f"prefix {spec.dist.prefix!r}")
+    suffix = (f"suffix {learned.suffix!r} (as learned)" if spec.dist.suffix is None else
+              f"suffix {spec.dist.suffix!r}")
+    vd = ", with view-dependent direction samples" if spec.view_dependent else ""
+    return (f"prompt sample: sample 0 of seed {spec.seed} (the prompt of 2D image 0 and preview 0 with --seed "
+            f"{spec.seed}) from {files}; law {covariance}, {prefix}, {suffix}{vd}; {origin}")
 
 
 def prepare_prompt(
@@ -293,10 +318,12 @@ def prepare_prompt(
     saved = Path(sample_path) if sample_path else None
     enc_device = text_encoder.device
     text_encoder.to(device)  # encode where the run computes, then give the memory back
+    origin = "from the checkpoint resumed" if sample is not None else f"drawn, saved to {saved}" if saved else "drawn"
     try:
         dists = load_files(dist_spec)
         if sample is None and saved is not None and saved.is_file():
             sample = PromptSample.load(saved)
+            origin = f"read back from {saved}"
         if sample is not None:
             diffs = sample_matches(sample, spec, dists, text_encoder)
             if diffs:
@@ -321,7 +348,8 @@ def prepare_prompt(
             torch.cuda.empty_cache()
     if saved is not None:
         sample.save(saved)
-    return PreparedPrompt(sample, uncond, describe(dist_spec), spec)
+    summary = describe_sample(spec, dists, sample.meta.get("covariance", "diag"), origin)
+    return PreparedPrompt(sample, uncond, describe(dist_spec), spec, summary)
 
 
 # ---------------------------------------------------------------------------------------------- the processor
@@ -394,6 +422,7 @@ class DreamDistributionPromptProcessor(BaseObject):
         self.direction2idx = {d.name: i for i, d in enumerate(self.directions)}
         self.prompt = prepared.prompt
         self.prompts_vd = [d.prompt(self.prompt) for d in self.directions]
+        print(prepared.summary, flush=True)
 
 
     def state(self) -> Dict[str, Any]:

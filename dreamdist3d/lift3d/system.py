@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -98,6 +98,30 @@ def build_field(cfg: SystemConfig) -> tuple:
     return geometry, material, background, renderer
 
 
+def optimizer_groups(params: Any) -> Dict[str, Dict[str, Any]]:
+    """`system.optimizer.params` as {module path: hyperparameters}. A group's key is a dotted module path
+    (`geometry.encoding`); a command-line override of it (`system.optimizer.params.geometry.encoding.lr=0.02`)
+    arrives nested, `{geometry: {encoding: {lr: 0.02}}}`, and is merged into the same group, not read as a second
+    group `geometry` holding the same parameters."""
+    out: Dict[str, Dict[str, Any]] = {}
+
+    def walk(path: str, node: Any) -> None:
+        if node is not None and not isinstance(node, Mapping):
+            raise ConfigError(f"system.optimizer.params.{path} must be a group of hyperparameters, e.g. {{lr: 0.01}}; "
+                              f"got {node!r}")
+        node = dict(node or {})
+        subs = {k: v for k, v in node.items() if isinstance(v, Mapping)}
+        hparams = {k: v for k, v in node.items() if k not in subs}
+        if hparams or not subs:
+            out.setdefault(path, {}).update(hparams)
+        for k, v in subs.items():
+            walk(f"{path}.{k}", v)
+
+    for path, node in dict(params).items():
+        walk(str(path), node)
+    return out
+
+
 @components.register("mvdream-system")
 class MVDreamSystem(nn.Module, Updateable):
     Config = SystemConfig
@@ -127,6 +151,11 @@ class MVDreamSystem(nn.Module, Updateable):
         self.prompt_utils = None
         self.anchor: Optional[Anchor] = None
         if build_guidance:
+            from dreamdist3d.lift3d.prompt_processor import PromptSample, check_view_dependence
+
+            self.configure_optimizers()  # a bad system.optimizer fails now: before the guidance loads, nothing written
+            check_view_dependence(bool(self.cfg.guidance.get("view_dependent_prompting", False)),
+                                  bool(self.cfg.prompt_processor.get("view_dependent_prompting", False)))
             self.guidance = find_component(self.cfg.guidance_type, "system.guidance_type")(
                 self.cfg.guidance, backbone=backbone, device=self.device, where="system.guidance"
             )
@@ -135,8 +164,6 @@ class MVDreamSystem(nn.Module, Updateable):
             g_path = self.guidance.cfg.ckpt_path or self.guidance.cfg.pretrained_model_name_or_path
             shared = backbone if backbone is not None else (self.guidance.backbone if (pp_path in (None,
                                                                                                    g_path)) else None)
-            from dreamdist3d.lift3d.prompt_processor import PromptSample
-
             sample = PromptSample.from_state(prompt_sample) if isinstance(prompt_sample, dict) else prompt_sample
             self.prompt_processor = find_component(self.cfg.prompt_processor_type, "system.prompt_processor_type")(
                 pp_cfg, backbone=shared, device=self.device, seed=seed,
@@ -318,15 +345,20 @@ class MVDreamSystem(nn.Module, Updateable):
             args["betas"] = tuple(args["betas"])
         params = ocfg.get("params")
         if params:
-            groups = []
-            for path, gargs in dict(params).items():
+            groups, owner = [], {}
+            for path, gargs in optimizer_groups(params).items():
                 mod: Any = self
                 for part in path.split("."):
                     if not hasattr(mod, part):
                         raise ConfigError(f"system.optimizer.params: '{path}' does not name a module of the system")
                     mod = getattr(mod, part)
                 ps = list(mod.parameters()) if isinstance(mod, nn.Module) else [mod]
-                groups.append({"params": ps, "name": path, **dict(gargs or {})})
+                for p in ps:
+                    if id(p) in owner:
+                        raise ConfigError(f"system.optimizer.params: '{owner[id(p)]}' and '{path}' hold the same "
+                                          "parameters; give each module one group")
+                    owner[id(p)] = path
+                groups.append({"params": ps, "name": path, **gargs})
         else:
             groups = [{"params": [p for p in self.parameters() if p.requires_grad]}]
         for where, hp in [("system.optimizer.args", args)] + [(f"system.optimizer.params.{g['name']}", g)
@@ -341,13 +373,21 @@ class MVDreamSystem(nn.Module, Updateable):
                 if isinstance(value, (int, float)) and not math.isfinite(value):
                     raise ConfigError(f"{where}.{key} must be a finite number, got {value}")
         optim = getattr(torch.optim, name)(groups, **args)
+        for g in groups:  # torch keeps unknown keys in a group silently: a misspelt `lr` would be ignored
+            unknown = sorted(set(g) - {"params", "name"} - set(optim.defaults))
+            if unknown:
+                raise ConfigError(f"system.optimizer.params.{g['name']}: unknown key(s) {unknown} for {name}; valid: "
+                                  f"{', '.join(sorted(optim.defaults))}")
         sched = None
         if self.cfg.scheduler:
             scfg = dict(self.cfg.scheduler)
             sname = scfg.get("name")
             if not sname or not hasattr(torch.optim.lr_scheduler, sname):
                 raise ConfigError(f"system.scheduler.name: unknown torch lr scheduler {sname!r}")
-            sched = getattr(torch.optim.lr_scheduler, sname)(optim, **dict(scfg.get("args") or {}))
+            try:
+                sched = getattr(torch.optim.lr_scheduler, sname)(optim, **dict(scfg.get("args") or {}))
+            except TypeError as e:  # a misspelt or missing argument
+                raise ConfigError(f"system.scheduler.args: {e}") from None
         return optim, sched
 
 

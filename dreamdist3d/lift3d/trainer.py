@@ -6,7 +6,11 @@ grid, guidance t-range) → one batch → loss → backward → optimizer (and s
 `last.ckpt` refreshed at every validation, checkpoint and at the end. Checkpoints are written atomically (temp file
 + os.replace) and hold the trainable state, optimizer, scheduler, RNG states and the prompt sample, so
 `resume=<ckpt>` continues at the same step with the same random stream (bitwise on CPU).
-Ctrl-C once stops training cleanly (last.ckpt is written) and the caller runs the test stage, as threestudio does.
+
+Ctrl-C once stops training cleanly, as threestudio does: it takes effect when the step in progress is whole (its
+update, log row, validation and checkpoints; `runs.sigint_held`), then last.ckpt is written and the caller runs the
+test stage and exits with code 130. The checkpoint is therefore a state the uninterrupted run also passes through —
+weights, optimizer and random stream alike — and `resume=latest` ends with the same object, bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tqdm import tqdm
 from dreamdist3d.config import ConfigError
 from dreamdist3d.io import atomic_path
 from dreamdist3d.runs import load_checkpoint as _load_run_checkpoint
-from dreamdist3d.runs import save_checkpoint
+from dreamdist3d.runs import save_checkpoint, sigint_held
 
 CKPT_FORMAT = "dreamdist3d.lift3d-checkpoint"
 
@@ -187,45 +191,23 @@ class Trainer:
         t0 = time.time()
         try:
             while step < cfg.max_steps:
-                system.do_update_step(0, step)
-                datamodule.do_update_step(0, step)
-                batch = move_batch(datamodule.train_batch(), self.device)
-                with self.autocast():
-                    out = system.training_step(batch)
-                loss = out["loss"]
-                if not torch.isfinite(loss.detach()):
-                    why = out.get("non_finite") or "lower the learning rates in system.optimizer"
-                    raise FloatingPointError(f"loss became {float(loss.detach())} at step {step}: {why}")
-                optim.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.unscale_(optim)
-                else:
-                    loss.backward()
-                if cfg.gradient_clip_val:
-                    torch.nn.utils.clip_grad_norm_(system.parameters(), cfg.gradient_clip_val)
-                if self.scaler is not None:
-                    self.scaler.step(optim)
-                    self.scaler.update()
-                else:
-                    optim.step()
-                if sched is not None:
-                    sched.step()
-                step += 1
-                if cfg.log_every_n_steps and step % cfg.log_every_n_steps == 0:
-                    row = {"step": step, "time": round(time.time() - t0, 4)}
-                    row.update({k.split("/", 1)[-1]: float(v) for k, v in out["logs"].items()})
-                    log_file, writer = _log_row(log_path, log_file, writer, row)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4g}", refresh=False)
-                bar.update(1)
-                if every_val and step % every_val == 0:
-                    self.validate(system, datamodule, step)
-                    system.train()
-                if every_ckpt and step % every_ckpt == 0:
-                    self.save(system, optim, sched, step, f"epoch=0-step={step}.ckpt")
-                due = (every_val and step % every_val == 0) or (every_ckpt and step % every_ckpt == 0)
-                if self.ckpt_cfg.save_last and due:
-                    self.save(system, optim, sched, step, "last.ckpt")
+                with sigint_held():  # Ctrl-C takes effect between steps (see the module docstring)
+                    out, loss = self._step(system, datamodule, optim, sched, step)
+                    step += 1
+                    if cfg.log_every_n_steps and step % cfg.log_every_n_steps == 0:
+                        row = {"step": step, "time": round(time.time() - t0, 4)}
+                        row.update({k.split("/", 1)[-1]: float(v) for k, v in out["logs"].items()})
+                        log_file, writer = _log_row(log_path, log_file, writer, row)
+                        bar.set_postfix(loss=f"{float(loss.detach()):.4g}", refresh=False)
+                    bar.update(1)
+                    if every_val and step % every_val == 0:
+                        self.validate(system, datamodule, step)
+                        system.train()
+                    if every_ckpt and step % every_ckpt == 0:
+                        self.save(system, optim, sched, step, f"epoch=0-step={step}.ckpt")
+                    due = (every_val and step % every_val == 0) or (every_ckpt and step % every_ckpt == 0)
+                    if self.ckpt_cfg.save_last and due:
+                        self.save(system, optim, sched, step, "last.ckpt")
         except KeyboardInterrupt:
             self.interrupted = True
             bar.write(f"interrupted at step {step}: writing last.ckpt, then the test stage (Ctrl-C again to abort)")
@@ -236,6 +218,34 @@ class Trainer:
             self.save(system, optim, sched, step, "last.ckpt")
         system.global_step = step
         return step
+
+    def _step(self, system, datamodule, optim, sched, step: int):
+        """One optimizer step at `step` (0-based): update hooks, batch, loss, backward, optimizer and scheduler."""
+        system.do_update_step(0, step)
+        datamodule.do_update_step(0, step)
+        batch = move_batch(datamodule.train_batch(), self.device)
+        with self.autocast():
+            out = system.training_step(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss.detach()):
+            why = out.get("non_finite") or "lower the learning rates in system.optimizer"
+            raise FloatingPointError(f"loss became {float(loss.detach())} at step {step}: {why}")
+        optim.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optim)
+        else:
+            loss.backward()
+        if self.cfg.gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(system.parameters(), self.cfg.gradient_clip_val)
+        if self.scaler is not None:
+            self.scaler.step(optim)
+            self.scaler.update()
+        else:
+            optim.step()
+        if sched is not None:
+            sched.step()
+        return out, loss
 
     @torch.no_grad()
     def validate(self, system, datamodule, step: int) -> None:

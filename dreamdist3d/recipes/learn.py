@@ -57,7 +57,6 @@ from dreamdist3d.learn.loop_parts import (
     mean_over_processes,
     progress_bar,
 )
-from dreamdist3d.learn.loop_parts import sigint_held as _sigint_held
 from dreamdist3d.learn.loss import LOSS_MODES, OBJECTIVES, assigned_prompts, distribution_loss
 from dreamdist3d.learn.run_files import CHECKPOINT_FORMAT as CHECKPOINT_FORMAT  # re-exported (were defined here)
 from dreamdist3d.learn.run_files import CHECKPOINT_VERSION as CHECKPOINT_VERSION
@@ -76,6 +75,7 @@ from dreamdist3d.learn.run_files import (
     write_step_preview,
 )
 from dreamdist3d.runs import pick_device, step_of
+from dreamdist3d.runs import sigint_held as _sigint_held
 
 MODES = ("auto", "2d", "4view")
 PRECISIONS = ("no", "fp16", "bf16")

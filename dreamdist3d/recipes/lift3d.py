@@ -11,11 +11,15 @@ from Python with a config object (an OmegaConf DictConfig, a dict, or `config.lo
 - `key=value` overrides (`overrides=`) are an OmegaConf dotlist merged over the config.
 - The trial folder is `<exp_root_dir>/<name>/<tag>[@%Y%m%d-%H%M%S]/` with `configs/{raw,parsed}.yaml`, `ckpts/`,
   `save/`, `csv_logs/`, `cmd.txt`; `${trial_dir}`, `${name}`, `${tag}` may be used inside the config. It is made by
-  `dreamdist3d.runs` (a run started in the same second gets `…-1`; a config error leaves no empty folder).
+  `dreamdist3d.runs` (a run started in the same second gets `…-1`). A config or input error leaves no trial folder:
+  a fresh folder is removed with what the run wrote into it (configs, cmd.txt, the prompt sample) unless a
+  checkpoint was saved; a folder that held files before (resume, `use_timestamp: false`) keeps them.
 - `resume=<ckpt>` continues training (same step, optimizer, RNG and prompt sample) or picks the weights to
   validate/test/export; `resume=latest` takes the newest `last.ckpt` of runs with the same name and tag and keeps
   writing into that run's folder.
-- mode "train" trains, then renders the test turntable; Ctrl-C once stops training and still runs the test.
+- mode "train" trains, then renders the test turntable; Ctrl-C once stops training after the step in progress,
+  writes last.ckpt, still runs the test, then raises KeyboardInterrupt (its message says how to resume; the command
+  line exits with 130).
 - `backbone`: an already loaded Backbone to guide with (e.g. one loaded once for a gallery of runs); by default the
   guidance loads the one the config names.
 
@@ -34,10 +38,12 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from omegaconf import DictConfig, OmegaConf
 
 from dreamdist3d.config import ConfigError, load_yaml, parse_structured
+from dreamdist3d.errors import is_input_error
 from dreamdist3d.io import check_writable
 from dreamdist3d.runs import (
     discard_if_empty,
     find_latest_checkpoint,
+    latest_checkpoint,
     new_run_dir,
     open_run_dir,
     pick_device,
@@ -216,10 +222,14 @@ def run_3d(cfg: ConfigSource, backbone=None, mode: str = "train", resume: Option
     source = cfg if isinstance(cfg, (str, Path)) else _as_config(cfg)  # configs/raw.yaml: the config, no overrides
     ecfg = load_config(_as_config(cfg, overrides, *layers), n_gpus=1)
     trial = Path(ecfg.trial_dir)
+    fresh = trial.is_dir() and not any(trial.iterdir())  # everything that will be in it is this run's
     try:
         return _run(ecfg, trial, mode, backbone, device, source)
-    except BaseException:
-        discard_if_empty(trial)  # a config error found late leaves no empty trial folder
+    except BaseException as e:
+        if fresh and is_input_error(e) and latest_checkpoint(trial, "*.ckpt", last="last.ckpt") is None:
+            shutil.rmtree(trial, ignore_errors=True)  # a config error found late: no configs/sample/cmd.txt left
+        else:
+            discard_if_empty(trial)
         raise
 
 
@@ -270,6 +280,12 @@ def _run(cfg: ExperimentConfig, trial: Path, mode: str, backbone, device: str, s
         step = trainer.fit(system, dm, resume=resume)
         res = trainer.test(system, dm, step)
         print(f"turntable: {res['video']}\ngrid: {res['grid']}")
+        if trainer.interrupted:  # Ctrl-C: the test stage ran as threestudio does; the caller still stops (exit 130)
+            last = trainer.ckpt_dir / "last.ckpt"
+            raise KeyboardInterrupt(
+                f"training stopped at step {step}; {last} holds it: continue with resume=latest (same exp_root_dir, "
+                f"name and tag) or resume={last}" if ckpt_cfg.save_last and last.is_file() else
+                f"training stopped at step {step}; no checkpoint was kept (checkpoint.save_last is false)")
         return Run3DResult(trial, dict(res))
     if resume is not None:
         system.load_trainable_state_dict(resume["state_dict"])
