@@ -46,14 +46,14 @@ def test_scores_by_hand():
     assert fidelity(_reading("red", "box", False), spec) == {"colour": True, "shape": False, "part": False,
                                                             "colour+shape": False}
     assert not any(fidelity(_reading(None, None, None, ok=False), spec).values())
-    view = {"reading": _reading("teal", "torus", True), "part_views": 1}
+    view = {"reading": _reading("teal", "torus", True), "part_views": 3, "distinct_part_views": 1}
     assert agreement(_reading("teal", "torus", False), view) == {"agree": True, "part_kept": False,
                                                                 "clear_part_kept": None}  # a part one view shows
-    assert agreement(_reading("teal", "torus", True), {**view, "part_views": 3})["clear_part_kept"] is True
+    assert agreement(_reading("teal", "torus", True), {**view, "distinct_part_views": 2})["clear_part_kept"] is True
     assert agreement(_reading("teal", "torus", True), {"reading": _reading(0, 0, 0, ok=False)})["agree"] is None
     views = [{"part": "captions", "item": "c00", "seed": 0, "spec": spec, "reading": _reading("red", "cone", True)},
              {"part": "learned", "item": "x-0", "seed": 0, "reading": _reading("teal", "torus", True),
-              "part_views": 2}]
+              "part_views": 2, "distinct_part_views": 2}]
     objects = [{"arm": "sds10", "part": "captions", "item": "c00", "seed": 0, "anchor_steps": 0, "sds_steps": 10,
                 "wall_s": 2.0, "seen": _reading("red", "cone", False), "novel": _reading("red", "cone", True)},
                {"arm": "sds10", "part": "learned", "item": "x-0", "seed": 0, "anchor_steps": 0, "sds_steps": 10,

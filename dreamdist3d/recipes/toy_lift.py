@@ -174,7 +174,7 @@ def views_record(cfg: LiftConfig, backbone, reader, item: Item, rep: int) -> Dic
     path = Path(cfg.out) / "views" / item.part / item.key / f"seed{rep}.json"
     if path.is_file():
         rec = json.loads(path.read_text())
-        if "part_views" in rec:
+        if "distinct_part_views" in rec:
             return rec
     from dreamdist3d.recipes.toy_demo import prompt_samples
     from dreamdist3d.sample2d.mvdream_preview import image_grid, preview_sampler_for, preview_views
@@ -184,7 +184,8 @@ def views_record(cfg: LiftConfig, backbone, reader, item: Item, rep: int) -> Dic
     per_view = reader.read(views)
     rec = {"part": item.part, "item": item.key, "seed": rep, "run_seed": item.seed, "caption": item.caption,
            "spec": item.spec, "reading": reading_dict(reader.read_views(views, 4)[0]),
-           "part_views": sum(bool(r.ok and r.has_part) for r in per_view)}
+           "part_views": sum(bool(r.ok and r.has_part) for r in per_view),
+           "distinct_part_views": sum(bool(r.ok and r.has_part and r.part_colour != r.colour) for r in per_view)}
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(views[None]).save(path.with_suffix(".png"))
     atomic_write_text(path, json.dumps(rec, indent=1))
@@ -271,15 +272,16 @@ def fidelity(reading: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, bool]:
 
 def agreement(obj: Dict[str, Any], views: Dict[str, Any]) -> Dict[str, Optional[bool]]:
     """Does the object read as its own 4-view sample? (None where a score does not apply.) `part_kept`: of samples
-    whose reading shows a part (the reader's rule: any one of the 4 views), does the object show one;
-    `clear_part_kept`: the same for parts at least 2 of the 4 views show."""
+    whose reading shows a part (the reader's rule: any one of the 4 views, a bump of the body's own colour
+    included), does the object show one; `clear_part_kept`: the same for parts of another colour than the body that
+    at least 2 of the 4 views show (what a viewer calls a part)."""
     v = views["reading"]
     if not v["ok"]:
         return {"agree": None, "part_kept": None, "clear_part_kept": None}
     kept = bool(obj["ok"] and obj["has_part"])
     return {"agree": bool(obj["ok"] and obj["colour"] == v["colour"] and obj["shape"] == v["shape"]),
             "part_kept": kept if v["has_part"] else None,
-            "clear_part_kept": kept if views.get("part_views", 0) >= 2 else None}
+            "clear_part_kept": kept if views.get("distinct_part_views", 0) >= 2 else None}
 
 
 def _rate(values: Sequence[Optional[bool]]) -> Optional[float]:
