@@ -61,7 +61,8 @@ def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = 
 def _one_3d(backbone, cfg, distribution: Path, out: Path, seed: int):
     """3D run + export of one seed -> (run folder, exported files, (run times, export times))."""
     w0, c0 = time.perf_counter(), time.process_time()
-    _log(f"3D run seed {seed} ({cfg.steps_3d or 'the 3D config´s'} steps)".replace("´", "'"))
+    steps = cfg.steps_3d or "the 3D config's"
+    _log(f"3D run seed {seed} ({steps} steps)")
     # γ as the 2D samples; an anchored run's views drawn with the demo's sampler (what previews-4view.png shows)
     overrides = [f"system.prompt_processor.scale={cfg.scale}", f"system.anchor.sampler_steps={cfg.sample_steps}",
                  f"system.anchor.guidance_scale={cfg.guidance}", *cfg.overrides_3d]
