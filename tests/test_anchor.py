@@ -182,3 +182,25 @@ def test_fitting_the_anchor_views_gives_the_object_they_show(tmp_path):
     truth, wrong = _toy_views(spec, novel_az), _toy_views(mirror, novel_az)
     err_true, err_wrong = (novel - truth).abs().mean(), (novel - wrong).abs().mean()
     assert err_true < 0.05 and err_true < 0.6 * err_wrong, (float(err_true), float(err_wrong))
+
+
+def test_anchor_lr_scale_applies_to_the_anchor_only_steps():
+    cfg = load_config(TOY, ["system.prompt_processor.distribution=x.safetensors", "system.anchor.steps=3",
+                            "system.anchor.lr_scale=3"], make_dirs=False)
+    system = MVDreamSystem(cfg.system, build_guidance=False)
+    optim, sched = system.configure_optimizers()
+    lrs = lambda: {g["name"]: round(g["lr"], 9) for g in optim.param_groups}  # noqa: E731
+    assert lrs() == {"geometry.encoding": 0.03, "geometry.density_network": 0.003, "geometry.feature_network": 0.003}
+    for _ in range(3):
+        optim.step()
+        sched.step()
+    assert lrs() == {"geometry.encoding": 0.01, "geometry.density_network": 0.001, "geometry.feature_network": 0.001}
+    state = sched.state_dict()  # plain data (checkpoints load with weights_only)
+    assert state["last_epoch"] == 3 and state["lr_lambdas"] == [{"scale": 3.0, "steps": 3}] * 3
+    for settings, message in ((["system.anchor.lr_scale=0"], "lr_scale must be a finite number > 0"),
+                              (["system.scheduler.name=StepLR", "system.scheduler.args.step_size=5"],
+                               "cannot be combined")):
+        bad = load_config(TOY, ["system.prompt_processor.distribution=x.safetensors", "system.anchor.steps=3",
+                                "system.anchor.lr_scale=3", *settings], make_dirs=False)
+        with pytest.raises(ConfigError, match=message):
+            MVDreamSystem(bad.system, build_guidance=False).configure_optimizers()

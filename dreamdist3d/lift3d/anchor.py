@@ -49,6 +49,7 @@ class AnchorConfig:
 
     source: str = "none"  # preview: the 4-view sample of the run's prompt sample; none: SDS only
     steps: int = 0  # anchor-only steps at the start (no SDS, no guidance call)
+    lr_scale: float = 1.0  # learning rates × this during the anchor-only steps (a photometric fit takes larger steps)
     # the preview sampler (None: the backbone's `dreamdist3d preview` defaults: MVDream 50 steps CFG 7.5; toy 25, 2)
     sampler_steps: Optional[int] = None
     guidance_scale: Optional[float] = None
@@ -69,6 +70,8 @@ def check_config(cfg: AnchorConfig, lam_rgb: Any, lam_mask: Any, where: str = "s
         raise ConfigError(f"{where}.source must be one of {', '.join(SOURCES)}, not {cfg.source!r}")
     if cfg.steps < 0 or cfg.rays_per_step < 0:
         raise ConfigError(f"{where}.steps and {where}.rays_per_step must be ≥ 0")
+    if not (0 < float(cfg.lr_scale) < float("inf")):
+        raise ConfigError(f"{where}.lr_scale must be a finite number > 0, got {cfg.lr_scale}")
     if cfg.source == "preview" and not (_positive(lam_rgb) or _positive(lam_mask)):
         raise ConfigError(f"{where}.source is 'preview' but system.loss.lambda_anchor_rgb and lambda_anchor_mask "
                           "are both 0: set them (e.g. system.loss.lambda_anchor_rgb=1000 "
@@ -81,6 +84,17 @@ def _positive(value: Any) -> bool:
         return float(value) > 0
     value = list(value)
     return max(float(value[-3]), float(value[-2])) > 0
+
+
+class AnchorLRFactor:
+    """The learning-rate factor of optimizer step `step` (torch's LambdaLR): `scale` for the anchor-only steps, then 1.
+    A class, not a lambda, so the scheduler's state (saved in checkpoints) stays plain data."""
+
+    def __init__(self, scale: float, steps: int) -> None:
+        self.scale, self.steps = float(scale), int(steps)
+
+    def __call__(self, step: int) -> float:
+        return self.scale if step < self.steps else 1.0
 
 
 def sampler_of(cfg: AnchorConfig, backbone) -> PreviewSampler:
@@ -204,5 +218,6 @@ class Anchor:
                 "loss_anchor_mask": F.mse_loss(out["opacity"], mask)}, out
 
 
-__all__ = ["Anchor", "AnchorConfig", "AnchorViews", "GRID_FILE", "SOURCES", "VIEWS_FILE", "check_config",
+__all__ = ["Anchor", "AnchorConfig", "AnchorLRFactor", "AnchorViews", "GRID_FILE", "SOURCES", "VIEWS_FILE",
+           "check_config",
            "draw_views", "embedding_digest", "foreground_masks", "prepare_views", "sampler_of"]

@@ -26,7 +26,7 @@ from torch import nn
 
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.images import save_png, to_uint8
-from dreamdist3d.lift3d.anchor import Anchor, AnchorConfig
+from dreamdist3d.lift3d.anchor import Anchor, AnchorConfig, AnchorLRFactor
 from dreamdist3d.lift3d.anchor import check_config as check_anchor_config
 from dreamdist3d.lift3d.anchor import prepare_views as prepare_anchor_views
 from dreamdist3d.lift3d.base import C, Updateable
@@ -388,6 +388,12 @@ class MVDreamSystem(nn.Module, Updateable):
                 sched = getattr(torch.optim.lr_scheduler, sname)(optim, **dict(scfg.get("args") or {}))
             except TypeError as e:  # a misspelt or missing argument
                 raise ConfigError(f"system.scheduler.args: {e}") from None
+        a = self.anchor_cfg
+        if a.source != "none" and a.steps > 0 and a.lr_scale != 1.0:
+            if sched is not None:
+                raise ConfigError("system.anchor.lr_scale and system.scheduler cannot be combined: set "
+                                  "system.anchor.lr_scale=1 or drop the scheduler")
+            sched = torch.optim.lr_scheduler.LambdaLR(optim, AnchorLRFactor(a.lr_scale, a.steps))
         return optim, sched
 
 
