@@ -58,7 +58,8 @@ class LiftConfig:
     out: str = "outputs/toyworld/lift"
     weights: str = ""  # toy backbone weights; "" = the shipped ones
     reader: str = "outputs/toyworld/attribute-reader.safetensors"
-    arms: List[str] = field(default_factory=lambda: ["sds300", "sds600", "sds1200", "anchor40+40", "anchor40+110"])
+    arms: List[str] = field(default_factory=lambda: ["sds300", "sds600", "sds1200", "anchor60+0", "anchor100+0",
+                                                      "anchor100+50"])
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     parts: List[str] = field(default_factory=lambda: ["captions", "learned"])
     n_captions: int = 32
