@@ -52,7 +52,7 @@ class DemoConfig:
     overwrite: bool = False  # ... unless this is true: then that earlier demo's results are replaced
     weights: str = ""  # toy backbone weights; "" = the shipped ones
     seed: int = 0
-    threads: int = 1  # torch CPU threads; 0 = torch's default (tiny models: 1 is as fast, and robust on shared cores)
+    threads: int = 2  # torch CPU threads of learning and sampling (each 3D run has one); 0 = torch's default
     device: str = "cpu"
     progress: bool = True
     # learning (the official recipe's optimiser settings, few steps)
@@ -417,7 +417,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-3d", type=int, default=None, help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
     p.add_argument("--weights", default="", help="toy backbone weights (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0 = torch's choice)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads of learning and sampling (default 2; each 3D run uses one; 0 = torch's "
+                        "choice)")
     p.add_argument("--fast", action="store_true", help="~2-minute smoke version (few steps, fewer samples)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
