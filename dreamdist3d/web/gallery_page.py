@@ -116,7 +116,7 @@ def _settings_text(s: Dict[str, Any]) -> str:
 CSS = """body{font-family:sans-serif;background:#fafafa;margin:1.5em;color:#222}
 .refs,.objects{display:flex;flex-wrap:wrap;gap:12px}.refs img{width:96px;height:96px;object-fit:contain;
 image-rendering:pixelated;background:#fff;border:1px solid #ddd}.card{background:#fff;border:1px solid #ddd;
-padding:8px}.views{display:flex;gap:8px}video,model-viewer,img.anchor{width:256px;height:256px;
+padding:8px}.views{display:flex;gap:8px}video,model-viewer,img.anchor{width:180px;height:180px;
 background:#fff;border:1px solid #eee}img.anchor{image-rendering:pixelated}
 model-viewer::part(default-progress-bar){display:none}.meta{font-size:12px;color:#555}
 .warn{background:#fee;border:1px solid #c00;padding:8px}"""
