@@ -35,7 +35,7 @@ from dreamdist3d.backbones.cameras import threestudio_azimuth
 from dreamdist3d.config import ConfigError
 from dreamdist3d.lift3d.data import camera_batch
 from dreamdist3d.sample2d.mvdream_preview import PreviewSampler, image_grid, preview_sampler_for, preview_views
-from dreamdist3d.sample2d.pick import FOREGROUND, background_colour
+from dreamdist3d.sample2d.pick import FOREGROUND, background_colour, foreground_mask
 
 SOURCES = ("none", "preview")
 VIEWS_FILE = "views.safetensors"
@@ -121,9 +121,7 @@ def draw_views(backbone, text_embeddings: torch.Tensor, seed: int, sampler: Prev
 
 def foreground_masks(views: torch.Tensor, threshold: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """views (F, 3, H, W) in [0,1] -> masks (F, 1, H, W) {0, 1} float and background colours (F, 3)."""
-    bg = background_colour(views)
-    mask = (views - bg[..., None, None]).abs().amax(dim=1, keepdim=True) > threshold
-    return mask.float(), bg
+    return foreground_mask(views, threshold)[:, None].float(), background_colour(views)
 
 
 @dataclass

@@ -30,6 +30,12 @@ def background_colour(images: torch.Tensor) -> torch.Tensor:
     return border.median(dim=-1).values
 
 
+def foreground_mask(images: torch.Tensor, threshold: float = FOREGROUND) -> torch.Tensor:
+    """(n, 3, H, W) in [0,1] -> (n, H, W) bool: pixels some channel of which is farther than `threshold` from the
+    image's background colour (`background_colour`)."""
+    return (images - background_colour(images)[..., None, None]).abs().amax(dim=1) > threshold
+
+
 def colour_histograms(images: torch.Tensor, bins: int = BINS, threshold: float = FOREGROUND) -> torch.Tensor:
     """(n, F, 3, H, W) or (n, 3, H, W) in [0,1] -> (n, bins³) float64: each sample's foreground colour histogram,
     normalised per view and averaged over views (a view with no foreground counts as an empty histogram)."""
@@ -39,7 +45,7 @@ def colour_histograms(images: torch.Tensor, bins: int = BINS, threshold: float =
         raise ValueError(f"expected images (n, F, 3, H, W) or (n, 3, H, W), got {tuple(images.shape)}")
     n, F = images.shape[:2]
     x = images.reshape(n * F, 3, *images.shape[-2:]).float().nan_to_num(0.0).clamp(0, 1)  # (nF, 3, H, W)
-    fg = (x - background_colour(x)[..., None, None]).abs().amax(dim=1) > threshold  # (nF, H, W)
+    fg = foreground_mask(x, threshold)  # (nF, H, W)
     q = (x * bins).long().clamp_max(bins - 1)  # (nF, 3, H, W)
     cell = (q[:, 0] * bins + q[:, 1]) * bins + q[:, 2]  # (nF, H, W)
     hist = torch.zeros(n * F, bins ** 3, dtype=torch.float64)
@@ -76,5 +82,5 @@ def pick_seeds(images: torch.Tensor, k: int, first_seed: int) -> List[int]:
     return sorted(first_seed + i for i in pick_previews(images, k))
 
 
-__all__ = ["BINS", "FOREGROUND", "background_colour", "colour_histograms", "most_different", "pick_previews",
-           "pick_seeds"]
+__all__ = ["BINS", "FOREGROUND", "background_colour", "colour_histograms", "foreground_mask", "most_different",
+           "pick_previews", "pick_seeds"]
