@@ -213,22 +213,32 @@ def test_help_lists_threestudio_flags(capsys):
         assert flag in text
 
 
-@pytest.mark.parametrize("name", ["dreamdist-mvdream.yaml", "dreamdist-mvdream-lowmem.yaml"])
-def test_full_configs_parse_strictly_and_build(assets, tmp_path, name):
+# (config, anchored, max_steps, min_step at step 0): the anchored configs refine at t <= 0.5 from the first SDS
+# step; the SDS-only config is MVDream's recipe (t from 0.98, annealed)
+FULL_CONFIGS = [("dreamdist-mvdream.yaml", True, 3000, 20), ("dreamdist-mvdream-lowmem.yaml", True, 3000, 20),
+                ("dreamdist-mvdream-sds.yaml", False, 10000, 980)]
+
+
+@pytest.mark.parametrize("name,anchored,max_steps,min_step", FULL_CONFIGS)
+def test_full_configs_parse_strictly_and_build(assets, tmp_path, name, anchored, max_steps, min_step):
     from dreamdist3d.lift3d.system import MVDreamSystem, find_component
 
     cfg = load_config(str(REPO / "configs" / name), [f"system.guidance.pretrained_model_name_or_path={assets['ckpt']}",
                                                      f"system.prompt_processor.distribution={assets['dist']}",
                                                      f"exp_root_dir={tmp_path}"])
-    assert cfg.trainer["max_steps"] == 10000 and cfg.system["guidance"]["guidance_scale"] == 50.0
+    assert cfg.trainer["max_steps"] == max_steps and cfg.system["guidance"]["guidance_scale"] == 50.0
+    assert (cfg.system["anchor"]["source"] == "preview") == anchored
     assert Path(cfg.trial_dir).name.startswith("tiny-dist-g1.0-seed0@")
     dm = find_component(cfg.data_type, "data_type")(cfg.data, where="data")
     system = MVDreamSystem(cfg.system, save_dir=str(Path(cfg.trial_dir) / "save"))
     assert system.geometry.encoding.n_output_dims == 32 and system.renderer.cfg.num_samples_per_ray == 512
-    assert dm.batch_sizes == [8, 4] and system.guidance.min_step == 980
-    groups = {g["name"]: g["lr"] for g in system.configure_optimizers()[0].param_groups}
-    assert groups == {"geometry.encoding": 0.01, "geometry.density_network": 0.001, "geometry.feature_network": 0.001,
-                      "background": 0.001}
+    assert dm.batch_sizes == [8, 4] and system.guidance.min_step == min_step
+    groups = system.configure_optimizers()[0].param_groups
+    assert {g["name"]: g["initial_lr"] if anchored else g["lr"] for g in groups} == {
+        "geometry.encoding": 0.01, "geometry.density_network": 0.001, "geometry.feature_network": 0.001,
+        "background": 0.001}
+    if anchored:  # the anchor-only phase runs at anchor.lr_scale x MVDream's rates
+        assert all(g["lr"] == pytest.approx(3.0 * g["initial_lr"]) for g in groups)
 
 
 def test_run_3d_from_python_with_a_config_object(assets, tmp_path):

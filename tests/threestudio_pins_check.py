@@ -144,12 +144,16 @@ def main(work: Path) -> None:
     assert Path(pp.sample_path).is_file()
     assert torch.equal(out.text_embeddings, tensors["mv.text"]), (
         "the yaml's processor differs from the same settings given directly")
-    try:
-        load_config(str(yaml), cli_args=[f"exp_root_dir={work / 'outputs'}"], n_gpus=1)
-    except Exception as e:  # omegaconf wraps the resolver's error
-        assert "system.prompt_processor.distribution is not set" in str(e), e
-    else:
-        raise AssertionError("the yaml without a distribution was accepted")
+    # what is unset is named, the checkpoint first (the processor reads its text encoder from it too)
+    for args, expected in (([], "system.guidance.ckpt_path is not set"),
+                           ([f"system.guidance.ckpt_path={mv['text_encoder_path']}"],
+                            "system.prompt_processor.distribution is not set")):
+        try:
+            load_config(str(yaml), cli_args=[f"exp_root_dir={work / 'outputs'}", *args], n_gpus=1)
+        except Exception as e:  # omegaconf wraps the resolver's error
+            assert expected in str(e), e
+        else:
+            raise AssertionError(f"the yaml with {args} was accepted")
 
     from safetensors.torch import save_file
 
