@@ -24,7 +24,9 @@ The weights do not tell which one a checkpoint needs: the loader takes it from t
 names, or its `rotation_normalization` argument.
 
 Configs: `LGM_CONFIGS` holds the official `big` (the released weights: 256² input, 128² splats per view, 65,536
-Gaussians), `small` (the official default Options: 64² splats) and `tiny` (the official ablation model).
+Gaussians), `small` (the official default Options: 64² splats) and `tiny` (the official ablation model), and `toy`:
+the same class at the toy world's size (32² views, 1,024 Gaussians; trained by `dreamdist3d toyworld train-lgm`,
+shipped in `reconstruct/data/`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ from torch import nn
 from dreamdist3d.backbones.multiview_blocks import AttentionFn, sdpa_attention
 from dreamdist3d.reconstruct.gaussians import LGM_CHANNELS, Gaussians
 from dreamdist3d.reconstruct.lgm_blocks import LGMUNet, PackedSelfAttention, check_unet_layout
-from dreamdist3d.reconstruct.lgm_cameras import gaussians_to_world, lgm_cameras, lgm_input
+from dreamdist3d.reconstruct.lgm_cameras import (
+    gaussians_to_world,
+    lgm_cameras,
+    lgm_input,
+    on_lgm_sphere,
+    scene_distance,
+    scene_scale,
+)
 
 ROTATION_NORMALIZATIONS = ("fixed", "legacy")
 IN_CHANNELS = 9  # RGB + Plücker (6)
@@ -104,6 +113,12 @@ LGM_CONFIGS: Dict[str, LGMConfig] = {
                        output_size=256),
     "tiny": LGMConfig(down_channels=(32, 64, 128, 256, 512), down_attention=(False, False, False, False, True),
                       up_channels=(512, 256, 128), up_attention=(True, False, False), splat_size=64, output_size=256),
+    # the toy world's reconstructor (ours, not an official preset): 4 toy views at 32², 16² splats per view (1,024
+    # Gaussians), 1.35 M parameters; its cameras frame objects as the toy world does (fovy 40°; radius 2, so the
+    # toy scene at distance 3 is 1.5× LGM's frame and every toy object stays well inside [-1, 1]³)
+    "toy": LGMConfig(input_size=32, down_channels=(32, 64, 64), down_attention=(False, False, True),
+                     up_channels=(64, 64), up_attention=(True, False), splat_size=16, output_size=32, fovy=40.0,
+                     cam_radius=2.0),
 }
 
 
@@ -183,6 +198,21 @@ class LGM(nn.Module):
         cams = lgm_cameras(elevation_deg, cfg.cam_radius) if c2w is None else c2w
         x = lgm_input(images, cams.to(images.device), cfg.input_size, cfg.fovy)
         return gaussians_to_world(self(x))
+
+    def forward_scene(self, images: torch.Tensor, c2w: torch.Tensor, fovy_deg: float) -> Gaussians:
+        """(B,V,3,h,w) RGB in [0,1] on white, taken by scene cameras `c2w` ((V,4,4) or (B,V,4,4), looking at the
+        origin from one distance) with vertical field of view `fovy_deg` -> Gaussians (B, V·s², …) in that scene
+        (differentiable): LGM sees the views from its own cameras in the same directions, and its object is scaled by
+        `scene_scale` (lgm_cameras.py)."""
+        cfg = self.config
+        scale = scene_scale(scene_distance(c2w), fovy_deg, cfg.cam_radius, cfg.fovy)
+        x = lgm_input(images, on_lgm_sphere(c2w, cfg.cam_radius).to(images.device), cfg.input_size, cfg.fovy)
+        return gaussians_to_world(self(x), scale)
+
+    @torch.no_grad()
+    def reconstruct_scene(self, images: torch.Tensor, c2w: torch.Tensor, fovy_deg: float) -> Gaussians:
+        """`forward_scene` without gradients: the feed-forward 3D object of a set of views in their scene."""
+        return self.forward_scene(images, c2w, fovy_deg)
 
 
 __all__ = ["LGM", "LGMConfig", "LGM_CONFIGS", "ROTATION_NORMALIZATIONS", "lgm_config", "normalize_rotations"]
