@@ -1,11 +1,19 @@
-"""`dreamdist3d gallery --distribution F (--n 8 | --seeds S,S,…) [--config C] [--gpu 0,1] [key=value ...]`: N
-text-to-3D runs of one distribution with seeds 0..N-1 or the seeds given (one prompt sample each; `dreamdist3d
-preview --pick N` names the seeds of the N most different previews), then one gallery of the objects: a PNG grid of
-turntable frames (one row per seed) and an HTML page with the turntable videos side by side.
+"""`dreamdist3d gallery --distribution F (--n 8 | --seeds S,S,…) [--lift sds|lgm|lgm+sds] [--lgm L] [--mvdream M]
+[--config C] [--gpu 0,1] [key=value ...]`: N 3D objects of one distribution with seeds 0..N-1 or the seeds given (one
+prompt sample each; `dreamdist3d preview --pick N` names the seeds of the N most different previews), then one
+gallery of the objects: a PNG grid of turntable frames (one row per seed) and an HTML page with the turntable videos
+side by side, each beside the 4-view sample it came from.
 
-One GPU (or the CPU): the runs go one after another in this process, sharing the loaded MVDream model.
-Several GPUs (`--gpu 0,1,2`): one worker process per GPU, each taking seeds from its share of the list.
-Runs that already have a turntable are kept (re-running the command only fills in the missing seeds).
+How a seed becomes an object (`--lift`):
+- `sds` (default): a text-to-3D run of `--config` (SDS, anchored if the config says so);
+- `lgm`: feed-forward, seconds per object: the seed's 4-view sample (`preview`'s images) -> the reconstructor
+  `--lgm` (`system.anchor.reconstructor`) -> Gaussians -> turntable, splat .ply and meshes (`recipes/reconstruct.py`);
+- `lgm+sds`: a 3D run anchored to renders of that reconstruction (`system.anchor.source=lgm`), then SDS.
+
+One GPU (or the CPU): the objects are made one after another in this process, sharing the loaded MVDream model
+(and reconstructor); the seconds each took are printed. Several GPUs (`--gpu 0,1,2`): one worker process per GPU,
+each taking seeds from its share of the list. Objects that already have a turntable are kept (re-running the command
+only fills in the missing seeds).
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List
 
 NAME = "gallery"
-HELP = ("N text-to-3D runs of one distribution (seeds 0..N-1 or --seeds), then a PNG grid and an HTML page of their "
-        "turntables")
+HELP = ("N 3D objects of one distribution (seeds 0..N-1 or --seeds; SDS runs, or feed-forward with --lift lgm), then "
+        "a PNG grid and an HTML page of their turntables")
+LIFTS = ("sds", "lgm", "lgm+sds")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,9 +39,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--seeds", type=seed_list, default=None, metavar="S,S,…",
                        help="these seeds instead, comma-separated (e.g. those `dreamdist3d preview --pick N` names)")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first run with --n (default 0)")
+    p.add_argument("--lift", choices=LIFTS, default="sds",
+                   help="how a seed becomes 3D: sds = a text-to-3D run of --config (default); lgm = feed-forward "
+                        "reconstruction of its 4-view sample (seconds per object); lgm+sds = a run anchored to that "
+                        "reconstruction, then SDS")
+    p.add_argument("--lgm", default=None, metavar="CKPT",
+                   help="the reconstructor of --lift lgm / lgm+sds: an LGM checkpoint (e.g. model_fp16_fixrot."
+                        "safetensors), or 'toy' (sets system.anchor.reconstructor; default: the config's)")
+    p.add_argument("--mvdream", default=None, metavar="CKPT",
+                   help="the MVDream checkpoint sd-v2.1-base-4view.pt (sets system.guidance."
+                        "pretrained_model_name_or_path; default: the config's)")
     p.add_argument("--config", default="configs/dreamdist-mvdream.yaml",
                    help="launch config (default configs/dreamdist-mvdream.yaml)")
-    p.add_argument("--out", default=None, help="gallery folder (default outputs/gallery/<distribution stem>)")
+    p.add_argument("--out", default=None,
+                   help="gallery folder (default outputs/gallery/<distribution stem>, with -lgm / -lgm+sds for those "
+                        "lifts)")
     p.add_argument("--gpu", default="0", help="GPU id(s); several ids run one worker per GPU")
     p.add_argument("--cpu", action="store_true", help="run on the CPU")
     p.add_argument("--frames", type=int, default=6, help="turntable frames per row of the PNG grid (default 6)")
@@ -53,26 +75,43 @@ def seed_list(text: str) -> List[int]:
 
 
 def run_overrides(args: argparse.Namespace, out: Path, seed: int) -> List[str]:
-    """The config overrides of one run: fixed folder <out>/runs/seed<seed>/ (no timestamp)."""
+    """The config overrides of one object: fixed folder <out>/runs/seed<seed>/ (no timestamp), the lift's anchor
+    source and the checkpoints given by flag, then the user's key=value."""
+    lift = {"lgm+sds": ["system.anchor.source=lgm"]}.get(args.lift, [])
+    flags = [*([f"system.anchor.reconstructor={args.lgm}"] if args.lgm else []),
+             *([f"system.guidance.pretrained_model_name_or_path={args.mvdream}"] if args.mvdream else [])]
     return [
         f"system.prompt_processor.distribution={args.distribution}", f"seed={seed}",
         f"exp_root_dir={out}", "name=runs", f"tag=seed{seed}", "use_timestamp=false",
-        *args.overrides,
+        *lift, *flags, *args.overrides,
     ]
 
 
 def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
-    from dreamdist3d.recipes.lift3d import run_3d
+    from dreamdist3d.recipes.lift3d import load_config, run_3d
+    from dreamdist3d.recipes.reconstruct import lift_lgm, load_guidance_backbone
+    from dreamdist3d.runs import pick_device
 
+    device = "cpu" if args.cpu else "auto"
     failed, backbone = [], None
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
         settings = run_overrides(args, out, seed)
-        print(f"[gallery] seed {seed}: training ({args.config} {' '.join(settings)})", flush=True)
+        what = "reconstructing" if args.lift == "lgm" else "training"
+        print(f"[gallery] seed {seed} ({i + 1}/{len(seeds)}): {what} ({args.config} {' '.join(settings)})", flush=True)
+        t0 = time.perf_counter()
         try:
-            if backbone is None:
-                backbone = _load_shared_backbone(args.config, settings)
-            run_3d(args.config, backbone=backbone, mode="train", overrides=settings,
-                   device="cpu" if args.cpu else "auto")
+            if backbone is None:  # the guidance checkpoint, loaded once for all objects
+                backbone = load_guidance_backbone(load_config(args.config, settings, make_dirs=False),
+                                                  pick_device(device))
+            if args.lift == "lgm":
+                res = lift_lgm(args.config, backbone, overrides=settings, device=device)
+                stages = ", ".join(f"{k} {v:.2f} s" for k, v in res.seconds.items() if k != "total")
+                print(f"[gallery] seed {seed} ({i + 1}/{len(seeds)}) done in {res.seconds['total']:.2f} s "
+                      f"({stages})", flush=True)
+            else:
+                run_3d(args.config, backbone=backbone, mode="train", overrides=settings, device=device)
+                print(f"[gallery] seed {seed} ({i + 1}/{len(seeds)}) done in {time.perf_counter() - t0:.1f} s",
+                      flush=True)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # keep going: one bad seed should not lose the others
@@ -81,18 +120,6 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
             print(f"[gallery] seed {seed} failed: {e}", file=sys.stderr)
             failed.append(seed)
     return failed
-
-
-def _load_shared_backbone(config: str, settings: List[str]):
-    """Load the guidance checkpoint once for all sequential runs."""
-    from dreamdist3d.backbones.load import load_backbone
-    from dreamdist3d.recipes.lift3d import load_config
-
-    cfg = load_config(config, settings, make_dirs=False)
-    g = dict(cfg.system.get("guidance") or {})
-    key = "system.guidance.ckpt_path" if g.get("ckpt_path") else "system.guidance.pretrained_model_name_or_path"
-    return load_backbone(g.get("ckpt_path") or g.get("pretrained_model_name_or_path"), config_key=key,
-                         default_kind="mvdream")
 
 
 def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[int]:
@@ -107,6 +134,8 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[in
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
         cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution,
                "--config", args.config, "--out", str(out), "--gpu", "0", "--frames", str(args.frames),
+               "--lift", args.lift, *(["--lgm", args.lgm] if args.lgm else []),
+               *(["--mvdream", args.mvdream] if args.mvdream else []),
                "--worker-seeds", ",".join(map(str, share)), *args.overrides]
         procs.append((gpu, share, subprocess.Popen(cmd, env=env)))
     failed = []
@@ -130,9 +159,13 @@ def run(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ValueError(f"overrides must be key=value, got {bad}")
+    if args.lgm and args.lift == "sds":
+        raise ValueError("--lgm names the reconstructor of --lift lgm or --lift lgm+sds; with --lift sds (the default) "
+                         "no reconstructor is used")
     if args.seeds and args.first_seed:
         raise ValueError("--first-seed goes with --n; with --seeds list every seed")
-    out = Path(args.out) if args.out else Path("outputs") / "gallery" / dist.stem
+    out = Path(args.out) if args.out else Path("outputs") / "gallery" / (
+        dist.stem + ("" if args.lift == "sds" else f"-{args.lift}"))
     out.mkdir(parents=True, exist_ok=True)
     worker = getattr(args, "worker_seeds", None)
     seeds = seed_list(worker) if worker else args.seeds or list(range(args.first_seed, args.first_seed + args.n))
@@ -149,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
         failed = _run_parallel(args, out, todo, gpus)
     if worker:
         return 1 if failed else 0
-    res = build_gallery(out, seeds, args.frames, title=f"{dist.stem}: {len(seeds)} samples")
+    how = {"sds": "", "lgm": ", feed-forward (LGM)", "lgm+sds": ", LGM then SDS"}[args.lift]
+    res = build_gallery(out, seeds, args.frames, title=f"{dist.stem}: {len(seeds)} samples{how}")
     print(f"gallery: {res['png']}\npage:    {res['html']}")
     if failed:
         print(f"[gallery] failed seeds: {failed}", file=sys.stderr)

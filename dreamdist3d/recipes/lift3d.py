@@ -251,7 +251,7 @@ def _run(cfg: ExperimentConfig, trial: Path, mode: str, backbone, device: str, s
             raise ConfigError("--export needs resume=<run>/ckpts/last.ckpt (or resume=latest)")
         run_field = load_run_field(Path(cfg.resume).parent.parent, ckpt=cfg.resume, device=dev)
         sys_cfg = dict(cfg.system)
-        exporter = _exporter_options(dict(sys_cfg.get("exporter") or {}), dict(sys_cfg.get("geometry") or {}))
+        exporter = exporter_options(dict(sys_cfg.get("exporter") or {}), dict(sys_cfg.get("geometry") or {}))
         formats = exporter.pop("formats")
         out = trial / "save" / f"it{run_field.step}-export"
         res = export_field(run_field, out, formats=formats, cfg=exporter, source=str(cfg.resume))
@@ -284,7 +284,7 @@ def _run(cfg: ExperimentConfig, trial: Path, mode: str, backbone, device: str, s
     return Run3DResult(trial, dict(res))
 
 
-def _exporter_options(exporter: dict, geometry: dict) -> dict:
+def exporter_options(exporter: dict, geometry: dict) -> dict:
     """threestudio's mesh-exporter keys (and the geometry's isosurface keys) -> dreamdist3d.export options."""
     fmt = exporter.pop("fmt", "obj-mtl")
     formats = exporter.pop("formats", None) or {"obj-mtl": "obj", "obj": "obj"}.get(fmt, fmt)
@@ -307,4 +307,4 @@ def _exporter_options(exporter: dict, geometry: dict) -> dict:
     return out
 
 
-__all__ = ["ExperimentConfig", "MODES", "Run3DResult", "config_to_yaml", "load_config", "run_3d"]
+__all__ = ["ExperimentConfig", "MODES", "Run3DResult", "config_to_yaml", "exporter_options", "load_config", "run_3d"]
