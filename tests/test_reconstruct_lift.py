@@ -49,6 +49,7 @@ def assets(tmp_path_factory):
     return ckpt, dist, write_tiny_lgm_checkpoint(folder / "tiny-lgm.safetensors")
 
 
+@pytest.mark.slow
 def test_gallery_lift_lgm_end_to_end_with_tiny_models(assets, tmp_path, capsys):
     """`dreamdist3d gallery --lift lgm`: per seed the 4-view sample `preview --seed s` shows (bit for bit), its
     Gaussians as a splat .ply, meshes and a turntable in a 3D run's folder layout, the page beside it; time per object
@@ -91,6 +92,7 @@ def test_gallery_lift_lgm_end_to_end_with_tiny_models(assets, tmp_path, capsys):
     assert video.stat().st_mtime_ns == mtime and (out / "runs" / "seed2" / "save" / "it0-test.mp4").is_file()
 
 
+@pytest.mark.slow
 def test_lgm_sds_run_is_anchored_to_the_reconstruction(assets, tmp_path):
     """`system.anchor.source: lgm`: the run keeps its 4-view sample, writes the reconstruction and fits renders of it
     from lgm_azimuths × lgm_elevations cameras (alpha as masks) before SDS, through the same system."""
@@ -146,6 +148,39 @@ def test_lgm_frame_into_a_scene():
     torch.testing.assert_close(a.rgb, b.rgb, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="share one distance"):
         model.reconstruct_scene(images, c2w_from_spherical(torch.zeros(4), az, torch.tensor([3.0, 3, 3, 2])), 40.0)
+
+
+def test_ray_positions_sit_on_the_pixel_rays():
+    """`position: ray` (the toy reconstructor's): output pixel (i, j) of view v lies on the ray through it, at depth
+    x[0] from the ray's point nearest the origin; the official presets keep LGM's free positions."""
+    from dreamdist3d.reconstruct import LGM, lgm_input
+
+    assert lgm_config("big").position == "free" and lgm_config("toy").position == "ray"
+    torch.manual_seed(0)
+    cfg = lgm_config(TINY_LGM_CONFIG, position="ray")
+    model = LGM(cfg).eval()
+    c2w = c2w_from_spherical(torch.full((4,), 20.0), torch.tensor([0.0, 90.0, 180.0, 270.0]), cfg.cam_radius)
+    x = lgm_input(torch.rand(1, 4, 3, 16, 16), c2w, cfg.input_size, cfg.fovy)
+    with torch.no_grad():
+        raw = model.raw(x)
+        g = model.activate(raw, x)
+    foot, d = model.output_rays(x)
+    assert torch.allclose((foot * d).sum(-1), torch.zeros(1), atol=1e-5)  # the foot is the ray's nearest point
+    depth = raw.permute(0, 1, 3, 4, 2).reshape(1, -1, 14)[..., 0]
+    inside = (foot + depth[..., None] * d).abs().amax(-1) < 1
+    torch.testing.assert_close(g.means[inside], (foot + depth[..., None] * d)[inside], atol=1e-5, rtol=0)
+    # projected back into its own view, each Gaussian lands on its output pixel
+    from dreamdist3d.reconstruct.lgm_cameras import LGM_FROM_WORLD
+    from dreamdist3d.reconstruct.render import world_to_camera
+
+    w2c = world_to_camera(c2w)[0]
+    p = (g.means[0, : cfg.splat_size**2] @ LGM_FROM_WORLD) @ w2c[:3, :3].T + w2c[:3, 3]  # view 0, camera axes
+    f = 0.5 * cfg.splat_size / torch.tan(torch.deg2rad(torch.tensor(cfg.fovy / 2)))
+    u = f * p[:, 0] / p[:, 2] + cfg.splat_size / 2 - 0.5
+    cols = torch.arange(cfg.splat_size, dtype=torch.float32).repeat(cfg.splat_size)
+    assert (u - cols).abs().max() < 0.05
+    with pytest.raises(ValueError, match="needs the model's input"):
+        model.activate(raw)
 
 
 @pytest.mark.parametrize("settings, message", [
