@@ -65,7 +65,9 @@ class AnchorConfig:
     camera_distance: float = 3.0
     fovy_deg: float = 40.0
     resolution: Optional[int] = None  # render and fit at this size (None: the views' own size)
-    rays_per_step: int = 0  # > 0: a random subset of the views' pixels per step (large views on small GPUs)
+    # > 0: a random subset of the views' pixels per step (large views on small GPUs); 0: every pixel; None: every
+    # pixel of a 4-view sample (preview), as many random pixels of the lgm renders (the same cost per step)
+    rays_per_step: Optional[int] = None
     mask_threshold: float = FOREGROUND
     # source lgm: the feed-forward reconstructor and the renders of its Gaussians that are fitted
     reconstructor: Optional[str] = None  # an LGM checkpoint (.safetensors), or "toy" (the toy world's, shipped)
@@ -78,7 +80,7 @@ def check_config(cfg: AnchorConfig, lam_rgb: Any, lam_mask: Any, where: str = "s
     """Config-time checks (before any model loads)."""
     if cfg.source not in SOURCES:
         raise ConfigError(f"{where}.source must be one of {', '.join(SOURCES)}, not {cfg.source!r}")
-    if cfg.steps < 0 or cfg.rays_per_step < 0:
+    if cfg.steps < 0 or (cfg.rays_per_step or 0) < 0:
         raise ConfigError(f"{where}.steps and {where}.rays_per_step must be ≥ 0")
     if cfg.source != "none" and not (_positive(lam_rgb) or _positive(lam_mask)):
         raise ConfigError(f"{where}.source is '{cfg.source}' but system.loss.lambda_anchor_rgb and lambda_anchor_mask "
@@ -213,6 +215,7 @@ class Anchor:
                  targets: Optional[AnchorTargets] = None) -> None:
         self.cfg = cfg
         self.source = anchor_views
+        sample_itself = targets is None
         targets = targets or preview_targets(anchor_views)
         views, given = targets.views.float(), targets.masks
         size = int(cfg.resolution or views.shape[-1])
@@ -232,13 +235,16 @@ class Anchor:
         self.rgb = views.permute(0, 2, 3, 1).contiguous().to(self.device)  # (F, H, W, 3)
         self.mask = masks.permute(0, 2, 3, 1).contiguous().to(self.device)  # (F, H, W, 1)
         self.bg = bg[:, None, None, :].expand_as(self.rgb).contiguous().to(self.device)  # (F, H, W, 3)
+        # rays_per_step None: every pixel of the sample itself; of other targets, as many as the sample has
+        sample_pixels = 0 if sample_itself else anchor_views.views.shape[0] * size * size
+        self.rays_per_step = sample_pixels if cfg.rays_per_step is None else cfg.rays_per_step
 
     def losses(self, renderer) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """Render the views (all pixels, or `rays_per_step` random ones from torch's generator) ->
         ({"loss_anchor_rgb": MSE of the render over the views' background vs the views, "loss_anchor_mask": MSE of
         opacity vs the foreground masks}, the render)."""
         o, d, rgb, mask, bg = self.rays_o, self.rays_d, self.rgb, self.mask, self.bg
-        k = self.cfg.rays_per_step
+        k = self.rays_per_step
         if 0 < k < o.shape[0] * o.shape[1] * o.shape[2]:
             idx = torch.randint(0, o.shape[0] * o.shape[1] * o.shape[2], (k,)).to(self.device)
             o, d, rgb, mask, bg = (x.reshape(-1, x.shape[-1])[idx].reshape(1, 1, k, x.shape[-1])
