@@ -98,3 +98,20 @@ def test_demo_lift_lgm(tmp_path):
         assert Path(run["turntable"]).name == "it0-test.mp4" and Path(run["mesh"]["glb"]).is_file()
         assert Path(run["anchor"]).is_file()
     assert "<video" in Path(summary["files"]["gallery_html"]).read_text()
+
+
+def test_train_lgm_command(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from dreamdist3d.cli import main
+
+    out = tmp_path / "mine.safetensors"
+    argv = ["toyworld", "train-lgm", "--steps", "2", "--batch", "2", "--cache-objects", "4", "--out", str(out),
+            "--quiet"]
+    monkeypatch.setattr(sys, "argv", ["dreamdist3d", *argv])  # the record holds the command line
+    assert main(argv) == 0
+    assert "wrote" in capsys.readouterr().out and load_reconstructor(out).config == LGM_CONFIGS["toy"]
+    record = json.loads(out.with_suffix(".json").read_text())["record"]
+    assert record["command"].startswith("dreamdist3d toyworld train-lgm") and record["steps"] == 2
+    assert (tmp_path / "mine-ckpt.pt").is_file()
+    assert main(["toyworld", "train-lgm", "--steps", "0", "--out", str(out)]) == 2
