@@ -219,3 +219,31 @@ def test_lgm_arms():
                                                  "trainer.max_steps=60"])
     with pytest.raises(ValueError, match="lgm<A>"):
         arm_settings("lgm+sds")
+
+
+@pytest.mark.slow
+def test_lift_evidence_arms_lgm_on_tiny_inputs(tmp_path):
+    """`toyworld lift` with the feed-forward arm and SDS from the reconstruction (tiny backbone, tiny random LGM):
+    objects, steps and readings recorded; a rerun makes nothing."""
+    from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
+    from dreamdist3d.backbones.toy_weights import save_toy_backbone
+    from dreamdist3d.recipes.toy_lift import LiftConfig, run_lift, table
+    from dreamdist3d.toyworld.attributes import AttributeReader
+
+    weights = tmp_path / "tiny-toy.safetensors"
+    save_toy_backbone(build_toy_backbone(small_test_config(), seed=0), weights)
+    reader = tmp_path / "reader.safetensors"
+    AttributeReader.fit(n_train=300, epochs=5).save(reader)
+    lgm = write_tiny_lgm_checkpoint(tmp_path / "tiny-lgm.safetensors")
+    cfg = LiftConfig(out=str(tmp_path / "lift"), weights=str(weights), reader=str(reader), arms=["lgm", "lgm2+1"],
+                     seeds=[0], parts=["captions"], n_captions=2, workers=1,
+                     overrides=["system.anchor.sampler_steps=2", f"system.anchor.reconstructor={lgm}"])
+    bb = load_backbone(f"toy:{weights}")
+    _, objects = run_lift(cfg, backbone=bb)
+    assert sorted((o["arm"], o["item"], o["anchor_steps"], o["sds_steps"]) for o in objects) == [
+        ("lgm", "c00", 0, 0), ("lgm", "c01", 0, 0), ("lgm2+1", "c00", 2, 1), ("lgm2+1", "c01", 2, 1)]
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "lift" / "objects").rglob("*.json")}
+    views, again = run_lift(cfg, backbone=bb)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "lift" / "objects").rglob("*.json")} == stamp
+    assert "| lgm (2) |" in table(views, again) and "| lgm2+1 (2) |" in table(views, again)
