@@ -1,9 +1,17 @@
-"""`dreamdist3d gallery --distribution F (--n 8 | --seeds S,S,…) [--config C] [--gpu 0,1] [key=value ...]`: N
-text-to-3D runs of one distribution with seeds 0..N-1 or the seeds given (one prompt sample each; `dreamdist3d
-preview --pick N` names the seeds of the N most different previews), then one gallery of the objects: a PNG grid of
-turntable frames (one row per seed) and an HTML page with the turntable videos side by side.
+"""`dreamdist3d gallery --distribution F (--n 8 | --seeds S,S,…) [--lift sds|lgm|lgm+sds] [--lgm L] [--mvdream M]
+[--config C] [--gpu 0,1 | --ray [auto|ADDRESS]] [key=value ...]`: N 3D objects of one distribution with seeds
+0..N-1 or the seeds given (one prompt sample each; `dreamdist3d preview --pick N` names the seeds of the N most
+different previews), then one gallery of the objects: a PNG grid of turntable frames (one row per seed) and an HTML
+page with the turntable videos side by side, each beside the 4-view sample it came from.
 
-One GPU (or the CPU): the runs go one after another in this process, sharing the loaded MVDream model.
+How a seed becomes an object (`--lift`, `recipes.gallery`):
+- `sds` (default): a text-to-3D run of `--config` (SDS, anchored to the 4-view sample if the config says so);
+- `lgm`: feed-forward, seconds per object: the seed's 4-view sample (`preview`'s images) -> the reconstructor
+  `--lgm` (`system.anchor.reconstructor`) -> Gaussians -> turntable, splat .ply and meshes (`recipes/reconstruct.py`);
+- `lgm+sds`: a 3D run anchored to renders of that reconstruction (`system.anchor.source=lgm`), then SDS.
+
+One GPU (or the CPU): the objects are made one after another in this process, sharing the loaded MVDream model
+(and reconstructor); the seconds each took are printed.
 Several GPUs (`--gpu 0,1,2`): one worker process per GPU, each taking seeds from its share of the list.
 A Ray cluster (`--ray [auto|ADDRESS]`): each seed a task on a pool of actors, one GPU each (`--cpu`: CPUs), that
 load the model once; results come back as files unless `--shared-fs` (`dreamdist3d.cluster`).
@@ -18,14 +26,16 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List
 
 from dreamdist3d.commands import ray_options
 
 NAME = "gallery"
-HELP = ("N text-to-3D runs of one distribution (seeds 0..N-1 or --seeds), then a PNG grid and an HTML page of their "
-        "turntables")
+HELP = ("N 3D objects of one distribution (seeds 0..N-1 or --seeds; SDS runs, or feed-forward with --lift lgm), then "
+        "a PNG grid and an HTML page of their turntables")
+LIFTS = ("sds", "lgm", "lgm+sds")  # recipes.gallery.LIFTS (not imported here: --help loads no torch)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,9 +45,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     which.add_argument("--seeds", type=seed_list, default=None, metavar="S,S,…",
                        help="these seeds instead, comma-separated (e.g. those `dreamdist3d preview --pick N` names)")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first run with --n (default 0)")
+    p.add_argument("--lift", choices=LIFTS, default="sds",
+                   help="how a seed becomes 3D: sds = a text-to-3D run of --config (default); lgm = feed-forward "
+                        "reconstruction of its 4-view sample (seconds per object); lgm+sds = a run anchored to that "
+                        "reconstruction, then SDS")
+    p.add_argument("--lgm", default=None, metavar="CKPT",
+                   help="the reconstructor of --lift lgm / lgm+sds: an LGM checkpoint (e.g. model_fp16_fixrot."
+                        "safetensors), or 'toy' (sets system.anchor.reconstructor; default: the config's)")
+    p.add_argument("--mvdream", default=None, metavar="CKPT",
+                   help="the MVDream checkpoint sd-v2.1-base-4view.pt (sets system.guidance."
+                        "pretrained_model_name_or_path; default: the config's)")
     p.add_argument("--config", default="configs/dreamdist-mvdream.yaml",
                    help="launch config (default configs/dreamdist-mvdream.yaml)")
-    p.add_argument("--out", default=None, help="gallery folder (default outputs/gallery/<distribution stem>)")
+    p.add_argument("--out", default=None,
+                   help="gallery folder (default outputs/gallery/<distribution stem>, with -lgm / -lgm+sds for those "
+                        "lifts)")
     p.add_argument("--gpu", default=None, help="GPU id(s) of this machine (default 0); several ids run one worker "
                                                 "per GPU")
     p.add_argument("--cpu", action="store_true", help="run on the CPU (with --ray: on the cluster's CPUs)")
@@ -60,18 +82,30 @@ def seed_list(text: str) -> List[int]:
     return seeds
 
 
-def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
-    from dreamdist3d.recipes.gallery import load_guidance_backbone, run_seed, run_settings
+def _overrides(args: argparse.Namespace) -> List[str]:
+    from dreamdist3d.recipes.gallery import lift_settings
 
-    failed, backbone = [], None
-    for seed in seeds:
-        settings = run_settings(args.distribution, out, seed, args.overrides)
-        print(f"[gallery] seed {seed}: training ({args.config} {' '.join(settings)})", flush=True)
+    return [*lift_settings(args.lift, args.lgm, args.mvdream), *args.overrides]
+
+
+def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
+    from dreamdist3d.recipes.gallery import run_seed, run_settings
+    from dreamdist3d.recipes.lift3d import load_guidance_backbone
+
+    failed, backbone, overrides = [], None, _overrides(args)
+    device = "cpu" if args.cpu else "auto"
+    what = "reconstructing" if args.lift == "lgm" else "training"
+    for i, seed in enumerate(seeds):
+        settings = run_settings(args.distribution, out, seed, overrides)
+        print(f"[gallery] seed {seed} ({i + 1}/{len(seeds)}): {what} ({args.config} {' '.join(settings)})", flush=True)
+        t0 = time.perf_counter()
         try:
-            if backbone is None:
-                backbone = load_guidance_backbone(args.config, settings)  # once for all sequential runs
-            run_seed(backbone, out, seed, config=args.config, distribution=args.distribution,
-                     overrides=args.overrides, device="cpu" if args.cpu else "auto")
+            if backbone is None:  # the guidance checkpoint, loaded once for all objects
+                backbone = load_guidance_backbone(args.config, settings)
+            folder = run_seed(backbone, out, seed, config=args.config, distribution=args.distribution,
+                              overrides=overrides, lift=args.lift, device=device)
+            print(f"[gallery] seed {seed} ({i + 1}/{len(seeds)}) done in {time.perf_counter() - t0:.1f} s"
+                  f"{_stages(folder) if args.lift == 'lgm' else ''}", flush=True)
         except KeyboardInterrupt:
             raise
         except Exception as e:  # keep going: one bad seed should not lose the others
@@ -80,6 +114,16 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
             print(f"[gallery] seed {seed} failed: {e}", file=sys.stderr)
             failed.append(seed)
     return failed
+
+
+def _stages(folder: Path) -> str:
+    """" (prompt 0.01 s, views 0.52 s, …)": the seconds of a reconstruction's stages, from its record."""
+    import json
+
+    from dreamdist3d.recipes.reconstruct import RECORD
+
+    seconds = json.loads((Path(folder) / RECORD).read_text())["seconds"]
+    return " (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items() if k != "total") + ")"
 
 
 def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[int]:
@@ -94,7 +138,7 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[in
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu)
         cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution,
                "--config", args.config, "--out", str(out), "--gpu", "0", "--frames", str(args.frames),
-               "--worker-seeds", ",".join(map(str, share)), *args.overrides]
+               *_lift_flags(args), "--worker-seeds", ",".join(map(str, share)), *args.overrides]
         procs.append((gpu, share, subprocess.Popen(cmd, env=env)))
     failed = []
     for gpu, share, p in procs:
@@ -114,8 +158,9 @@ def _run_ray(args, out: Path, seeds: List[int]) -> List[int]:
 
     cluster = ray_options.cluster_config(args)
     config, dist, out = str(Path(args.config).resolve()), str(Path(args.distribution).resolve()), out.resolve()
-    load_config(config, run_settings(dist, out, seeds[0], args.overrides), make_dirs=False)  # a config error: here
-    task = gallery_task(config, dist, out, seeds[0], args.overrides, device="cpu" if args.cpu else "auto")
+    overrides = _overrides(args)
+    load_config(config, run_settings(dist, out, seeds[0], overrides), make_dirs=False)  # a config error: here
+    task = gallery_task(config, dist, out, seeds[0], overrides, lift=args.lift, device="cpu" if args.cpu else "auto")
     with RayRunner(cluster) as runner:
         res = runner(task, out, seeds)
     for seed, error in sorted(res.failed.items()):
@@ -123,13 +168,19 @@ def _run_ray(args, out: Path, seeds: List[int]) -> List[int]:
     return sorted(res.failed)
 
 
+def _lift_flags(args: argparse.Namespace) -> List[str]:
+    return [*(["--lift", args.lift] if args.lift != "sds" else []), *(["--lgm", args.lgm] if args.lgm else []),
+            *(["--mvdream", args.mvdream] if args.mvdream else [])]
+
+
 def retry_command(args: argparse.Namespace, out: Path) -> str:
     """This command again, with the folder spelled out: it runs only the seeds that have no finished run."""
     which = ["--seeds", ",".join(map(str, args.seeds))] if args.seeds else ["--n", str(args.n)]
     if not args.seeds and args.first_seed:
         which += ["--first-seed", str(args.first_seed)]
-    parts = ["dreamdist3d", "gallery", "--distribution", args.distribution, *which, "--config", args.config,
-             "--out", str(out), *(["--cpu"] if args.cpu else []), *(["--gpu", args.gpu] if args.gpu else []),
+    parts = ["dreamdist3d", "gallery", "--distribution", args.distribution, *which, *_lift_flags(args),
+             "--config", args.config, "--out", str(out), *(["--cpu"] if args.cpu else []),
+             *(["--gpu", args.gpu] if args.gpu else []),
              *(["--frames", str(args.frames)] if args.frames != 6 else []), *ray_options.flags(args), *args.overrides]
     return shlex.join(parts)
 
@@ -148,11 +199,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"overrides must be key=value, got {bad}")
     if args.seeds and args.first_seed:
         raise ValueError("--first-seed goes with --n; with --seeds list every seed")
+    if args.lgm and args.lift == "sds":
+        raise ValueError("--lgm names the reconstructor of --lift lgm or --lift lgm+sds; with --lift sds (the default) "
+                         "no reconstructor is used")
     if args.ray is not None and args.gpu is not None:
         raise ValueError("--gpu picks GPUs of this machine; with --ray each worker takes one GPU of the cluster "
                          "(how many: --actors N)")
     ray_options.cluster_config(args)  # a bad --ray value is an error before anything runs
-    out = Path(args.out) if args.out else Path("outputs") / "gallery" / dist.stem
+    out = Path(args.out) if args.out else Path("outputs") / "gallery" / (
+        dist.stem + ("" if args.lift == "sds" else f"-{args.lift}"))
     out.mkdir(parents=True, exist_ok=True)
     worker = getattr(args, "worker_seeds", None)
     seeds = seed_list(worker) if worker else args.seeds or list(range(args.first_seed, args.first_seed + args.n))
@@ -174,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     if failed and len(failed) == len(seeds):
         print(f"[gallery] no run finished: no gallery under {out}", file=sys.stderr)
     else:  # the page of whatever finished
-        res = build_gallery(out, seeds, args.frames, title=f"{dist.stem}: {len(seeds)} samples")
+        how = {"sds": "", "lgm": ", feed-forward (LGM)", "lgm+sds": ", LGM then SDS"}[args.lift]
+        res = build_gallery(out, seeds, args.frames, title=f"{dist.stem}: {len(seeds)} samples{how}")
         print(f"gallery: {res['png']}\npage:    {res['html']}")
     if failed:
         print(f"[gallery] failed seeds: {failed}; retry only them (finished runs are kept):\n"

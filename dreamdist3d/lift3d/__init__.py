@@ -8,6 +8,7 @@ dreamdistribution-prompt-processor, mvdream-system.
 
 from dreamdist3d.lift3d import background, data, geometry, guidance, material, prompt_processor, renderer, system  # noqa: F401
 from dreamdist3d.lift3d.prompt_processor import PromptProcessorOutput, PromptSample
-from dreamdist3d.lift3d.system import EmptyFieldError, MVDreamSystem, RunField, load_run_field
+from dreamdist3d.lift3d.saving import EmptyFieldError
+from dreamdist3d.lift3d.system import MVDreamSystem, RunField, load_run_field
 
 __all__ = ["EmptyFieldError", "MVDreamSystem", "PromptProcessorOutput", "PromptSample", "RunField", "load_run_field"]

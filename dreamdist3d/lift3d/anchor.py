@@ -14,6 +14,12 @@ scene it is the threestudio camera at azimuth a_f − 90 (`backbones.cameras.thr
 Foreground: pixels farther than `mask_threshold` from the view's background colour (the median of its border, the
 preview pick's rule, `sample2d.pick`); the photometric loss composites the render over that colour.
 
+With `system.anchor.source: lgm` the same 4-view sample is first turned into 3D Gaussians by a feed-forward
+reconstructor (`anchor.reconstructor`: an LGM checkpoint, or `toy`), and the field is fitted to renders of those
+Gaussians from `lgm_azimuths` × `lgm_elevations` cameras around the object (their alpha as the masks): the
+reconstruction, views the sample never showed included, is the anchor, then SDS refines it
+(`lift3d/reconstruction.py`, which also saves the Gaussians as `anchor/gaussians.ply`).
+
 Files in the run folder: `anchor/views.safetensors` (the float32 views, what they were drawn with; a resumed run
 reuses it after checking it belongs to this run's prompt sample and settings) and `anchor/anchor.png` (the 2×2 grid
 `preview` writes for one sample). Nothing here knows how the distribution was learned.
@@ -24,9 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +43,7 @@ from dreamdist3d.lift3d.data import camera_batch
 from dreamdist3d.sample2d.mvdream_preview import PreviewSampler, image_grid, preview_sampler_for, preview_views
 from dreamdist3d.sample2d.pick import FOREGROUND, background_colour, foreground_mask
 
-SOURCES = ("none", "preview")
+SOURCES = ("none", "preview", "lgm")
 VIEWS_FILE = "views.safetensors"
 GRID_FILE = "anchor.png"
 VIEWS_FORMAT = "dreamdist3d.anchor-views"
@@ -47,7 +53,7 @@ VIEWS_FORMAT = "dreamdist3d.anchor-views"
 class AnchorConfig:
     """`system.anchor`: what a run is anchored to and how its views are drawn and framed."""
 
-    source: str = "none"  # preview: the 4-view sample of the run's prompt sample; none: SDS only
+    source: str = "none"  # preview: the run's 4-view sample; lgm: its reconstruction's renders; none: SDS only
     steps: int = 0  # anchor-only steps at the start (no SDS, no guidance call)
     lr_scale: float = 1.0  # learning rates × this during the anchor-only steps (a photometric fit takes larger steps)
     # the preview sampler (None: the backbone's `dreamdist3d preview` defaults: MVDream 50 steps CFG 7.5; toy 25, 2)
@@ -60,22 +66,34 @@ class AnchorConfig:
     camera_distance: float = 3.0
     fovy_deg: float = 40.0
     resolution: Optional[int] = None  # render and fit at this size (None: the views' own size)
-    rays_per_step: int = 0  # > 0: a random subset of the views' pixels per step (large views on small GPUs)
+    # > 0: a random subset of the views' pixels per step (large views on small GPUs); 0: every pixel; None: every
+    # pixel of a 4-view sample (preview), as many random pixels of the lgm renders (the same cost per step)
+    rays_per_step: Optional[int] = None
     mask_threshold: float = FOREGROUND
+    # source lgm: the feed-forward reconstructor and the renders of its Gaussians that are fitted
+    reconstructor: Optional[str] = None  # an LGM checkpoint (.safetensors), or "toy" (the toy world's, shipped)
+    reconstructor_rotation: Optional[str] = None  # fixed | legacy (LGM's rotation normalisation); None: from the file
+    lgm_azimuths: int = 8  # renders around the object, starting at the sample's first view
+    lgm_elevations: List[float] = field(default_factory=lambda: [0.0, 15.0, 30.0])
 
 
 def check_config(cfg: AnchorConfig, lam_rgb: Any, lam_mask: Any, where: str = "system.anchor") -> None:
     """Config-time checks (before any model loads)."""
     if cfg.source not in SOURCES:
         raise ConfigError(f"{where}.source must be one of {', '.join(SOURCES)}, not {cfg.source!r}")
-    if cfg.steps < 0 or cfg.rays_per_step < 0:
+    if cfg.steps < 0 or (cfg.rays_per_step or 0) < 0:
         raise ConfigError(f"{where}.steps and {where}.rays_per_step must be ≥ 0")
     if not (0 < float(cfg.lr_scale) < float("inf")):
         raise ConfigError(f"{where}.lr_scale must be a finite number > 0, got {cfg.lr_scale}")
-    if cfg.source == "preview" and not (_positive(lam_rgb) or _positive(lam_mask)):
-        raise ConfigError(f"{where}.source is 'preview' but system.loss.lambda_anchor_rgb and lambda_anchor_mask "
+    if cfg.source != "none" and not (_positive(lam_rgb) or _positive(lam_mask)):
+        raise ConfigError(f"{where}.source is '{cfg.source}' but system.loss.lambda_anchor_rgb and lambda_anchor_mask "
                           "are both 0: set them (e.g. system.loss.lambda_anchor_rgb=1000 "
                           "system.loss.lambda_anchor_mask=100)")
+    if cfg.source == "lgm" and not cfg.reconstructor:
+        raise ConfigError(f"{where}.source is 'lgm' but {where}.reconstructor is not set: name an LGM checkpoint "
+                          f"({where}.reconstructor=model_fp16_fixrot.safetensors), or 'toy' in the toy world")
+    if cfg.source == "lgm" and (cfg.lgm_azimuths < 1 or not cfg.lgm_elevations):
+        raise ConfigError(f"{where}.lgm_azimuths must be ≥ 1 and {where}.lgm_elevations not empty")
 
 
 def _positive(value: Any) -> bool:
@@ -177,22 +195,51 @@ def prepare_views(cfg: AnchorConfig, backbone, text_embeddings: torch.Tensor, se
     return views
 
 
+@dataclass
+class AnchorTargets:
+    """Images a field is fitted to, with their cameras in the scene (threestudio degrees) and, optionally, their
+    foreground masks (None: from the images, `foreground_masks`)."""
+
+    views: torch.Tensor  # (F, 3, H, W) in [0, 1]
+    elevations: torch.Tensor  # (F,) degrees
+    azimuths: torch.Tensor  # (F,) threestudio degrees
+    masks: Optional[torch.Tensor] = None  # (F, 1, H, W) in [0, 1]
+
+
+def sample_cameras(sampler: PreviewSampler) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(elevations (F,), threestudio azimuths (F,)) in degrees of the views of a 4-view sample: MVDream azimuth a is
+    the scene's azimuth a − 90."""
+    azimuths = torch.tensor([threestudio_azimuth(a) for a in sampler.azimuths()], dtype=torch.float32)
+    return torch.full_like(azimuths, float(sampler.elevation)), azimuths
+
+
+def preview_targets(anchor_views: AnchorViews) -> AnchorTargets:
+    """The 4-view sample itself at its own cameras (`system.anchor.source: preview`)."""
+    return AnchorTargets(anchor_views.views.float(), *sample_cameras(anchor_views.sampler))
+
+
 class Anchor:
     """The anchor of a run: target images, masks and background colours at the fit resolution, the camera rays of
-    the views, and the losses of a render against them."""
+    the views, and the losses of a render against them. The targets are the 4-view sample (`preview_targets`) unless
+    given (`source: lgm`: renders of its reconstruction, `lift3d.reconstruction`)."""
 
-    def __init__(self, cfg: AnchorConfig, anchor_views: AnchorViews, device: torch.device | str = "cpu") -> None:
+    def __init__(self, cfg: AnchorConfig, anchor_views: AnchorViews, device: torch.device | str = "cpu",
+                 targets: Optional[AnchorTargets] = None) -> None:
         self.cfg = cfg
         self.source = anchor_views
-        views = anchor_views.views.float()
+        sample_itself = targets is None
+        targets = targets or preview_targets(anchor_views)
+        views, given = targets.views.float(), targets.masks
         size = int(cfg.resolution or views.shape[-1])
         if size != views.shape[-1]:
-            views = F.interpolate(views, (size, size), mode="area" if size < views.shape[-1] else "bilinear")
+            mode = "area" if size < views.shape[-1] else "bilinear"
+            views = F.interpolate(views, (size, size), mode=mode)
+            given = None if given is None else F.interpolate(given.float(), (size, size), mode=mode)
         masks, bg = foreground_masks(views, cfg.mask_threshold)
+        masks = masks if given is None else given.float()
         n = views.shape[0]
-        azimuths = torch.tensor([threestudio_azimuth(a) for a in anchor_views.sampler.azimuths()], dtype=torch.float32)
         full = lambda v: torch.full((n,), float(v))  # noqa: E731
-        batch = camera_batch(full(anchor_views.sampler.elevation), azimuths, full(cfg.camera_distance),
+        batch = camera_batch(targets.elevations.float(), targets.azimuths.float(), full(cfg.camera_distance),
                              full(cfg.fovy_deg), size, size)
         self.device = torch.device(device)
         self.rays_o = batch["rays_o"].to(self.device)  # (F, H, W, 3)
@@ -200,13 +247,16 @@ class Anchor:
         self.rgb = views.permute(0, 2, 3, 1).contiguous().to(self.device)  # (F, H, W, 3)
         self.mask = masks.permute(0, 2, 3, 1).contiguous().to(self.device)  # (F, H, W, 1)
         self.bg = bg[:, None, None, :].expand_as(self.rgb).contiguous().to(self.device)  # (F, H, W, 3)
+        # rays_per_step None: every pixel of the sample itself; of other targets, as many as the sample has
+        sample_pixels = 0 if sample_itself else anchor_views.views.shape[0] * size * size
+        self.rays_per_step = sample_pixels if cfg.rays_per_step is None else cfg.rays_per_step
 
     def losses(self, renderer) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """Render the views (all pixels, or `rays_per_step` random ones from torch's generator) ->
         ({"loss_anchor_rgb": MSE of the render over the views' background vs the views, "loss_anchor_mask": MSE of
         opacity vs the foreground masks}, the render)."""
         o, d, rgb, mask, bg = self.rays_o, self.rays_d, self.rgb, self.mask, self.bg
-        k = self.cfg.rays_per_step
+        k = self.rays_per_step
         if 0 < k < o.shape[0] * o.shape[1] * o.shape[2]:
             idx = torch.randint(0, o.shape[0] * o.shape[1] * o.shape[2], (k,)).to(self.device)
             o, d, rgb, mask, bg = (x.reshape(-1, x.shape[-1])[idx].reshape(1, 1, k, x.shape[-1])
@@ -216,6 +266,6 @@ class Anchor:
                 "loss_anchor_mask": F.mse_loss(out["opacity"], mask)}, out
 
 
-__all__ = ["Anchor", "AnchorConfig", "AnchorLRFactor", "AnchorViews", "GRID_FILE", "SOURCES", "VIEWS_FILE",
-           "check_config",
-           "draw_views", "embedding_digest", "foreground_masks", "prepare_views", "sampler_of"]
+__all__ = ["Anchor", "AnchorConfig", "AnchorLRFactor", "AnchorTargets", "AnchorViews", "GRID_FILE", "SOURCES",
+           "VIEWS_FILE", "check_config", "draw_views", "embedding_digest", "foreground_masks", "prepare_views",
+           "preview_targets", "sample_cameras", "sampler_of"]

@@ -1,5 +1,6 @@
 """Frame grids and turntable videos written under a run's `save/` folder (threestudio's file names); images are
-converted and written by `dreamdist3d.images` (`to_uint8`, `save_png`).
+converted and written by `dreamdist3d.images` (`to_uint8`, `save_png`). `write_turntable` is the one writer of a
+test orbit, for a trained field (`MVDreamSystem.test`) and for Gaussians (`recipes/reconstruct.py`).
 
 Videos: H.264 MP4 through imageio-ffmpeg, yuv420p, frame sizes padded to even numbers so every player opens them.
 """
@@ -8,17 +9,56 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
 
-from dreamdist3d.images import tile_grid
+from dreamdist3d.images import save_png, tile_grid, to_uint8
 
 PathLike = Union[str, Path]
 
 
 def hstack(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(list(images), axis=1)
+
+
+class EmptyFieldError(ValueError):
+    """The trained field (or the Gaussians) renders nothing."""
+
+
+def eval_image(out: Dict[str, torch.Tensor]) -> np.ndarray:
+    """RGB | normal (if any) | opacity of a render's first view, side by side (threestudio's validation image)."""
+    parts = [to_uint8(out["comp_rgb"][0], rgb=True)]
+    if "comp_normal" in out:
+        parts.append(to_uint8(out["comp_normal"][0], rgb=True))
+    parts.append(to_uint8(out["opacity"][0], rgb=True))
+    return hstack(parts)
+
+
+def write_turntable(save_dir: PathLike, step: int, renders: Iterable[Tuple[int, Dict[str, torch.Tensor]]],
+                    fps: int = 30, grid_frames: int = 8, progress: Optional[Callable[[], None]] = None,
+                    empty_hint: str = "the object") -> Dict[str, Path]:
+    """Write a test orbit from `(index, render)` pairs (render: "comp_rgb" (1,H,W,3), "opacity" (1,H,W,1)):
+    `it{step}-test/{index}.png` (RGB | opacity), `it{step}-test.mp4` and `it{step}-test-grid.png` under `save_dir`.
+    An orbit whose opacity stays below 1e-3 is an `EmptyFieldError` (`empty_hint` says what rendered empty and what
+    to check)."""
+    save_dir = Path(save_dir)
+    folder = save_dir / f"it{step}-test"
+    frames: List[np.ndarray] = []
+    max_opacity = 0.0
+    for index, out in renders:
+        max_opacity = max(max_opacity, float(out["opacity"].max()))
+        save_png(eval_image(out), folder / f"{index}.png")
+        frames.append(to_uint8(out["comp_rgb"][0], rgb=True))
+        if progress is not None:
+            progress()
+    if max_opacity < 1e-3:
+        raise EmptyFieldError(f"the test orbit of step {step} renders empty (max opacity {max_opacity:.2e} over "
+                              f"{len(frames)} views): {empty_hint}")
+    video = write_video(save_dir / f"it{step}-test.mp4", frames, fps=fps)
+    grid = save_png(frame_grid(frames, n=grid_frames), save_dir / f"it{step}-test-grid.png")
+    return {"video": video, "grid": grid, "frames": folder}
 
 
 def _even(img: np.ndarray) -> np.ndarray:

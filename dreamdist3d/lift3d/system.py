@@ -3,7 +3,8 @@ processor; the SDS training step, validation images and the test turntable (thre
 
 Loss: Σ_k g["loss_<k>"]·C(lambda_<k>) over the guidance outputs, plus the regularisers `lambda_orient`,
 `lambda_sparsity`, `lambda_opaque`, `lambda_z_variance` when > 0. With `system.anchor.source: preview` the run is
-anchored to the 4-view sample of its prompt sample (`dreamdist3d.lift3d.anchor`): `lambda_anchor_rgb` and
+anchored to the 4-view sample of its prompt sample (`dreamdist3d.lift3d.anchor`), with `lgm` to renders of that
+sample's feed-forward reconstruction (`dreamdist3d.lift3d.reconstruction`): `lambda_anchor_rgb` and
 `lambda_anchor_mask` weigh the fit to those views; the first `anchor.steps` steps fit them alone (no guidance call).
 Optimizer: `system.optimizer` = {name, args, params: {dotted.module.path: {lr, ...}}} (threestudio's
 parse_optimizer).
@@ -25,19 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamdist3d.config import ConfigError, parse_structured
-from dreamdist3d.images import save_png, to_uint8
+from dreamdist3d.images import save_png
 from dreamdist3d.lift3d.anchor import Anchor, AnchorConfig, AnchorLRFactor
 from dreamdist3d.lift3d.anchor import check_config as check_anchor_config
-from dreamdist3d.lift3d.anchor import prepare_views as prepare_anchor_views
 from dreamdist3d.lift3d.base import C, Updateable
-from dreamdist3d.lift3d.saving import frame_grid, hstack, write_video
+from dreamdist3d.lift3d.reconstruction import build_anchor
+from dreamdist3d.lift3d.saving import eval_image, write_turntable
 from dreamdist3d.registry import components, find
 
 LOSS_TERMS = ("sds", "anchor_rgb", "anchor_mask", "orient", "sparsity", "opaque", "z_variance", "eikonal")
-
-
-class EmptyFieldError(ValueError):
-    """The trained field renders nothing (no density)."""
 
 
 def find_component(name: str, key: str):
@@ -171,12 +168,11 @@ class MVDreamSystem(nn.Module, Updateable):
                 where="system.prompt_processor",
             )
             self.prompt_utils = self.prompt_processor()
-            if self.anchor_cfg.source == "preview":
+            if self.anchor_cfg.source != "none":
                 sample = self.prompt_processor.sample
-                views = prepare_anchor_views(self.anchor_cfg, self.guidance.backbone, sample.text_embeddings,
-                                             int(sample.meta["seed"]),
-                                             self.save_dir.parent / "anchor" if self.save_dir else None)
-                self.anchor = Anchor(self.anchor_cfg, views, self.device)
+                self.anchor = build_anchor(self.anchor_cfg, self.guidance.backbone, sample.text_embeddings,
+                                           int(sample.meta["seed"]),
+                                           self.save_dir.parent / "anchor" if self.save_dir else None, self.device)
         self.global_step = 0
 
     # ------------------------------------------------------------------ config checks
@@ -295,11 +291,7 @@ class MVDreamSystem(nn.Module, Updateable):
 
     def eval_image(self, out: Dict[str, torch.Tensor]) -> np.ndarray:
         """RGB | normal (if any) | opacity, side by side (threestudio's validation image)."""
-        parts = [to_uint8(out["comp_rgb"][0], rgb=True)]
-        if "comp_normal" in out:
-            parts.append(to_uint8(out["comp_normal"][0], rgb=True))
-        parts.append(to_uint8(out["opacity"][0], rgb=True))
-        return hstack(parts)
+        return eval_image(out)
 
     def validation_step(self, batch: Dict[str, Any], step: int) -> Path:
         out = self.render_views(batch)
@@ -308,27 +300,11 @@ class MVDreamSystem(nn.Module, Updateable):
 
     def test(self, batches, step: int, fps: int = 30, grid_frames: int = 8, progress=None) -> Dict[str, Path]:
         """Render the test orbit: it{step}-test/{i}.png, it{step}-test.mp4 (30 fps) and it{step}-test-grid.png."""
-        folder = self.save_dir / f"it{step}-test"
-        frames: List[np.ndarray] = []
-        max_opacity = 0.0
-        for batch in batches:
-            out = self.render_views(batch)
-            max_opacity = max(max_opacity, float(out["opacity"].max()))
-            rgb = to_uint8(out["comp_rgb"][0], rgb=True)
-            save_png(self.eval_image(out), folder / f"{int(batch['index'][0])}.png")
-            frames.append(rgb)
-            if progress is not None:
-                progress()
-        if max_opacity < 1e-3:
-            raise EmptyFieldError(
-                f"the field renders empty at step {step} (max opacity {max_opacity:.2e} over {len(frames)} test "
-                "views): "
-                "there is no density to show. The checkpoint may be untrained or diverged; check system.geometry "
-                "(density_bias, density_blob_scale) and the resume= checkpoint"
-            )
-        video = write_video(self.save_dir / f"it{step}-test.mp4", frames, fps=fps)
-        grid = save_png(frame_grid(frames, n=grid_frames), self.save_dir / f"it{step}-test-grid.png")
-        return {"video": video, "grid": grid, "frames": folder}
+        renders = ((int(batch["index"][0]), self.render_views(batch)) for batch in batches)
+        return write_turntable(self.save_dir, step, renders, fps=fps, grid_frames=grid_frames, progress=progress,
+                               empty_hint="the field: there is no density to show. The checkpoint may be untrained "
+                                          "or diverged; check system.geometry (density_bias, density_blob_scale) and "
+                                          "the resume= checkpoint")
 
     # ------------------------------------------------------------------ optimizer
     def configure_optimizers(self):

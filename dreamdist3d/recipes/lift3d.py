@@ -233,6 +233,18 @@ def run_3d(cfg: ConfigSource, backbone=None, mode: str = "train", resume: Option
         raise
 
 
+def load_guidance_backbone(cfg: ConfigSource, overrides: Sequence[str] = (), device: str = "cpu"):
+    """The backbone a 3D config guides with (`system.guidance.ckpt_path` or `pretrained_model_name_or_path`), loaded
+    once by whoever makes many objects with it (`gallery`, the feed-forward lift, a Ray actor)."""
+    from dreamdist3d.backbones.load import load_backbone
+
+    ecfg = load_config(cfg, overrides, make_dirs=False)
+    g = dict(ecfg.system.get("guidance") or {})
+    key = "system.guidance.ckpt_path" if g.get("ckpt_path") else "system.guidance.pretrained_model_name_or_path"
+    return load_backbone(g.get("ckpt_path") or g.get("pretrained_model_name_or_path"), device=device,
+                         config_key=key, default_kind="mvdream")
+
+
 def _write_configs(trial: Path, source: Union[str, Path, DictConfig], cfg: ExperimentConfig) -> None:
     (trial / "configs").mkdir(parents=True, exist_ok=True)
     raw = trial / "configs" / "raw.yaml"
@@ -261,7 +273,7 @@ def _run(cfg: ExperimentConfig, trial: Path, mode: str, backbone, device: str, s
             raise ConfigError("--export needs resume=<run>/ckpts/last.ckpt (or resume=latest)")
         run_field = load_run_field(Path(cfg.resume).parent.parent, ckpt=cfg.resume, device=dev)
         sys_cfg = dict(cfg.system)
-        exporter = _exporter_options(dict(sys_cfg.get("exporter") or {}), dict(sys_cfg.get("geometry") or {}))
+        exporter = exporter_options(dict(sys_cfg.get("exporter") or {}), dict(sys_cfg.get("geometry") or {}))
         formats = exporter.pop("formats")
         out = trial / "save" / f"it{run_field.step}-export"
         res = export_field(run_field, out, formats=formats, cfg=exporter, source=str(cfg.resume))
@@ -300,7 +312,7 @@ def _run(cfg: ExperimentConfig, trial: Path, mode: str, backbone, device: str, s
     return Run3DResult(trial, dict(res))
 
 
-def _exporter_options(exporter: dict, geometry: dict) -> dict:
+def exporter_options(exporter: dict, geometry: dict) -> dict:
     """threestudio's mesh-exporter keys (and the geometry's isosurface keys) -> dreamdist3d.export options."""
     fmt = exporter.pop("fmt", "obj-mtl")
     formats = exporter.pop("formats", None) or {"obj-mtl": "obj", "obj": "obj"}.get(fmt, fmt)
@@ -323,4 +335,5 @@ def _exporter_options(exporter: dict, geometry: dict) -> dict:
     return out
 
 
-__all__ = ["ExperimentConfig", "MODES", "Run3DResult", "config_to_yaml", "load_config", "run_3d"]
+__all__ = ["ExperimentConfig", "MODES", "Run3DResult", "config_to_yaml", "exporter_options", "load_config",
+           "load_guidance_backbone", "run_3d"]

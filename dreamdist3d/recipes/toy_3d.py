@@ -1,10 +1,12 @@
 """The toy demo's 3D stage: text-to-3D runs of the toy backbone, their mesh export, and several runs at a time.
 
 `launch_3d` is one run (`configs/toy/toy-3d.yaml` through `recipes.lift3d.run_3d`, the loaded backbone passed in);
-`map_forked` runs jobs a few at a time in forked one-thread worker processes that share the backbone, and
-`run_3d_seeds` a list of seeds that way; `export_run` writes a finished run's meshes. `demo_3d_task` and
-`launch_3d_task` are the same objects as tasks for a runner elsewhere (`recipes.objects`, `--ray`), with
-`toy_backbone_call` loading the toy backbone there once.
+`launch_lgm` one feed-forward object in the same folder layout (`recipes.reconstruct.lift_lgm`, the config's
+`system.anchor.reconstructor`: the toy reconstructor); `map_forked` runs jobs a few at a time in forked one-thread
+worker processes that share the backbone, and `run_3d_seeds` a list of seeds that way (the demo's `lift`: sds = the
+3D config's runs, lgm = feed-forward, lgm+sds = runs anchored to the reconstruction); `export_run` writes a finished
+run's meshes. `demo_3d_task` and `launch_3d_task` are the same objects as tasks for a runner elsewhere
+(`recipes.objects`, `--ray`), with `toy_backbone_call` loading the toy backbone there once.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from dreamdist3d.recipes.gallery import LIFTS
 from dreamdist3d.recipes.objects import Call, ObjectTask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -36,42 +39,69 @@ def resolve_path(path: str) -> Path:
     return alt if alt.is_file() else p
 
 
+def _fresh_run_settings(distribution: Path, out: Path, seed: int) -> List[str]:
+    """The folder settings of seed `seed` (`out/runs/seed<seed>/`), after removing a previous demo's object of that
+    seed (its turntable would otherwise be picked up when the step counts differ)."""
+    import shutil
+
+    previous = Path(out) / "runs" / f"seed{seed}"
+    if (previous / "cmd.txt").is_file() or (previous / "reconstruct.json").is_file():
+        shutil.rmtree(previous)
+    return [f"system.prompt_processor.distribution={distribution}", f"seed={seed}", f"exp_root_dir={out}",
+            "name=runs", f"tag=seed{seed}", "use_timestamp=false"]
+
+
 def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = DEFAULT_3D_CONFIG,
               steps: Optional[int] = None, overrides: Sequence[str] = (), progress: bool = True,
               device: str = "cpu") -> Path:
     """One text-to-3D run of the toy backbone with the prompt sample of `seed`: folder `out/runs/seed<seed>/`.
     `steps`: trainer.max_steps (None: the config's, anchor-only steps included)."""
-    import shutil
-
     from dreamdist3d.recipes.lift3d import run_3d
 
-    previous = Path(out) / "runs" / f"seed{seed}"
-    if (previous / "cmd.txt").is_file():  # a previous demo's run of this seed: start clean (its turntable would
-        shutil.rmtree(previous)            # otherwise be picked up when the step counts differ)
-    settings = [
-        f"system.prompt_processor.distribution={distribution}", f"seed={seed}", f"exp_root_dir={out}", "name=runs",
-        f"tag=seed{seed}", "use_timestamp=false", *([f"trainer.max_steps={steps}"] if steps is not None else []),
-        f"trainer.enable_progress_bar={str(bool(progress)).lower()}", *overrides,
-    ]
+    settings = [*_fresh_run_settings(distribution, out, seed),
+                *([f"trainer.max_steps={steps}"] if steps is not None else []),
+                f"trainer.enable_progress_bar={str(bool(progress)).lower()}", *overrides]
     res = run_3d(resolve_path(config), backbone=backbone, mode="train", overrides=settings,
                  device="cpu" if str(device) == "cpu" else "auto")
     return res.run_dir
 
 
+def launch_lgm(backbone, distribution: Path, out: Path, seed: int, config: str = DEFAULT_3D_CONFIG,
+               overrides: Sequence[str] = (), formats: str = "glb,obj,ply", device: str = "cpu"):
+    """One feed-forward object of the prompt sample of `seed` (`recipes.reconstruct.lift_lgm`), in the folder a 3D
+    run would have: `out/runs/seed<seed>/`. Returns its `LiftResult`."""
+    from dreamdist3d.recipes.reconstruct import lift_lgm
+
+    settings = [*_fresh_run_settings(distribution, out, seed), *overrides]
+    return lift_lgm(resolve_path(config), backbone, overrides=settings, formats=formats,
+                    device="cpu" if str(device) == "cpu" else "auto")
+
+
 def _one_3d(backbone, cfg, distribution: Path, out: Path, seed: int):
-    """3D run + export of one seed -> (run folder, exported files, (run times, export times))."""
+    """3D object + export of one seed -> (run folder, exported files, (run times, export times)); `cfg.lift` says
+    how (sds: a run of the 3D config; lgm: feed-forward, meshes included; lgm+sds: a run anchored to it)."""
     w0, c0 = time.perf_counter(), time.process_time()
-    steps = cfg.steps_3d or "the 3D config's"
-    _log(f"3D run seed {seed} ({steps} steps)")
-    # γ as the 2D samples; an anchored run's views drawn with the demo's sampler (what previews-4view.png shows)
+    span = lambda a, b, c, d: {"wall_s": round(b - a, 2), "cpu_s": round(d - c, 2)}  # noqa: E731
+    # γ as the 2D samples; the 4-view sample drawn with the demo's sampler (what previews-4view.png shows)
     overrides = [f"system.prompt_processor.scale={cfg.scale}", f"system.anchor.sampler_steps={cfg.sample_steps}",
                  f"system.anchor.guidance_scale={cfg.guidance}", *cfg.overrides_3d]
-    run_dir = launch_3d(backbone, distribution, out, seed, cfg.config_3d, cfg.steps_3d, overrides,
+    if cfg.lift == "lgm":
+        _log(f"feed-forward object seed {seed}")
+        res = launch_lgm(backbone, distribution, out, seed, cfg.config_3d, [
+            *overrides, f"system.exporter.save_texture={str(bool(cfg.texture)).lower()}",
+            f"system.exporter.texture_size={cfg.texture_size}",
+            f"system.geometry.isosurface_resolution={cfg.isosurface_resolution}"], cfg.formats, cfg.device)
+        meshes = {k: v for k, v in res.files.items() if k in ("glb", "obj", "ply", "json")}
+        w1, c1 = time.perf_counter(), time.process_time()
+        return res.run_dir, meshes, (span(w0, w1, c0, c1), {"wall_s_within_3d": res.seconds["meshes"]})
+    how = ", anchored to the reconstruction" if cfg.lift == "lgm+sds" else ""
+    _log(f"3D run seed {seed} ({cfg.steps_3d or 'the 3D config´s'} steps{how})".replace("´", "'"))
+    lift = ["system.anchor.source=lgm"] if cfg.lift == "lgm+sds" else []
+    run_dir = launch_3d(backbone, distribution, out, seed, cfg.config_3d, cfg.steps_3d, [*lift, *overrides],
                         progress=cfg.progress and cfg.workers_3d <= 1, device=cfg.device)
     w1, c1 = time.perf_counter(), time.process_time()
     exported = export_run(run_dir, cfg.formats, cfg.texture, cfg.texture_size, cfg.isosurface_resolution)
     w2, c2 = time.perf_counter(), time.process_time()
-    span = lambda a, b, c, d: {"wall_s": round(b - a, 2), "cpu_s": round(d - c, 2)}  # noqa: E731
     return run_dir, exported, (span(w0, w1, c0, c1), span(w1, w2, c1, c2))
 
 
@@ -155,5 +185,5 @@ def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = Fals
 # ----------------------------------------------------------------------------------------------------- the demo
 
 
-__all__ = ["DEFAULT_3D_CONFIG", "demo_3d_task", "demo_object", "export_run", "launch_3d", "launch_3d_task",
-           "map_forked", "resolve_path", "run_3d_seeds", "toy_backbone_call"]
+__all__ = ["DEFAULT_3D_CONFIG", "LIFTS", "demo_3d_task", "demo_object", "export_run", "launch_3d", "launch_3d_task",
+           "launch_lgm", "map_forked", "resolve_path", "run_3d_seeds", "toy_backbone_call"]

@@ -8,7 +8,8 @@
 3. draw fresh prompt samples from it and write 2D samples (`samples-2d.png`) and 4-view previews
    (`previews-4view.png`: the samples step 4 lifts first) with the toy DDIM sampler;
 4. N text-to-3D runs through the real lift3d system (`configs/toy/toy-3d.yaml`: SDS in pixel space, 32 px
-   renders), one prompt sample each: by default the sample seeds of the N most different 2D samples of step 3
+   renders; `lift: lgm`: feed-forward objects of the toy reconstructor instead, `lift: lgm+sds`: runs anchored to
+   them), one prompt sample each: by default the sample seeds of the N most different 2D samples of step 3
    (`pick_3d: different`, `dreamdist3d.sample2d.pick`), else seeds 0..N-1 (`pick_3d: first`); each exported to
    GLB/OBJ/PLY with a 120-frame turntable MP4 (`3d/runs/seed<i>/`);
 5. a gallery (`3d/gallery.png`, `3d/gallery.html`) and `summary.json` listing every file with wall and CPU times.
@@ -36,7 +37,7 @@ from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 from dreamdist3d.recipes.objects import Runner
-from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, demo_3d_task, run_3d_seeds
+from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, LIFTS, demo_3d_task, run_3d_seeds
 from dreamdist3d.sample2d.mvdream_preview import preview_sampler_for, preview_views
 from dreamdist3d.sample2d.pick import pick_seeds
 
@@ -77,6 +78,9 @@ class DemoConfig:
     # (foreground colour histograms, dreamdist3d.sample2d.pick); "first" = seed..seed+n_3d-1
     pick_3d: str = "different"
     workers_3d: int = 2  # 3D runs at a time, each in its own process with one torch thread (1 = one after another)
+    # how a sample becomes 3D: sds = a run of config_3d (anchored to its 4-view sample); lgm = feed-forward (the toy
+    # reconstructor, seconds per object); lgm+sds = a run anchored to that reconstruction
+    lift: str = "sds"
     config_3d: str = DEFAULT_3D_CONFIG
     steps_3d: Optional[int] = None  # steps per 3D run (None: configs/toy/toy-3d.yaml's, anchored)
     overrides_3d: List[str] = field(default_factory=list)  # extra key=value for every 3D run
@@ -134,6 +138,8 @@ def check_config(cfg: DemoConfig) -> DemoConfig:
             raise bad(k, f"must be ≥ 0, got {getattr(cfg, k)}")
     if cfg.pick_3d not in PICKS:
         raise bad("pick_3d", f"must be one of {PICKS}, got {cfg.pick_3d!r}")
+    if cfg.lift not in LIFTS:
+        raise bad("lift", f"must be one of {LIFTS}, got {cfg.lift!r}")
     if cfg.pick_3d == "different" and cfg.n_2d < cfg.n_3d:
         raise bad("pick_3d", f"'different' picks the n_3d={cfg.n_3d} 3D seeds among the n_2d={cfg.n_2d} 2D samples: "
                              "set n_2d ≥ n_3d, or pick_3d=first")
@@ -413,6 +419,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the results of an earlier demo run in --out")
     p.add_argument("--n-3d", type=int, default=d.n_3d, help=f"3D runs (default {d.n_3d}): the N most different of the 2D samples "
                                                                 "(pick_3d=first: seeds 0..N-1)")
+    p.add_argument("--lift", choices=LIFTS, default=None,
+                   help="how the samples become 3D (default sds: runs of the 3D config; lgm: feed-forward, the toy "
+                        "reconstructor; lgm+sds: runs anchored to its reconstruction)")
     p.add_argument("--steps", type=int, default=None, help=f"learning steps (default {d.steps})")
     p.add_argument("--steps-3d", type=int, default=None, help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
     p.add_argument("--weights", default="", help="toy backbone weights (default: the shipped ones)")
@@ -433,6 +442,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
             "threads": args.threads, "progress": not args.quiet}
     if args.overwrite:
         base["overwrite"] = True
+    if args.lift:
+        base["lift"] = args.lift
     cfg = parse_structured(DemoConfig, load_yaml(None, args.overrides, base=base), where="")
     if args.fast:  # --fast never overrides what was set explicitly (key=value, --steps, --steps-3d)
         explicit = {o.split("=", 1)[0].strip() for o in args.overrides}

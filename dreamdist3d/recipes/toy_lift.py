@@ -4,7 +4,10 @@ Evidence, in the toy world, for how a prompt sample becomes a 3D object. Arms (h
 `configs/toy/toy-3d.yaml` with these settings over it):
 - `sds<N>`: SDS only, N steps (`system.anchor.source=none`): the object is a new realisation of the prompt sample;
 - `anchor<A>+<S>`: anchored (`system.anchor.source=preview`): A steps fitting the 4-view sample of the prompt sample
-  alone, then S steps of SDS beside the fit (the config's anchor weights and schedules).
+  alone, then S steps of SDS beside the fit (the config's anchor weights and schedules);
+- `lgm`: feed-forward, no run: the 4-view sample through the toy reconstructor (`recipes.reconstruct.lift_lgm`), the
+  object is its Gaussians;
+- `lgm<A>+<S>`: `system.anchor.source=lgm`: A steps fitting renders of that reconstruction alone, then S of SDS.
 
 Prompt samples:
 - `captions`: `n_captions` objects of the toy world drawn with grammar seed `caption_seed` (2027: no trainer,
@@ -50,7 +53,7 @@ CAPTION_SEED = 2027  # grammar seed of the caption objects: used by nothing else
 TEST_VIEWS = 9  # turntable views 0°, 45°, …, 360° (threestudio's linspace includes 360)
 SEEN = (0, 2, 4, 6)  # turntable frames at the 4-view sample's azimuths (threestudio 0/90/180/270 = MVDream +90)
 NOVEL = (1, 3, 5, 7)  # frames halfway between them
-ARM = re.compile(r"^(?:sds(?P<sds>\d+)|anchor(?P<a>\d+)\+(?P<s>\d+))$")
+ARM = re.compile(r"^(?:sds(?P<sds>\d+)|(?P<src>anchor|lgm)(?P<a>\d+)\+(?P<s>\d+)|(?P<ff>lgm))$")
 
 
 @dataclass
@@ -75,19 +78,34 @@ class LiftConfig:
 
 # ----------------------------------------------------------------------------------------------------- arms
 def arm_settings(arm: str) -> Tuple[int, int, List[str]]:
-    """(anchor-only steps, SDS steps, key=value overrides) of an arm name: `sds300`, `anchor40+110`, optionally
-    followed by `~key=value` settings of its own (`anchor200+50~system.anchor.rays_per_step=1024`)."""
+    """(anchor-only steps, SDS steps, key=value overrides) of an arm name: `sds300`, `anchor40+110`, `lgm`,
+    `lgm40+20`, optionally followed by `~key=value` settings of its own
+    (`anchor200+50~system.anchor.rays_per_step=1024`)."""
     base, *extra = arm.split("~")
     m = ARM.match(base)
     if m is None or any("=" not in e for e in extra):
-        raise ValueError(f"arm {arm!r}: expected sds<N> or anchor<A>+<S>, then optionally ~key=value settings "
-                         "(e.g. sds300, anchor40+110, anchor200+50~system.anchor.rays_per_step=1024)")
+        raise ValueError(f"arm {arm!r}: expected sds<N> or anchor<A>+<S> (or lgm, lgm<A>+<S>), then optionally "
+                         "~key=value settings (e.g. sds300, anchor40+110, anchor200+50~system.anchor.rays_per_step="
+                         "1024)")
+    if m["ff"] is not None:
+        return 0, 0, list(extra)
     if m["sds"] is not None:
         n = int(m["sds"])
         return 0, n, ["system.anchor.source=none", "system.loss.lambda_anchor_rgb=0",
                       "system.loss.lambda_anchor_mask=0", f"trainer.max_steps={n}", *extra]
     a, s = int(m["a"]), int(m["s"])
-    return a, s, ["system.anchor.source=preview", f"system.anchor.steps={a}", f"trainer.max_steps={a + s}", *extra]
+    source = "preview" if m["src"] == "anchor" else "lgm"
+    return a, s, [f"system.anchor.source={source}", f"system.anchor.steps={a}", f"trainer.max_steps={a + s}", *extra]
+
+
+def make_object(backbone, cfg: LiftConfig, arm: str, item: "Item", work: Path, overrides: Sequence[str]) -> Path:
+    """The folder of `arm`'s object for `item`: a 3D run of the arm's settings, or (`lgm`) the reconstruction."""
+    from dreamdist3d.recipes.toy_3d import launch_3d, launch_lgm
+
+    distribution = Path(item.distribution).resolve()
+    if ARM.match(arm.split("~")[0])["ff"] is not None:
+        return launch_lgm(backbone, distribution, work, item.seed, cfg.config_3d, overrides, formats="").run_dir
+    return launch_3d(backbone, distribution, work, item.seed, cfg.config_3d, overrides=overrides, progress=False)
 
 
 # ----------------------------------------------------------------------------------------------------- items
@@ -199,15 +217,12 @@ def _object_path(cfg: LiftConfig, arm: str, item: Item, rep: int) -> Path:
 
 def lift_one(backbone, cfg: LiftConfig, arm: str, item: Item, rep: int) -> Dict[str, Any]:
     """One 3D object of `arm` for `item`, read on its turntable; the record is written here (resumable sweeps)."""
-    from dreamdist3d.recipes.toy_3d import launch_3d
     from dreamdist3d.recipes.toy_checks import get_reader
 
     anchor_steps, sds_steps, overrides = arm_settings(arm)
     work = Path(cfg.out) / "work" / arm / item.part / item.key / f"rep{rep}"
     w0, c0 = time.perf_counter(), time.process_time()
-    run = launch_3d(backbone, Path(item.distribution).resolve(), work, item.seed, cfg.config_3d,
-                    anchor_steps + sds_steps, overrides=[*overrides, f"data.n_test_views={TEST_VIEWS}", *cfg.overrides],
-                    progress=False)
+    run = make_object(backbone, cfg, arm, item, work, [*overrides, f"data.n_test_views={TEST_VIEWS}", *cfg.overrides])
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     reader = get_reader(cfg.reader)
     seen = reader.read_views(turntable_frames(run, SEEN), 4)[0]

@@ -12,6 +12,12 @@ Input: (B, V, 9, S, S) per view = ImageNet-normalised RGB (3) + Plücker ray emb
     position = clamp(x[0:3], -1, 1)      opacity = sigmoid(x[3])        scale = 0.1·softplus(x[4:7])
     rotation = normalise(x[7:11])        colour = 0.5·tanh(x[11:14]) + 0.5
 
+Positions (`LGMConfig.position`): "free" is LGM's (the official code and every released checkpoint); "ray" puts
+output pixel (i, j) of view v on the ray through that pixel (its input pixels' Plücker rays averaged), at signed
+depth x[0] from the ray's point nearest the origin (x[1:3] unused), as pixel-aligned successors (GRM, GS-LRM) do:
+the toy reconstructor's choice, because with LGM's free positions a CPU budget of ~10⁴ training objects gave grey
+blobs (README, "3D in seconds").
+
 Rotation normalisation (`LGMConfig.rotation_normalization`): LGM's first checkpoints were trained with
 `F.normalize(x)`, whose default dim=1 of the (B, N, 4) tensor normalises each quaternion COMPONENT over all N
 Gaussians of the object instead of each quaternion (README news 2024-04-03; fixed by the official commit 9a0797c
@@ -24,7 +30,9 @@ The weights do not tell which one a checkpoint needs: the loader takes it from t
 names, or its `rotation_normalization` argument.
 
 Configs: `LGM_CONFIGS` holds the official `big` (the released weights: 256² input, 128² splats per view, 65,536
-Gaussians), `small` (the official default Options: 64² splats) and `tiny` (the official ablation model).
+Gaussians), `small` (the official default Options: 64² splats) and `tiny` (the official ablation model), and `toy`:
+the same class at the toy world's size (32² views, 1,024 Gaussians; trained by `dreamdist3d toyworld train-lgm`,
+shipped in `reconstruct/data/`).
 """
 
 from __future__ import annotations
@@ -40,9 +48,17 @@ from torch import nn
 from dreamdist3d.backbones.multiview_blocks import AttentionFn, sdpa_attention
 from dreamdist3d.reconstruct.gaussians import LGM_CHANNELS, Gaussians
 from dreamdist3d.reconstruct.lgm_blocks import LGMUNet, PackedSelfAttention, check_unet_layout
-from dreamdist3d.reconstruct.lgm_cameras import gaussians_to_world, lgm_cameras, lgm_input
+from dreamdist3d.reconstruct.lgm_cameras import (
+    gaussians_to_world,
+    lgm_cameras,
+    lgm_input,
+    on_lgm_sphere,
+    scene_distance,
+    scene_scale,
+)
 
 ROTATION_NORMALIZATIONS = ("fixed", "legacy")
+POSITIONS = ("free", "ray")
 IN_CHANNELS = 9  # RGB + Plücker (6)
 
 
@@ -64,10 +80,13 @@ class LGMConfig:
     cam_radius: float = 1.5  # distance of the input cameras from the origin
     num_input_views: int = 4
     rotation_normalization: str = "fixed"  # "fixed" (dim=-1) | "legacy" (dim=1, the first checkpoints); module doc
+    position: str = "free"  # "free" (LGM: x[0:3]) | "ray" (on the output pixel's ray at depth x[0]); module doc
 
     def __post_init__(self) -> None:
         for name in ("down_channels", "down_attention", "up_channels", "up_attention"):
             object.__setattr__(self, name, tuple(getattr(self, name)))  # lists from JSON/yaml
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
         if self.rotation_normalization not in ROTATION_NORMALIZATIONS:
             raise ValueError(f"rotation_normalization must be one of {ROTATION_NORMALIZATIONS}, got "
                              f"{self.rotation_normalization!r}")
@@ -104,6 +123,12 @@ LGM_CONFIGS: Dict[str, LGMConfig] = {
                        output_size=256),
     "tiny": LGMConfig(down_channels=(32, 64, 128, 256, 512), down_attention=(False, False, False, False, True),
                       up_channels=(512, 256, 128), up_attention=(True, False, False), splat_size=64, output_size=256),
+    # the toy world's reconstructor (ours, not an official preset): 4 toy views at 32², 16² splats per view (1,024
+    # Gaussians), 1.35 M parameters, pixel-aligned positions; its cameras frame objects as the toy world does (fovy
+    # 40°; radius 2, so the toy scene at distance 3 is 1.5× LGM's frame and every toy object stays inside [-1, 1]³)
+    "toy": LGMConfig(input_size=32, down_channels=(32, 64, 64), down_attention=(False, False, True),
+                     up_channels=(64, 64), up_attention=(True, False), splat_size=16, output_size=32, fovy=40.0,
+                     cam_radius=2.0, position="ray"),
 }
 
 
@@ -157,20 +182,39 @@ class LGM(nn.Module):
         y = self.conv(self.unet(x.reshape(b * v, c, h, w).to(dtype), num_views=v))  # ((b v),14,s,s)
         return y.reshape(b, v, LGM_CHANNELS, s, s)
 
-    def activate(self, raw: torch.Tensor) -> Gaussians:
-        """(B,V,14,s,s) raw maps -> Gaussians (B, V·s², …), activations in float32."""
+    def activate(self, raw: torch.Tensor, inputs: Optional[torch.Tensor] = None) -> Gaussians:
+        """(B,V,14,s,s) raw maps -> Gaussians (B, V·s², …), activations in float32. `inputs` (B,V,9,S,S), the
+        model's input, gives the rays of `position: ray`."""
         b = raw.shape[0]
         x = raw.float().permute(0, 1, 3, 4, 2).reshape(b, -1, LGM_CHANNELS)  # (B, V·s·s, 14), view-major
+        if self.config.position == "ray":
+            if inputs is None:
+                raise ValueError("position 'ray' needs the model's input (its Plücker rays): activate(raw, inputs)")
+            foot, d = self.output_rays(inputs)  # (B, V·s·s, 3) each
+            means = (foot + x[..., 0:1] * d).clamp(-1, 1)
+        else:
+            means = x[..., 0:3].clamp(-1, 1)
         return Gaussians(
-            means=x[..., 0:3].clamp(-1, 1),
+            means=means,
             opacities=torch.sigmoid(x[..., 3]),
             scales=0.1 * F.softplus(x[..., 4:7]),
             rotations=normalize_rotations(x[..., 7:11], self.config.rotation_normalization),
             colors=0.5 * torch.tanh(x[..., 11:14]) + 0.5,
         )
 
+    def output_rays(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B,V,9,S,S) input -> (foot, direction) (B, V·s², 3) of the ray through each output pixel, from the input's
+        Plücker embedding (m = o × d, d) averaged over the input pixels of an output pixel: d normalised, foot = d × m
+        (the ray's point nearest the origin)."""
+        b, v = x.shape[:2]
+        s = self.config.splat_size
+        rays = F.adaptive_avg_pool2d(x[:, :, 3:9].float().flatten(0, 1), s).unflatten(0, (b, v))  # (B,V,6,s,s)
+        rays = rays.permute(0, 1, 3, 4, 2).reshape(b, -1, 6)
+        d = F.normalize(rays[..., 3:6], dim=-1)
+        return torch.linalg.cross(d, rays[..., 0:3], dim=-1), d
+
     def forward(self, x: torch.Tensor) -> Gaussians:
-        return self.activate(self.raw(x))
+        return self.activate(self.raw(x), x)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, c2w: Optional[torch.Tensor] = None,
@@ -184,5 +228,21 @@ class LGM(nn.Module):
         x = lgm_input(images, cams.to(images.device), cfg.input_size, cfg.fovy)
         return gaussians_to_world(self(x))
 
+    def forward_scene(self, images: torch.Tensor, c2w: torch.Tensor, fovy_deg: float) -> Gaussians:
+        """(B,V,3,h,w) RGB in [0,1] on white, taken by scene cameras `c2w` ((V,4,4) or (B,V,4,4), looking at the
+        origin from one distance) with vertical field of view `fovy_deg` -> Gaussians (B, V·s², …) in that scene
+        (differentiable): LGM sees the views from its own cameras in the same directions, and its object is scaled by
+        `scene_scale` (lgm_cameras.py)."""
+        cfg = self.config
+        scale = scene_scale(scene_distance(c2w), fovy_deg, cfg.cam_radius, cfg.fovy)
+        x = lgm_input(images, on_lgm_sphere(c2w, cfg.cam_radius).to(images.device), cfg.input_size, cfg.fovy)
+        return gaussians_to_world(self(x), scale)
 
-__all__ = ["LGM", "LGMConfig", "LGM_CONFIGS", "ROTATION_NORMALIZATIONS", "lgm_config", "normalize_rotations"]
+    @torch.no_grad()
+    def reconstruct_scene(self, images: torch.Tensor, c2w: torch.Tensor, fovy_deg: float) -> Gaussians:
+        """`forward_scene` without gradients: the feed-forward 3D object of a set of views in their scene."""
+        return self.forward_scene(images, c2w, fovy_deg)
+
+
+__all__ = ["LGM", "LGMConfig", "LGM_CONFIGS", "POSITIONS", "ROTATION_NORMALIZATIONS", "lgm_config",
+           "normalize_rotations"]

@@ -16,6 +16,11 @@ attention has no notion of view order, so any order of the same cameras (with th
 Gaussians, only listed in another order. MVDream's 4-view sampler (`backbones.cameras.get_camera`, azimuth 0 looking
 from -y) shows its view k from this repo's azimuth 90·k - 90.
 
+Scenes. A 4-view sample sits in a scene at cameras of some distance d and field of view f (an anchored run's:
+`system.anchor.camera_distance` / `fovy_deg`). LGM is shown the views as if its own cameras (same directions, radius
+`cam_radius`, fovy `fovy`) took them, and the object it predicts is scaled by `scene_scale` = d·tan(f/2) /
+(cam_radius·tan(fovy/2)), so that it fills the scene's views as it filled LGM's (`LGM.forward_scene`).
+
 Input (infer.py / app.py of LGM): each RGB view in [0, 1] on a white background, resized (bilinear, no corner
 alignment) to `input_size`, normalised with ImageNet's mean/std, then the Plücker embedding (o × d, d) of the ray
 through every pixel centre, o the camera centre and d the unit direction, both in LGM's frame.
@@ -79,10 +84,34 @@ def lgm_input(images: torch.Tensor, c2w: torch.Tensor, input_size: int, fovy_deg
     return torch.cat([((x - mean) / std).unflatten(0, (b, v)), rays], dim=2)
 
 
-def gaussians_to_world(gaussians: Gaussians) -> Gaussians:
-    """Gaussians in LGM's frame -> this repo's world frame (z up), unit quaternions."""
-    return gaussians.transform(LGM_FROM_WORLD.T.to(gaussians.means))
+def gaussians_to_world(gaussians: Gaussians, scale: float = 1.0) -> Gaussians:
+    """Gaussians in LGM's frame -> this repo's world frame (z up), unit quaternions, positions and sizes × `scale`."""
+    return gaussians.transform(LGM_FROM_WORLD.T.to(gaussians.means), scale=scale)
+
+
+def scene_scale(distance: float, fovy_deg: float, cam_radius: float, lgm_fovy_deg: float) -> float:
+    """World units of a scene per unit of LGM's frame, for views taken at `distance` with `fovy_deg` and shown to LGM
+    as if taken by its own cameras (`cam_radius`, `lgm_fovy_deg`): an object at the origin fills both images alike
+    when the scene is this factor larger (exactly so for equal fields of view)."""
+    return distance * math.tan(0.5 * math.radians(fovy_deg)) / (cam_radius * math.tan(0.5 * math.radians(
+        lgm_fovy_deg)))
+
+
+def scene_distance(c2w: torch.Tensor) -> float:
+    """The one distance from the origin of scene cameras (…,4,4) (an error if they differ: LGM's cameras share one
+    radius)."""
+    d = c2w[..., :3, 3].norm(dim=-1)
+    if float(d.max() - d.min()) > 1e-4 * float(d.max()):
+        raise ValueError(f"LGM's input cameras share one distance from the origin; got {d.min():.4f} to {d.max():.4f}")
+    return float(d.mean())
+
+
+def on_lgm_sphere(c2w: torch.Tensor, radius: float) -> torch.Tensor:
+    """Scene cameras (…,4,4) looking at the origin -> the same directions at LGM's camera `radius`."""
+    out = c2w.clone()
+    out[..., :3, 3] = F.normalize(c2w[..., :3, 3], dim=-1) * radius
+    return out
 
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LGM_AZIMUTHS", "LGM_FROM_WORLD", "gaussians_to_world", "lgm_cameras",
-           "lgm_input", "plucker_rays"]
+           "lgm_input", "on_lgm_sphere", "plucker_rays", "scene_distance", "scene_scale"]

@@ -16,23 +16,32 @@ mis-shaped keys. The tensors are read from safetensors' memory map (`dreamdist3d
 model is built on the meta device and filled with `assign=True`: no random initialisation; with `dtype` the file's
 own (float16 for the release) its tensors become the parameters, otherwise each is converted once. Nothing is
 downloaded.
+
+`load_reconstructor(spec)` is how configs and commands name one: "toy" (the toy world's reconstructor, shipped as
+package data: `reconstruct/data/toy-lgm.safetensors`, trained by `dreamdist3d toyworld train-lgm`) or a checkpoint
+path; loaded models are kept (one per spec, rotation and device), so many objects of one process share one.
+`save_lgm` writes dreamdist3d's own files (the official key layout in float16, the config in the header, a JSON
+record beside it).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 
-from dreamdist3d.io import DistributionFileError, read_safetensors
+from dreamdist3d.io import DistributionFileError, atomic_save_safetensors, atomic_write_text, read_safetensors
 from dreamdist3d.reconstruct.lgm import LGM, ROTATION_NORMALIZATIONS, LGMConfig, lgm_config
 
 CONFIG_METADATA_KEY = "dreamdist3d_lgm_config"
 CHECKPOINT_SOURCE = ("huggingface.co/ashawkey/LGM (model_fp16_fixrot.safetensors, fine-tuned with the rotation fix, "
                      "or the original model_fp16.safetensors)")
 LEGACY_NAMES = ("model.safetensors", "model_fp16.safetensors")
+DATA_DIR = Path(__file__).resolve().parent / "data"
+TOY_LGM = DATA_DIR / "toy-lgm.safetensors"
 
 
 class LGMCheckpointError(ValueError):
@@ -151,5 +160,35 @@ def load_lgm(
                                rotation_normalization=rotation_normalization)
 
 
-__all__ = ["CONFIG_METADATA_KEY", "LGMCheckpointError", "lgm_from_state_dict", "load_lgm", "read_lgm_checkpoint",
-           "rotation_from_name"]
+def save_lgm(model: LGM, path: Union[str, Path], record: Optional[Dict[str, Any]] = None,
+             dtype: torch.dtype = torch.float16) -> Dict[str, Any]:
+    """Write `model` (official key layout, `dtype`) with its config in the header, atomically, and `<stem>.json`
+    beside it (the config, the parameter count and `record`); returns that JSON."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    atomic_save_safetensors(tensors, path, {CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())})
+    info = {"format": "dreamdist3d-lgm/1", "storage_dtype": str(dtype).replace("torch.", ""),
+            "config": model.config.to_dict(), "parameters": sum(t.numel() for t in tensors.values()),
+            "weights": path.name, "size_bytes": path.stat().st_size, "record": record or {}}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def load_reconstructor(spec: Union[str, Path], rotation_normalization: Optional[str] = None,
+                       device: Union[str, torch.device] = "cpu", config_key: str = "--lgm") -> LGM:
+    """The LGM named by `spec`: "toy" (the shipped toy reconstructor) or a checkpoint path (see `load_lgm`); one
+    loaded model per (spec, rotation, device) is kept for the process."""
+    if spec is None or not str(spec).strip():
+        raise LGMCheckpointError(f"{config_key} is not set: name an LGM checkpoint (e.g. model_fp16_fixrot.safetensors "
+                                 f"from {CHECKPOINT_SOURCE}), or 'toy' for the toy world's reconstructor")
+    path = TOY_LGM if str(spec) == "toy" else Path(spec).expanduser()
+    return _load_cached(str(path), rotation_normalization, str(torch.device(device)), config_key)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(path: str, rotation_normalization: Optional[str], device: str, config_key: str) -> LGM:
+    return load_lgm(path, rotation_normalization=rotation_normalization, device=device, config_key=config_key)
+
+
+__all__ = ["CONFIG_METADATA_KEY", "LGMCheckpointError", "TOY_LGM", "lgm_from_state_dict", "load_lgm",
+           "load_reconstructor", "read_lgm_checkpoint", "rotation_from_name", "save_lgm"]

@@ -15,8 +15,10 @@ step, so it draws the same image up to float rounding:
 - alpha = min(0.99, opacity·exp(-½·dᵀΣ⁻¹d)), skipped if below 1/255 or if the exponent is positive; front-to-back
   compositing C = Σ c·α·T, T = Π(1-α), stopping before a Gaussian that would take T below 1e-4;
 - rgb = C + T·background; alpha = 1 - T; depth = Σ z·α·T (not divided by alpha, as the 3DGS fork LGM uses).
-It is differentiable (autograd through the compositing) and runs on any device. Tiles with similar numbers of
-Gaussians are batched; memory is bounded by `max_elements` (pixels × Gaussians evaluated at once).
+It is differentiable (autograd through the compositing) and runs on any device. The views of a call are projected
+and composited together (their tiles side by side; views go in chunks of at most `VIEW_ENTRIES` view × Gaussian
+pairs), so many small views cost little more than one; tiles with similar numbers of Gaussians are batched, and
+memory is bounded by `max_elements` (pixels × Gaussians evaluated at once).
 
 The "gsplat" backend calls `gsplat.rasterization` (CUDA only, not a dependency: used when importable). gsplat
 normalises quaternions, so it is given `Gaussians.canonical()`; its alpha clamp and culling differ in details, so it
@@ -41,6 +43,7 @@ ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.99
 T_MIN = 1e-4
 FOV_CLAMP = 1.3  # the Jacobian sees x/z, y/z at most 1.3·tan(half fov)
+VIEW_ENTRIES = 1 << 21  # (view, Gaussian) pairs projected at once (the views of a call go in chunks)
 
 
 @dataclass
@@ -73,55 +76,62 @@ def intrinsics(fovy_deg: float, height: int, width: int) -> Tuple[float, float]:
 
 @dataclass
 class Projected:
-    """One view's visible Gaussians, sorted nearest first."""
+    """The visible (view, Gaussian) pairs of a batch of views, view after view, nearest first within a view."""
 
     index: Tensor  # (M,) into the Gaussians
-    xy: Tensor  # (M, 2) pixel coordinates, pixel centres at integers
+    view: Tensor  # (M,) into the views
+    xy: Tensor  # (M, 2) pixel coordinates in their view, pixel centres at integers
     conic: Tensor  # (M, 3) inverse 2D covariance (a, b, c) of [[a, b], [b, c]]
     depth: Tensor  # (M,)
-    rect: Tensor  # (M, 4) tile range x0, y0, x1, y1 (exclusive ends)
+    rect: Tensor  # (M, 4) tile range x0, y0, x1, y1 of their view (exclusive ends)
 
 
-def project(g: Gaussians, w2c: Tensor, fx: float, fy: float, height: int, width: int, near: float,
+def project(g: Gaussians, w2c: Tensor, fx: Tensor, fy: Tensor, height: int, width: int, near: float,
             tile_size: int) -> Projected:
-    """Project one object's Gaussians into one view (the preprocess step of the 3DGS rasteriser)."""
-    rot, trans = w2c[:3, :3], w2c[:3, 3]
-    p = g.means @ rot.T + trans  # (N,3) camera space
-    z = p[:, 2]
+    """Project one object's Gaussians into V views (the preprocess step of the 3DGS rasteriser, every view at once):
+    w2c (V,4,4), fx / fy (V,) focal lengths in pixels."""
+    n = g.num
+    rot, trans = w2c[:, :3, :3], w2c[:, :3, 3]
+    p = torch.einsum("vij,nj->vni", rot, g.means) + trans[:, None]  # (V,N,3) camera space
+    z = p[..., 2]
+    fx, fy = fx[:, None], fy[:, None]  # (V,1)
     tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
     zs = z.clamp(min=near)  # keeps the maths finite for the culled ones
-    tx = (p[:, 0] / zs).clamp(-FOV_CLAMP * tan_x, FOV_CLAMP * tan_x)
-    ty = (p[:, 1] / zs).clamp(-FOV_CLAMP * tan_y, FOV_CLAMP * tan_y)
+    tx = (p[..., 0] / zs).clamp(-FOV_CLAMP * tan_x, FOV_CLAMP * tan_x)
+    ty = (p[..., 1] / zs).clamp(-FOV_CLAMP * tan_y, FOV_CLAMP * tan_y)
     zero = torch.zeros_like(zs)
     jac = torch.stack([torch.stack([fx / zs, zero, -fx * tx / zs], -1),
-                       torch.stack([zero, fy / zs, -fy * ty / zs], -1)], -2)  # (N,2,3)
-    m = jac @ rot  # (N,2,3)
-    cov = m @ g.covariances() @ m.transpose(-1, -2)  # (N,2,2)
-    a = cov[:, 0, 0] + LOW_PASS
-    b = cov[:, 0, 1]
-    c = cov[:, 1, 1] + LOW_PASS
+                       torch.stack([zero, fy / zs, -fy * ty / zs], -1)], -2)  # (V,N,2,3)
+    m = jac @ rot[:, None]  # (V,N,2,3)
+    cov = m @ g.covariances()[None] @ m.transpose(-1, -2)  # (V,N,2,2)
+    a = cov[..., 0, 0] + LOW_PASS
+    b = cov[..., 0, 1]
+    c = cov[..., 1, 1] + LOW_PASS
     det = a * c - b * b
     mid = 0.5 * (a + c)
     lam = mid + (mid * mid - det).clamp(min=0.1).sqrt()
     radius = torch.ceil(3.0 * lam.clamp(min=0).sqrt())
-    x = fx * p[:, 0] / zs + 0.5 * width - 0.5
-    y = fy * p[:, 1] / zs + 0.5 * height - 0.5
+    x = fx * p[..., 0] / zs + 0.5 * width - 0.5
+    y = fy * p[..., 1] / zs + 0.5 * height - 0.5
     tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
     rect = torch.stack([
         ((x - radius) / tile_size).floor().clamp(0, tiles_x), ((y - radius) / tile_size).floor().clamp(0, tiles_y),
         ((x + radius + tile_size - 1) / tile_size).floor().clamp(0, tiles_x),
         ((y + radius + tile_size - 1) / tile_size).floor().clamp(0, tiles_y),
-    ], -1).long()
-    area = (rect[:, 2] - rect[:, 0]) * (rect[:, 3] - rect[:, 1])
-    keep = (z > near) & (det > 0) & (radius > 0) & (area > 0)
-    idx = keep.nonzero()[:, 0]
-    idx = idx[torch.sort(z[idx], stable=True).indices]  # nearest first, ties in index order
-    conic = torch.stack([c, -b, a], -1) / det.clamp(min=1e-30)[:, None]
-    return Projected(idx, torch.stack([x, y], -1)[idx], conic[idx], z[idx], rect[idx])
+    ], -1).long()  # (V,N,4)
+    area = (rect[..., 2] - rect[..., 0]) * (rect[..., 3] - rect[..., 1])
+    keep = ((z > near) & (det > 0) & (radius > 0) & (area > 0)).reshape(-1)
+    flat = keep.nonzero()[:, 0]  # view-major, Gaussian index order within a view
+    flat = flat[torch.sort(z.reshape(-1)[flat], stable=True).indices]  # nearest first, ties in index order
+    flat = flat[torch.sort(flat // n, stable=True).indices]  # then view after view
+    conic = torch.stack([c, -b, a], -1) / det.clamp(min=1e-30)[..., None]
+    return Projected(flat % n, flat // n, torch.stack([x, y], -1).reshape(-1, 2)[flat], conic.reshape(-1, 3)[flat],
+                     z.reshape(-1)[flat], rect.reshape(-1, 4)[flat])
 
 
-def tile_lists(proj: Projected, tiles_x: int) -> Tuple[Tensor, Tensor]:
-    """(tile id, slot into proj) pairs, sorted by tile and, within a tile, nearest first."""
+def tile_lists(proj: Projected, tiles_x: int, tiles_y: int) -> Tuple[Tensor, Tensor]:
+    """(tile id, slot into proj) pairs, sorted by tile and, within a tile, nearest first; tile ids count the tiles of
+    all views (view·tiles_y·tiles_x + row·tiles_x + column)."""
     r = proj.rect
     w = r[:, 2] - r[:, 0]
     counts = w * (r[:, 3] - r[:, 1])  # (M,)
@@ -129,13 +139,13 @@ def tile_lists(proj: Projected, tiles_x: int) -> Tuple[Tensor, Tensor]:
     local = torch.arange(len(slot), device=r.device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
     tx = r[slot, 0] + local % w[slot]
     ty = r[slot, 1] + local // w[slot]
-    tile = ty * tiles_x + tx
-    order = torch.sort(tile, stable=True).indices  # slots are already nearest first
+    tile = (proj.view[slot] * tiles_y + ty) * tiles_x + tx
+    order = torch.sort(tile, stable=True).indices  # slots are already nearest first within their view
     return tile[order], slot[order]
 
 
 def composite_tiles(proj: Projected, colors: Tensor, opacities: Tensor, tiles: Tensor, slot: Tensor, starts: Tensor,
-                    counts: Tensor, tiles_x: int, tile_size: int) -> Tuple[Tensor, Tensor, Tensor]:
+                    counts: Tensor, tiles_x: int, tiles_y: int, tile_size: int) -> Tuple[Tensor, Tensor, Tensor]:
     """Front-to-back compositing of the pixels of `tiles` (n,) -> (rgb (n,P,3), depth (n,P), T (n,P)), P = T².
 
     `slot` lists proj entries tile after tile (nearest first); tile t owns slot[starts[t] : starts[t] + counts[t]].
@@ -147,8 +157,9 @@ def composite_tiles(proj: Projected, colors: Tensor, opacities: Tensor, tiles: T
     s = torch.where(valid, slot[(starts[tiles][:, None] + j[None]).clamp(max=len(slot) - 1)], 0)  # (n,K), pads: 0
     gid = proj.index[s]  # (n,K)
     t = torch.arange(tile_size, device=dev, dtype=proj.xy.dtype)
-    px = (tiles % tiles_x)[:, None] * tile_size + t  # (n,T) pixel columns of each tile
-    py = (tiles // tiles_x)[:, None] * tile_size + t  # (n,T) pixel rows
+    local = tiles % (tiles_x * tiles_y)  # the tile within its view
+    px = (local % tiles_x)[:, None] * tile_size + t  # (n,T) pixel columns of each tile
+    py = (local // tiles_x)[:, None] * tile_size + t  # (n,T) pixel rows
     dx = proj.xy[s][:, None, :, 0] - px[:, :, None]  # (n,T,K) per column
     dy = proj.xy[s][:, None, :, 1] - py[:, :, None]  # (n,T,K) per row
     con = proj.conic[s][:, None]  # (n,1,K,3)
@@ -171,13 +182,16 @@ def composite_tiles(proj: Projected, colors: Tensor, opacities: Tensor, tiles: T
     return out[..., :3], out[..., 3], trans[..., -1]
 
 
-def render_view_torch(g: Gaussians, w2c: Tensor, fx: float, fy: float, height: int, width: int, background: Tensor,
-                      near: float, tile_size: int, max_elements: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """One view: (rgb (H,W,3), alpha (H,W,1), depth (H,W,1))."""
+def render_views_torch(g: Gaussians, w2c: Tensor, fx: Tensor, fy: Tensor, height: int, width: int,
+                       background: Tensor, near: float, tile_size: int, max_elements: int
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    """V views at once: (rgb (V,H,W,3), alpha (V,H,W,1), depth (V,H,W,1)). The tiles of every view are composited
+    together, batched by similar Gaussian counts."""
+    v = w2c.shape[0]
     tiles_x, tiles_y = -(-width // tile_size), -(-height // tile_size)
-    n_tiles, pix = tiles_x * tiles_y, tile_size * tile_size
+    n_tiles, pix = v * tiles_x * tiles_y, tile_size * tile_size
     proj = project(g, w2c, fx, fy, height, width, near, tile_size)
-    tile, slot = tile_lists(proj, tiles_x)
+    tile, slot = tile_lists(proj, tiles_x, tiles_y)
     counts = torch.bincount(tile, minlength=n_tiles)
     starts = counts.cumsum(0) - counts
     rgb = background.new_zeros(n_tiles, pix, 3)
@@ -191,16 +205,16 @@ def render_view_torch(g: Gaussians, w2c: Tensor, fx: float, fy: float, height: i
         n = max(1, min(len(busy) - i, max_elements // max(1, k * pix)))
         chunk = torch.tensor(busy[i : i + n], device=background.device)
         c_rgb, c_depth, c_t = composite_tiles(proj, g.colors, g.opacities, chunk, slot, starts, counts, tiles_x,
-                                              tile_size)
+                                              tiles_y, tile_size)
         rgb = rgb.index_copy(0, chunk, c_rgb)
         depth = depth.index_copy(0, chunk, c_depth)
         trans = trans.index_copy(0, chunk, c_t)
         i += n
 
-    def image(t: Tensor) -> Tensor:  # (n_tiles, P, C) -> (H, W, C)
+    def image(t: Tensor) -> Tensor:  # (n_tiles, P, C) -> (V, H, W, C)
         c = t.shape[-1]
-        t = t.reshape(tiles_y, tiles_x, tile_size, tile_size, c).permute(0, 2, 1, 3, 4)
-        return t.reshape(tiles_y * tile_size, tiles_x * tile_size, c)[:height, :width]
+        t = t.reshape(v, tiles_y, tiles_x, tile_size, tile_size, c).permute(0, 1, 3, 2, 4, 5)
+        return t.reshape(v, tiles_y * tile_size, tiles_x * tile_size, c)[:, :height, :width]
 
     alpha = image((1 - trans)[..., None])
     return image(rgb) + image(trans[..., None]) * background, alpha, image(depth[..., None])
@@ -250,14 +264,17 @@ def render_gaussians(
     use_gsplat = backend == "gsplat" or (backend == "auto" and g.device.type == "cuda" and gsplat_available())
     if backend == "gsplat" and (g.device.type != "cuda" or not gsplat_available()):
         raise RuntimeError("backend='gsplat' needs CUDA tensors and `pip install gsplat`; use backend='torch'")
-    views = []
-    for w2c, fov in zip(world_to_camera(c2w), fovs):
-        fx, fy = intrinsics(fov, height, width)
-        if use_gsplat:
-            views.append(render_view_gsplat(g, w2c, fx, fy, height, width, bg, near, tile_size))
-        else:
-            views.append(render_view_torch(g, w2c, fx, fy, height, width, bg, near, tile_size, max_elements))
-    rgb, alpha, depth = (torch.stack(t) for t in zip(*views))
+    w2cs = world_to_camera(c2w)
+    if use_gsplat:
+        views = [render_view_gsplat(g, w2c, *intrinsics(fov, height, width), height, width, bg, near, tile_size)
+                 for w2c, fov in zip(w2cs, fovs)]
+        rgb, alpha, depth = (torch.stack(t) for t in zip(*views))
+        return SplatRender(rgb, alpha, depth)
+    focal = torch.tensor([intrinsics(fov, height, width)[1] for fov in fovs], dtype=g.means.dtype, device=g.device)
+    step = max(1, VIEW_ENTRIES // max(1, g.num))  # views projected together: (view, Gaussian) pairs bounded
+    parts = [render_views_torch(g, w2cs[i : i + step], focal[i : i + step], focal[i : i + step], height, width, bg,
+                                near, tile_size, max_elements) for i in range(0, len(fovs), step)]
+    rgb, alpha, depth = (torch.cat(t) for t in zip(*parts))
     return SplatRender(rgb, alpha, depth)
 
 
