@@ -63,7 +63,8 @@ def test_scores_by_hand():
     row = sc["sds10"][0]
     assert (row["cap_colour+shape"], row["cap_part"], row["agree_seen"], row["agree_novel"]) == (1.0, 0.0, 1.0, 0.0)
     assert (row["parts_seen"], row["clear_parts_seen"], row["wall_s"], row["n"]) == (1.0, 1.0, 3.0, 2)
-    assert "| sds10 (2) | 1.00 | 0.00 | 1.00 | 0.00 |" in table(views, objects)
+    assert (row["cap_parts_seen"], row["cap_parts_novel"]) == (0.0, 1.0)  # the caption's part, shown by its sample
+    assert "| sds10 (2) | 1.00 | 0.00 | 0.00 | 1.00 | 0.00 |" in table(views, objects)
 
 
 def test_lift_end_to_end_on_tiny_inputs(tmp_path):

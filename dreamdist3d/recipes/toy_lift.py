@@ -23,7 +23,8 @@ azimuths halfway between them (`novel`: views no anchor shows).
 Scores per arm, mean ± std over seeds: caption fidelity (read colour, shape, part presence, colour and shape as the
 caption says) of the objects beside that of the 4-view samples; agreement of each object with its own 4-view sample
 (colour and shape read alike: `agree`; `parts kept`: of the 4-view samples that show a part, the share whose object
-shows one); SDS steps, steps in all and wall seconds per object (one core).
+shows one; `captions: parts kept`: the same for the parts a caption names and its 4-view sample shows, where the
+part is known to be real); SDS steps, steps in all and wall seconds per object (one core).
 
 Every object is cached as `<out>/objects/<arm>/<part>/<item>/seed<r>.json` (written by the worker that made it, so
 an interrupted sweep resumes where it stopped), the 4-view readings as `<out>/views/…`; runs go two at a time in
@@ -343,6 +344,9 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
                 row[f"clear_parts_{where}"] = _rate([a["clear_part_kept"] for a in ag])
                 agc = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in caps]
                 row[f"cap_agree_{where}"] = _rate([a["agree"] for a in agc])
+                # the parts a caption names and its 4-view sample shows: does the object keep them?
+                row[f"cap_parts_{where}"] = _rate([a["part_kept"] for a, o in zip(agc, caps)
+                                                   if by_key[("captions", o["item"], r)]["spec"]["has_part"]])
             row["sds_steps"] = statistics.fmean(o["sds_steps"] for o in objs)
             row["steps"] = statistics.fmean(o["sds_steps"] + o["anchor_steps"] for o in objs)
             row["wall_s"] = statistics.fmean(o["wall_s"] for o in objs)
@@ -352,6 +356,7 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
 
 
 COLUMNS = [("cap_colour+shape", "captions: colour+shape"), ("cap_part", "captions: part"),
+           ("cap_parts_seen", "captions: parts kept"),
            ("agree_seen", "learned: agree (seen)"), ("agree_novel", "learned: agree (novel)"),
            ("parts_seen", "learned: parts kept (seen)"), ("parts_novel", "parts kept (novel)"),
            ("clear_parts_seen", "learned: clear parts kept (seen)"),
