@@ -42,3 +42,14 @@ def load_reference(name: str):
 @pytest.fixture
 def reference():
     return load_reference
+
+
+@pytest.fixture
+def one_thread():
+    """torch at one thread for the test (what a forked run or a Ray actor uses), restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

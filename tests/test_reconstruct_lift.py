@@ -34,12 +34,7 @@ TINY = REPO / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml"
 TOY = REPO / "configs" / "toy" / "toy-3d.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at one thread, as a run
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ from dreamdist3d.toyworld.render import render
 SMALL = dict(cache_objects=6, batch=2, novel_views=3, supervision_views=2, steps=4, ckpt_every=2, warmup_steps=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at one thread, as a run
 
 
 def test_training_resumes_bit_exactly_and_writes_a_loadable_reconstructor(tmp_path):

@@ -8,19 +8,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
 from dreamdist3d.backbones.toy_weights import save_toy_backbone
 from dreamdist3d.recipes.toy_lift import LiftConfig, agreement, arm_settings, fidelity, run_lift, scores, table
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at one thread, as a run
 
 
 def test_arm_names():

@@ -31,12 +31,7 @@ from dreamdist3d.toyworld.refsets import get_refset
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at one thread, as a run
 
 
 @pytest.fixture(scope="module")

@@ -45,13 +45,17 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="outputs/toyworld/toy-backbone.safetensors",
                    help="weights file to write (a JSON record is written beside it; to refresh the shipped weights: "
                         "dreamdist3d/backbones/data/toy-backbone.safetensors)")
+    _trainer_arguments(p, d.ckpt_every)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _trainer_arguments(p: argparse.ArgumentParser, ckpt_every: int) -> None:
+    """The flags every toy trainer shares: checkpoint, resume, threads, log, quiet, debug."""
     p.add_argument("--checkpoint", default=None,
                    help="training checkpoint (default: <out stem>-ckpt.pt beside --out, or in outputs/toyworld/ when "
-                        "--out is in the package's data folder), written atomically every "
-                        f"{d.ckpt_every} steps")
+                        f"--out is in the package's data folder), written atomically every {ckpt_every} steps")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same arguments)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--log", default=None, help="append JSON-lines progress (step, loss, lr) to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -96,14 +100,7 @@ def _train_lgm_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=DEFAULT_OUT,
                    help=f"weights file to write (default {DEFAULT_OUT}; a JSON record is written beside it; to refresh "
                         "the shipped reconstructor: dreamdist3d/reconstruct/data/toy-lgm.safetensors)")
-    p.add_argument("--checkpoint", default=None,
-                   help="training checkpoint (default: <out stem>-ckpt.pt beside --out, or in outputs/toyworld/ when "
-                        f"--out is in the package's data folder), written atomically every {d.ckpt_every} steps")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint (same arguments)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--log", default=None, help="append JSON-lines progress (step, loss, lr) to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _trainer_arguments(p, d.ckpt_every)
 
 
 def _train_lgm_run(args: argparse.Namespace) -> int:
