@@ -17,7 +17,14 @@ from PIL import Image
 from dreamdist3d.backbones.cameras import c2w_from_spherical
 from dreamdist3d.cli import main
 from dreamdist3d.config import ConfigError
-from dreamdist3d.lift3d.anchor import VIEWS_FILE, AnchorConfig, AnchorViews, sample_cameras
+from dreamdist3d.lift3d.anchor import (
+    VIEWS_FILE,
+    AnchorConfig,
+    AnchorViews,
+    join_targets,
+    preview_targets,
+    sample_cameras,
+)
 from dreamdist3d.lift3d.reconstruction import gaussian_targets
 from dreamdist3d.lift3d.system import MVDreamSystem
 from dreamdist3d.recipes.lift3d import load_config, run_3d
@@ -121,6 +128,28 @@ def test_gaussian_targets_are_renders_around_the_sample():
     want = render_gaussians(g, c2w_from_spherical(t.elevations[9], t.azimuths[9], 2.5), 35.0, 16, 16)
     torch.testing.assert_close(t.views[9], want.rgb[0].permute(2, 0, 1))
     torch.testing.assert_close(t.masks[9], want.alpha[0].permute(2, 0, 1))
+
+
+def test_preview_plus_lgm_targets_are_the_sample_then_the_other_renders():
+    """`preview+lgm`: the 4-view sample at its own cameras (its foreground masks), then only the renders whose camera
+    is not one of the sample's."""
+    g = Gaussians(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([0.9]), torch.full((1, 3), 0.3),
+                  torch.tensor([[1.0, 0, 0, 0]]), torch.tensor([[1.0, 0, 0]]))
+    sampler = PreviewSampler(elevation=15.0)
+    views = AnchorViews(torch.ones(4, 3, 16, 16), 0, sampler, "x")
+    views.views[:, :, 4:12, 4:12] = 0.2  # a dark square on white: the foreground
+    cfg = AnchorConfig(source="preview+lgm", reconstructor="toy", lgm_azimuths=8, lgm_elevations=[15.0, 30.0])
+    renders = gaussian_targets(cfg, g, views)
+    t = join_targets(preview_targets(views), renders, cfg.mask_threshold)
+    assert t.views.shape == (4 + 16 - 4, 3, 16, 16) and t.masks.shape == (16, 1, 16, 16)
+    torch.testing.assert_close(t.views[:4], views.views)  # the sample itself, at its cameras
+    assert t.azimuths[:4].tolist() == [-90.0, 0.0, 90.0, 180.0] and t.elevations[:4].tolist() == [15.0] * 4
+    assert t.masks[:4, 0, 8, 8].tolist() == [1.0] * 4 and t.masks[:4, 0, 0, 0].tolist() == [0.0] * 4
+    # the renders in between at 15° (45° off the sample's views) and all 8 at 30°
+    assert t.azimuths[4:8].tolist() == [-45.0, 45.0, 135.0, 225.0]
+    assert t.elevations[4:].tolist() == [15.0] * 4 + [30.0] * 8
+    torch.testing.assert_close(t.views[5], renders.views[3])
+    torch.testing.assert_close(t.masks[8:], renders.masks[8:])
 
 
 def test_lgm_frame_into_a_scene():

@@ -18,7 +18,9 @@ With `system.anchor.source: lgm` the same 4-view sample is first turned into 3D 
 reconstructor (`anchor.reconstructor`: an LGM checkpoint, or `toy`), and the field is fitted to renders of those
 Gaussians from `lgm_azimuths` × `lgm_elevations` cameras around the object (their alpha as the masks): the
 reconstruction, views the sample never showed included, is the anchor, then SDS refines it
-(`lift3d/reconstruction.py`, which also saves the Gaussians as `anchor/gaussians.ply`).
+(`lift3d/reconstruction.py`, which also saves the Gaussians as `anchor/gaussians.ply`). `preview+lgm` fits both: the
+4-view sample itself at its own cameras (its foreground masks), and the renders only at the lgm cameras the sample
+does not have — the sample's fidelity where it shows the object, the reconstruction's shape between its views.
 
 Files in the run folder: `anchor/views.safetensors` (the float32 views, what they were drawn with; a resumed run
 reuses it after checking it belongs to this run's prompt sample and settings) and `anchor/anchor.png` (the 2×2 grid
@@ -43,7 +45,7 @@ from dreamdist3d.lift3d.data import camera_batch
 from dreamdist3d.sample2d.mvdream_preview import PreviewSampler, image_grid, preview_sampler_for, preview_views
 from dreamdist3d.sample2d.pick import FOREGROUND, background_colour, foreground_mask
 
-SOURCES = ("none", "preview", "lgm")
+SOURCES = ("none", "preview", "lgm", "preview+lgm")
 VIEWS_FILE = "views.safetensors"
 GRID_FILE = "anchor.png"
 VIEWS_FORMAT = "dreamdist3d.anchor-views"
@@ -53,7 +55,9 @@ VIEWS_FORMAT = "dreamdist3d.anchor-views"
 class AnchorConfig:
     """`system.anchor`: what a run is anchored to and how its views are drawn and framed."""
 
-    source: str = "none"  # preview: the run's 4-view sample; lgm: its reconstruction's renders; none: SDS only
+    # preview: the run's 4-view sample; lgm: its reconstruction's renders; preview+lgm: the sample at its own views and
+    # the renders at the others; none: SDS only
+    source: str = "none"
     steps: int = 0  # anchor-only steps at the start (no SDS, no guidance call)
     lr_scale: float = 1.0  # learning rates × this during the anchor-only steps (a photometric fit takes larger steps)
     # the preview sampler (None: the backbone's `dreamdist3d preview` defaults: MVDream 50 steps CFG 7.5; toy 25, 2)
@@ -89,10 +93,11 @@ def check_config(cfg: AnchorConfig, lam_rgb: Any, lam_mask: Any, where: str = "s
         raise ConfigError(f"{where}.source is '{cfg.source}' but system.loss.lambda_anchor_rgb and lambda_anchor_mask "
                           "are both 0: set them (e.g. system.loss.lambda_anchor_rgb=1000 "
                           "system.loss.lambda_anchor_mask=100)")
-    if cfg.source == "lgm" and not cfg.reconstructor:
-        raise ConfigError(f"{where}.source is 'lgm' but {where}.reconstructor is not set: name an LGM checkpoint "
-                          f"({where}.reconstructor=model_fp16_fixrot.safetensors), or 'toy' in the toy world")
-    if cfg.source == "lgm" and (cfg.lgm_azimuths < 1 or not cfg.lgm_elevations):
+    if "lgm" in cfg.source and not cfg.reconstructor:
+        raise ConfigError(f"{where}.source is '{cfg.source}' but {where}.reconstructor is not set: name an LGM "
+                          f"checkpoint ({where}.reconstructor=model_fp16_fixrot.safetensors), or 'toy' in the toy "
+                          "world")
+    if "lgm" in cfg.source and (cfg.lgm_azimuths < 1 or not cfg.lgm_elevations):
         raise ConfigError(f"{where}.lgm_azimuths must be ≥ 1 and {where}.lgm_elevations not empty")
 
 
@@ -218,6 +223,20 @@ def preview_targets(anchor_views: AnchorViews) -> AnchorTargets:
     return AnchorTargets(anchor_views.views.float(), *sample_cameras(anchor_views.sampler))
 
 
+def join_targets(sample: AnchorTargets, other: AnchorTargets, threshold: float) -> AnchorTargets:
+    """`sample` (masks from its foreground when it has none) followed by the views of `other` whose camera is not one
+    of the sample's (within 0.01°), with their masks: one set of targets, the sample's own views taken from it."""
+    same = ((other.elevations[:, None] - sample.elevations[None]).abs() < 1e-2) & (
+        ((other.azimuths[:, None] - sample.azimuths[None] + 180.0) % 360.0 - 180.0).abs() < 1e-2)
+    keep = ~same.any(dim=1)  # (F_other,)
+    masks = sample.masks if sample.masks is not None else foreground_masks(sample.views, threshold)[0]
+    other_masks = other.masks if other.masks is not None else foreground_masks(other.views, threshold)[0]
+    return AnchorTargets(torch.cat([sample.views, other.views[keep]]),
+                         torch.cat([sample.elevations, other.elevations[keep]]),
+                         torch.cat([sample.azimuths, other.azimuths[keep]]),
+                         torch.cat([masks.float(), other_masks[keep].float()]))
+
+
 class Anchor:
     """The anchor of a run: target images, masks and background colours at the fit resolution, the camera rays of
     the views, and the losses of a render against them. The targets are the 4-view sample (`preview_targets`) unless
@@ -267,5 +286,5 @@ class Anchor:
 
 
 __all__ = ["Anchor", "AnchorConfig", "AnchorLRFactor", "AnchorTargets", "AnchorViews", "GRID_FILE", "SOURCES",
-           "VIEWS_FILE", "check_config", "draw_views", "embedding_digest", "foreground_masks", "prepare_views",
-           "preview_targets", "sample_cameras", "sampler_of"]
+           "VIEWS_FILE", "check_config", "draw_views", "embedding_digest", "foreground_masks", "join_targets",
+           "prepare_views", "preview_targets", "sample_cameras", "sampler_of"]

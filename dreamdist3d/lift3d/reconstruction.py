@@ -10,7 +10,8 @@ back in the scene's frame and scale (`LGM.reconstruct_scene`). The feed-forward 
 `build_anchor(...)`: the anchor of a run (`system.anchor.source`): `preview` fits the 4-view sample itself; `lgm`
 reconstructs it, writes the Gaussians to `anchor/gaussians.ply` and fits renders of them (`gaussian_targets`:
 `lgm_azimuths` views around the object starting at the sample's first view, at each of `lgm_elevations`, their alpha
-as masks), so SDS starts from the reconstruction (`--lift lgm+sds`) through the same system and losses.
+as masks), so SDS starts from the reconstruction (`--lift lgm+sds`) through the same system and losses;
+`preview+lgm` fits the sample at its own cameras and the renders at the others (`anchor.join_targets`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from dreamdist3d.lift3d.anchor import (
     AnchorConfig,
     AnchorTargets,
     AnchorViews,
+    join_targets,
     prepare_views,
+    preview_targets,
     sample_cameras,
 )
 from dreamdist3d.reconstruct import Gaussians, load_reconstructor, render_gaussians, write_splat_ply
@@ -68,7 +71,10 @@ def build_anchor(cfg: AnchorConfig, backbone, text_embeddings: torch.Tensor, see
     gaussians = reconstruct_sample(cfg, views, device)
     if folder is not None:
         write_splat_ply(Path(folder) / GAUSSIANS_FILE, gaussians)
-    return Anchor(cfg, views, device, targets=gaussian_targets(cfg, gaussians, views))
+    targets = gaussian_targets(cfg, gaussians, views)
+    if cfg.source == "preview+lgm":
+        targets = join_targets(preview_targets(views), targets, cfg.mask_threshold)
+    return Anchor(cfg, views, device, targets=targets)
 
 
 __all__ = ["GAUSSIANS_FILE", "build_anchor", "gaussian_targets", "reconstruct_sample"]

@@ -7,7 +7,9 @@ Evidence, in the toy world, for how a prompt sample becomes a 3D object. Arms (h
   alone, then S steps of SDS beside the fit (the config's anchor weights and schedules);
 - `lgm`: feed-forward, no run: the 4-view sample through the toy reconstructor (`recipes.reconstruct.lift_lgm`), the
   object is its Gaussians;
-- `lgm<A>+<S>`: `system.anchor.source=lgm`: A steps fitting renders of that reconstruction alone, then S of SDS.
+- `lgm<A>+<S>`: `system.anchor.source=lgm`: A steps fitting renders of that reconstruction alone, then S of SDS;
+- `hybrid<A>+<S>`: `system.anchor.source=preview+lgm`: the 4-view sample at its own views and the reconstruction's
+  renders at the others.
 
 Prompt samples:
 - `captions`: `n_captions` objects of the toy world drawn with grammar seed `caption_seed` (2027: no trainer,
@@ -54,7 +56,8 @@ CAPTION_SEED = 2027  # grammar seed of the caption objects: used by nothing else
 TEST_VIEWS = 9  # turntable views 0°, 45°, …, 360° (threestudio's linspace includes 360)
 SEEN = (0, 2, 4, 6)  # turntable frames at the 4-view sample's azimuths (threestudio 0/90/180/270 = MVDream +90)
 NOVEL = (1, 3, 5, 7)  # frames halfway between them
-ARM = re.compile(r"^(?:sds(?P<sds>\d+)|(?P<src>anchor|lgm)(?P<a>\d+)\+(?P<s>\d+)|(?P<ff>lgm))$")
+ARM = re.compile(r"^(?:sds(?P<sds>\d+)|(?P<src>anchor|lgm|hybrid)(?P<a>\d+)\+(?P<s>\d+)|(?P<ff>lgm))$")
+SOURCE = {"anchor": "preview", "lgm": "lgm", "hybrid": "preview+lgm"}  # arm prefix -> system.anchor.source
 
 
 @dataclass
@@ -85,9 +88,9 @@ def arm_settings(arm: str) -> Tuple[int, int, List[str]]:
     base, *extra = arm.split("~")
     m = ARM.match(base)
     if m is None or any("=" not in e for e in extra):
-        raise ValueError(f"arm {arm!r}: expected sds<N> or anchor<A>+<S> (or lgm, lgm<A>+<S>), then optionally "
-                         "~key=value settings (e.g. sds300, anchor40+110, anchor200+50~system.anchor.rays_per_step="
-                         "1024)")
+        raise ValueError(f"arm {arm!r}: expected sds<N> or anchor<A>+<S> (or lgm, lgm<A>+<S>, hybrid<A>+<S>), then "
+                         "optionally ~key=value settings (e.g. sds300, anchor40+110, "
+                         "anchor200+50~system.anchor.rays_per_step=1024)")
     if m["ff"] is not None:
         return 0, 0, list(extra)
     if m["sds"] is not None:
@@ -95,7 +98,7 @@ def arm_settings(arm: str) -> Tuple[int, int, List[str]]:
         return 0, n, ["system.anchor.source=none", "system.loss.lambda_anchor_rgb=0",
                       "system.loss.lambda_anchor_mask=0", f"trainer.max_steps={n}", *extra]
     a, s = int(m["a"]), int(m["s"])
-    source = "preview" if m["src"] == "anchor" else "lgm"
+    source = SOURCE[m["src"]]
     return a, s, [f"system.anchor.source={source}", f"system.anchor.steps={a}", f"trainer.max_steps={a + s}", *extra]
 
 
