@@ -170,11 +170,25 @@ def holds_pickled_objects(e: BaseException) -> bool:
     return "allowed global" in text or "Unsupported global" in text
 
 
-def load_error_reason(e: BaseException) -> str:
-    """One line saying why `torch.load(weights_only=True)` refused a file, without torch's advice to retry with
-    `weights_only=False` (that would run whatever code the file's pickle holds)."""
+def is_torch_file(path: Union[str, Path]) -> bool:
+    """Does the file start as `torch.save` writes: a zip archive (PK\\x03\\x04) or pickle data (protocol 2-5)?
+    Decided by content, not by the error torch.load happens to raise for other bytes (that varies with the bytes)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def load_error_reason(e: BaseException, path: Optional[Union[str, Path]] = None) -> str:
+    """One line saying why `torch.load(weights_only=True)` refused a file (`path`, when given, is checked for being
+    a PyTorch file at all), without torch's advice to retry with `weights_only=False` (that would run whatever code
+    the file's pickle holds)."""
     import pickle
 
+    if path is not None and not is_torch_file(path):
+        return "it is not a PyTorch checkpoint (neither a zip archive nor pickle data)"
     text = str(e)
     if holds_pickled_objects(e):
         return ("it holds pickled Python objects besides tensors, which dreamdist3d never unpickles "

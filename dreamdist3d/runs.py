@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from dreamdist3d.config import ConfigError
-from dreamdist3d.io import atomic_torch_save, holds_pickled_objects
+from dreamdist3d.io import atomic_torch_save, holds_pickled_objects, is_torch_file
 
 PathLike = Union[str, Path]
 
@@ -231,6 +231,8 @@ def load_checkpoint(path: PathLike, fmt: Optional[str] = None, what: str = "chec
 
 def _read_problem(path: Path, fmt: Optional[str], map_location: Any = "cpu"):
     """The checkpoint's dict, or a string saying why it cannot be used."""
+    if not is_torch_file(path):
+        return "is not a checkpoint at all (not a PyTorch file: neither a zip archive nor pickle data)"
     try:
         state = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickled code

@@ -175,9 +175,25 @@ def test_full_disk_in_a_3d_run_is_one_line_and_keeps_the_last_checkpoint(assets,
 
 
 # ---------------------------------------------------------------------------------------------- item 5
+def test_random_bytes_are_never_called_anything_but_not_a_checkpoint(tmp_path):
+    """Decided by the file's first bytes, not by which error torch.load raises (that varies with the bytes: random
+    bytes starting 0xa4 once gave a UnicodeDecodeError and the message 'cannot be read')."""
+    import random
+
+    from dreamdist3d.io import load_error_reason
+    from dreamdist3d.runs import _read_problem
+
+    rng = random.Random(0)
+    junk = tmp_path / "junk.ckpt"
+    for head in [b"\xa4", b"\x80\x00", b"PK\x05\x06", b""] + [b""] * 60:
+        junk.write_bytes(head + rng.randbytes(4096))
+        assert _read_problem(junk, None).startswith("is not a checkpoint at all"), head
+        assert "not a PyTorch checkpoint" in load_error_reason(RuntimeError("x"), junk)
+
+
 def test_random_bytes_as_resume_are_not_a_checkpoint_at_all(assets, tmp_path):
     junk = tmp_path / "last.ckpt"
-    junk.write_bytes(os.urandom(4096))
+    junk.write_bytes(b"\xa4" + os.urandom(4095))  # what once slipped through (see the test above)
     for argv in (launch_args(assets, tmp_path / "runs", f"resume={junk}"),
                  ["-m", "dreamdist3d.cli", "learn", "--config", LEARN_TOY, "--quiet", "--resume", str(junk),
                   "--out-dir", str(tmp_path / "learn")]):

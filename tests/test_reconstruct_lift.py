@@ -228,6 +228,13 @@ def test_reconstructor_names(tmp_path):
 
 
 def test_gallery_lift_flags_are_checked(assets, tmp_path):
+    from dreamdist3d.commands import gallery as command
+    from dreamdist3d.recipes import gallery as recipe
+
+    assert command.LIFTS == recipe.LIFTS  # the command keeps its own copy so that --help loads no torch
+    assert recipe.lift_settings("lgm+sds", "toy", "mv.pt") == [
+        "system.anchor.source=lgm", "system.anchor.reconstructor=toy",
+        "system.guidance.pretrained_model_name_or_path=mv.pt"]
     ckpt, dist, lgm = assets
     with pytest.raises(SystemExit):
         main(["gallery", "--distribution", str(dist), "--lift", "nerf"])

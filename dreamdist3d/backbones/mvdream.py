@@ -287,13 +287,15 @@ def read_checkpoint(
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):
-                raise CheckpointError(f"cannot read MVDream checkpoint {path}: {load_error_reason(e)}; {hint}") from e
+                raise CheckpointError(
+                    f"cannot read MVDream checkpoint {path}: {load_error_reason(e, path)}; {hint}") from e
             try:  # legacy (non-zip) torch.save format cannot be memory-mapped
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
             except Exception as e2:
-                raise CheckpointError(f"cannot read MVDream checkpoint {path}: {load_error_reason(e2)}; {hint}") from e2
+                raise CheckpointError(
+                    f"cannot read MVDream checkpoint {path}: {load_error_reason(e2, path)}; {hint}") from e2
         except Exception as e:
-            raise CheckpointError(f"cannot read MVDream checkpoint {path}: {load_error_reason(e)}; {hint}") from e
+            raise CheckpointError(f"cannot read MVDream checkpoint {path}: {load_error_reason(e, path)}; {hint}") from e
         if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
             obj = obj["state_dict"]  # a Lightning-style wrapper around the same keys
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -278,7 +278,7 @@ def import_official(path: Union[str, Path], class_index: int = 0, prefix: str = 
     except Exception as e:  # pickle refused (non-weights content) or damaged file
         raise DistributionFileError(
             f"{path} cannot be read as an official DreamDistribution checkpoint "
-            f"(read with weights_only=True: {load_error_reason(e)}); expected "
+            f"(read with weights_only=True: {load_error_reason(e, path)}); expected "
             "checkpoint-N/prompt_learner.pt or final-N.pt, or a .safetensors from `dreamdist3d learn`"
         ) from None
     if not isinstance(obj, dict):
