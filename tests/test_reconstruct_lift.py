@@ -95,14 +95,16 @@ def test_gallery_lift_lgm_end_to_end_with_tiny_models(assets, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_lgm_sds_run_is_anchored_to_the_reconstruction(assets, tmp_path):
+@pytest.mark.parametrize("source", ["lgm", "preview+lgm"])
+def test_lgm_sds_run_is_anchored_to_the_reconstruction(assets, tmp_path, source):
     """`system.anchor.source: lgm`: the run keeps its 4-view sample, writes the reconstruction and fits renders of it
-    from lgm_azimuths × lgm_elevations cameras (alpha as masks) before SDS, through the same system."""
+    from lgm_azimuths × lgm_elevations cameras (alpha as masks) before SDS, through the same system; `preview+lgm`
+    the sample at its own views and those renders at the others."""
     ckpt, dist, lgm = assets
     res = run_3d(TINY, overrides=[
         f"system.guidance.pretrained_model_name_or_path={ckpt}", f"system.prompt_processor.distribution={dist}",
         f"exp_root_dir={tmp_path}", "seed=3", "trainer.max_steps=3", "trainer.val_check_interval=0",
-        "data.n_test_views=2", "system.anchor.source=lgm", f"system.anchor.reconstructor={lgm}",
+        "data.n_test_views=2", f"system.anchor.source={source}", f"system.anchor.reconstructor={lgm}",
         "system.anchor.steps=2", "system.anchor.lgm_azimuths=4", "system.anchor.lgm_elevations=[0,30]",
         "system.loss.lambda_anchor_rgb=1000", "system.loss.lambda_anchor_mask=100",
         "system.anchor.sampler_steps=4"], device="cpu")
