@@ -101,7 +101,7 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
         t0 = time.perf_counter()
         try:
             if backbone is None:  # the guidance checkpoint, loaded once for all objects
-                backbone = load_guidance_backbone(args.config, settings)
+                backbone = load_guidance_backbone(args.config, settings, device=device)
             folder = run_seed(backbone, out, seed, config=args.config, distribution=args.distribution,
                               overrides=overrides, lift=args.lift, device=device)
             print(f"[gallery] seed {seed} ({i + 1}/{len(seeds)}) done in {time.perf_counter() - t0:.1f} s"

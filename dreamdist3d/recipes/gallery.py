@@ -61,7 +61,8 @@ def gallery_task(config: str, distribution: str, out: Path, first_seed: int, ove
         run=Call(run_seed, {"config": config, "distribution": distribution, "overrides": list(overrides),
                             "lift": lift, "device": device}, files=("config", "distribution")),
         backbone=Call(load_guidance_backbone,
-                      {"cfg": config, "overrides": run_settings(distribution, out, first_seed, overrides)},
+                      {"cfg": config, "overrides": run_settings(distribution, out, first_seed, overrides),
+                       "device": device},
                       files=("cfg",)),
         name="gallery",
     )

@@ -235,14 +235,15 @@ def run_3d(cfg: ConfigSource, backbone=None, mode: str = "train", resume: Option
 
 def load_guidance_backbone(cfg: ConfigSource, overrides: Sequence[str] = (), device: str = "cpu"):
     """The backbone a 3D config guides with (`system.guidance.ckpt_path` or `pretrained_model_name_or_path`), loaded
-    once by whoever makes many objects with it (`gallery`, the feed-forward lift, a Ray actor)."""
+    once by whoever makes many objects with it (`gallery`, the feed-forward lift, a Ray actor), on `device` (auto |
+    cpu | cuda[:N]): where the objects are made, since the 4-view sample is drawn on the backbone's device."""
     from dreamdist3d.backbones.load import load_backbone
 
     ecfg = load_config(cfg, overrides, make_dirs=False)
     g = dict(ecfg.system.get("guidance") or {})
     key = "system.guidance.ckpt_path" if g.get("ckpt_path") else "system.guidance.pretrained_model_name_or_path"
-    return load_backbone(g.get("ckpt_path") or g.get("pretrained_model_name_or_path"), device=device,
-                         config_key=key, default_kind="mvdream")
+    return load_backbone(g.get("ckpt_path") or g.get("pretrained_model_name_or_path"),
+                         device=pick_device(str(device)), config_key=key, default_kind="mvdream")
 
 
 def _write_configs(trial: Path, source: Union[str, Path, DictConfig], cfg: ExperimentConfig) -> None:
