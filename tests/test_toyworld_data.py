@@ -148,7 +148,7 @@ def test_four_views_differ_objects_are_asymmetric():
 # ----------------------------------------------------------------------------------------------------- refsets
 def test_reference_sets():
     assert len(REFSETS) >= 4 and [s.name for s in held_out_refsets()] == ["large-tall-greens", "jewel-boxes-spheres",
-                                                                              "tricolour-tori-cones"]
+                                                                              "tricolour-tori-cones", "red-forms"]
     others = [s for name in REFSETS for s in REFSETS[name].specs()]
     for rs in REFSETS.values():
         specs = rs.specs()

@@ -237,6 +237,32 @@ REFSETS: Dict[str, RefSet] = {
             seed=707,
             held_out=True,
         ),
+        # Sets that vary in form (body shape, size, parts) with one or two colours (issue #28), defined on 2026-12-06
+        # before any run on them: two for tuning, one held out and never tuned on.
+        RefSet(
+            "orange-forms",
+            "orange objects of many body shapes, small to large, half of them with a blue part",
+            ObjectGrammar(colours=("orange",), part_prob=0.5, part_colours=("blue",)),
+            n=14,
+            seed=911,
+        ),
+        RefSet(
+            "teal-purple-forms",
+            "teal or purple boxes, cones, rings and capsules, small to large, most with a yellow part on top",
+            ObjectGrammar(shapes=("box", "cone", "torus", "capsule"), colours=("teal", "purple"), part_prob=0.7,
+                          placements=("top",), part_colours=("yellow",)),
+            n=14,
+            seed=922,
+        ),
+        RefSet(
+            "red-forms",
+            "red spheres, boxes, cylinders, cones and rings of every size, half of them with a green part",
+            ObjectGrammar(shapes=("sphere", "box", "cylinder", "cone", "torus"), colours=("red",), part_prob=0.5,
+                          part_colours=("green",)),
+            n=14,
+            seed=933,
+            held_out=True,
+        ),
     )
 }
 
