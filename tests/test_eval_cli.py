@@ -16,40 +16,7 @@ import torch
 
 from dreamdist3d.cli import main
 from dreamdist3d.evaluation import metrics as M
-
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=32,
-            patch_size=8)
-
-
-def _tiny_models(root: Path) -> dict:
-    from transformers import (
-        BitImageProcessor,
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        Dinov2Config,
-        Dinov2Model,
-        ViTConfig,
-        ViTImageProcessor,
-        ViTModel,
-    )
-
-    torch.manual_seed(0)
-    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    crop = {"height": 32, "width": 32}
-    folders = {k: root / k for k in ("dinov2", "clip", "dino")}
-    Dinov2Model(Dinov2Config(**TINY)).save_pretrained(folders["dinov2"])
-    BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop, image_mean=mean,
-                      image_std=std).save_pretrained(folders["dinov2"])
-    vision = {k: v for k, v in TINY.items()}
-    text = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=49408,
-                max_position_embeddings=77)
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folders["clip"])
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=crop).save_pretrained(folders["clip"])
-    ViTModel(ViTConfig(**TINY), add_pooling_layer=False).save_pretrained(folders["dino"])
-    ViTImageProcessor(size=crop, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folders["dino"])
-    return folders
-
+from dreamdist3d.testing.encoders import write_tiny_encoders
 
 def _write_images(folder: Path, n: int, seed: int, shift: float = 0.0, size=(40, 48)) -> None:
     from PIL import Image
@@ -77,7 +44,7 @@ def _write_run(run: Path, seed: int, frames: int = 12) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
-    folders = _tiny_models(root / "models")
+    folders = write_tiny_encoders(root / "models")
     _write_images(root / "refs", 8, seed=0)
     _write_images(root / "near", 7, seed=1)
     _write_images(root / "far", 6, seed=2, shift=0.4, size=(32, 32))

@@ -267,11 +267,12 @@ def test_toy_demo_gallery_in_a_browser(browser, tmp_path):
 def test_eval_report_in_a_browser(browser, tmp_path):
     """report.html: every thumbnail loads, the scatter is there, no errors."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_eval_cli import _tiny_models, _write_images
+    from test_eval_cli import _write_images
 
     from dreamdist3d.evaluation.pipeline import EvalSpec, run_eval
+    from dreamdist3d.testing.encoders import write_tiny_encoders
 
-    models = _tiny_models(tmp_path / "models")
+    models = write_tiny_encoders(tmp_path / "models", ("dinov2", "clip"))
     _write_images(tmp_path / "refs", 8, seed=0)
     _write_images(tmp_path / "samples", 7, seed=1)
     out = tmp_path / "report"

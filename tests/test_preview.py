@@ -116,6 +116,37 @@ def test_cli_preview_distribution(ckpt, tmp_path, capsys):
     (seed,) = side["picked_seeds"]  # --pick 1 of 2: the medoid of two is the first (ties go to the lower index)
     lift = f"lift them: dreamdist3d gallery --distribution {dist_path} --seeds 0"
     assert seed == 0 and lift in capsys.readouterr().out
+    assert side["pick_features"] == "colour"
+
+
+def test_cli_preview_pick_by_form_and_by_a_local_encoder(ckpt, tmp_path, capsys):
+    """`--features`: the silhouette pick and a local DINOv2 folder pick seeds among the same previews; the seeds are
+    those `sample2d.pick` gives on the grid's own images, recorded with the features in the sidecar."""
+    from dreamdist3d.distribution import PromptDistribution, PromptLearner
+    from dreamdist3d.sample2d.pick import pick_seeds
+    from dreamdist3d.testing.encoders import write_tiny_encoders
+
+    bb = load_mvdream(ckpt)
+    learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=3,
+                            generator=torch.Generator().manual_seed(1))
+    dist = PromptDistribution.from_learner(learner, backbone="mvdream").save(tmp_path / "dist.safetensors")
+    dinov2 = write_tiny_encoders(tmp_path / "models", ("dinov2",))["dinov2"]
+    base = ["preview", "--mvdream", str(ckpt), "--distribution", str(dist), "--n", "4", "--steps", "2", "--seed", "3",
+            "--device", "cpu", "--pick", "2"]
+    for features in ("form", f"dinov2={dinov2}"):
+        out = tmp_path / f"{features.split('=')[0]}.png"
+        assert main([*base, "--features", features, "--out", str(out)]) == 0
+        side = json.loads(out.with_suffix(".json").read_text())
+        grid = torch.from_numpy(np.asarray(Image.open(out), dtype=np.float32) / 255).permute(2, 0, 1)  # (3, 4·16, 4·16)
+        views = grid.reshape(3, 4, 16, 4, 16).permute(1, 3, 0, 2, 4)  # (sample, view, 3, 16, 16)
+        encoder = None
+        if "=" in features:
+            from dreamdist3d.evaluation.features import load_encoder
+
+            encoder = load_encoder("dinov2", dinov2, "cpu")
+        assert side["pick_features"] == features and len(side["picked_seeds"]) == 2
+        assert side["picked_seeds"] == pick_seeds(views, 2, 3, features, encoder)
+        assert f"({features}): seeds {','.join(map(str, side['picked_seeds']))}" in capsys.readouterr().out
 
 
 def test_cli_preview_errors(tmp_path, capsys):
@@ -127,6 +158,14 @@ def test_cli_preview_errors(tmp_path, capsys):
     assert main(["preview", "--mvdream", str(missing), "--distribution", "d.safetensors", "--n", "2", "--pick", "3",
                  "--out", str(tmp_path / "g.png")]) == 2
     assert "--pick 3" in capsys.readouterr().err  # said before anything loads
+    common = ["preview", "--mvdream", str(missing), "--distribution", "d.safetensors", "--n", "2"]
+    assert main([*common, "--features", "form", "--out", str(tmp_path / "g.png")]) == 2
+    assert "give --pick N too" in capsys.readouterr().err
+    assert main([*common, "--pick", "1", "--features", "shape", "--out", str(tmp_path / "g.png")]) == 2
+    assert "--features 'shape': expected one of colour, form, colour+form" in capsys.readouterr().err
+    nope = tmp_path / "no-dinov2"
+    assert main([*common, "--pick", "1", "--features", f"dinov2={nope}", "--out", str(tmp_path / "g.png")]) == 2
+    assert f"--features dinov2={nope}: no such folder" in capsys.readouterr().err  # before the checkpoint is read
     with pytest.raises(SystemExit):  # --prompt and --distribution are exclusive
         main(["preview", "--mvdream", str(missing), "--prompt", "x", "--distribution", "d.safetensors"])
 

@@ -1,7 +1,8 @@
 """`dreamdist3d preview --mvdream CKPT (--prompt TEXT | --distribution FILE) ...`: MVDream 4-view DDIM previews.
 
 Writes a PNG grid (one row per sample, 4 view columns; a single sample as 2×2) and a JSON sidecar with every setting.
-With `--pick N` it also names the sample seeds of the N most different previews (`dreamdist3d.sample2d.pick`) and
+With `--pick N` it also names the sample seeds of the N most different previews (`dreamdist3d.sample2d.pick`, compared
+by `--features`: colour, form, colour+form or a local image encoder) and
 the `dreamdist3d gallery --seeds …` command that lifts exactly those to 3D.
 """
 
@@ -46,7 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and image noise seed+i+2**31; an anchored 3D run with that seed fits exactly these views")
     p.add_argument("--pick", type=int, default=0, metavar="N",
                    help="with --distribution: name the sample seeds of the N most different of the --n previews "
-                        "(foreground colours) to lift to 3D with `dreamdist3d gallery --seeds`")
+                        "(by --features) to lift to 3D with `dreamdist3d gallery --seeds`")
+    p.add_argument("--features", default=None, metavar="SPEC",
+                   help="with --pick: what 'different' means: colour (foreground colour histograms; the default), "
+                        "form (silhouettes: shape, size, parts), colour+form, or an image encoder from a local "
+                        "transformers folder: dinov2=DIR, clip=DIR or dino=DIR (as `dreamdist3d eval` loads them)")
     p.add_argument("--out", default="preview.png", help="output PNG (JSON sidecar written beside it)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -69,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         n=args.n,
         steps=args.steps, cfg=args.cfg, elevation=args.elevation, azimuth_start=args.azimuth_start, seed=args.seed,
         device=device, dtype=args.dtype, check_encoder=not args.skip_encoder_check, pick=args.pick,
+        pick_features=args.features,
     )
     side = run_preview(req, Path(args.out), progress=True)
     g = side["grid"]
@@ -76,6 +82,6 @@ def run(args: argparse.Namespace) -> int:
           f"{Path(args.out).with_suffix('.json')}")
     if side["picked_seeds"]:
         seeds = ",".join(map(str, side["picked_seeds"]))
-        print(f"the {args.pick} most different of the {args.n} samples (foreground colours): seeds {seeds}\n"
+        print(f"the {args.pick} most different of the {args.n} samples ({side['pick_features']}): seeds {seeds}\n"
               f"lift them: dreamdist3d gallery --distribution {args.distribution} --seeds {seeds}")
     return 0

@@ -123,27 +123,29 @@ def _processor_kwargs() -> Dict[str, Any]:
     return {"backend": "pil"} if major >= 5 else {"use_fast": False}
 
 
-def load_encoder(kind: str, folder, device: Optional[str] = None) -> Encoder:
-    """Load one encoder from a local transformers folder; errors name the flag (`--dinov2`, `--clip`, `--dino`)."""
+def load_encoder(kind: str, folder, device: Optional[str] = None, where: Optional[str] = None) -> Encoder:
+    """Load one encoder from a local transformers folder; errors name the flag (`--dinov2`, `--clip`, `--dino`) and
+    the folder, or `where` instead where another option gave the folder."""
     import transformers
 
     flag, model_type, cls_name = ENCODERS[kind]
     folder = Path(folder)
+    where = where or f"{flag} {folder}"
     expect = f"a local transformers {cls_name} folder (config.json with model_type {model_type!r}, weights, " \
              "preprocessor_config.json)"
     if not folder.is_dir():
-        raise FileNotFoundError(f"{flag} {folder}: no such folder; expected {expect}")
+        raise FileNotFoundError(f"{where}: no such folder; expected {expect}")
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{flag} {folder}: no config.json; expected {expect}")
+        raise FileNotFoundError(f"{where}: no config.json; expected {expect}")
     try:
         found = json.loads(cfg_path.read_text()).get("model_type")
     except json.JSONDecodeError as e:
-        raise ValueError(f"{flag} {folder}: config.json is not JSON ({e})") from None
+        raise ValueError(f"{where}: config.json is not JSON ({e})") from None
     if found != model_type:
-        raise ValueError(f"{flag} {folder}: config.json has model_type {found!r}; expected {expect}")
+        raise ValueError(f"{where}: config.json has model_type {found!r}; expected {expect}")
     if not (folder / "preprocessor_config.json").is_file():
-        raise FileNotFoundError(f"{flag} {folder}: no preprocessor_config.json (the image-processor config that "
+        raise FileNotFoundError(f"{where}: no preprocessor_config.json (the image-processor config that "
                                 f"says how to resize and normalise images); expected {expect}")
     cls = getattr(transformers, cls_name)
     kwargs = {"add_pooling_layer": False} if kind == "dino" else {}
@@ -152,7 +154,7 @@ def load_encoder(kind: str, folder, device: Optional[str] = None) -> Encoder:
         processor = transformers.AutoImageProcessor.from_pretrained(str(folder), local_files_only=True,
                                                                     **_processor_kwargs())
     except (OSError, ValueError, EnvironmentError) as e:
-        raise ValueError(f"{flag} {folder}: cannot load {cls_name} offline: {e}") from None
+        raise ValueError(f"{where}: cannot load {cls_name} offline: {e}") from None
     dev = resolve_device(device)
     model.eval().to(dev)
     return Encoder(kind, folder, model, processor, dev, f"{kind}-{folder_fingerprint(folder)}")

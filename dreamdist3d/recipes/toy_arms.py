@@ -15,8 +15,11 @@ set's grammar, uniform over its colours), `colours_hit2` (how many of the set's 
 `batch4` (the share of runs of 4 consecutive sample seeds, as the demo's four 3D runs with `pick_3d: first`, whose
 accepted samples show min(3, number of the set's colours) of the set's colours), `pick4` (the same share for the 4
 most different of 16 samples, as the demo's default `pick_3d: different`: picked on one decode, judged on another,
-since a 3D run is a new realisation of its prompt sample; `pick4_in_dist` their in-distribution rate), `prompt_colours` (colour histogram of the K prompts
-decoded one by one) and `mean_colour` (of μ, majority of 4).
+since a 3D run is a new realisation of its prompt sample; `pick4_shapes` whether they show min(3, number of the set's
+body shapes) of its shapes, `pick4_in_dist` their in-distribution rate; `form_pick4…` the same for the pick by colour
+and silhouette, `colour+form`), the same two measures for body shapes (`shape_tv`, `shapes_hit2`: the form a set
+varies), `prompt_colours` (colour histogram of the K prompts decoded one by one) and `mean_colour` (of μ, majority
+of 4).
 
 With `--n-3d N`, each learned arm and seed then gets N text-to-3D runs (`configs/toy/toy-3d.yaml`, one prompt sample
 each), each object read on 4 turntable views and scored the same way (rows "<arm> (3D)"; with `--pick-3d` the N most
@@ -62,17 +65,20 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "captions+lowrank": None,
     "caption": None,  # the medoid caption, one prompt
 }
-SCORES = ("reject", "in_dist", "coverage", "precision", "diversity", "colour_tv", "colours_hit2", "batch4", "pick4",
-          "pick4_in_dist")
+SCORES = ("reject", "in_dist", "coverage", "precision", "diversity", "colour_tv", "colours_hit2", "shape_tv",
+          "shapes_hit2", "batch4", "pick4", "pick4_shapes", "pick4_in_dist", "form_pick4", "form_pick4_shapes",
+          "form_pick4_in_dist")
 BATCH = 4  # the demo's 3D runs: how many consecutive draws `batch4` looks at
 PICK_FROM = 16  # `pick4`: candidates per block (the demo's 2D samples), of which BATCH are picked
+PICKS = {"": "colour", "form_": "colour+form"}  # record-key prefix -> the pick's features (`sample2d.pick`)
 
 
 @dataclass
 class ArmsConfig:
     refsets: List[str] = field(default_factory=lambda: ["large-tall-greens", "jewel-boxes-spheres",
-                                                         "tricolour-tori-cones", "warm-cones-cylinders",
-                                                         "cool-round-topped", "far-hues-spheres-cylinders"])
+                                                         "tricolour-tori-cones", "red-forms", "warm-cones-cylinders",
+                                                         "cool-round-topped", "far-hues-spheres-cylinders",
+                                                         "orange-forms", "teal-purple-forms"])
     arms: List[str] = field(default_factory=lambda: list(ARMS))
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     out: str = "outputs/toyworld/arms"
@@ -115,9 +121,24 @@ def colour_scores(readings: Sequence[Any], colours: Sequence[str]) -> Dict[str, 
             "batch4": statistics.fmean(shows_set_colours(w, colours) for w in windows) if windows else None}
 
 
+def shape_scores(readings: Sequence[Any], shapes: Sequence[str]) -> Dict[str, Any]:
+    """The colour measures for body shapes: `shape_tv` (read shapes of accepted images against uniform over the
+    set's `shapes`), `shapes_hit2` (the set's shapes at least two accepted images show)."""
+    got = Counter(r.shape for r in readings if r.ok)
+    total = sum(got.values())
+    tv = 1.0 if total == 0 else 0.5 * sum(abs(got.get(c, 0) / total - (1.0 / len(shapes) if c in shapes else 0.0))
+                                          for c in set(got) | set(shapes))
+    return {"shape_tv": tv, "shapes_hit2": sum(1 for c in shapes if got.get(c, 0) >= 2)}
+
+
 def shows_set_colours(readings: Sequence[Any], colours: Sequence[str]) -> bool:
     """Whether the accepted `readings` show min(3, len(colours)) of the set's `colours` (the demo's goal)."""
     return len({r.colour for r in readings if r.ok and r.colour in colours}) >= min(3, len(colours))
+
+
+def shows_set_shapes(readings: Sequence[Any], shapes: Sequence[str]) -> bool:
+    """Whether the accepted `readings` show min(3, len(shapes)) of the set's body `shapes`."""
+    return len({r.shape for r in readings if r.ok and r.shape in shapes}) >= min(3, len(shapes))
 
 
 def majority(readings: Sequence[Any]) -> str:
@@ -195,7 +216,8 @@ def score_law(cfg: ArmsConfig, backbone, reader, refset: str, law: PromptGaussia
     samples = law.sample(cfg.n, seed=seed)
     images = _images(backbone, samples, cfg, seed)
     readings = reader.read(images)
-    record = {**score_readings(readings, rs.support, real, images, k=cfg.k), **colour_scores(readings, colours)}
+    record = {**score_readings(readings, rs.support, real, images, k=cfg.k), **colour_scores(readings, colours),
+              **shape_scores(readings, list(rs.grammar.shapes))}
     if points is not None and points.shape[0] > 1:
         pr = reader.read(_images(backbone, points, cfg, seed + 1))
         record["prompt_colours"] = dict(Counter(r.colour if r.ok else "rejected" for r in pr))
@@ -207,23 +229,30 @@ def score_law(cfg: ArmsConfig, backbone, reader, refset: str, law: PromptGaussia
 
 
 def pick_scores(cfg: ArmsConfig, backbone, reader, rs, law: PromptGaussian, seed: int) -> Dict[str, Any]:
-    """`pick4` / `pick4_in_dist` over `cfg.pick_blocks` blocks of PICK_FROM samples (seed `seed` + 1000): the BATCH
-    picked by `pick_previews` on one decode, read on an independent decode (other initial noise)."""
+    """For each pick of PICKS (key prefix "" the colour pick, "form_" colour+form), over `cfg.pick_blocks` blocks of
+    PICK_FROM samples (seed `seed` + 1000), the BATCH picked by `pick_previews` on one decode and read on an
+    independent decode (other initial noise): `pick4` (they show the set's colours, as `batch4`), `pick4_shapes` (they
+    show min(3, #shapes) of the set's body shapes), `pick4_in_dist` (their in-distribution rate)."""
     from dreamdist3d.sample2d.pick import pick_previews
 
     if cfg.pick_blocks < 1:
-        return {"pick4": None, "pick4_in_dist": None}
-    colours = list(rs.grammar.colours)
+        return {f"{pre}{key}": None for pre in PICKS for key in ("pick4", "pick4_shapes", "pick4_in_dist")}
+    colours, shapes = list(rs.grammar.colours), list(rs.grammar.shapes)
     candidates = law.sample(PICK_FROM * cfg.pick_blocks, seed=seed + 1000)
     seen = _images(backbone, candidates, cfg, seed + 3)  # what the pick looks at (the demo's 2D samples)
     judged = reader.read(_images(backbone, candidates, cfg, seed + 4))  # what the lifted objects turn out to be
-    hits, in_dist = [], []
-    for b in range(cfg.pick_blocks):
-        block = range(PICK_FROM * b, PICK_FROM * (b + 1))
-        picked = [judged[block[i]] for i in pick_previews(seen[block.start:block.stop], BATCH)]
-        hits.append(shows_set_colours(picked, colours))
-        in_dist.extend(bool(r.ok and rs.support.contains(r.labels())) for r in picked)
-    return {"pick4": statistics.fmean(hits), "pick4_in_dist": statistics.fmean(in_dist)}
+    out: Dict[str, Any] = {}
+    for pre, features in PICKS.items():
+        hits, forms, in_dist = [], [], []
+        for b in range(cfg.pick_blocks):
+            block = range(PICK_FROM * b, PICK_FROM * (b + 1))
+            picked = [judged[block[i]] for i in pick_previews(seen[block.start:block.stop], BATCH, features)]
+            hits.append(shows_set_colours(picked, colours))
+            forms.append(shows_set_shapes(picked, shapes))
+            in_dist.extend(bool(r.ok and rs.support.contains(r.labels())) for r in picked)
+        out.update({f"{pre}pick4": statistics.fmean(hits), f"{pre}pick4_shapes": statistics.fmean(forms),
+                    f"{pre}pick4_in_dist": statistics.fmean(in_dist)})
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- the sweep
@@ -326,6 +355,7 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None, runner=None) -> Lis
                 rec = {"refset": refset, "arm": f"{arm} ({kind})", "seed": seed, "n_3d": cfg.n_3d, "seeds_3d": seeds,
                        **score_readings(readings, rs.support, real, views[:, 0], k=cfg.k),
                        **colour_scores(readings, list(rs.grammar.colours)),
+                       **shape_scores(readings, list(rs.grammar.shapes)),
                        "object_colours": [r.colour if r.ok else "rejected" for r in readings],
                        "time_s": round(time.perf_counter() - t0, 1)}
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -418,5 +448,5 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
     return rc
 
 
-__all__ = ["ARMS", "ArmsConfig", "encode_captions", "colour_scores", "learned_law", "run_arms", "run_arms_3d", "run_one",
-           "pick_scores", "score_law", "table"]
+__all__ = ["ARMS", "ArmsConfig", "PICKS", "encode_captions", "colour_scores", "learned_law", "run_arms", "run_arms_3d",
+           "run_one", "pick_scores", "score_law", "shape_scores", "table"]

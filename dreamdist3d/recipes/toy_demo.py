@@ -39,7 +39,7 @@ from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 from dreamdist3d.recipes.objects import Runner
 from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, LIFTS, demo_3d_task, run_3d_seeds
 from dreamdist3d.sample2d.mvdream_preview import preview_sampler_for, preview_views
-from dreamdist3d.sample2d.pick import pick_seeds
+from dreamdist3d.sample2d.pick import FEATURES as PICK_FEATURES, pick_seeds
 
 
 # ----------------------------------------------------------------------------------------------------- config
@@ -77,6 +77,8 @@ class DemoConfig:
     # which sample seeds the 3D runs lift: "different" = those of the n_3d most different of the n_2d 2D samples
     # (foreground colour histograms, dreamdist3d.sample2d.pick); "first" = seed..seed+n_3d-1
     pick_3d: str = "different"
+    # what "different" compares (dreamdist3d.sample2d.pick): colour | form (silhouettes) | colour+form
+    pick_features: str = "colour"
     workers_3d: int = 2  # 3D runs at a time, each in its own process with one torch thread (1 = one after another)
     # how a sample becomes 3D: sds = a run of config_3d (anchored to its 4-view sample); lgm = feed-forward (the toy
     # reconstructor, seconds per object); lgm+sds = a run anchored to that reconstruction
@@ -138,6 +140,8 @@ def check_config(cfg: DemoConfig) -> DemoConfig:
             raise bad(k, f"must be ≥ 0, got {getattr(cfg, k)}")
     if cfg.pick_3d not in PICKS:
         raise bad("pick_3d", f"must be one of {PICKS}, got {cfg.pick_3d!r}")
+    if cfg.pick_features not in PICK_FEATURES:
+        raise bad("pick_features", f"must be one of {PICK_FEATURES}, got {cfg.pick_features!r}")
     if cfg.lift not in LIFTS:
         raise bad("lift", f"must be one of {LIFTS}, got {cfg.lift!r}")
     if cfg.pick_3d == "different" and cfg.n_2d < cfg.n_3d:
@@ -319,8 +323,8 @@ def run_demo(cfg: DemoConfig, backbone=None, runner: Optional[Runner] = None) ->
             cols = 8 if cfg.n_2d >= 8 else cfg.n_2d
             rows = (cfg.n_2d + cols - 1) // cols
             if cfg.pick_3d == "different" and cfg.n_3d:
-                seeds = pick_seeds(imgs, cfg.n_3d, cfg.seed)
-                _log(f"lifting the {cfg.n_3d} most different of the {cfg.n_2d} 2D samples (foreground colours): "
+                seeds = pick_seeds(imgs, cfg.n_3d, cfg.seed, cfg.pick_features)
+                _log(f"lifting the {cfg.n_3d} most different of the {cfg.n_2d} 2D samples ({cfg.pick_features}): "
                      f"seeds {', '.join(map(str, seeds))} (framed in samples-2d.png)")
             shown = imgs[:, 0].clone()
             for i in [s - cfg.seed for s in seeds if s - cfg.seed < cfg.n_2d]:  # a dark frame: lifted to 3D

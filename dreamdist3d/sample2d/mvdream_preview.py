@@ -34,7 +34,7 @@ from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.cameras import get_camera
 from dreamdist3d.backbones.ddim import ddim_sample, ddim_timesteps
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
-from dreamdist3d.sample2d.pick import pick_seeds
+from dreamdist3d.sample2d.pick import parse_features, pick_seeds
 
 
 @torch.no_grad()
@@ -159,6 +159,8 @@ class PreviewRequest:
     dtype: str = "float32"
     check_encoder: bool = True
     pick: int = 0  # > 0 (distribution only): record the sample seeds of the `pick` most different samples
+    # how `pick` compares samples (`sample2d.pick`: colour | form | colour+form | <encoder>=DIR); None: colour
+    pick_features: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -213,6 +215,15 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
                          f"--distribution and 1 ≤ --pick ≤ --n (--n {req.n})")
     if req.prompt is not None and (req.prefix is not None or req.suffix is not None):
         raise ValueError("--prefix/--suffix edit a learned distribution; with --prompt write them into the prompt")
+    if req.pick_features is not None and not req.pick:
+        raise ValueError(f"--features {req.pick_features} says how --pick compares the samples: give --pick N too")
+    features = req.pick_features or "colour"
+    encoder = None
+    kind, folder = parse_features(features)
+    if folder is not None:  # before anything is sampled: a wrong folder fails in seconds
+        from dreamdist3d.evaluation.features import load_encoder
+
+        encoder = load_encoder(kind, folder, req.device, where=f"--features {features}")
     out = Path(out)
     if backbone is None:
         backbone = load_backbone(req.mvdream, device=req.device, dtype=DTYPES[req.dtype], config_key="--mvdream",
@@ -248,7 +259,8 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         "ddim_timesteps": ddim_timesteps(backbone.schedule.num_train_timesteps, sampler.steps).tolist(),
         "guidance_order": "[uncond, cond]",
         "prompt_sample_seeds": seeds if req.distribution else None,
-        "picked_seeds": pick_seeds(images, req.pick, req.seed) if req.pick else None,
+        "picked_seeds": pick_seeds(images, req.pick, req.seed, features, encoder) if req.pick else None,
+        "pick_features": features if req.pick else None,
         "image_seeds": [image_seed(s) for s in seeds],
         "backbone": backbone.fingerprint(),
     }
