@@ -18,6 +18,7 @@ from dreamdist3d.cli import main
 from dreamdist3d.evaluation import metrics as M
 from dreamdist3d.testing.encoders import write_tiny_encoders
 
+
 def _write_images(folder: Path, n: int, seed: int, shift: float = 0.0, size=(40, 48)) -> None:
     from PIL import Image
 

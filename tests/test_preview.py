@@ -121,8 +121,11 @@ def test_cli_preview_distribution(ckpt, tmp_path, capsys):
 
 def test_cli_preview_pick_by_form_and_by_a_local_encoder(ckpt, tmp_path, capsys):
     """`--features`: the silhouette pick and a local DINOv2 folder pick seeds among the same previews; the seeds are
-    those `sample2d.pick` gives on the grid's own images, recorded with the features in the sidecar."""
+    those `sample2d.pick` gives on the previews' own images (drawn again here through the API, same seeds), recorded
+    with the features in the sidecar."""
     from dreamdist3d.distribution import PromptDistribution, PromptLearner
+    from dreamdist3d.evaluation.features import load_encoder
+    from dreamdist3d.sample2d.mvdream_preview import conditioning_from_distribution, preview_sampler_for, preview_views
     from dreamdist3d.sample2d.pick import pick_seeds
     from dreamdist3d.testing.encoders import write_tiny_encoders
 
@@ -131,20 +134,16 @@ def test_cli_preview_pick_by_form_and_by_a_local_encoder(ckpt, tmp_path, capsys)
                             generator=torch.Generator().manual_seed(1))
     dist = PromptDistribution.from_learner(learner, backbone="mvdream").save(tmp_path / "dist.safetensors")
     dinov2 = write_tiny_encoders(tmp_path / "models", ("dinov2",))["dinov2"]
+    context = conditioning_from_distribution(bb, dist, 4, seed=3)
+    with torch.no_grad():
+        views = preview_views(bb, context, [3, 4, 5, 6], preview_sampler_for(bb, steps=2))  # (4, 4, 3, 16, 16)
     base = ["preview", "--mvdream", str(ckpt), "--distribution", str(dist), "--n", "4", "--steps", "2", "--seed", "3",
             "--device", "cpu", "--pick", "2"]
-    for features in ("form", f"dinov2={dinov2}"):
+    for features, encoder in (("form", None), (f"dinov2={dinov2}", load_encoder("dinov2", dinov2, "cpu"))):
         out = tmp_path / f"{features.split('=')[0]}.png"
         assert main([*base, "--features", features, "--out", str(out)]) == 0
         side = json.loads(out.with_suffix(".json").read_text())
-        grid = torch.from_numpy(np.asarray(Image.open(out), dtype=np.float32) / 255).permute(2, 0, 1)  # (3, 4·16, 4·16)
-        views = grid.reshape(3, 4, 16, 4, 16).permute(1, 3, 0, 2, 4)  # (sample, view, 3, 16, 16)
-        encoder = None
-        if "=" in features:
-            from dreamdist3d.evaluation.features import load_encoder
-
-            encoder = load_encoder("dinov2", dinov2, "cpu")
-        assert side["pick_features"] == features and len(side["picked_seeds"]) == 2
+        assert side["pick_features"] == features
         assert side["picked_seeds"] == pick_seeds(views, 2, 3, features, encoder)
         assert f"({features}): seeds {','.join(map(str, side['picked_seeds']))}" in capsys.readouterr().out
 

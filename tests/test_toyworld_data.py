@@ -165,7 +165,8 @@ def test_reference_sets():
     out4, cams4 = rs.render(num_views=4, azimuth="random")
     assert out4.image.shape == (4 * rs.n, 3, 32, 32) and cams4.shape == (4 * rs.n, 16)
     assert torch.equal(out4.image, rs.render(num_views=4, azimuth="random")[0].image)
-    assert not sup.contains({"shape": "torus", "hue": 0.0, "size": 0.8})
+    assert not rs.support.contains({"shape": "torus", "hue": 0.0, "size": 0.8})  # a shape the warm set lacks
+    assert REFSETS["red-forms"].support.contains({"shape": "torus", "hue": 0.0, "size": 0.8})
 
 
 # ----------------------------------------------------------------------------------------------------- reader

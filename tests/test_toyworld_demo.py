@@ -229,7 +229,10 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
                                                              for s in (0, 1)]
     for r in recs:
         assert r["n"] == 4 and 0.0 <= r["colour_tv"] <= 1.0 and 0 <= r["colours_hit2"] <= 4 and r["mean_colour"]
-        assert r["pick4"] in (0.0, 0.5, 1.0) and 0.0 <= r["pick4_in_dist"] <= 1.0  # 2 blocks of 16, 4 picked each
+        for pre in ("", "form_"):  # the colour pick and the colour+form pick: 2 blocks of 16, 4 picked each
+            assert r[f"{pre}pick4"] in (0.0, 0.5, 1.0) and r[f"{pre}pick4_shapes"] in (0.0, 0.5, 1.0)
+            assert 0.0 <= r[f"{pre}pick4_in_dist"] <= 1.0
+        assert 0.0 <= r["shape_tv"] <= 1.0 and 0 <= r["shapes_hit2"] <= 2
     low = next(r for r in recs if r["arm"] == "wta+lowrank")
     assert sum(low["prompt_colours"].values()) == 4  # each of the K=4 learned prompts decoded on its own
     from dreamdist3d.distribution import PromptDistribution
@@ -280,6 +283,16 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     assert colour_scores(reads, ["red", "orange", "yellow", "pink"])["batch4"] == pytest.approx(2 / 5)
     assert colour_scores(reads, ["red", "teal"])["batch4"] == pytest.approx(2 / 5)  # two colours: both needed
     assert colour_scores(reads[:3], ["red", "yellow"])["batch4"] is None  # fewer readings than a batch
+    # the shape measures, by hand: 3 cones + 1 box against {cone, cylinder}; the box is not one of the set's shapes
+    from dreamdist3d.recipes.toy_arms import shape_scores, shows_set_shapes
+
+    cone, box, cyl = (Reading(True, shape=x) for x in ("cone", "box", "cylinder"))
+    sc = shape_scores([cone, cone, cone, box, Reading(False)], ["cone", "cylinder"])
+    assert sc["shape_tv"] == pytest.approx(0.5 * (0.25 + 0.5 + 0.25)) and sc["shapes_hit2"] == 1
+    assert shape_scores([Reading(False)], ["cone"]) == {"shape_tv": 1.0, "shapes_hit2": 0}
+    assert shows_set_shapes([cone, cyl, box], ["cone", "cylinder"])  # both of a two-shape set
+    assert not shows_set_shapes([cone, cone, box, Reading(False)], ["cone", "cylinder", "box", "torus"])
+    assert shows_set_shapes([cone, cyl, box], ["cone", "cylinder", "box", "torus"])  # three of four suffice
 
 
 # ----------------------------------------------------------------------------------------------------- issue 17

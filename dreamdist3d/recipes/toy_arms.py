@@ -409,6 +409,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=d.seeds, help="learning seeds (default 0 1 2)")
     p.add_argument("--out", default=d.out)
     p.add_argument("--steps", type=int, default=d.steps, help=f"learning steps per arm (default {d.steps})")
+    p.add_argument("--n-prompts", type=int, default=d.n_prompts,
+                   help=f"K, learned prompts per distribution (default {d.n_prompts}; the K=1 arm keeps 1)")
     p.add_argument("--n", type=int, default=d.n, help=f"samples per run (default {d.n})")
     p.add_argument("--n-3d", type=int, default=0,
                    help="after the 2D pass: N text-to-3D runs per learned arm and seed, read on turntable views")
@@ -430,7 +432,8 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
     cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
-                     steps=args.steps, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d, pick_3d=args.pick_3d)
+                     steps=args.steps, n_prompts=args.n_prompts, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d,
+                     pick_3d=args.pick_3d)
     rc, cached = 0, lambda: [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     if args.table_only:
         recs = cached()

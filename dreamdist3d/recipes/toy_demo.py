@@ -39,7 +39,8 @@ from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
 from dreamdist3d.recipes.objects import Runner
 from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, LIFTS, demo_3d_task, run_3d_seeds
 from dreamdist3d.sample2d.mvdream_preview import preview_sampler_for, preview_views
-from dreamdist3d.sample2d.pick import FEATURES as PICK_FEATURES, pick_seeds
+from dreamdist3d.sample2d.pick import FEATURES as PICK_FEATURES
+from dreamdist3d.sample2d.pick import pick_seeds
 
 
 # ----------------------------------------------------------------------------------------------------- config

@@ -13,7 +13,8 @@ TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermed
             patch_size=8)
 
 
-def write_tiny_encoders(root: Path, kinds: Sequence[str] = ("dinov2", "clip", "dino"), seed: int = 0) -> Dict[str, Path]:
+def write_tiny_encoders(root: Path, kinds: Sequence[str] = ("dinov2", "clip", "dino"),
+                        seed: int = 0) -> Dict[str, Path]:
     """Write one folder per kind under `root`; returns {kind: folder}."""
     from transformers import (
         BitImageProcessor,
