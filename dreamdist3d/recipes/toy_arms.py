@@ -109,26 +109,27 @@ def colour_scores(readings: Sequence[Any], colours: Sequence[str]) -> Dict[str, 
     `batch4`: of the windows of `BATCH` consecutive readings (in seed order), the share whose accepted readings show
     min(3, len(colours)) of `colours` (None when there are fewer readings than `BATCH`)."""
     got = Counter(r.colour for r in readings if r.ok)
-    total = sum(got.values())
     hist = {c: got.get(c, 0) for c in sorted(set(got) | set(colours))}
-    if total == 0:
-        tv = 1.0
-    else:
-        q = {c: (1.0 / len(colours) if c in colours else 0.0) for c in hist}
-        tv = 0.5 * sum(abs(hist[c] / total - q[c]) for c in hist)
     windows = [readings[i:i + BATCH] for i in range(len(readings) - BATCH + 1)]
-    return {"colour_hist": hist, "colour_tv": tv, "colours_hit2": sum(1 for c in colours if got.get(c, 0) >= 2),
+    return {"colour_hist": hist, "colour_tv": tv_to_uniform(got, colours),
+            "colours_hit2": sum(1 for c in colours if got.get(c, 0) >= 2),
             "batch4": statistics.fmean(shows_set_colours(w, colours) for w in windows) if windows else None}
+
+
+def tv_to_uniform(got: Counter, support: Sequence[str]) -> float:
+    """Total-variation distance between the label counts `got` and the uniform law over `support` (1 when empty)."""
+    total = sum(got.values())
+    if total == 0:
+        return 1.0
+    return 0.5 * sum(abs(got.get(c, 0) / total - (1.0 / len(support) if c in support else 0.0))
+                     for c in set(got) | set(support))
 
 
 def shape_scores(readings: Sequence[Any], shapes: Sequence[str]) -> Dict[str, Any]:
     """The colour measures for body shapes: `shape_tv` (read shapes of accepted images against uniform over the
     set's `shapes`), `shapes_hit2` (the set's shapes at least two accepted images show)."""
     got = Counter(r.shape for r in readings if r.ok)
-    total = sum(got.values())
-    tv = 1.0 if total == 0 else 0.5 * sum(abs(got.get(c, 0) / total - (1.0 / len(shapes) if c in shapes else 0.0))
-                                          for c in set(got) | set(shapes))
-    return {"shape_tv": tv, "shapes_hit2": sum(1 for c in shapes if got.get(c, 0) >= 2)}
+    return {"shape_tv": tv_to_uniform(got, shapes), "shapes_hit2": sum(1 for c in shapes if got.get(c, 0) >= 2)}
 
 
 def shows_set_colours(readings: Sequence[Any], colours: Sequence[str]) -> bool:

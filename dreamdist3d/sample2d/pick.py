@@ -115,12 +115,12 @@ def parse_features(spec: str, flag: str = "--features") -> Tuple[str, Optional[s
 def embedding_features(images: torch.Tensor, encoder) -> torch.Tensor:
     """(n, F, 3, H, W) or (n, 3, H, W) in [0,1] -> (n, D) float64: each view embedded by `encoder`
     (`evaluation.features.Encoder`), unit-normalised, averaged over views."""
-    from PIL import Image
+    from dreamdist3d.images import to_pil, to_uint8
 
     x = _as_views(images)
     n, f = x.shape[:2]
-    pixels = (x.flatten(0, 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    emb = torch.from_numpy(encoder.embed_images([Image.fromarray(p) for p in pixels])).double()  # (nF, D)
+    pixels = to_uint8(x.flatten(0, 1), channels_first=True)  # (nF, H, W, 3)
+    emb = torch.from_numpy(encoder.embed_images([to_pil(p) for p in pixels])).double()  # (nF, D)
     return F.normalize(emb, dim=-1).reshape(n, f, -1).mean(1)
 
 
