@@ -127,6 +127,28 @@ def test_clean_mode_adds_positions_once(official):
     assert (pl_off.encode()[0][0] - hidden[0]).abs().max() > 0.1
 
 
+def test_init_text_starts_every_prompt_at_the_text(official):
+    """ctx_init: the official random draw plus the text's token embeddings in the first slots; with the draw
+    removed, every prompt encodes as the text itself ("" keeps the official init, same draw)."""
+    _, _, enc = official
+    tok = ClipTokenizer.default()
+    plain = PromptLearner(enc, tok, n_ctx=4, n_prompts=3, generator=torch.Generator().manual_seed(5))
+    init = PromptLearner(enc, tok, n_ctx=4, n_prompts=3, generator=torch.Generator().manual_seed(5),
+                         init_text="a photo of")
+    words = enc.embed_tokens(torch.tensor(tok.encode("a photo of")))  # (3, D)
+    torch.testing.assert_close(init.ctx[:, :3] - plain.ctx[:, :3], words[None].expand(3, -1, -1), **F32)
+    assert torch.equal(init.ctx[:, 3], plain.ctx[:, 3])  # the fourth slot stays the plain draw
+    with torch.no_grad():
+        init.ctx[:, 3:] = 0
+        init.ctx[:, :3] = words
+        hidden, _ = init.encode()
+    ref = enc.encode_ids(tok(["a photo of"]))[0]
+    # causal attention: SOS and the three words see only themselves, so those slots equal the text's
+    torch.testing.assert_close(hidden[:, :4], ref[:4].expand(3, -1, -1), **F32)
+    with pytest.raises(ValueError, match="more than the 2 context tokens"):
+        PromptLearner(enc, tok, n_ctx=2, n_prompts=3, init_text="a photo of")
+
+
 def test_caption_as_a_distribution_encodes_as_the_caption(official, tmp_path):
     """from_caption: K=1, the caption's token embeddings as ctx; every sample is the caption's encoding."""
     _, _, enc = official

@@ -121,6 +121,8 @@ def test_cli_bad_folders_name_the_file(tmp_path, capsys):
     assert len(list((tmp_path / "r").glob("refs@*"))) == 1  # only the --skip-bad run: failed runs leave no folder
     assert main(["learn", "--images", str(bad), *toy, "stesp=3"]) == 2
     assert "stesp" in capsys.readouterr().err
+    assert main(["learn", "--images", str(bad), *toy, "--ctx-init", "a photo of a red"]) == 2  # 5 tokens > n_ctx 4
+    assert "ctx_init" in capsys.readouterr().err
 
 
 @pytest.mark.slow

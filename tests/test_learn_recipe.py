@@ -74,6 +74,8 @@ def test_interrupted_run_resumes_bit_exactly(tmp_path):
     # changing what the context means is refused on resume
     with pytest.raises(ConfigError, match="n_ctx"):
         learn(small(tmp_path / "b", n_ctx=2, steps=8), backbone=bb, resume="latest")
+    with pytest.raises(ConfigError, match="ctx_init"):
+        learn(small(tmp_path / "b", ctx_init="a photo of", steps=8), backbone=bb, resume="latest")
 
 
 class _NaNFrom(torch.nn.Module):

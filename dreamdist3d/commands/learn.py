@@ -46,6 +46,8 @@ FLAGS = [
      "recipe"),
     ("--prefix", "prefix", str, "fixed text before the learned tokens"),
     ("--suffix", "suffix", str, "fixed text after the learned tokens"),
+    ("--ctx-init", "ctx_init", str, "start every prompt from this text (at most --n-ctx tokens, e.g. \"a photo of\"); "
+     "default: the official random start"),
     ("--position-mode", "position_mode", str, "clean | official (default: official with --loss official, else clean)"),
     ("--resolution", "resolution", int, "image size (default: the backbone's native resolution)"),
     ("--seed", "seed", int, "random seed (default 0)"),

@@ -61,7 +61,11 @@ class PromptLayout:
 
 
 class PromptLearner(nn.Module):
-    """K prompts × L learnable context vectors. `ctx` (K, L, D), init N(0, 0.02²)."""
+    """K prompts × L learnable context vectors. `ctx` (K, L, D), init N(0, 0.02²) (the official code).
+
+    `init_text` (CoOp's `ctx_init`, Textual Inversion's initializer token): every prompt starts from the token
+    embeddings of this text in its first context slots (at most L tokens, the rest stay empty), plus the same
+    N(0, 0.02²) draw, so the K prompts start as the text, slightly apart. "" = the official init (same draw)."""
 
     def __init__(
         self,
@@ -73,6 +77,7 @@ class PromptLearner(nn.Module):
         suffix: str = "",
         position_mode: str = "clean",
         generator: Optional[torch.Generator] = None,
+        init_text: str = "",
     ) -> None:
         super().__init__()
         if position_mode not in POSITION_MODES:
@@ -88,6 +93,14 @@ class PromptLearner(nn.Module):
         self.position_mode = position_mode
         d = text_encoder.hidden_size
         init = torch.randn((n_prompts, n_ctx, d), generator=generator) * 0.02
+        init_ids = tokenizer.encode(init_text)
+        if len(init_ids) > n_ctx:
+            raise ValueError(f"init text {init_text!r} is {len(init_ids)} tokens, more than the {n_ctx} context "
+                             "tokens per prompt: shorten it or raise n_ctx")
+        if init_ids:
+            with torch.no_grad():
+                words = text_encoder.embed_tokens(torch.tensor(init_ids, dtype=torch.long))  # (n, D)
+            init[:, : len(init_ids)] += words.float().cpu()
         self.ctx = nn.Parameter(init.to(text_encoder.device, text_encoder.dtype))
         self.layout(prefix, suffix)  # validates the training prompt length now
 

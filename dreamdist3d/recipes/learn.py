@@ -101,6 +101,7 @@ class LearnConfig:
     prefix: str = ""
     suffix: str = ""
     position_mode: str = ""  # "" = "official" with loss=official, else "clean"
+    ctx_init: str = ""  # start every prompt from this text's token embeddings (≤ n_ctx tokens); "" = official init
     n_samples: int = 4  # R reparameterised samples per image
     # assign + kernel won on the held-out toy sets (README, "The toy world"); the paper: official + diag
     objective: str = "assign"  # assign | official (the paper) | wta | softmin (see learn/loss.py)
@@ -227,7 +228,8 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
     # ---------------------------------------------------------------- prompt learner, optimizer, RNG
     gen = torch.Generator().manual_seed(cfg.seed)  # every random draw of the run comes from here (CPU)
     learner = PromptLearner(backbone.text_encoder, backbone.tokenizer, n_ctx=cfg.n_ctx, n_prompts=cfg.n_prompts,
-                            prefix=cfg.prefix, suffix=cfg.suffix, position_mode=cfg.position_mode, generator=gen)
+                            prefix=cfg.prefix, suffix=cfg.suffix, position_mode=cfg.position_mode, generator=gen,
+                            init_text=cfg.ctx_init)
     learner.ctx = torch.nn.Parameter(learner.ctx.detach().float())  # float32 master copy whatever the weight dtype
     ctx = learner.ctx
     opt = torch.optim.AdamW([ctx], lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay,
@@ -424,6 +426,13 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
             raise bad(key, f"must be a finite number, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
         raise bad("lr", f"must be > 0, got {cfg.lr}")
+    if cfg.ctx_init:  # every backbone here reads the same CLIP BPE: count now, before a checkpoint loads
+        from dreamdist3d.text import ClipTokenizer
+
+        n = len(ClipTokenizer.from_bpe_file().encode(cfg.ctx_init))
+        if n > cfg.n_ctx:
+            raise bad("ctx_init", f"{cfg.ctx_init!r} is {n} tokens, more than n_ctx={cfg.n_ctx} context tokens per "
+                      "prompt: shorten it or raise n_ctx")
     position_mode = cfg.position_mode or ("official" if cfg.loss == "official" else "clean")
     name = cfg.name or Path(cfg.images).resolve().name or "dreamdist"
     return LearnConfig(**{**asdict(cfg), "position_mode": position_mode, "name": name})

@@ -88,6 +88,7 @@ class ArmsConfig:
     steps: int = DEFAULT_LEARN_STEPS  # learning steps, every arm
     n_prompts: int = 32
     n_ctx: int = 4
+    ctx_init: str = ""  # learned arms start every prompt from this text (the learning config's ctx_init)
     lr: float = 1e-3
     batch_size: int = 4
     n_samples: int = 4
@@ -180,7 +181,8 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
                                  n_prompts=settings.get("n_prompts", cfg.n_prompts), n_ctx=cfg.n_ctx, steps=cfg.steps,
                                  lr=cfg.lr, batch_size=cfg.batch_size, n_samples=cfg.n_samples, seed=seed,
                                  progress=cfg.progress, objective=settings["objective"],
-                                 covariance=settings["covariance"])
+                                 covariance=settings["covariance"], ctx_init=cfg.ctx_init)
+        record["ctx_init"] = cfg.ctx_init
         record["loss_last20"] = statistics.fmean(res.history["loss"][-20:])
         record["distribution"] = str(res.distribution)
         law, points = learned_law(backbone, res.distribution, settings["covariance"])
@@ -412,6 +414,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=d.steps, help=f"learning steps per arm (default {d.steps})")
     p.add_argument("--n-prompts", type=int, default=d.n_prompts,
                    help=f"K, learned prompts per distribution (default {d.n_prompts}; the K=1 arm keeps 1)")
+    p.add_argument("--ctx-init", default=d.ctx_init,
+                   help="learned arms start every prompt from this text (default: the official random start); "
+                        "cached runs are not checked against it: give each value its own --out")
     p.add_argument("--n", type=int, default=d.n, help=f"samples per run (default {d.n})")
     p.add_argument("--n-3d", type=int, default=0,
                    help="after the 2D pass: N text-to-3D runs per learned arm and seed, read on turntable views")
@@ -433,7 +438,7 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
     cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
-                     steps=args.steps, n_prompts=args.n_prompts, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d,
+                     steps=args.steps, n_prompts=args.n_prompts, ctx_init=args.ctx_init, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d,
                      pick_3d=args.pick_3d)
     rc, cached = 0, lambda: [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     if args.table_only:
