@@ -77,6 +77,11 @@ class AnchorConfig:
     # source lgm: the feed-forward reconstructor and the renders of its Gaussians that are fitted
     reconstructor: Optional[str] = None  # an LGM checkpoint (.safetensors), or "toy" (the toy world's, shipped)
     reconstructor_rotation: Optional[str] = None  # fixed | legacy (LGM's rotation normalisation); None: from the file
+    # > 0: the reconstruction's Gaussians are then fitted to the 4-view sample for this many steps
+    # (`reconstruct.refine`: render + mask loss at the sample's cameras, learning rates × refine_lr)
+    refine_steps: int = 0
+    refine_lr: float = 1.0
+    refine_mask_weight: float = 0.0
     lgm_azimuths: int = 8  # renders around the object, starting at the sample's first view
     lgm_elevations: List[float] = field(default_factory=lambda: [0.0, 15.0, 30.0])
 
@@ -97,8 +102,17 @@ def check_config(cfg: AnchorConfig, lam_rgb: Any, lam_mask: Any, where: str = "s
         raise ConfigError(f"{where}.source is '{cfg.source}' but {where}.reconstructor is not set: name an LGM "
                           f"checkpoint ({where}.reconstructor=model_fp16_fixrot.safetensors), or 'toy' in the toy "
                           "world")
+    check_refine_config(cfg, where)
     if "lgm" in cfg.source and (cfg.lgm_azimuths < 1 or not cfg.lgm_elevations):
         raise ConfigError(f"{where}.lgm_azimuths must be ≥ 1 and {where}.lgm_elevations not empty")
+
+
+def check_refine_config(cfg: AnchorConfig, where: str = "system.anchor") -> None:
+    """The reconstruction's refinement keys (also checked by the feed-forward lift, which has no loss weights)."""
+    if cfg.refine_steps < 0 or not (0 < float(cfg.refine_lr) < float("inf")) or not cfg.refine_mask_weight >= 0:
+        raise ConfigError(f"{where}.refine_steps must be ≥ 0, {where}.refine_lr a finite number > 0 and "
+                          f"{where}.refine_mask_weight ≥ 0; got {cfg.refine_steps}, {cfg.refine_lr}, "
+                          f"{cfg.refine_mask_weight}")
 
 
 def _positive(value: Any) -> bool:
@@ -286,5 +300,5 @@ class Anchor:
 
 
 __all__ = ["Anchor", "AnchorConfig", "AnchorLRFactor", "AnchorTargets", "AnchorViews", "GRID_FILE", "SOURCES",
-           "VIEWS_FILE", "check_config", "draw_views", "embedding_digest", "foreground_masks", "join_targets",
-           "prepare_views", "preview_targets", "sample_cameras", "sampler_of"]
+           "VIEWS_FILE", "check_config", "check_refine_config", "draw_views", "embedding_digest", "foreground_masks",
+           "join_targets", "prepare_views", "preview_targets", "sample_cameras", "sampler_of"]

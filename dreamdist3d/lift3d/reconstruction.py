@@ -4,7 +4,8 @@
 images for the run's seed) at their cameras in the scene (the sampler's elevation and azimuths, MVDream a = scene
 a − 90, at `system.anchor.camera_distance` with `fovy_deg`) go through the reconstructor named by
 `system.anchor.reconstructor` (`reconstruct.load_reconstructor`: an LGM checkpoint, or "toy"), whose Gaussians come
-back in the scene's frame and scale (`LGM.reconstruct_scene`). The feed-forward lift (`recipes/reconstruct.py`,
+back in the scene's frame and scale (`LGM.reconstruct_scene`); with `system.anchor.refine_steps` > 0 they are then
+fitted to those views for that many steps (`reconstruct.refine`). The feed-forward lift (`recipes/reconstruct.py`,
 `--lift lgm`) is this and nothing else.
 
 `build_anchor(...)`: the anchor of a run (`system.anchor.source`): `preview` fits the 4-view sample itself; `lgm`
@@ -33,6 +34,7 @@ from dreamdist3d.lift3d.anchor import (
     sample_cameras,
 )
 from dreamdist3d.reconstruct import Gaussians, load_reconstructor, render_gaussians, write_splat_ply
+from dreamdist3d.reconstruct.refine import refine_gaussians
 
 GAUSSIANS_FILE = "gaussians.ply"
 
@@ -45,7 +47,12 @@ def reconstruct_sample(cfg: AnchorConfig, anchor_views: AnchorViews, device: tor
     elevations, azimuths = sample_cameras(anchor_views.sampler)
     c2w = c2w_from_spherical(elevations, azimuths, cfg.camera_distance).to(device)  # (F, 4, 4)
     views = anchor_views.views.float().to(device)[None]  # (1, F, 3, H, W)
-    return model.reconstruct_scene(views, c2w, cfg.fovy_deg)[0]
+    gaussians = model.reconstruct_scene(views, c2w, cfg.fovy_deg)[0]
+    if cfg.refine_steps:
+        with torch.enable_grad():
+            gaussians, _ = refine_gaussians(gaussians, views[0], c2w, cfg.fovy_deg, cfg.refine_steps, cfg.refine_lr,
+                                            cfg.refine_mask_weight, cfg.mask_threshold, backend="auto")
+    return gaussians
 
 
 @torch.no_grad()

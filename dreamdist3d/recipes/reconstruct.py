@@ -34,7 +34,7 @@ import torch
 from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.export import export_field
 from dreamdist3d.io import atomic_write_text
-from dreamdist3d.lift3d.anchor import AnchorConfig, prepare_views
+from dreamdist3d.lift3d.anchor import AnchorConfig, check_refine_config, prepare_views
 from dreamdist3d.lift3d.reconstruction import reconstruct_sample
 from dreamdist3d.lift3d.saving import write_turntable
 from dreamdist3d.lift3d.system import SystemConfig, find_component
@@ -75,6 +75,7 @@ def lift_lgm(cfg: Union[str, Path, Mapping[str, Any]], backbone=None, *, overrid
     if not anchor.reconstructor:
         raise ConfigError("system.anchor.reconstructor is not set: name an LGM checkpoint "
                           "(--lgm model_fp16_fixrot.safetensors), or 'toy' in the toy world")
+    check_refine_config(anchor)
     dev = pick_device(device, key="device")
     model = load_reconstructor(anchor.reconstructor, anchor.reconstructor_rotation, dev,
                                config_key="system.anchor.reconstructor")  # kept: reconstruct_sample reuses it
