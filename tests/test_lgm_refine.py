@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from dreamdist3d.backbones.cameras import c2w_from_spherical
+from dreamdist3d.lift3d.anchor import AnchorConfig, AnchorViews, sample_cameras
+from dreamdist3d.lift3d.reconstruction import reconstruct_sample
 from dreamdist3d.reconstruct import Gaussians, load_reconstructor, render_gaussians
 from dreamdist3d.reconstruct.refine import refine_gaussians
+from dreamdist3d.sample2d.mvdream_preview import PreviewSampler
 from dreamdist3d.toyworld.objects import sample_objects
 from dreamdist3d.toyworld.render import render
 
@@ -39,6 +42,21 @@ def test_refinement_fits_the_input_views_of_objects_it_never_saw():
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     assert mean(after) < 0.8 * mean(before), (before, after)
     assert mean(after_novel) < 1.05 * mean(before_novel), (before_novel, after_novel)
+
+
+def test_system_anchor_refine_steps_reach_the_reconstruction():
+    """`system.anchor.refine_steps` (what `--lift lgm` and the lgm anchors read): the same views, reconstructed
+    with and without refinement, at the sample's own cameras (MVDream azimuth a = scene a − 90)."""
+    sampler = PreviewSampler(elevation=15.0)
+    elevations, azimuths = sample_cameras(sampler)
+    c2w = c2w_from_spherical(elevations, azimuths, 3.0)
+    spec = sample_objects(1, 2033)[0]
+    views = AnchorViews(render([spec], c2w.reshape(-1, 16), distance=None).image, 0, sampler, "x")
+    plain = reconstruct_sample(AnchorConfig(source="lgm", reconstructor="toy"), views)
+    refined = reconstruct_sample(AnchorConfig(source="lgm", reconstructor="toy", refine_steps=10), views)
+    assert plain.num == refined.num and not torch.equal(plain.colors, refined.colors)
+    truth = render([spec], c2w.reshape(-1, 16), distance=None)
+    assert _error(refined, c2w, truth) < _error(plain, c2w, truth)
 
 
 def test_zero_steps_and_bad_settings():

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import F32
 
 from dreamdist3d.backbones.cameras import c2w_from_spherical
 from dreamdist3d.lift3d.data import camera_batch
@@ -184,3 +185,32 @@ def test_gsplat_matches_the_torch_backend():
     assert (a.rgb - b.rgb).abs().mean() < 2e-3
     assert (a.rgb - b.rgb).abs().max() < 5e-2
     assert (a.alpha - b.alpha).abs().mean() < 2e-3
+
+
+def test_gaussians_below_the_alpha_floor_change_nothing():
+    """Gaussians of opacity < 1/255 are culled before tiling: the image and every gradient equal those of the set
+    without them (their alpha never reaches 1/255 at any pixel)."""
+    gen = torch.Generator().manual_seed(3)
+    n = 40
+    opacities = torch.rand(n, generator=gen) * 0.9 + 0.05
+    opacities[::3] = 0.003  # below 1/255
+    g = Gaussians((torch.rand(n, 3, generator=gen) - 0.5) * 0.8, opacities, torch.rand(n, 3, generator=gen) * 0.1
+                  + 0.05, torch.nn.functional.normalize(torch.randn(n, 4, generator=gen), dim=-1),
+                  torch.rand(n, 3, generator=gen))
+    c2w = c2w_from_spherical(torch.tensor([10.0, 30.0]), torch.tensor([0.0, 120.0]), 2.5)
+    live = opacities >= 1 / 255
+
+    def render_of(gs):
+        leaves = [t.clone().requires_grad_(True) for t in (gs.means, gs.colors, gs.opacities)]
+        out = render_gaussians(Gaussians(leaves[0], leaves[2], gs.scales, gs.rotations, leaves[1]), c2w, 40.0, 24, 24,
+                               backend="torch")
+        (out.rgb.square().sum() + out.alpha.sum()).backward()
+        return out, leaves
+
+    full, grads_full = render_of(g)
+    some, grads_some = render_of(g.select(live))
+    torch.testing.assert_close(full.rgb, some.rgb, **F32)
+    torch.testing.assert_close(full.alpha, some.alpha, **F32)
+    for a, b in zip(grads_full, grads_some):
+        torch.testing.assert_close(a.grad[live], b.grad, **F32)
+        assert (a.grad[~live] == 0).all()

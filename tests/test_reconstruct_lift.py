@@ -75,7 +75,7 @@ def test_gallery_lift_lgm_end_to_end_with_tiny_models(assets, tmp_path, capsys):
             assert (run / name).is_file(), name
         record = json.loads((run / "reconstruct.json").read_text())
         assert record["seed"] == seed and record["gaussians"] == TINY_LGM_CONFIG.gaussians_per_object
-        assert set(record["seconds"]) == {"prompt", "views", "reconstruct", "meshes", "turntable", "total"}
+        assert set(record["seconds"]) == {"prompt", "views", "reconstruct", "refine", "meshes", "turntable", "total"}
         splats = read_splat_ply(run / "export" / "gaussians.ply")
         assert 0 < splats.num <= TINY_LGM_CONFIG.gaussians_per_object
     page = (out / "gallery.html").read_text()

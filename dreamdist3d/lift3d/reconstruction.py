@@ -40,19 +40,33 @@ GAUSSIANS_FILE = "gaussians.ply"
 
 
 def reconstruct_sample(cfg: AnchorConfig, anchor_views: AnchorViews, device: torch.device | str = "cpu",
-                       where: str = "system.anchor") -> Gaussians:
-    """The Gaussians (N, …) of a 4-view sample in the run's scene (see the module docstring)."""
+                       where: str = "system.anchor", refine: bool = True) -> Gaussians:
+    """The Gaussians (N, …) of a 4-view sample in the run's scene (see the module docstring); `refine` False skips
+    `system.anchor.refine_steps` (the caller runs `refine_sample` itself, e.g. to time it)."""
     model = load_reconstructor(cfg.reconstructor, cfg.reconstructor_rotation, device,
                                config_key=f"{where}.reconstructor")
-    elevations, azimuths = sample_cameras(anchor_views.sampler)
-    c2w = c2w_from_spherical(elevations, azimuths, cfg.camera_distance).to(device)  # (F, 4, 4)
+    c2w = sample_c2w(cfg, anchor_views).to(device)
     views = anchor_views.views.float().to(device)[None]  # (1, F, 3, H, W)
     gaussians = model.reconstruct_scene(views, c2w, cfg.fovy_deg)[0]
-    if cfg.refine_steps:
-        with torch.enable_grad():
-            gaussians, _ = refine_gaussians(gaussians, views[0], c2w, cfg.fovy_deg, cfg.refine_steps, cfg.refine_lr,
-                                            cfg.refine_mask_weight, cfg.mask_threshold, backend="auto")
-    return gaussians
+    return refine_sample(cfg, anchor_views, gaussians) if refine else gaussians
+
+
+def sample_c2w(cfg: AnchorConfig, anchor_views: AnchorViews) -> torch.Tensor:
+    """(F, 4, 4) the scene cameras of the 4-view sample's views."""
+    elevations, azimuths = sample_cameras(anchor_views.sampler)
+    return c2w_from_spherical(elevations, azimuths, cfg.camera_distance)
+
+
+def refine_sample(cfg: AnchorConfig, anchor_views: AnchorViews, gaussians: Gaussians) -> Gaussians:
+    """`gaussians` fitted to the 4-view sample for `system.anchor.refine_steps` steps (`reconstruct.refine`)."""
+    if not cfg.refine_steps:
+        return gaussians
+    dev = gaussians.device
+    with torch.enable_grad():
+        views, c2w = anchor_views.views.float().to(dev), sample_c2w(cfg, anchor_views).to(dev)
+        refined, _ = refine_gaussians(gaussians, views, c2w, cfg.fovy_deg, cfg.refine_steps, cfg.refine_lr,
+                                      cfg.refine_mask_weight, cfg.mask_threshold, backend="auto")
+    return refined
 
 
 @torch.no_grad()
@@ -84,4 +98,4 @@ def build_anchor(cfg: AnchorConfig, backbone, text_embeddings: torch.Tensor, see
     return Anchor(cfg, views, device, targets=targets)
 
 
-__all__ = ["GAUSSIANS_FILE", "build_anchor", "gaussian_targets", "reconstruct_sample"]
+__all__ = ["GAUSSIANS_FILE", "build_anchor", "gaussian_targets", "reconstruct_sample", "refine_sample", "sample_c2w"]

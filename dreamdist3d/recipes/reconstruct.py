@@ -35,7 +35,7 @@ from dreamdist3d.config import ConfigError, parse_structured
 from dreamdist3d.export import export_field
 from dreamdist3d.io import atomic_write_text
 from dreamdist3d.lift3d.anchor import AnchorConfig, check_refine_config, prepare_views
-from dreamdist3d.lift3d.reconstruction import reconstruct_sample
+from dreamdist3d.lift3d.reconstruction import reconstruct_sample, refine_sample
 from dreamdist3d.lift3d.saving import write_turntable
 from dreamdist3d.lift3d.system import SystemConfig, find_component
 from dreamdist3d.recipes.lift3d import config_to_yaml, exporter_options, load_config, load_guidance_backbone
@@ -50,7 +50,7 @@ BACKGROUND = (1.0, 1.0, 1.0)  # LGM's objects sit on white
 @dataclass
 class LiftResult:
     """A reconstructed object's folder, its files ("gaussians", "video", "grid", "frames", mesh formats) and the
-    seconds of each stage ("prompt", "views", "reconstruct", "meshes", "turntable", "total")."""
+    seconds of each stage ("prompt", "views", "reconstruct", "refine", "meshes", "turntable", "total")."""
 
     run_dir: Path
     files: Dict[str, Path] = field(default_factory=dict)
@@ -92,9 +92,11 @@ def lift_lgm(cfg: Union[str, Path, Mapping[str, Any]], backbone=None, *, overrid
     t = lap("prompt", t)
     views = prepare_views(anchor, backbone, sample.text_embeddings, int(sample.meta["seed"]), trial / "anchor")
     t = lap("views", t)
-    gaussians = reconstruct_sample(anchor, views, dev)
-    files: Dict[str, Path] = {"gaussians": write_splat_ply(trial / "export" / GAUSSIANS_PLY, gaussians)}
+    gaussians = reconstruct_sample(anchor, views, dev, refine=False)
     t = lap("reconstruct", t)
+    gaussians = refine_sample(anchor, views, gaussians)  # system.anchor.refine_steps (0: unchanged)
+    files: Dict[str, Path] = {"gaussians": write_splat_ply(trial / "export" / GAUSSIANS_PLY, gaussians)}
+    t = lap("refine", t)
     if formats:  # the exporter's settings, the geometry's grid size; the level is the Gaussian field's own
         options = exporter_options(dict(sys_cfg.exporter or {}), dict(sys_cfg.geometry or {}))
         for key in ("formats", "isosurface_threshold"):
