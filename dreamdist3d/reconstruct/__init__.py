@@ -8,6 +8,7 @@
 - render.py: the Gaussian renderer (pure PyTorch, tiles sorted by depth; gsplat as CUDA fast path when importable)
 - ply.py: 3D Gaussian Splatting .ply files (write/read)
 - field.py: Gaussians as an export `Field` (density / albedo) for meshes
+- refine.py: `refine_gaussians`, a reconstruction fitted to its own input views for a few steps
 """
 
 from dreamdist3d.reconstruct.field import GaussianField

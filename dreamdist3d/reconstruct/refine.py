@@ -9,9 +9,10 @@ diffusion model and no field are involved, so a step costs one differentiable re
 rasteriser, or gsplat where asked); the Gaussians keep the reconstruction's shape wherever the views say nothing.
 
 Parameters are optimised unconstrained, as 3D Gaussian Splatting does: means as they are, log scales, logit
-opacities, raw quaternions (the rasteriser uses them as given), logit colours. Per-parameter learning rates are
-`BASE_LR` × `lr` (so `lr` is one dial); the base rates are 3DGS's ratios (opacity fastest, positions slowest),
-raised for a fit of tens of steps instead of thousands.
+opacities, quaternions normalised in the forward pass (the set is made `canonical()` first, so legacy LGM output with
+non-unit quaternions keeps its covariances and every backend draws the same Gaussians), logit colours.
+Per-parameter learning rates are `BASE_LR` × `lr` (so `lr` is one dial); the base rates are 3DGS's ratios (opacity
+fastest, positions slowest), raised for a fit of tens of steps instead of thousands.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def refine_gaussians(gaussians: Gaussians, views: Tensor, c2w: Tensor, fovy_deg:
     mask = foreground_mask(target, threshold).float()[..., None]  # (F, H, W, 1)
     target = target.permute(0, 2, 3, 1)  # (F, H, W, 3)
     c2w = c2w.float().to(dev)
-    g = gaussians.detach().to(torch.float32)
+    g = gaussians.detach().to(torch.float32).canonical()  # unit quaternions, the same covariances (legacy LGM too)
     params = {
         "means": g.means.clone(),
         "scales": g.scales.clamp(min=1e-8).log(),
@@ -65,8 +66,8 @@ def refine_gaussians(gaussians: Gaussians, views: Tensor, c2w: Tensor, fovy_deg:
     opt = torch.optim.Adam([{"params": [p], "lr": BASE_LR[k] * lr} for k, p in params.items()], eps=1e-15)
 
     def current() -> Gaussians:
-        return Gaussians(params["means"], params["opacities"].sigmoid(), params["scales"].exp(), params["rotations"],
-                         params["colors"].sigmoid())
+        return Gaussians(params["means"], params["opacities"].sigmoid(), params["scales"].exp(),
+                         torch.nn.functional.normalize(params["rotations"], dim=-1), params["colors"].sigmoid())
 
     losses = []
     for _ in range(steps):
