@@ -8,7 +8,7 @@ import torch
 
 from dreamdist3d.backbones.cameras import c2w_from_spherical
 from dreamdist3d.lift3d.anchor import AnchorConfig, AnchorViews, sample_cameras
-from dreamdist3d.lift3d.reconstruction import reconstruct_sample
+from dreamdist3d.lift3d.reconstruction import reconstruct_sample, refine_sample
 from dreamdist3d.reconstruct import Gaussians, load_reconstructor, render_gaussians
 from dreamdist3d.reconstruct.refine import refine_gaussians
 from dreamdist3d.sample2d.mvdream_preview import PreviewSampler
@@ -45,15 +45,17 @@ def test_refinement_fits_the_input_views_of_objects_it_never_saw():
 
 
 def test_system_anchor_refine_steps_reach_the_reconstruction():
-    """`system.anchor.refine_steps` (what `--lift lgm` and the lgm anchors read): the same views, reconstructed
-    with and without refinement, at the sample's own cameras (MVDream azimuth a = scene a − 90)."""
+    """`system.anchor.refine_steps` (what `--lift lgm` reads): the same views, reconstructed and refined, at the
+    sample's own cameras (MVDream azimuth a = scene a − 90)."""
     sampler = PreviewSampler(elevation=15.0)
     elevations, azimuths = sample_cameras(sampler)
     c2w = c2w_from_spherical(elevations, azimuths, 3.0)
     spec = sample_objects(1, 2033)[0]
     views = AnchorViews(render([spec], c2w.reshape(-1, 16), distance=None).image, 0, sampler, "x")
-    plain = reconstruct_sample(AnchorConfig(source="lgm", reconstructor="toy"), views)
-    refined = reconstruct_sample(AnchorConfig(source="lgm", reconstructor="toy", refine_steps=10), views)
+    cfg = AnchorConfig(source="lgm", reconstructor="toy", refine_steps=10)
+    plain = reconstruct_sample(cfg, views)
+    refined = refine_sample(cfg, views, plain)
+    assert refine_sample(AnchorConfig(source="lgm", reconstructor="toy"), views, plain) is plain  # 0 steps: as is
     assert plain.num == refined.num and not torch.equal(plain.colors, refined.colors)
     truth = render([spec], c2w.reshape(-1, 16), distance=None)
     assert _error(refined, c2w, truth) < _error(plain, c2w, truth)

@@ -92,7 +92,7 @@ def lift_lgm(cfg: Union[str, Path, Mapping[str, Any]], backbone=None, *, overrid
     t = lap("prompt", t)
     views = prepare_views(anchor, backbone, sample.text_embeddings, int(sample.meta["seed"]), trial / "anchor")
     t = lap("views", t)
-    gaussians = reconstruct_sample(anchor, views, dev, refine=False)
+    gaussians = reconstruct_sample(anchor, views, dev)
     t = lap("reconstruct", t)
     gaussians = refine_sample(anchor, views, gaussians)  # system.anchor.refine_steps (0: unchanged)
     files: Dict[str, Path] = {"gaussians": write_splat_ply(trial / "export" / GAUSSIANS_PLY, gaussians)}
