@@ -54,14 +54,14 @@ def assets(tmp_path_factory):
 @pytest.mark.slow
 def test_gallery_lift_lgm_end_to_end_with_tiny_models(assets, tmp_path, capsys):
     """`dreamdist3d gallery --lift lgm`: per seed the 4-view sample `preview --seed s` shows (bit for bit), its
-    Gaussians as a splat .ply, meshes and a turntable in a 3D run's folder layout, the page beside it; time per object
-    printed; a second call keeps the finished seeds."""
+    Gaussians (refined on it for 2 steps) as a splat .ply, meshes and a turntable in a 3D run's folder layout, the
+    page beside it; time per object printed; a second call keeps the finished seeds."""
     ckpt, dist, lgm = assets
     out = tmp_path / "gallery"
     def gallery(n: int) -> int:
         return main(["gallery", "--distribution", str(dist), "--lift", "lgm", "--lgm", str(lgm), "--mvdream",
                      str(ckpt), "--config", str(TINY), "--n", str(n), "--cpu", "--out", str(out),
-                     "data.n_test_views=6", "system.exporter.save_texture=false"])
+                     "data.n_test_views=6", "system.exporter.save_texture=false", "system.anchor.refine_steps=2"])
 
     assert gallery(2) == 0
     printed = capsys.readouterr().out
@@ -76,6 +76,7 @@ def test_gallery_lift_lgm_end_to_end_with_tiny_models(assets, tmp_path, capsys):
         record = json.loads((run / "reconstruct.json").read_text())
         assert record["seed"] == seed and record["gaussians"] == TINY_LGM_CONFIG.gaussians_per_object
         assert set(record["seconds"]) == {"prompt", "views", "reconstruct", "refine", "meshes", "turntable", "total"}
+        assert record["anchor"]["refine_steps"] == 2 and record["seconds"]["refine"] > 0  # the real path refines too
         splats = read_splat_ply(run / "export" / "gaussians.ply")
         assert 0 < splats.num <= TINY_LGM_CONFIG.gaussians_per_object
     page = (out / "gallery.html").read_text()
