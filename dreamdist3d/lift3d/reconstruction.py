@@ -64,10 +64,9 @@ def refine_sample(cfg: AnchorConfig, anchor_views: AnchorViews, gaussians: Gauss
     if not cfg.refine_steps:
         return gaussians
     dev = gaussians.device
-    with torch.enable_grad():
-        views, c2w = anchor_views.views.float().to(dev), sample_c2w(cfg, anchor_views).to(dev)
-        refined, _ = refine_gaussians(gaussians, views, c2w, cfg.fovy_deg, cfg.refine_steps, cfg.refine_lr,
-                                      cfg.refine_mask_weight, cfg.mask_threshold, backend="auto")
+    views, c2w = anchor_views.views.float().to(dev), sample_c2w(cfg, anchor_views).to(dev)
+    refined, _ = refine_gaussians(gaussians, views, c2w, cfg.fovy_deg, cfg.refine_steps, cfg.refine_lr,
+                                  cfg.refine_mask_weight, cfg.mask_threshold, backend="auto")
     return refined
 
 

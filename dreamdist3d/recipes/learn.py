@@ -429,7 +429,7 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
     if cfg.ctx_init:  # every backbone here reads the same CLIP BPE: count now, before a checkpoint loads
         from dreamdist3d.text import ClipTokenizer
 
-        n = len(ClipTokenizer.from_bpe_file().encode(cfg.ctx_init))
+        n = len(ClipTokenizer.default().encode(cfg.ctx_init))
         if n > cfg.n_ctx:
             raise bad("ctx_init", f"{cfg.ctx_init!r} is {n} tokens, more than n_ctx={cfg.n_ctx} context tokens per "
                       "prompt: shorten it or raise n_ctx")

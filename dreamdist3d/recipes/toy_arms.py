@@ -438,8 +438,8 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
     cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
-                     steps=args.steps, n_prompts=args.n_prompts, ctx_init=args.ctx_init, n=args.n, n_3d=args.n_3d, steps_3d=args.steps_3d,
-                     pick_3d=args.pick_3d)
+                     steps=args.steps, n_prompts=args.n_prompts, ctx_init=args.ctx_init, n=args.n, n_3d=args.n_3d,
+                     steps_3d=args.steps_3d, pick_3d=args.pick_3d)
     rc, cached = 0, lambda: [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     if args.table_only:
         recs = cached()

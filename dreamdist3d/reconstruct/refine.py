@@ -70,17 +70,16 @@ def refine_gaussians(gaussians: Gaussians, views: Tensor, c2w: Tensor, fovy_deg:
                          torch.nn.functional.normalize(params["rotations"], dim=-1), params["colors"].sigmoid())
 
     losses = []
-    for _ in range(steps):
-        out = render_gaussians(current(), c2w, fovy_deg, h, w, background=(0.0, 0.0, 0.0), backend=backend)
-        rgb = out.rgb + (1 - out.alpha) * background  # over each view's own background colour
-        loss = (rgb - target).square().mean() + mask_weight * (out.alpha - mask).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    with torch.no_grad():
-        refined = current().detach()
-    return refined, {"loss_first": losses[0], "loss_last": losses[-1]}
+    with torch.enable_grad():  # callers may hold no_grad (a reconstruction is made under it)
+        for _ in range(steps):
+            out = render_gaussians(current(), c2w, fovy_deg, h, w, background=(0.0, 0.0, 0.0), backend=backend)
+            rgb = out.rgb + (1 - out.alpha) * background  # over each view's own background colour
+            loss = (rgb - target).square().mean() + mask_weight * (out.alpha - mask).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+    return current().detach(), {"loss_first": losses[0], "loss_last": losses[-1]}
 
 
 __all__ = ["BASE_LR", "refine_gaussians"]
