@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from dreamdist3d.backbones.cameras import c2w_from_spherical
-from dreamdist3d.lift3d.anchor import AnchorConfig, AnchorViews, sample_cameras
-from dreamdist3d.lift3d.reconstruction import reconstruct_sample, refine_sample
+from dreamdist3d.backbones.load import load_backbone
+from dreamdist3d.lift3d.anchor import AnchorConfig, AnchorViews, embedding_digest, sample_cameras, sampler_of
+from dreamdist3d.lift3d.reconstruction import build_anchor, gaussian_targets, reconstruct_sample, refine_sample
 from dreamdist3d.reconstruct import Gaussians, load_reconstructor, render_gaussians
 from dreamdist3d.reconstruct.refine import refine_gaussians
 from dreamdist3d.sample2d.mvdream_preview import PreviewSampler
@@ -59,6 +60,27 @@ def test_system_anchor_refine_steps_reach_the_reconstruction():
     assert plain.num == refined.num and not torch.equal(plain.colors, refined.colors)
     truth = render([spec], c2w.reshape(-1, 16), distance=None)
     assert _error(refined, c2w, truth) < _error(plain, c2w, truth)
+
+
+def test_lgm_anchors_fit_the_refined_reconstruction(tmp_path):
+    """`source: lgm` with `refine_steps` > 0: the renders a run fits are those of the refined reconstruction (here at
+    the sample's own four cameras, so they come closer to the sample than the unrefined reconstruction's)."""
+    backbone = load_backbone("toy")
+    emb = backbone.encode_text([""])  # (1, 77, D)
+    sampler = sampler_of(AnchorConfig(), backbone)
+    c2w = c2w_from_spherical(*sample_cameras(sampler), 3.0)
+    spec = sample_objects(1, 2035)[0]
+    views = AnchorViews(render([spec], c2w.reshape(-1, 16), distance=None).image, 0, sampler, embedding_digest(emb))
+    errors = {}
+    for steps in (0, 10):
+        cfg = AnchorConfig(source="lgm", reconstructor="toy", refine_steps=steps, lgm_azimuths=4,
+                           lgm_elevations=[sampler.elevation])
+        views.save(tmp_path / str(steps))  # an earlier start drew them: the anchor reads them back
+        anchor = build_anchor(cfg, backbone, emb, 0, tmp_path / str(steps))
+        want = gaussian_targets(cfg, refine_sample(cfg, views, reconstruct_sample(cfg, views)), views)
+        torch.testing.assert_close(anchor.rgb, want.views.permute(0, 2, 3, 1))
+        errors[steps] = float((anchor.rgb - views.views.permute(0, 2, 3, 1)).abs().mean())
+    assert errors[10] < 0.9 * errors[0], errors
 
 
 def test_zero_steps_and_bad_settings():

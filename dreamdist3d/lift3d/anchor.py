@@ -77,9 +77,9 @@ class AnchorConfig:
     # source lgm: the feed-forward reconstructor and the renders of its Gaussians that are fitted
     reconstructor: Optional[str] = None  # an LGM checkpoint (.safetensors), or "toy" (the toy world's, shipped)
     reconstructor_rotation: Optional[str] = None  # fixed | legacy (LGM's rotation normalisation); None: from the file
-    # the feed-forward lift (`--lift lgm`): > 0 fits the reconstruction's Gaussians to the 4-view sample for this many
-    # steps (`reconstruct.refine`: render (+ mask) loss at the sample's cameras, learning rates × refine_lr); the lgm
-    # anchors take the reconstruction unrefined (`lift3d/reconstruction.py` says why)
+    # > 0: the reconstruction's Gaussians are fitted to the 4-view sample for this many steps (`reconstruct.refine`:
+    # render (+ mask) loss at the sample's cameras, learning rates × refine_lr) before the feed-forward lift
+    # (`--lift lgm`) or an lgm anchor uses them
     refine_steps: int = 0
     refine_lr: float = 1.0
     refine_mask_weight: float = 0.0

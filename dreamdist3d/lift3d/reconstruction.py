@@ -5,17 +5,15 @@ images for the run's seed) at their cameras in the scene (the sampler's elevatio
 a − 90, at `system.anchor.camera_distance` with `fovy_deg`) go through the reconstructor named by
 `system.anchor.reconstructor` (`reconstruct.load_reconstructor`: an LGM checkpoint, or "toy"), whose Gaussians come
 back in the scene's frame and scale (`LGM.reconstruct_scene`). `refine_sample`: with `system.anchor.refine_steps` > 0
-the feed-forward lift then fits them to those views for that many steps (`reconstruct.refine`). The anchors below
-take the reconstruction unrefined: what they use it for is its shape between the sample's views, and refinement,
-which sharpens the sample's own views, lowered that (toy world, held-out sets: `preview+lgm` agreement between the
-views 0.73 ± 0.13 unrefined, 0.65 ± 0.11 refined; README). The feed-forward lift (`recipes/reconstruct.py`,
-`--lift lgm`) is this and nothing else.
+they are then fitted to those views for that many steps (`reconstruct.refine`), before anything uses them. The
+feed-forward lift (`recipes/reconstruct.py`, `--lift lgm`) is this and nothing else.
 
 `build_anchor(...)`: the anchor of a run (`system.anchor.source`): `preview` fits the 4-view sample itself; `lgm`
 reconstructs it, writes the Gaussians to `anchor/gaussians.ply` and fits renders of them (`gaussian_targets`:
 `lgm_azimuths` views around the object starting at the sample's first view, at each of `lgm_elevations`, their alpha
 as masks), so SDS starts from the reconstruction (`--lift lgm+sds`) through the same system and losses;
-`preview+lgm` fits the sample at its own cameras and the renders at the others (`anchor.join_targets`).
+`preview+lgm` fits the sample at its own cameras and the renders at the others (`anchor.join_targets`). Both take
+the reconstruction refined as above when `refine_steps` > 0.
 """
 
 from __future__ import annotations
@@ -90,7 +88,7 @@ def build_anchor(cfg: AnchorConfig, backbone, text_embeddings: torch.Tensor, see
     views = prepare_views(cfg, backbone, text_embeddings, seed, folder)
     if cfg.source == "preview":
         return Anchor(cfg, views, device)
-    gaussians = reconstruct_sample(cfg, views, device)
+    gaussians = refine_sample(cfg, views, reconstruct_sample(cfg, views, device))
     if folder is not None:
         write_splat_ply(Path(folder) / GAUSSIANS_FILE, gaussians)
     targets = gaussian_targets(cfg, gaussians, views)
