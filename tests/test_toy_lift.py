@@ -11,7 +11,18 @@ import pytest
 
 from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
 from dreamdist3d.backbones.toy_weights import save_toy_backbone
-from dreamdist3d.recipes.toy_lift import LiftConfig, agreement, arm_settings, fidelity, run_lift, scores, table
+from dreamdist3d.recipes.toy_lift import (
+    Item,
+    LiftConfig,
+    agreement,
+    arm_settings,
+    fidelity,
+    keep_clear_parts,
+    run_lift,
+    scores,
+    selected,
+    table,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at one thread, as a run
 
@@ -58,6 +69,24 @@ def test_scores_by_hand():
     assert (row["parts_seen"], row["clear_parts_seen"], row["wall_s"], row["n"]) == (1.0, 1.0, 3.0, 2)
     assert (row["cap_parts_seen"], row["cap_parts_novel"]) == (0.0, 1.0)  # the caption's part, shown by its sample
     assert "| sds10 (2) | 1.00 | 0.00 | 0.00 | 1.00 | 0.00 |" in table(views, objects)
+
+
+def test_clear_parts_only_and_the_table_selection():
+    """`--clear-parts-only` keeps the captions and the learned samples whose sample shows a part of another colour
+    in ≥ 2 views; `--table-only` keeps the records of the asked parts, reference sets and sample counts."""
+    views = [{"part": "captions", "item": "c00", "seed": 0},
+             {"part": "learned", "item": "red-forms-0", "seed": 0, "distinct_part_views": 2},
+             {"part": "learned", "item": "red-forms-1", "seed": 0, "distinct_part_views": 1},
+             {"part": "learned", "item": "red-forms-1", "seed": 1, "distinct_part_views": 3}]
+    items = {r: [Item(v["part"], v["item"], "d", 0) for v in views if v["seed"] == r] for r in (0, 1)}
+    kept, kept_items = keep_clear_parts(views, items)
+    assert [(v["item"], v["seed"]) for v in kept] == [("c00", 0), ("red-forms-0", 0), ("red-forms-1", 1)]
+    assert {r: [it.key for it in its] for r, its in kept_items.items()} == {0: ["c00", "red-forms-0"],
+                                                                          1: ["red-forms-1"]}
+    cfg = LiftConfig(parts=["learned"], refsets=["red-forms"], samples_per_set=1, n_captions=1)
+    assert [selected(cfg, v) for v in views] == [False, True, False, False]
+    cfg = LiftConfig(parts=["captions", "learned"], refsets=["teal-purple-forms"], n_captions=1)
+    assert [selected(cfg, v) for v in views] == [True, False, False, False]
 
 
 def test_lift_end_to_end_on_tiny_inputs(tmp_path):

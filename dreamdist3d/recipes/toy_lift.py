@@ -73,6 +73,9 @@ class LiftConfig:
     caption_seed: int = CAPTION_SEED
     refsets: List[str] = field(default_factory=lambda: list(HELD_OUT))
     samples_per_set: int = 6
+    # learned part: lift only the prompt samples whose 4-view sample shows a clear part (another colour than the body,
+    # in ≥ 2 of the 4 views): parts kept measured on many samples without lifting the part-less majority
+    clear_parts_only: bool = False
     learn_steps: int = DEFAULT_LEARN_STEPS
     config_3d: str = "configs/toy/toy-3d.yaml"
     overrides: List[str] = field(default_factory=list)  # key=value over every arm's 3D config
@@ -271,6 +274,8 @@ def run_lift(cfg: LiftConfig, backbone=None, reader=None) -> Tuple[List[Dict[str
         for r, its in learned_items(cfg, backbone, cfg.seeds).items():
             items[r] += its
     views = [views_record(cfg, backbone, reader, it, r) for r in cfg.seeds for it in items[r]]
+    if cfg.clear_parts_only:
+        views, items = keep_clear_parts(views, items)
     jobs = [(cfg, arm, it, r) for r in cfg.seeds for it in items[r] for arm in cfg.arms
             if not _object_path(cfg, arm, it, r).is_file()]
     if jobs:
@@ -290,6 +295,19 @@ def fidelity(reading: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, bool]:
     return {"colour": colour, "shape": shape, "part": part, "colour+shape": colour and shape}
 
 
+def shows_clear_part(views: Dict[str, Any]) -> bool:
+    """A 4-view sample shows a part of another colour than its body in at least 2 of its 4 views."""
+    return views.get("distinct_part_views", 0) >= 2
+
+
+def keep_clear_parts(views: List[Dict[str, Any]], items: Dict[int, List[Item]]
+                     ) -> Tuple[List[Dict[str, Any]], Dict[int, List[Item]]]:
+    """`--clear-parts-only`: the captions, and the learned samples whose 4-view sample shows a clear part."""
+    keep = {(v["item"], v["seed"]) for v in views if v["part"] != "learned" or shows_clear_part(v)}
+    return ([v for v in views if (v["item"], v["seed"]) in keep],
+            {r: [it for it in its if (it.key, r) in keep] for r, its in items.items()})
+
+
 def agreement(obj: Dict[str, Any], views: Dict[str, Any]) -> Dict[str, Optional[bool]]:
     """Does the object read as its own 4-view sample? (None where a score does not apply.) `part_kept`: of samples
     whose reading shows a part (the reader's rule: any one of the 4 views, a bump of the body's own colour
@@ -301,7 +319,7 @@ def agreement(obj: Dict[str, Any], views: Dict[str, Any]) -> Dict[str, Optional[
     kept = bool(obj["ok"] and obj["has_part"])
     return {"agree": bool(obj["ok"] and obj["colour"] == v["colour"] and obj["shape"] == v["shape"]),
             "part_kept": kept if v["has_part"] else None,
-            "clear_part_kept": kept if views.get("distinct_part_views", 0) >= 2 else None}
+            "clear_part_kept": kept if shows_clear_part(views) else None}
 
 
 def _rate(values: Sequence[Optional[bool]]) -> Optional[float]:
@@ -401,6 +419,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refset", dest="refsets", action="append", default=None,
                    help=f"learned part: reference sets (default the held-out ones: {', '.join(HELD_OUT)})")
     p.add_argument("--samples-per-set", type=int, default=d.samples_per_set)
+    p.add_argument("--clear-parts-only", action="store_true",
+                   help="learned part: lift only the samples whose 4-view sample shows a part of another colour in ≥ 2 "
+                        "views (to measure parts kept on many samples)")
     p.add_argument("--learn-steps", type=int, default=d.learn_steps,
                    help=f"learning steps of the learned part (default {d.learn_steps}, the toy recipes')")
     p.add_argument("--config-3d", default=d.config_3d)
@@ -413,20 +434,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table-only", action="store_true", help="print the table of the cached records, run nothing")
 
 
+def selected(cfg: LiftConfig, rec: Dict[str, Any]) -> bool:
+    """Is a cached record (4-view sample or object) one of the config's parts, reference sets and samples?"""
+    if rec["part"] not in cfg.parts:
+        return False
+    if rec["part"] != "learned":
+        return int(rec["item"][1:]) < cfg.n_captions
+    refset, _, j = rec["item"].rpartition("-")
+    return refset in cfg.refsets and int(j) < cfg.samples_per_set
+
+
 def cli_run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     cfg = LiftConfig(out=args.out, arms=args.arms or LiftConfig().arms, seeds=list(args.seeds),
                      parts=args.parts or LiftConfig().parts, n_captions=args.n_captions,
                      caption_seed=args.caption_seed, refsets=args.refsets or list(HELD_OUT),
-                     samples_per_set=args.samples_per_set, learn_steps=args.learn_steps, config_3d=args.config_3d,
+                     samples_per_set=args.samples_per_set, clear_parts_only=args.clear_parts_only,
+                     learn_steps=args.learn_steps, config_3d=args.config_3d,
                      overrides=list(args.overrides),
                      workers=args.workers, weights=args.weights, reader=args.reader, keep_runs=args.keep_runs)
     out = Path(cfg.out)
     if args.table_only:
         views = [json.loads(p.read_text()) for p in sorted((out / "views").rglob("seed*.json"))]
         objects = [json.loads(p.read_text()) for p in sorted((out / "objects").rglob("seed*.json"))]
-        objects = [o for o in objects if o["arm"] in cfg.arms and o["seed"] in cfg.seeds]
-        views = [v for v in views if v["seed"] in cfg.seeds]
+        views = [v for v in views if v["seed"] in cfg.seeds and selected(cfg, v)]
+        objects = [o for o in objects if o["arm"] in cfg.arms and o["seed"] in cfg.seeds and selected(cfg, o)]
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
@@ -437,4 +469,5 @@ def cli_run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["HELD_OUT", "LiftConfig", "agreement", "arm_settings", "fidelity", "run_lift", "scores", "table"]
+__all__ = ["HELD_OUT", "LiftConfig", "agreement", "arm_settings", "fidelity", "keep_clear_parts", "run_lift", "scores",
+           "selected", "shows_clear_part", "table"]
