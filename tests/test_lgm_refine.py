@@ -45,14 +45,17 @@ def test_refinement_fits_the_input_views_of_objects_it_never_saw():
     assert mean(after_novel) < 1.05 * mean(before_novel), (before_novel, after_novel)
 
 
+def _rendered_sample(object_seed: int, sampler: PreviewSampler, digest: str = "x"):
+    """A toy object rendered at the sample's own cameras (MVDream azimuth a = scene a − 90): (views, c2w, spec)."""
+    c2w = c2w_from_spherical(*sample_cameras(sampler), 3.0)
+    spec = sample_objects(1, object_seed)[0]
+    return AnchorViews(render([spec], c2w.reshape(-1, 16), distance=None).image, 0, sampler, digest), c2w, spec
+
+
 def test_system_anchor_refine_steps_reach_the_reconstruction():
     """`system.anchor.refine_steps` (what `--lift lgm` reads): the same views, reconstructed and refined, at the
     sample's own cameras (MVDream azimuth a = scene a − 90)."""
-    sampler = PreviewSampler(elevation=15.0)
-    elevations, azimuths = sample_cameras(sampler)
-    c2w = c2w_from_spherical(elevations, azimuths, 3.0)
-    spec = sample_objects(1, 2033)[0]
-    views = AnchorViews(render([spec], c2w.reshape(-1, 16), distance=None).image, 0, sampler, "x")
+    views, c2w, spec = _rendered_sample(2033, PreviewSampler(elevation=15.0))
     cfg = AnchorConfig(source="lgm", reconstructor="toy", refine_steps=10)
     plain = reconstruct_sample(cfg, views)
     refined = refine_sample(cfg, views, plain)
@@ -68,9 +71,7 @@ def test_lgm_anchors_fit_the_refined_reconstruction(tmp_path):
     backbone = load_backbone("toy")
     emb = backbone.encode_text([""])  # (1, 77, D)
     sampler = sampler_of(AnchorConfig(), backbone)
-    c2w = c2w_from_spherical(*sample_cameras(sampler), 3.0)
-    spec = sample_objects(1, 2035)[0]
-    views = AnchorViews(render([spec], c2w.reshape(-1, 16), distance=None).image, 0, sampler, embedding_digest(emb))
+    views, _, _ = _rendered_sample(2035, sampler, embedding_digest(emb))
     errors = {}
     for steps in (0, 10):
         cfg = AnchorConfig(source="lgm", reconstructor="toy", refine_steps=steps, lgm_azimuths=4,
