@@ -53,11 +53,12 @@ def test_scores_by_hand():
     view = {"reading": _reading("teal", "torus", True), "part_views": 3, "distinct_part_views": 1}
     assert agreement(_reading("teal", "torus", False), view) == {"agree": True, "part_kept": False,
                                                                 "clear_part_kept": None}  # a part one view shows
-    assert agreement(_reading("teal", "torus", True), {**view, "distinct_part_views": 2})["clear_part_kept"] is True
+    assert agreement(_reading("teal", "torus", True), {**view, "distinct_part_views": 2})["clear_part_kept"] is None
+    assert agreement(_reading("teal", "torus", True), {**view, "distinct_part_views": 3})["clear_part_kept"] is True
     assert agreement(_reading("teal", "torus", True), {"reading": _reading(0, 0, 0, ok=False)})["agree"] is None
     views = [{"part": "captions", "item": "c00", "seed": 0, "spec": spec, "reading": _reading("red", "cone", True)},
              {"part": "learned", "item": "x-0", "seed": 0, "reading": _reading("teal", "torus", True),
-              "part_views": 2, "distinct_part_views": 2}]
+              "part_views": 3, "distinct_part_views": 3}]
     objects = [{"arm": "sds10", "part": "captions", "item": "c00", "seed": 0, "anchor_steps": 0, "sds_steps": 10,
                 "wall_s": 2.0, "seen": _reading("red", "cone", False), "novel": _reading("red", "cone", True)},
                {"arm": "sds10", "part": "learned", "item": "x-0", "seed": 0, "anchor_steps": 0, "sds_steps": 10,
@@ -73,10 +74,10 @@ def test_scores_by_hand():
 
 def test_clear_parts_only_and_the_table_selection():
     """`--clear-parts-only` keeps the captions and the learned samples whose sample shows a part of another colour
-    in ≥ 2 views; `--table-only` keeps the records of the asked parts, reference sets and sample counts."""
+    in ≥ 3 views (2 are mostly a body's hue shading); `--table-only` keeps the records of the asked parts, reference sets and sample counts."""
     views = [{"part": "captions", "item": "c00", "seed": 0},
-             {"part": "learned", "item": "red-forms-0", "seed": 0, "distinct_part_views": 2},
-             {"part": "learned", "item": "red-forms-1", "seed": 0, "distinct_part_views": 1},
+             {"part": "learned", "item": "red-forms-0", "seed": 0, "distinct_part_views": 4},
+             {"part": "learned", "item": "red-forms-1", "seed": 0, "distinct_part_views": 2},
              {"part": "learned", "item": "red-forms-1", "seed": 1, "distinct_part_views": 3}]
     items = {r: [Item(v["part"], v["item"], "d", 0) for v in views if v["seed"] == r] for r in (0, 1)}
     kept, kept_items = keep_clear_parts(views, items)
