@@ -132,6 +132,11 @@ def test_assign_maps_prompts_to_images():
     assert set(assigned_prompts(torch.tensor([11]), torch.arange(100)[None], 32, 12).tolist()[0]) == {11, 23}
     few = assigned_prompts(torch.tensor([0, 5, 7]), torch.zeros(3, 2, dtype=torch.long), n_prompts=3, n_images=12)
     assert few[:, 0].tolist() == [0, 2, 1]
+    # assign_share: the shared rows take any of the K prompts (choice mod K), the others stay the image's own
+    shared = torch.zeros(1, 100, dtype=torch.bool)
+    shared[0, 50:] = True
+    mixed = assigned_prompts(torch.tensor([0]), torch.arange(100)[None], 32, 12, shared)[0]
+    assert set(mixed[:50].tolist()) == {0, 12, 24} and set(mixed[50:].tolist()) == set(range(32))
 
 
 @pytest.mark.parametrize("objective", ["official", "wta", "softmin"])

@@ -60,6 +60,8 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "softmin+lowrank": {"objective": "softmin", "covariance": "lowrank"},
     "assign+lowrank": {"objective": "assign", "covariance": "lowrank"},
     "assign+kernel": {"objective": "assign", "covariance": "kernel"},
+    # #28: a quarter of the rows train any prompt, so every prompt also learns what the whole set shares
+    "assign-share25+kernel": {"objective": "assign", "covariance": "kernel", "assign_share": 0.25},
     "K=1": {"objective": "official", "covariance": "diag", "n_prompts": 1},
     "captions+diag": None,  # calibration: the references' exact captions as the K prompts
     "captions+lowrank": None,
@@ -181,7 +183,8 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
                                  n_prompts=settings.get("n_prompts", cfg.n_prompts), n_ctx=cfg.n_ctx, steps=cfg.steps,
                                  lr=cfg.lr, batch_size=cfg.batch_size, n_samples=cfg.n_samples, seed=seed,
                                  progress=cfg.progress, objective=settings["objective"],
-                                 covariance=settings["covariance"], ctx_init=cfg.ctx_init)
+                                 covariance=settings["covariance"], ctx_init=cfg.ctx_init,
+                                 assign_share=settings.get("assign_share", 0.0))
         record["ctx_init"] = cfg.ctx_init
         record["loss_last20"] = statistics.fmean(res.history["loss"][-20:])
         record["distribution"] = str(res.distribution)
