@@ -296,10 +296,10 @@ def fidelity(reading: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, bool]:
 
 
 # A learned 4-view sample shows a part when the reader finds one of another colour than the body in this many of its
-# 4 views. Not 2: by eye, of the tuning sets' 37 samples with exactly 2 such views 17 show no part at all (a body's
-# hue shading, e.g. a purple sphere's bluish rim, read as a second colour), while 41 of the 43 we looked at with 3 or 4
-# show one (README, "3D: the object is its own 4-view sample"). A real part (top: every view; side: both front/back
-# silhouettes and one side view) is found in 3 or 4 views.
+# 4 views. Not 2: by eye, of the samples with exactly 2 such views 17 of 37 (tuning) and 6 of 23 (held out) show no
+# part at all (a body's hue shading, e.g. a purple sphere's bluish rim, read as a second colour), while 51 of 53 and
+# 23 of 27 with 3 or 4 show one (README, "3D: the object is its own 4-view sample"). A real part (top: every view;
+# side: both front/back silhouettes and one side view) is found in 3 or 4 views.
 CLEAR_PART_VIEWS = 3
 
 
