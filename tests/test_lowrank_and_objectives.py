@@ -221,6 +221,13 @@ def test_recipe_records_objective_and_covariance(tmp_path):
     assert fit(DistributionSpec.from_lists([res.distribution]), bb.text_encoder, bb.tokenizer).covariance == "lowrank"
     res = learn(small(tmp_path / "a", objective="assign", covariance="lowrank", steps=3), backbone=bb)
     assert torch.isfinite(res.ctx).all() and len(res.history["loss"]) == 3
+    shared = learn(small(tmp_path / "s", objective="assign", covariance="lowrank", steps=3, assign_share=0.5),
+                   backbone=bb)  # half the rows train any prompt: other prompts move, so the run differs
+    assert torch.isfinite(shared.ctx).all() and not torch.equal(shared.ctx, res.ctx)
+    with pytest.raises(ConfigError, match="assign_share"):
+        learn(small(tmp_path, objective="wta", assign_share=0.5), backbone=bb)
+    with pytest.raises(ConfigError, match="assign_share"):
+        learn(small(tmp_path, assign_share=1.5), backbone=bb)
     with pytest.raises(ConfigError, match="objective"):
         learn(small(tmp_path, objective="best"), backbone=bb)
     with pytest.raises(ConfigError, match="covariance"):
