@@ -74,7 +74,8 @@ def test_scores_by_hand():
 
 def test_clear_parts_only_and_the_table_selection():
     """`--clear-parts-only` keeps the captions and the learned samples whose sample shows a part of another colour
-    in ≥ 3 views (2 are mostly a body's hue shading); `--table-only` keeps the records of the asked parts, reference sets and sample counts."""
+    in ≥ 3 views (2 are often a body's hue shading); `--table-only` keeps the records of the asked parts, reference
+    sets and sample counts."""
     views = [{"part": "captions", "item": "c00", "seed": 0},
              {"part": "learned", "item": "red-forms-0", "seed": 0, "distinct_part_views": 4},
              {"part": "learned", "item": "red-forms-1", "seed": 0, "distinct_part_views": 2},
