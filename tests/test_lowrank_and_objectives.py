@@ -132,11 +132,6 @@ def test_assign_maps_prompts_to_images():
     assert set(assigned_prompts(torch.tensor([11]), torch.arange(100)[None], 32, 12).tolist()[0]) == {11, 23}
     few = assigned_prompts(torch.tensor([0, 5, 7]), torch.zeros(3, 2, dtype=torch.long), n_prompts=3, n_images=12)
     assert few[:, 0].tolist() == [0, 2, 1]
-    # assign_share: the shared rows take any of the K prompts (choice mod K), the others stay the image's own
-    shared = torch.zeros(1, 100, dtype=torch.bool)
-    shared[0, 50:] = True
-    mixed = assigned_prompts(torch.tensor([0]), torch.arange(100)[None], 32, 12, shared)[0]
-    assert set(mixed[:50].tolist()) == {0, 12, 24} and set(mixed[50:].tolist()) == set(range(32))
 
 
 @pytest.mark.parametrize("objective", ["official", "wta", "softmin"])
@@ -221,13 +216,6 @@ def test_recipe_records_objective_and_covariance(tmp_path):
     assert fit(DistributionSpec.from_lists([res.distribution]), bb.text_encoder, bb.tokenizer).covariance == "lowrank"
     res = learn(small(tmp_path / "a", objective="assign", covariance="lowrank", steps=3), backbone=bb)
     assert torch.isfinite(res.ctx).all() and len(res.history["loss"]) == 3
-    shared = learn(small(tmp_path / "s", objective="assign", covariance="lowrank", steps=3, assign_share=0.5),
-                   backbone=bb)  # half the rows train any prompt: other prompts move, so the run differs
-    assert torch.isfinite(shared.ctx).all() and not torch.equal(shared.ctx, res.ctx)
-    with pytest.raises(ConfigError, match="assign_share"):
-        learn(small(tmp_path, objective="wta", assign_share=0.5), backbone=bb)
-    with pytest.raises(ConfigError, match="assign_share"):
-        learn(small(tmp_path, assign_share=1.5), backbone=bb)
     with pytest.raises(ConfigError, match="objective"):
         learn(small(tmp_path, objective="best"), backbone=bb)
     with pytest.raises(ConfigError, match="covariance"):

@@ -17,9 +17,7 @@ Objectives (`objective`), all on ℓ_{b,r} = w(t_b)·mse_{b,r} of R samples per 
   samples that already explain it best, so different regions of the Gaussian can specialise on different images.
 - `softmin`: mean_b −τ_b·log mean_r exp(−ℓ_{b,r}/τ_b), τ_b = τ·mean_r ℓ_{b,r} (detached; scale-free), τ = 0.1.
 - `assign` (control): no sampling; prompt k is assigned to image k mod N (and image n to prompt n mod K when K < N);
-  each row uses one of its image's prompts, mean_{b,r} ℓ (the "prompts assigned to images" control). With
-  `assign_share` s > 0 a share s of the rows trains a prompt drawn from all K instead: every prompt also learns
-  what all images share.
+  each row uses one of its image's prompts, mean_{b,r} ℓ (the "prompts assigned to images" control).
 Covariance (`covariance`) is the law of the reparameterised samples: `diag` μ + ε⊙σ with ε (B, R, 77, D), or
 `lowrank` μ + Σ_k a_k·(h_k − μ)/√(K−1) with a (B, R, K); `kernel` (a sampling law: a mixture around the K prompts)
 learns as `lowrank`, its Gaussian part (with the default objective `assign` nothing is sampled while learning).
@@ -106,17 +104,13 @@ def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covarian
     return context, learner.orthogonal_loss(pooled)
 
 
-def assigned_prompts(image_index: torch.Tensor, choice: torch.Tensor, n_prompts: int, n_images: int,
-                     shared: Optional[torch.Tensor] = None) -> torch.Tensor:
+def assigned_prompts(image_index: torch.Tensor, choice: torch.Tensor, n_prompts: int, n_images: int) -> torch.Tensor:
     """Objective `assign`: (B,) image indices and (B, R) random non-negative ints → (B, R) prompt indices.
-    Prompt k belongs to image k mod N; an image with no prompt of its own (K < N) uses prompt n mod K. Rows where
-    `shared` (B, R) bool is set take any of the K prompts (choice mod K) instead (`assign_share`)."""
+    Prompt k belongs to image k mod N; an image with no prompt of its own (K < N) uses prompt n mod K."""
     if n_prompts < n_images:
-        index = (image_index % n_prompts)[:, None].expand_as(choice).clone()
-    else:
-        own = (n_prompts - 1 - image_index) // n_images + 1  # how many prompts k ≡ n (mod N) exist, (B,)
-        index = image_index[:, None] + n_images * (choice % own[:, None])
-    return index if shared is None else torch.where(shared, choice % n_prompts, index)
+        return (image_index % n_prompts)[:, None].expand_as(choice).clone()
+    own = (n_prompts - 1 - image_index) // n_images + 1  # how many prompts k ≡ n (mod N) exist, (B,)
+    return image_index[:, None] + n_images * (choice % own[:, None])
 
 
 def reduce_objective(losses: torch.Tensor, objective: str, delta: float = 0.1, tau: float = 0.1) -> torch.Tensor:

@@ -32,7 +32,7 @@ CHECKPOINT_FORMAT = "dreamdist3d.learn-checkpoint"
 CHECKPOINT_VERSION = 1
 # Changing these on resume would make the checkpoint mean something else.
 RESUME_MUST_MATCH = ("n_ctx", "n_prompts", "prefix", "suffix", "position_mode", "mode", "backbone", "objective",
-                     "covariance", "ctx_init", "assign_share")
+                     "covariance", "ctx_init")
 
 
 def make_run_dir(cfg, rank: int, world: int) -> Path:

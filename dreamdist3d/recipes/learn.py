@@ -106,7 +106,6 @@ class LearnConfig:
     # assign + kernel won on the held-out toy sets (README, "The toy world"); the paper: official + diag
     objective: str = "assign"  # assign | official (the paper) | wta | softmin (see learn/loss.py)
     covariance: str = "kernel"  # sampling law recorded in the file: kernel | lowrank | diag (the paper)
-    assign_share: float = 0.0  # assign: share of rows that train a prompt drawn from all K (0: only the image's own)
     objective_delta: float = 0.1  # wta: weight of the mean over the R samples
     objective_tau: float = 0.1  # softmin: temperature relative to the image's mean loss
     batch_size: int = 4  # per process
@@ -291,8 +290,6 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         eps, prompt_index = None, None
         if cfg.objective == "assign":
             choice = torch.randint(0, 2**31 - 1, (global_batch, cfg.n_samples), generator=gen)
-            shared = (torch.rand((global_batch, cfg.n_samples), generator=gen) < cfg.assign_share
-                      if cfg.assign_share > 0 else None)  # no draw at 0: the default's stream is unchanged
         elif cfg.covariance == "diag":
             eps = torch.randn((global_batch, cfg.n_samples, backbone.text_encoder.max_length, dim), generator=gen)
         else:  # lowrank (and kernel, which learns as lowrank): one coefficient per prompt
@@ -303,8 +300,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         if eps is not None:
             eps = eps[mine].to(device)
         else:
-            prompt_index = assigned_prompts(idx, choice[mine], cfg.n_prompts, len(refs),
-                                            None if shared is None else shared[mine]).to(device)
+            prompt_index = assigned_prompts(idx, choice[mine], cfg.n_prompts, len(refs)).to(device)
         cams = cache.cameras[idx.to(cache.cameras.device)] if multiview else None
 
         with autocast():
@@ -416,10 +412,6 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
         raise bad("objective", f"must be one of {OBJECTIVES}, got {cfg.objective!r}")
     if cfg.covariance not in COVARIANCES:
         raise bad("covariance", f"must be one of {COVARIANCES}, got {cfg.covariance!r}")
-    if not 0.0 <= cfg.assign_share <= 1.0:
-        raise bad("assign_share", f"must lie in [0, 1], got {cfg.assign_share}")
-    if cfg.assign_share > 0 and cfg.objective != "assign":
-        raise bad("assign_share", f"applies to objective 'assign' only, not {cfg.objective!r}")
     if not 0.0 <= cfg.objective_delta <= 1.0:
         raise bad("objective_delta", f"must lie in [0, 1], got {cfg.objective_delta}")
     if not cfg.objective_tau > 0:
