@@ -477,5 +477,5 @@ def cli_run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["HELD_OUT", "LiftConfig", "agreement", "arm_settings", "fidelity", "keep_clear_parts", "run_lift", "scores",
-           "selected", "shows_clear_part", "table", "CLEAR_PART_VIEWS"]
+__all__ = ["CLEAR_PART_VIEWS", "HELD_OUT", "LiftConfig", "agreement", "arm_settings", "fidelity", "keep_clear_parts",
+           "run_lift", "scores", "selected", "shows_clear_part", "table"]
