@@ -38,6 +38,21 @@ def test_arm_names():
             arm_settings(bad)
 
 
+def test_seen_frames_are_the_samples_views():
+    """SEEN_VIEWS from the cameras: turntable frame f sits at threestudio azimuth linspace(0, 360, TEST_VIEWS)[f];
+    the sample's view i at MVDream azimuth PreviewSampler.azimuths()[i], the scene's `threestudio_azimuth` of it."""
+    import torch
+
+    from dreamdist3d.backbones.cameras import threestudio_azimuth
+    from dreamdist3d.recipes.toy_lift import SEEN, SEEN_VIEWS, TEST_VIEWS
+    from dreamdist3d.sample2d.mvdream_preview import PreviewSampler
+
+    frames = torch.linspace(0.0, 360.0, TEST_VIEWS)
+    views = PreviewSampler(steps=1, guidance_scale=1.0).azimuths()
+    for f, i in zip(SEEN, SEEN_VIEWS):
+        assert (float(frames[f]) - threestudio_azimuth(views[i])) % 360 == pytest.approx(0.0)
+
+
 def _reading(colour, shape, part, ok=True):
     return {"ok": ok, "colour": colour if ok else None, "shape": shape if ok else None,
             "has_part": part if ok else None}
@@ -69,7 +84,7 @@ def test_scores_by_hand():
     assert (row["cap_colour+shape"], row["cap_part"], row["agree_seen"], row["agree_novel"]) == (1.0, 0.0, 1.0, 0.0)
     assert (row["parts_seen"], row["clear_parts_seen"], row["wall_s"], row["n"]) == (1.0, 1.0, 3.0, 2)
     assert (row["cap_parts_seen"], row["cap_parts_novel"]) == (0.0, 1.0)  # the caption's part, shown by its sample
-    assert "| sds10 (2) | 1.00 | 0.00 | 0.00 | 1.00 | 0.00 |" in table(views, objects)
+    assert "| sds10 (2) | 1.00 | 0.00 | 0.00 | 1.00 | – | 0.00 |" in table(views, objects)
 
 
 def test_clear_parts_only_and_the_table_selection():
@@ -123,3 +138,55 @@ def test_lift_end_to_end_on_tiny_inputs(tmp_path):
                                                                           for o in objects)
     text = table(views, objects)
     assert "| anchor2+1 (3) |" in text and "| sds3 (3) |" in text and "| 4-view samples |" in text
+
+
+class _LeftDarkReader:
+    """Reads a box where the left half of an image is darker than the right, else a cylinder; always red."""
+
+    def read_views(self, images, num_views):
+        from dreamdist3d.toyworld.attributes import Reading
+
+        half = images.shape[-1] // 2
+        dark = float(images[..., :half].mean()) < float(images[..., half:].mean())
+        return [Reading(ok=True, colour="red", shape="box" if dark else "cylinder")]
+
+
+def test_image_readings_from_the_saved_pngs(tmp_path):
+    """`own_nearest`: the object's seen frames (SEEN on the PNG's first row, in turntable order) are compared with
+    every learned sample of its set and seed in the sample's view order; `mirror_same`: the sample read mirrored."""
+    import torch
+
+    from dreamdist3d.images import save_png, tile_grid, to_uint8
+    from dreamdist3d.recipes.toy_lift import SEEN, SEEN_VIEWS, image_readings
+    from dreamdist3d.sample2d.mvdream_preview import image_grid
+
+    g = torch.Generator().manual_seed(0)
+    samples = {f"red-forms-{j}": torch.rand(4, 3, 8, 8, generator=g) for j in range(3)}
+    samples["red-forms-1"][..., :4] *= 0.2  # a dark left half: read as a box, mirrored as a cylinder
+    views = []
+    for key, s in samples.items():
+        path = tmp_path / "views" / "learned" / key / "seed0.png"
+        path.parent.mkdir(parents=True)
+        image_grid(s[None]).save(path)
+        shape = "box" if key == "red-forms-1" else "cylinder"
+        views.append({"part": "learned", "item": key, "seed": 0, "reading": _reading("red", shape, False)})
+
+    def obj(key, frames_of):
+        seen = samples[frames_of][list(SEEN_VIEWS)]  # frame j shows view SEEN_VIEWS[j]
+        frames = torch.cat([seen, torch.rand(len(SEEN), 3, 8, 8, generator=g)]).clamp(0, 1)
+        path = tmp_path / "objects" / "hybrid150+0" / "learned" / key / "seed0.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(tile_grid(list(to_uint8(frames, channels_first=True)), cols=4), path)
+        return {"arm": "hybrid150+0", "part": "learned", "item": key, "seed": 0, "anchor_steps": 150,
+                "sds_steps": 0, "wall_s": 1.0, "seen": _reading("red", "cylinder", False),
+                "novel": _reading("red", "cylinder", False)}
+
+    objects = [obj("red-forms-0", "red-forms-0"), obj("red-forms-2", "red-forms-1"),
+               {**obj("red-forms-1", "red-forms-1"), "arm": "sds10"}]  # no PNG under sds10: left out
+    v2, o2 = image_readings(tmp_path, views, objects, _LeftDarkReader())
+    assert [v.get("mirror_same") for v in v2] == [True, False, True]
+    assert [(o.get("own_nearest"), o.get("n_samples")) for o in o2] == [(True, 3), (False, 3), (None, None)]
+    assert "own_nearest" not in objects[0]  # copies, the records are untouched
+    sc = scores(v2, o2)
+    assert sc["4-view samples"][0]["agree_seen"] == pytest.approx(2 / 3)
+    assert sc["hybrid150+0"][0]["own_nearest"] == 0.5 and sc["sds10"][0]["own_nearest"] is None

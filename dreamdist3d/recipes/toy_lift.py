@@ -26,7 +26,10 @@ Scores per arm, mean ± std over seeds: caption fidelity (read colour, shape, pa
 caption says) of the objects beside that of the 4-view samples; agreement of each object with its own 4-view sample
 (colour and shape read alike: `agree`; `parts kept`: of the 4-view samples that show a part, the share whose object
 shows one; `captions: parts kept`: the same for the parts a caption names and its 4-view sample shows, where the
-part is known to be real); SDS steps, steps in all and wall seconds per object (one core).
+part is known to be real); `own sample nearest`: of the learned 4-view samples of the object's set and seed, its own
+is the nearest to its renders at the sample's cameras, pixel for pixel (`image_readings`: a reading that does not
+rest on the reader's labels; on the 4-view samples' row `agree` is the sample against itself mirrored, how far the
+reader's labels repeat); SDS steps, steps in all and wall seconds per object (one core).
 
 Every object is cached as `<out>/objects/<arm>/<part>/<item>/seed<r>.json` (written by the worker that made it, so
 an interrupted sweep resumes where it stopped), the 4-view readings as `<out>/views/…`; runs go two at a time in
@@ -55,6 +58,7 @@ HELD_OUT = ["large-tall-greens", "jewel-boxes-spheres", "tricolour-tori-cones"]
 CAPTION_SEED = 2027  # grammar seed of the caption objects: used by nothing else (trainer, evaluator, reference sets)
 TEST_VIEWS = 9  # turntable views 0°, 45°, …, 360° (threestudio's linspace includes 360)
 SEEN = (0, 2, 4, 6)  # turntable frames at the 4-view sample's azimuths (threestudio 0/90/180/270 = MVDream +90)
+SEEN_VIEWS = (1, 2, 3, 0)  # the 4-view sample's view (MVDream 0/90/180/270) each SEEN frame shows
 NOVEL = (1, 3, 5, 7)  # frames halfway between them
 ARM = re.compile(r"^(?:sds(?P<sds>\d+)|(?P<src>anchor|lgm|hybrid)(?P<a>\d+)\+(?P<s>\d+)|(?P<ff>lgm))$")
 SOURCE = {"anchor": "preview", "lgm": "lgm", "hybrid": "preview+lgm"}  # arm prefix -> system.anchor.source
@@ -197,7 +201,7 @@ def turntable_frames(run: Path, frames: Sequence[int]) -> torch.Tensor:
 
 def views_record(cfg: LiftConfig, backbone, reader, item: Item, rep: int) -> Dict[str, Any]:
     """The 4-view sample of `item` read on its 4 views (cached)."""
-    path = Path(cfg.out) / "views" / item.part / item.key / f"seed{rep}.json"
+    path = _views_path(cfg.out, item.part, item.key, rep)
     if path.is_file():
         rec = json.loads(path.read_text())
         if "distinct_part_views" in rec:
@@ -218,7 +222,13 @@ def views_record(cfg: LiftConfig, backbone, reader, item: Item, rep: int) -> Dic
     return rec
 
 
+def _views_path(out: str | Path, part: str, key: str, rep: int) -> Path:
+    """The record of a 4-view sample (its 2×2 grid beside it, `.png`)."""
+    return Path(out) / "views" / part / key / f"seed{rep}.json"
+
+
 def _object_path(cfg: LiftConfig, arm: str, item: Item, rep: int) -> Path:
+    """The record of an object (its seen and novel turntable frames beside it, `.png`: SEEN on the first row)."""
     return Path(cfg.out) / "objects" / arm / item.part / item.key / f"seed{rep}.json"
 
 
@@ -330,6 +340,57 @@ def agreement(obj: Dict[str, Any], views: Dict[str, Any]) -> Dict[str, Optional[
             "clear_part_kept": kept if shows_clear_part(views) else None}
 
 
+# ----------------------------------------------------------------------------------------------------- image readings
+def _png_tiles(path: Path, cols: int, n: int) -> torch.Tensor:
+    """(n, 3, s, s) in [0, 1]: the first n square tiles of a PNG grid of `cols` columns without padding."""
+    import numpy as np
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    s = arr.shape[1] // cols
+    tiles = [arr[(k // cols) * s:(k // cols + 1) * s, (k % cols) * s:(k % cols + 1) * s] for k in range(n)]
+    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def image_readings(out: str | Path, views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]], reader
+                   ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """Two readings from the saved 8-bit images that do not rest on the reader's labels of the object:
+    - per learned 4-view sample, `mirror_same`: does the reader read the sample mirrored left-right (a mirror keeps
+      every shape's label) as the colour and shape it read the sample as? The labels' own repeatability on these
+      samples: about what `agree` can reach when an object is its sample, pixel for pixel;
+    - per learned object, `own_nearest`: of the learned 4-view samples of its reference set and learning seed in
+      `views`, is its own the nearest to the object's renders at the sample's cameras (mean squared RGB difference
+      over the 4 views)? What a user who picked one of those previews gets; chance 1 / (number of samples).
+    Returns copies of the records with these keys (left out where a record's image is missing)."""
+    samples: Dict[Tuple[str, int], Dict[str, torch.Tensor]] = {}  # (reference set, seed) -> {item: (4, 3, s, s)}
+    views_out = []
+    for v in views:
+        v = dict(v)
+        png = _views_path(out, v["part"], v["item"], v["seed"]).with_suffix(".png")
+        if v["part"] == "learned" and png.is_file():
+            sample = _png_tiles(png, 2, 4)
+            samples.setdefault((v["item"].rpartition("-")[0], v["seed"]), {})[v["item"]] = sample
+            if v["reading"]["ok"]:
+                r = reader.read_views(sample.flip(-1), 4)[0]
+                v["mirror_same"] = bool(r.ok and (r.colour, r.shape) == (v["reading"]["colour"],
+                                                                          v["reading"]["shape"]))
+        views_out.append(v)
+    objects_out = []
+    for o in objects:
+        o = dict(o)
+        png = Path(out) / "objects" / o["arm"] / o["part"] / o["item"] / f"seed{o['seed']}.png"
+        pool = samples.get((o["item"].rpartition("-")[0], o["seed"]), {})
+        if o["part"] == "learned" and png.is_file() and o["item"] in pool:
+            seen = _png_tiles(png, 4, len(SEEN))
+            order = torch.empty(len(SEEN), dtype=torch.long)
+            order[list(SEEN_VIEWS)] = torch.arange(len(SEEN))  # frames in the sample's view order
+            dist = {key: float(((seen[order] - s) ** 2).mean()) for key, s in pool.items()}
+            o["own_nearest"] = min(dist, key=dist.__getitem__) == o["item"]
+            o["n_samples"] = len(pool)
+        objects_out.append(o)
+    return views_out, objects_out
+
+
 def _rate(values: Sequence[Optional[bool]]) -> Optional[float]:
     vals = [bool(v) for v in values if v is not None]
     return statistics.fmean(vals) if vals else None
@@ -354,8 +415,11 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
         fid = [fidelity(v["reading"], v["spec"]) for v in caps]
         out.setdefault("4-view samples", {})[r] = {f"cap_{k}": _rate([f[k] for f in fid]) for k in
                                                    ("colour", "shape", "part", "colour+shape")}
-        learned = [v["reading"] for v in views if v["seed"] == r and v["part"] == "learned"]
-        out["4-view samples"][r]["parts_shown"] = _rate([v["has_part"] for v in learned if v["ok"]])
+        learned = [v for v in views if v["seed"] == r and v["part"] == "learned"]
+        out["4-view samples"][r]["parts_shown"] = _rate([v["reading"]["has_part"] for v in learned
+                                                         if v["reading"]["ok"]])
+        # the sample against itself mirrored (`image_readings`): how far its labels repeat
+        out["4-view samples"][r]["agree_seen"] = _rate([v.get("mirror_same") for v in learned])
     for arm in dict.fromkeys(o["arm"] for o in objects):
         for r in seeds:
             objs = [o for o in objects if o["arm"] == arm and o["seed"] == r]
@@ -371,6 +435,8 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
                 row[f"agree_{where}"] = _rate([a["agree"] for a in ag])
                 row[f"parts_{where}"] = _rate([a["part_kept"] for a in ag])
                 row[f"clear_parts_{where}"] = _rate([a["clear_part_kept"] for a in ag])
+                if where == "seen":  # only the seen views have a sample to compare with
+                    row["own_nearest"] = _rate([o.get("own_nearest") for o in objs if o["part"] == "learned"])
                 agc = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in caps]
                 row[f"cap_agree_{where}"] = _rate([a["agree"] for a in agc])
                 # the parts a caption names and its 4-view sample shows: does the object keep them?
@@ -386,7 +452,8 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
 
 COLUMNS = [("cap_colour+shape", "captions: colour+shape"), ("cap_part", "captions: part"),
            ("cap_parts_seen", "captions: parts kept"),
-           ("agree_seen", "learned: agree (seen)"), ("agree_novel", "learned: agree (novel)"),
+           ("agree_seen", "learned: agree (seen)"), ("own_nearest", "learned: own sample nearest"),
+           ("agree_novel", "learned: agree (novel)"),
            ("parts_seen", "learned: parts kept (seen)"), ("parts_novel", "parts kept (novel)"),
            ("clear_parts_seen", "learned: clear parts kept (seen)"),
            ("cap_agree_seen", "captions: agree (seen)"), ("sds_steps", "SDS steps"), ("steps", "steps"),
@@ -471,11 +538,14 @@ def cli_run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
         views, objects = run_lift(cfg)
+    from dreamdist3d.recipes.toy_checks import get_reader
+
+    views, objects = image_readings(out, views, objects, get_reader(cfg.reader))
     text = table(views, objects)
     atomic_write_text(out / "table.md", text + "\n")
     print(text)
     return 0
 
 
-__all__ = ["CLEAR_PART_VIEWS", "HELD_OUT", "LiftConfig", "agreement", "arm_settings", "fidelity", "keep_clear_parts",
-           "run_lift", "scores", "selected", "shows_clear_part", "table"]
+__all__ = ["CLEAR_PART_VIEWS", "HELD_OUT", "LiftConfig", "SEEN_VIEWS", "agreement", "arm_settings", "fidelity",
+           "image_readings", "keep_clear_parts", "run_lift", "scores", "selected", "shows_clear_part", "table"]
