@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,7 +60,6 @@ class AnchorConfig:
     source: str = "none"
     steps: int = 0  # anchor-only steps at the start (no SDS, no guidance call)
     lr_scale: float = 1.0  # learning rates × this during the anchor-only steps (a photometric fit takes larger steps)
-    lr_end: float = 1.0  # < 1: that factor decays (cosine) to lr_scale × lr_end by the last anchor-only step
     # the preview sampler (None: the backbone's `dreamdist3d preview` defaults: MVDream 50 steps CFG 7.5; toy 25, 2)
     sampler_steps: Optional[int] = None
     guidance_scale: Optional[float] = None
@@ -97,8 +95,6 @@ def check_config(cfg: AnchorConfig, lam_rgb: Any, lam_mask: Any, where: str = "s
         raise ConfigError(f"{where}.steps and {where}.rays_per_step must be ≥ 0")
     if not (0 < float(cfg.lr_scale) < float("inf")):
         raise ConfigError(f"{where}.lr_scale must be a finite number > 0, got {cfg.lr_scale}")
-    if not (0 < float(cfg.lr_end) <= 1):
-        raise ConfigError(f"{where}.lr_end must be in (0, 1] (1: no decay), got {cfg.lr_end}")
     if cfg.source != "none" and not (_positive(lam_rgb) or _positive(lam_mask)):
         raise ConfigError(f"{where}.source is '{cfg.source}' but system.loss.lambda_anchor_rgb and lambda_anchor_mask "
                           "are both 0: set them (e.g. system.loss.lambda_anchor_rgb=1000 "
@@ -129,18 +125,14 @@ def _positive(value: Any) -> bool:
 
 
 class AnchorLRFactor:
-    """The learning-rate factor of optimizer step `step` (torch's LambdaLR): `scale` for the anchor-only steps (with
-    `end` < 1, decaying on a half cosine from `scale` to `scale · end` at the last of them), then 1. A class, not a
-    lambda, so the scheduler's state (saved in checkpoints) stays plain data."""
+    """The learning-rate factor of optimizer step `step` (torch's LambdaLR): `scale` for the anchor-only steps, then 1.
+    A class, not a lambda, so the scheduler's state (saved in checkpoints) stays plain data."""
 
-    def __init__(self, scale: float, steps: int, end: float = 1.0) -> None:
-        self.scale, self.steps, self.end = float(scale), int(steps), float(end)
+    def __init__(self, scale: float, steps: int) -> None:
+        self.scale, self.steps = float(scale), int(steps)
 
     def __call__(self, step: int) -> float:
-        if step >= self.steps:
-            return 1.0
-        done = step / max(1, self.steps - 1)
-        return self.scale * (self.end + (1.0 - self.end) * 0.5 * (1.0 + math.cos(math.pi * done)))
+        return self.scale if step < self.steps else 1.0
 
 
 def sampler_of(cfg: AnchorConfig, backbone) -> PreviewSampler:

@@ -365,11 +365,11 @@ class MVDreamSystem(nn.Module, Updateable):
             except TypeError as e:  # a misspelt or missing argument
                 raise ConfigError(f"system.scheduler.args: {e}") from None
         a = self.anchor_cfg
-        if a.source != "none" and a.steps > 0 and (a.lr_scale != 1.0 or a.lr_end != 1.0):
+        if a.source != "none" and a.steps > 0 and a.lr_scale != 1.0:
             if sched is not None:
                 raise ConfigError("system.anchor.lr_scale and system.scheduler cannot be combined: set "
                                   "system.anchor.lr_scale=1 or drop the scheduler")
-            sched = torch.optim.lr_scheduler.LambdaLR(optim, AnchorLRFactor(a.lr_scale, a.steps, a.lr_end))
+            sched = torch.optim.lr_scheduler.LambdaLR(optim, AnchorLRFactor(a.lr_scale, a.steps))
         return optim, sched
 
 
