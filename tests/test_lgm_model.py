@@ -1,13 +1,15 @@
 """LGM: parity with the official 3DTopia/LGM code (tests/data/lgm, made by make_fixtures.py there), the released
 configs' keys, LGM's cameras and input, the rotation normalisations, and the Gaussians container.
 
-Tolerance. With the official attention arithmetic (q·scale @ kᵀ, softmax, @ v) our model is bit-identical to the
-official one on the machine that made the fixtures (max abs diff 0.0 for raw maps and Gaussians); 2 threads instead
-of 1 moved the official outputs by 1.4e-6. So that path is checked at atol=rtol=1e-5. The default kernel,
-`scaled_dot_product_attention`, rounds differently: the OFFICIAL code with SDPA swapped in moves its own raw maps by
-6.6e-5 (1.0e-5 of max|raw| = 6.35) and its Gaussians by 3.0e-5, because these random weights amplify (perturbing any
-one block by 0.05 moves the output by 0.46 to 13.6). That path is checked at atol=2e-4, rtol=1e-4; a real bug moves
-values by 0.1 or more (the two rotation normalisations differ by ~1, a view order mix-up or a dropped block by >1).
+Tolerance (one, `PARITY`, for both attention paths). With the official attention arithmetic (q·scale @ kᵀ, softmax,
+@ v) our model is bit-identical to the official one on the machine that made the fixtures (max abs diff 0.0 for raw
+maps and Gaussians); 2 threads instead of 1 moved the official outputs by 1.4e-6. These random weights amplify
+rounding (perturbing any one block by 0.05 moves the output by 0.46 to 13.6): the default kernel,
+`scaled_dot_product_attention`, swapped into the OFFICIAL code moves its own raw maps by 6.6e-5 (1.0e-5 of max|raw|
+= 6.35) and its Gaussians by 3.0e-5, and another x86 CPU (an AMD EPYC, against the machine of the fixtures) moves
+the exact path's raw maps by 1.2e-4 and its Gaussians by 8.6e-5, the same on 1 thread or 2. So both paths are
+checked at atol=5e-4, rtol=1e-4; a real bug moves values by 0.1 or more (the two rotation normalisations differ by
+~1, a view order mix-up or a dropped block by >1).
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from dreamdist3d.reconstruct.lgm_cameras import LGM_FROM_WORLD, lgm_input, pluck
 from dreamdist3d.testing.lgm import TINY_LGM_CONFIG, reference_weights, tiny_lgm, weights_digest
 
 DATA = Path(__file__).parent / "data" / "lgm"
-EXACT = dict(atol=1e-5, rtol=1e-5)
-SDPA = dict(atol=2e-4, rtol=1e-4)
+PARITY = dict(atol=5e-4, rtol=1e-4)  # the module docstring says why
 
 
 def official_attention(q, k, v):
@@ -66,10 +67,10 @@ def test_parity_with_official_lgm(fixture, rotation):
         raw, g = model.raw(t["input"]), model(t["input"])
         model.set_attention_fn(official_attention)
         raw_e, g_e = model.raw(t["input"]), model(t["input"])
-    torch.testing.assert_close(raw_e, t["raw"], **EXACT)
-    torch.testing.assert_close(g_e.to_lgm(), want, **EXACT)
-    torch.testing.assert_close(raw, t["raw"], **SDPA)
-    torch.testing.assert_close(g.to_lgm(), want, **SDPA)
+    torch.testing.assert_close(raw_e, t["raw"], **PARITY)
+    torch.testing.assert_close(g_e.to_lgm(), want, **PARITY)
+    torch.testing.assert_close(raw, t["raw"], **PARITY)
+    torch.testing.assert_close(g.to_lgm(), want, **PARITY)
     other = t["gaussians_legacy" if rotation == "fixed" else "gaussians_fixed"]
     assert (g.rotations - other[..., 7:11]).abs().max() > 0.1
 
@@ -131,7 +132,7 @@ def test_views_meet_only_in_attention_and_view_order_does_not_matter():
         bumped = x.clone()
         bumped[0, 1] += 1.0
         moved = model.raw(bumped)
-    torch.testing.assert_close(perm, base[:, [2, 0, 3, 1]], **SDPA)
+    torch.testing.assert_close(perm, base[:, [2, 0, 3, 1]], **PARITY)
     assert (moved[0, 0] - base[0, 0]).abs().max() > 1e-2  # view 1 changed view 0's Gaussians
     torch.testing.assert_close(moved[1], base[1], atol=0, rtol=0)  # the other object is untouched
     with pytest.raises(ValueError, match=r"\(B, V, 9, 16, 16\)"):
