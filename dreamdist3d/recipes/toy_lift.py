@@ -227,9 +227,9 @@ def _views_path(out: str | Path, part: str, key: str, rep: int) -> Path:
     return Path(out) / "views" / part / key / f"seed{rep}.json"
 
 
-def _object_path(cfg: LiftConfig, arm: str, item: Item, rep: int) -> Path:
+def _object_path(out: str | Path, arm: str, part: str, key: str, rep: int) -> Path:
     """The record of an object (its seen and novel turntable frames beside it, `.png`: SEEN on the first row)."""
-    return Path(cfg.out) / "objects" / arm / item.part / item.key / f"seed{rep}.json"
+    return Path(out) / "objects" / arm / part / key / f"seed{rep}.json"
 
 
 def lift_one(backbone, cfg: LiftConfig, arm: str, item: Item, rep: int) -> Dict[str, Any]:
@@ -247,7 +247,7 @@ def lift_one(backbone, cfg: LiftConfig, arm: str, item: Item, rep: int) -> Dict[
     rec = {"arm": arm, "part": item.part, "item": item.key, "seed": rep, "run_seed": item.seed,
            "anchor_steps": anchor_steps, "sds_steps": sds_steps, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
            "seen": reading_dict(seen), "novel": reading_dict(novel)}
-    path = _object_path(cfg, arm, item, rep)
+    path = _object_path(cfg.out, arm, item.part, item.key, rep)
     path.parent.mkdir(parents=True, exist_ok=True)
     from dreamdist3d.images import save_png, tile_grid, to_uint8
 
@@ -287,12 +287,12 @@ def run_lift(cfg: LiftConfig, backbone=None, reader=None) -> Tuple[List[Dict[str
     if cfg.clear_parts_only:
         views, items = keep_clear_parts(views, items)
     jobs = [(cfg, arm, it, r) for r in cfg.seeds for it in items[r] for arm in cfg.arms
-            if not _object_path(cfg, arm, it, r).is_file()]
+            if not _object_path(cfg.out, arm, it.part, it.key, r).is_file()]
     if jobs:
         _log(f"{len(jobs)} objects to make ({cfg.workers} at a time); cached ones are skipped")
         map_forked(backbone, lift_one, jobs, cfg.workers)
-    objects = [json.loads(_object_path(cfg, arm, it, r).read_text()) for r in cfg.seeds for it in items[r]
-               for arm in cfg.arms if _object_path(cfg, arm, it, r).is_file()]
+    paths = [_object_path(cfg.out, arm, it.part, it.key, r) for r in cfg.seeds for it in items[r] for arm in cfg.arms]
+    objects = [json.loads(path.read_text()) for path in paths if path.is_file()]
     return views, objects
 
 
@@ -378,7 +378,7 @@ def image_readings(out: str | Path, views: Sequence[Dict[str, Any]], objects: Se
     objects_out = []
     for o in objects:
         o = dict(o)
-        png = Path(out) / "objects" / o["arm"] / o["part"] / o["item"] / f"seed{o['seed']}.png"
+        png = _object_path(out, o["arm"], o["part"], o["item"], o["seed"]).with_suffix(".png")
         pool = samples.get((o["item"].rpartition("-")[0], o["seed"]), {})
         if o["part"] == "learned" and png.is_file() and o["item"] in pool:
             seen = _png_tiles(png, 4, len(SEEN))
@@ -386,7 +386,6 @@ def image_readings(out: str | Path, views: Sequence[Dict[str, Any]], objects: Se
             order[list(SEEN_VIEWS)] = torch.arange(len(SEEN))  # frames in the sample's view order
             dist = {key: float(((seen[order] - s) ** 2).mean()) for key, s in pool.items()}
             o["own_nearest"] = min(dist, key=dist.__getitem__) == o["item"]
-            o["n_samples"] = len(pool)
         objects_out.append(o)
     return views_out, objects_out
 
