@@ -83,8 +83,11 @@ def test_ctrl_c_then_resume_latest_is_the_uninterrupted_3d_run_bit_for_bit(asset
     steps = ["trainer.max_steps=40", "trainer.val_check_interval=7", "checkpoint.every_n_train_steps=7"]
     full = run_cli(*launch_args(assets, tmp_path / "full", *steps))
     assert full.returncode == 0, full.stderr
+    # preexec_fn: Ctrl-C handled as in a terminal even when the suite itself runs as a background job (whose
+    # children inherit SIGINT ignored)
     proc = subprocess.Popen([sys.executable, *launch_args(assets, tmp_path / "cut", *steps)], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:  # Ctrl-C in the middle of training
         logs = list((tmp_path / "cut").glob("tiny/*/csv_logs/metrics.csv"))
