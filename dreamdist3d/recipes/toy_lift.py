@@ -162,6 +162,12 @@ def _learn(backbone, refset: str, folder: Path, seed: int, steps: int) -> str:
     return str(final)
 
 
+def _split_key(key: str) -> Tuple[str, int]:
+    """(reference set, sample index) of a learned item's key `<refset>-<j>` (`learned_items`)."""
+    refset, _, j = key.rpartition("-")
+    return refset, int(j)
+
+
 def learned_items(cfg: LiftConfig, backbone, reps: Sequence[int]) -> Dict[int, List[Item]]:
     """The learned files of every (refset, seed), learned `cfg.workers` at a time where missing."""
     from dreamdist3d.recipes.toy_3d import map_forked
@@ -369,21 +375,21 @@ def image_readings(out: str | Path, views: Sequence[Dict[str, Any]], objects: Se
         png = _views_path(out, v["part"], v["item"], v["seed"]).with_suffix(".png")
         if v["part"] == "learned" and png.is_file():
             sample = _png_tiles(png, 2, 4)
-            samples.setdefault((v["item"].rpartition("-")[0], v["seed"]), {})[v["item"]] = sample
+            samples.setdefault((_split_key(v["item"])[0], v["seed"]), {})[v["item"]] = sample
             if v["reading"]["ok"]:
                 r = reader.read_views(sample.flip(-1), 4)[0]
                 v["mirror_same"] = bool(r.ok and (r.colour, r.shape) == (v["reading"]["colour"],
                                                                           v["reading"]["shape"]))
         views_out.append(v)
+    order = torch.empty(len(SEEN), dtype=torch.long)
+    order[list(SEEN_VIEWS)] = torch.arange(len(SEEN))  # the seen frames in the sample's view order
     objects_out = []
     for o in objects:
         o = dict(o)
         png = _object_path(out, o["arm"], o["part"], o["item"], o["seed"]).with_suffix(".png")
-        pool = samples.get((o["item"].rpartition("-")[0], o["seed"]), {})
-        if o["part"] == "learned" and png.is_file() and o["item"] in pool:
+        pool = samples.get((_split_key(o["item"])[0], o["seed"]), {}) if o["part"] == "learned" else {}
+        if png.is_file() and o["item"] in pool:
             seen = _png_tiles(png, 4, len(SEEN))
-            order = torch.empty(len(SEEN), dtype=torch.long)
-            order[list(SEEN_VIEWS)] = torch.arange(len(SEEN))  # frames in the sample's view order
             dist = {key: float(((seen[order] - s) ** 2).mean()) for key, s in pool.items()}
             o["own_nearest"] = min(dist, key=dist.__getitem__) == o["item"]
         objects_out.append(o)
@@ -434,13 +440,13 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
                 row[f"agree_{where}"] = _rate([a["agree"] for a in ag])
                 row[f"parts_{where}"] = _rate([a["part_kept"] for a in ag])
                 row[f"clear_parts_{where}"] = _rate([a["clear_part_kept"] for a in ag])
-                if where == "seen":  # only the seen views have a sample to compare with
-                    row["own_nearest"] = _rate([o.get("own_nearest") for o in objs if o["part"] == "learned"])
                 agc = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in caps]
                 row[f"cap_agree_{where}"] = _rate([a["agree"] for a in agc])
                 # the parts a caption names and its 4-view sample shows: does the object keep them?
                 row[f"cap_parts_{where}"] = _rate([a["part_kept"] for a, o in zip(agc, caps)
                                                    if by_key[("captions", o["item"], r)]["spec"]["has_part"]])
+            # seen views only: they have a sample to compare with
+            row["own_nearest"] = _rate([o.get("own_nearest") for o in objs if o["part"] == "learned"])
             row["sds_steps"] = statistics.fmean(o["sds_steps"] for o in objs)
             row["steps"] = statistics.fmean(o["sds_steps"] + o["anchor_steps"] for o in objs)
             row["wall_s"] = statistics.fmean(o["wall_s"] for o in objs)
@@ -514,8 +520,8 @@ def selected(cfg: LiftConfig, rec: Dict[str, Any]) -> bool:
         return False
     if rec["part"] != "learned":
         return int(rec["item"][1:]) < cfg.n_captions
-    refset, _, j = rec["item"].rpartition("-")
-    return refset in cfg.refsets and int(j) < cfg.samples_per_set
+    refset, j = _split_key(rec["item"])
+    return refset in cfg.refsets and j < cfg.samples_per_set
 
 
 def cli_run(args: argparse.Namespace) -> int:
