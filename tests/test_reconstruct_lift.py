@@ -262,7 +262,8 @@ def test_lift_evidence_arms_lgm_on_tiny_inputs(tmp_path):
     from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
     from dreamdist3d.backbones.toy_weights import save_toy_backbone
-    from dreamdist3d.recipes.toy_lift import LiftConfig, run_lift, table
+    from dreamdist3d.recipes.toy_lift import LiftConfig, run_lift
+    from dreamdist3d.recipes.toy_lift_scores import table
     from dreamdist3d.toyworld.attributes import AttributeReader
 
     weights = tmp_path / "tiny-toy.safetensors"

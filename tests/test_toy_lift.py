@@ -11,18 +11,8 @@ import pytest
 
 from dreamdist3d.backbones.toy import build_toy_backbone, small_test_config
 from dreamdist3d.backbones.toy_weights import save_toy_backbone
-from dreamdist3d.recipes.toy_lift import (
-    Item,
-    LiftConfig,
-    agreement,
-    arm_settings,
-    fidelity,
-    keep_clear_parts,
-    run_lift,
-    scores,
-    selected,
-    table,
-)
+from dreamdist3d.recipes.toy_lift import Item, LiftConfig, arm_settings, keep_clear_parts, run_lift, selected
+from dreamdist3d.recipes.toy_lift_scores import agreement, fidelity, scores, table
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch at one thread, as a run
 
@@ -44,7 +34,7 @@ def test_seen_frames_are_the_samples_views():
     import torch
 
     from dreamdist3d.backbones.cameras import threestudio_azimuth
-    from dreamdist3d.recipes.toy_lift import SEEN, SEEN_VIEWS, TEST_VIEWS
+    from dreamdist3d.recipes.toy_lift_scores import SEEN, SEEN_VIEWS, TEST_VIEWS
     from dreamdist3d.sample2d.mvdream_preview import PreviewSampler
 
     frames = torch.linspace(0.0, 360.0, TEST_VIEWS)
@@ -157,7 +147,7 @@ def test_image_readings_from_the_saved_pngs(tmp_path):
     import torch
 
     from dreamdist3d.images import save_png, tile_grid, to_uint8
-    from dreamdist3d.recipes.toy_lift import SEEN, SEEN_VIEWS, image_readings
+    from dreamdist3d.recipes.toy_lift_scores import SEEN, SEEN_VIEWS, image_readings
     from dreamdist3d.sample2d.mvdream_preview import image_grid
 
     g = torch.Generator().manual_seed(0)

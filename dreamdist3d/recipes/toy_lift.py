@@ -22,14 +22,15 @@ anchored run fits) and one object per arm; the attribute reader reads the 4-view
 object on its turntable (9 test views, 45° apart), once at the 4 views' own azimuths (`seen`) and once at the 4
 azimuths halfway between them (`novel`: views no anchor shows).
 
-Scores per arm, mean ± std over seeds: caption fidelity (read colour, shape, part presence, colour and shape as the
-caption says) of the objects beside that of the 4-view samples; agreement of each object with its own 4-view sample
-(colour and shape read alike: `agree`; `parts kept`: of the 4-view samples that show a part, the share whose object
-shows one; `captions: parts kept`: the same for the parts a caption names and its 4-view sample shows, where the
-part is known to be real); `own sample nearest`: of the learned 4-view samples of the object's set and seed, its own
-is the nearest to its renders at the sample's cameras, pixel for pixel (`image_readings`: a reading that does not
-rest on the reader's labels; on the 4-view samples' row `agree` is the sample against itself mirrored, how far the
-reader's labels repeat); SDS steps, steps in all and wall seconds per object (one core).
+Scores (`recipes.toy_lift_scores`) per arm, mean ± std over seeds: caption fidelity (read colour, shape, part
+presence, colour and shape as the caption says) of the objects beside that of the 4-view samples; agreement of each
+object with its own 4-view sample (colour and shape read alike: `agree`; `parts kept`: of the 4-view samples that
+show a part, the share whose object shows one; `captions: parts kept`: the same for the parts a caption names and
+its 4-view sample shows, where the part is known to be real); `own sample nearest`: of the learned 4-view samples of
+the object's set and seed, its own is the nearest to its renders at the sample's cameras, pixel for pixel
+(`image_readings`: a reading that does not rest on the reader's labels; on the 4-view samples' row `agree` is the
+sample against itself mirrored, how far the reader's labels repeat); SDS steps, steps in all and wall seconds per
+object (one core).
 
 Every object is cached as `<out>/objects/<arm>/<part>/<item>/seed<r>.json` (written by the worker that made it, so
 an interrupted sweep resumes where it stopped), the 4-view readings as `<out>/views/…`; runs go two at a time in
@@ -42,7 +43,6 @@ import argparse
 import json
 import re
 import shutil
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,13 +53,21 @@ import torch
 
 from dreamdist3d.backbones.toy import DEFAULT_LEARN_STEPS
 from dreamdist3d.io import atomic_write_text
+from dreamdist3d.recipes.toy_lift_scores import (
+    CLEAR_PART_VIEWS,
+    NOVEL,
+    SEEN,
+    TEST_VIEWS,
+    image_readings,
+    object_path,
+    shows_clear_part,
+    split_key,
+    table,
+    views_path,
+)
 
 HELD_OUT = ["large-tall-greens", "jewel-boxes-spheres", "tricolour-tori-cones"]
 CAPTION_SEED = 2027  # grammar seed of the caption objects: used by nothing else (trainer, evaluator, reference sets)
-TEST_VIEWS = 9  # turntable views 0°, 45°, …, 360° (threestudio's linspace includes 360)
-SEEN = (0, 2, 4, 6)  # turntable frames at the 4-view sample's azimuths (threestudio 0/90/180/270 = MVDream +90)
-SEEN_VIEWS = (1, 2, 3, 0)  # the 4-view sample's view (MVDream 0/90/180/270) each SEEN frame shows
-NOVEL = (1, 3, 5, 7)  # frames halfway between them
 ARM = re.compile(r"^(?:sds(?P<sds>\d+)|(?P<src>anchor|lgm|hybrid)(?P<a>\d+)\+(?P<s>\d+)|(?P<ff>lgm))$")
 SOURCE = {"anchor": "preview", "lgm": "lgm", "hybrid": "preview+lgm"}  # arm prefix -> system.anchor.source
 
@@ -162,12 +170,6 @@ def _learn(backbone, refset: str, folder: Path, seed: int, steps: int) -> str:
     return str(final)
 
 
-def _split_key(key: str) -> Tuple[str, int]:
-    """(reference set, sample index) of a learned item's key `<refset>-<j>` (`learned_items`)."""
-    refset, _, j = key.rpartition("-")
-    return refset, int(j)
-
-
 def learned_items(cfg: LiftConfig, backbone, reps: Sequence[int]) -> Dict[int, List[Item]]:
     """The learned files of every (refset, seed), learned `cfg.workers` at a time where missing."""
     from dreamdist3d.recipes.toy_3d import map_forked
@@ -207,7 +209,7 @@ def turntable_frames(run: Path, frames: Sequence[int]) -> torch.Tensor:
 
 def views_record(cfg: LiftConfig, backbone, reader, item: Item, rep: int) -> Dict[str, Any]:
     """The 4-view sample of `item` read on its 4 views (cached)."""
-    path = _views_path(cfg.out, item.part, item.key, rep)
+    path = views_path(cfg.out, item.part, item.key, rep)
     if path.is_file():
         rec = json.loads(path.read_text())
         if "distinct_part_views" in rec:
@@ -228,16 +230,6 @@ def views_record(cfg: LiftConfig, backbone, reader, item: Item, rep: int) -> Dic
     return rec
 
 
-def _views_path(out: str | Path, part: str, key: str, rep: int) -> Path:
-    """The record of a 4-view sample (its 2×2 grid beside it, `.png`)."""
-    return Path(out) / "views" / part / key / f"seed{rep}.json"
-
-
-def _object_path(out: str | Path, arm: str, part: str, key: str, rep: int) -> Path:
-    """The record of an object (its seen and novel turntable frames beside it, `.png`: SEEN on the first row)."""
-    return Path(out) / "objects" / arm / part / key / f"seed{rep}.json"
-
-
 def lift_one(backbone, cfg: LiftConfig, arm: str, item: Item, rep: int) -> Dict[str, Any]:
     """One 3D object of `arm` for `item`, read on its turntable; the record is written here (resumable sweeps)."""
     from dreamdist3d.recipes.toy_checks import get_reader
@@ -253,7 +245,7 @@ def lift_one(backbone, cfg: LiftConfig, arm: str, item: Item, rep: int) -> Dict[
     rec = {"arm": arm, "part": item.part, "item": item.key, "seed": rep, "run_seed": item.seed,
            "anchor_steps": anchor_steps, "sds_steps": sds_steps, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
            "seen": reading_dict(seen), "novel": reading_dict(novel)}
-    path = _object_path(cfg.out, arm, item.part, item.key, rep)
+    path = object_path(cfg.out, arm, item.part, item.key, rep)
     path.parent.mkdir(parents=True, exist_ok=True)
     from dreamdist3d.images import save_png, tile_grid, to_uint8
 
@@ -293,35 +285,13 @@ def run_lift(cfg: LiftConfig, backbone=None, reader=None) -> Tuple[List[Dict[str
     if cfg.clear_parts_only:
         views, items = keep_clear_parts(views, items)
     jobs = [(cfg, arm, it, r) for r in cfg.seeds for it in items[r] for arm in cfg.arms
-            if not _object_path(cfg.out, arm, it.part, it.key, r).is_file()]
+            if not object_path(cfg.out, arm, it.part, it.key, r).is_file()]
     if jobs:
         _log(f"{len(jobs)} objects to make ({cfg.workers} at a time); cached ones are skipped")
         map_forked(backbone, lift_one, jobs, cfg.workers)
-    paths = [_object_path(cfg.out, arm, it.part, it.key, r) for r in cfg.seeds for it in items[r] for arm in cfg.arms]
+    paths = [object_path(cfg.out, arm, it.part, it.key, r) for r in cfg.seeds for it in items[r] for arm in cfg.arms]
     objects = [json.loads(path.read_text()) for path in paths if path.is_file()]
     return views, objects
-
-
-# ----------------------------------------------------------------------------------------------------- scores
-def fidelity(reading: Dict[str, Any], spec: Dict[str, Any]) -> Dict[str, bool]:
-    ok = reading["ok"]
-    colour = bool(ok and reading["colour"] == spec["colour"])
-    shape = bool(ok and reading["shape"] == spec["shape"])
-    part = bool(ok and reading["has_part"] == spec["has_part"])
-    return {"colour": colour, "shape": shape, "part": part, "colour+shape": colour and shape}
-
-
-# A learned 4-view sample shows a part when the reader finds one of another colour than the body in this many of its
-# 4 views. Not 2: by eye, of the samples with exactly 2 such views 17 of 37 (tuning) and 6 of 23 (held out) show no
-# part at all (a body's hue shading, e.g. a purple sphere's bluish rim, read as a second colour), while 51 of 53 and
-# 23 of 27 with 3 or 4 show one (README, "3D: the object is its own 4-view sample"). A real part (top: every view;
-# side: both front/back silhouettes and one side view) is found in 3 or 4 views.
-CLEAR_PART_VIEWS = 3
-
-
-def shows_clear_part(views: Dict[str, Any]) -> bool:
-    """A 4-view sample shows a part of another colour than its body in at least `CLEAR_PART_VIEWS` of its 4 views."""
-    return views.get("distinct_part_views", 0) >= CLEAR_PART_VIEWS
 
 
 def keep_clear_parts(views: List[Dict[str, Any]], items: Dict[int, List[Item]]
@@ -330,153 +300,6 @@ def keep_clear_parts(views: List[Dict[str, Any]], items: Dict[int, List[Item]]
     keep = {(v["item"], v["seed"]) for v in views if v["part"] != "learned" or shows_clear_part(v)}
     return ([v for v in views if (v["item"], v["seed"]) in keep],
             {r: [it for it in its if (it.key, r) in keep] for r, its in items.items()})
-
-
-def agreement(obj: Dict[str, Any], views: Dict[str, Any]) -> Dict[str, Optional[bool]]:
-    """Does the object read as its own 4-view sample? (None where a score does not apply.) `part_kept`: of samples
-    whose reading shows a part (the reader's rule: any one of the 4 views, a bump of the body's own colour
-    included), does the object show one; `clear_part_kept`: the same for parts of another colour than the body that
-    at least `CLEAR_PART_VIEWS` of the 4 views show (what a viewer calls a part)."""
-    v = views["reading"]
-    if not v["ok"]:
-        return {"agree": None, "part_kept": None, "clear_part_kept": None}
-    kept = bool(obj["ok"] and obj["has_part"])
-    return {"agree": bool(obj["ok"] and obj["colour"] == v["colour"] and obj["shape"] == v["shape"]),
-            "part_kept": kept if v["has_part"] else None,
-            "clear_part_kept": kept if shows_clear_part(views) else None}
-
-
-# ----------------------------------------------------------------------------------------------------- image readings
-def _png_tiles(path: Path, cols: int, n: int) -> torch.Tensor:
-    """(n, 3, s, s) in [0, 1]: the first n square tiles of a PNG grid of `cols` columns without padding."""
-    import numpy as np
-    from PIL import Image
-
-    arr = np.asarray(Image.open(path).convert("RGB"))
-    s = arr.shape[1] // cols
-    tiles = [arr[(k // cols) * s:(k // cols + 1) * s, (k % cols) * s:(k % cols + 1) * s] for k in range(n)]
-    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def image_readings(out: str | Path, views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]], reader
-                   ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """Two readings from the saved 8-bit images that do not rest on the reader's labels of the object:
-    - per learned 4-view sample, `mirror_same`: does the reader read the sample mirrored left-right (a mirror keeps
-      every shape's label) as the colour and shape it read the sample as? The labels' own repeatability on these
-      samples: about what `agree` can reach when an object is its sample, pixel for pixel;
-    - per learned object, `own_nearest`: of the learned 4-view samples of its reference set and learning seed in
-      `views`, is its own the nearest to the object's renders at the sample's cameras (mean squared RGB difference
-      over the 4 views)? What a user who picked one of those previews gets; chance 1 / (number of samples).
-    Returns copies of the records with these keys (left out where a record's image is missing)."""
-    samples: Dict[Tuple[str, int], Dict[str, torch.Tensor]] = {}  # (reference set, seed) -> {item: (4, 3, s, s)}
-    views_out = []
-    for v in views:
-        v = dict(v)
-        png = _views_path(out, v["part"], v["item"], v["seed"]).with_suffix(".png")
-        if v["part"] == "learned" and png.is_file():
-            sample = _png_tiles(png, 2, 4)
-            samples.setdefault((_split_key(v["item"])[0], v["seed"]), {})[v["item"]] = sample
-            if v["reading"]["ok"]:
-                r = reader.read_views(sample.flip(-1), 4)[0]
-                v["mirror_same"] = bool(r.ok and (r.colour, r.shape) == (v["reading"]["colour"],
-                                                                          v["reading"]["shape"]))
-        views_out.append(v)
-    order = torch.empty(len(SEEN), dtype=torch.long)
-    order[list(SEEN_VIEWS)] = torch.arange(len(SEEN))  # the seen frames in the sample's view order
-    objects_out = []
-    for o in objects:
-        o = dict(o)
-        png = _object_path(out, o["arm"], o["part"], o["item"], o["seed"]).with_suffix(".png")
-        pool = samples.get((_split_key(o["item"])[0], o["seed"]), {}) if o["part"] == "learned" else {}
-        if png.is_file() and o["item"] in pool:
-            seen = _png_tiles(png, 4, len(SEEN))
-            dist = {key: float(((seen[order] - s) ** 2).mean()) for key, s in pool.items()}
-            o["own_nearest"] = min(dist, key=dist.__getitem__) == o["item"]
-        objects_out.append(o)
-    return views_out, objects_out
-
-
-def _rate(values: Sequence[Optional[bool]]) -> Optional[float]:
-    vals = [bool(v) for v in values if v is not None]
-    return statistics.fmean(vals) if vals else None
-
-
-def _ms(values: Sequence[Optional[float]], digits: int = 2) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "–"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
-
-
-def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:
-    """{row: {seed: {score: value}}}: rows "4-view samples" and every arm."""
-    by_key = {(v["part"], v["item"], v["seed"]): v for v in views}
-    out: Dict[str, Dict[int, Dict[str, Any]]] = {}
-    seeds = sorted({v["seed"] for v in views})
-    for r in seeds:
-        caps = [v for v in views if v["seed"] == r and v["part"] == "captions"]
-        fid = [fidelity(v["reading"], v["spec"]) for v in caps]
-        out.setdefault("4-view samples", {})[r] = {f"cap_{k}": _rate([f[k] for f in fid]) for k in
-                                                   ("colour", "shape", "part", "colour+shape")}
-        learned = [v for v in views if v["seed"] == r and v["part"] == "learned"]
-        out["4-view samples"][r]["parts_shown"] = _rate([v["reading"]["has_part"] for v in learned
-                                                         if v["reading"]["ok"]])
-        # the sample against itself mirrored (`image_readings`): how far its labels repeat
-        out["4-view samples"][r]["agree_seen"] = _rate([v.get("mirror_same") for v in learned])
-    for arm in dict.fromkeys(o["arm"] for o in objects):
-        for r in seeds:
-            objs = [o for o in objects if o["arm"] == arm and o["seed"] == r]
-            if not objs:
-                continue
-            row: Dict[str, Any] = {}
-            caps = [o for o in objs if o["part"] == "captions"]
-            for k in ("colour", "shape", "part", "colour+shape"):
-                row[f"cap_{k}"] = _rate([fidelity(o["seen"], by_key[("captions", o["item"], r)]["spec"])[k]
-                                         for o in caps]) if caps else None
-            for where in ("seen", "novel"):
-                ag = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in objs if o["part"] == "learned"]
-                row[f"agree_{where}"] = _rate([a["agree"] for a in ag])
-                row[f"parts_{where}"] = _rate([a["part_kept"] for a in ag])
-                row[f"clear_parts_{where}"] = _rate([a["clear_part_kept"] for a in ag])
-                agc = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in caps]
-                row[f"cap_agree_{where}"] = _rate([a["agree"] for a in agc])
-                # the parts a caption names and its 4-view sample shows: does the object keep them?
-                row[f"cap_parts_{where}"] = _rate([a["part_kept"] for a, o in zip(agc, caps)
-                                                   if by_key[("captions", o["item"], r)]["spec"]["has_part"]])
-            # seen views only: they have a sample to compare with
-            row["own_nearest"] = _rate([o.get("own_nearest") for o in objs if o["part"] == "learned"])
-            row["sds_steps"] = statistics.fmean(o["sds_steps"] for o in objs)
-            row["steps"] = statistics.fmean(o["sds_steps"] + o["anchor_steps"] for o in objs)
-            row["wall_s"] = statistics.fmean(o["wall_s"] for o in objs)
-            row["n"] = len(objs)
-            out.setdefault(arm, {})[r] = row
-    return out
-
-
-COLUMNS = [("cap_colour+shape", "captions: colour+shape"), ("cap_part", "captions: part"),
-           ("cap_parts_seen", "captions: parts kept"),
-           ("agree_seen", "learned: agree (seen)"), ("own_nearest", "learned: own sample nearest"),
-           ("agree_novel", "learned: agree (novel)"),
-           ("parts_seen", "learned: parts kept (seen)"), ("parts_novel", "parts kept (novel)"),
-           ("clear_parts_seen", "learned: clear parts kept (seen)"),
-           ("cap_agree_seen", "captions: agree (seen)"), ("sds_steps", "SDS steps"), ("steps", "steps"),
-           ("wall_s", "s / object")]
-
-
-def table(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -> str:
-    """Markdown: one row per arm (and the 4-view samples), mean ± std over seeds."""
-    sc = scores(views, objects)
-    lines = ["| | " + " | ".join(h for _, h in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-    for row, per_seed in sc.items():
-        cells = []
-        for key, _ in COLUMNS:
-            digits = 0 if key in ("sds_steps", "steps") else (1 if key == "wall_s" else 2)
-            cells.append(_ms([per_seed[r].get(key) for r in sorted(per_seed)], digits))
-        n = sum(v.get("n", 0) for v in per_seed.values())
-        lines.append(f"| {row}{f' ({n})' if n else ''} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _log(msg: str) -> None:
@@ -520,7 +343,7 @@ def selected(cfg: LiftConfig, rec: Dict[str, Any]) -> bool:
         return False
     if rec["part"] != "learned":
         return int(rec["item"][1:]) < cfg.n_captions
-    refset, j = _split_key(rec["item"])
+    refset, j = split_key(rec["item"])
     return refset in cfg.refsets and j < cfg.samples_per_set
 
 
@@ -552,5 +375,5 @@ def cli_run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["CLEAR_PART_VIEWS", "HELD_OUT", "LiftConfig", "SEEN_VIEWS", "agreement", "arm_settings", "fidelity",
-           "image_readings", "keep_clear_parts", "run_lift", "scores", "selected", "shows_clear_part", "table"]
+__all__ = ["HELD_OUT", "Item", "LiftConfig", "arm_settings", "keep_clear_parts", "learned_items", "run_lift",
+           "selected"]
