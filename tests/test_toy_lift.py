@@ -131,14 +131,17 @@ def test_lift_end_to_end_on_tiny_inputs(tmp_path):
 
 
 class _LeftDarkReader:
-    """Reads a box where the left half of an image is darker than the right, else a cylinder; always red."""
+    """Reads a box where the left half of an image is darker than the right, else a cylinder; always red. Shape
+    probabilities (box, cylinder, sphere): the darker half's share of the brightness, the rest, 0."""
 
     def read_views(self, images, num_views):
         from dreamdist3d.toyworld.attributes import Reading
 
         half = images.shape[-1] // 2
-        dark = float(images[..., :half].mean()) < float(images[..., half:].mean())
-        return [Reading(ok=True, colour="red", shape="box" if dark else "cylinder")]
+        left, right = float(images[..., :half].mean()), float(images[..., half:].mean())
+        box = right / (left + right)
+        return [Reading(ok=True, colour="red", shape="box" if left < right else "cylinder",
+                        shape_probs=[box, 1.0 - box, 0.0])]
 
 
 def test_image_readings_from_the_saved_pngs(tmp_path):
@@ -175,8 +178,19 @@ def test_image_readings_from_the_saved_pngs(tmp_path):
                {**obj("red-forms-1", "red-forms-1"), "arm": "sds10"}]  # no PNG under sds10: left out
     v2, o2 = image_readings(tmp_path, views, objects, _LeftDarkReader())
     assert [v.get("mirror_same") for v in v2] == [True, False, True]
+    # the margin: |left − right| / (left + right) of the saved 8-bit sample; the dark-left one reads clearly
+    margins = [v["shape_margin"] for v in v2]
+    assert margins[1] > 0.6 > max(margins[0], margins[2])
+    for v, s in zip(v2, samples.values()):
+        s8 = torch.round(s * 255) / 255
+        left, right = float(s8[..., :4].mean()), float(s8[..., 4:].mean())
+        assert v["shape_margin"] == pytest.approx(abs(left - right) / (left + right), abs=1e-5)
     assert [o.get("own_nearest") for o in o2] == [True, False, None]
     assert "own_nearest" not in objects[0]  # copies, the records are untouched
     sc = scores(v2, o2)
     assert sc["4-view samples"][0]["agree_seen"] == pytest.approx(2 / 3)
+    # read clearly: only red-forms-1 (a box), whose one object under hybrid150+0 is read a cylinder
+    assert sc["4-view samples"][0]["agree_clear"] == pytest.approx(1 / 3)
+    assert sc["hybrid150+0"][0]["agree_clear"] is None  # red-forms-1 has no hybrid object
+    assert sc["sds10"][0]["agree_clear"] == 0.0
     assert sc["hybrid150+0"][0]["own_nearest"] == 0.5 and sc["sds10"][0]["own_nearest"] is None

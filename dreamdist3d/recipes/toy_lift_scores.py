@@ -94,6 +94,8 @@ def image_readings(out: str | Path, views: Sequence[Dict[str, Any]], objects: Se
     - per learned 4-view sample, `mirror_same`: does the reader read the sample mirrored left-right (a mirror keeps
       every shape's label) as the colour and shape it read the sample as? The labels' own repeatability on these
       samples: about what `agree` can reach when an object is its sample, pixel for pixel;
+    - per learned 4-view sample, `shape_margin`: the reader's top-two shape probability margin on the sample (how
+      clearly the sample is one shape; `agree_clear` in `scores` counts the objects of samples read clearly);
     - per learned object, `own_nearest`: of the learned 4-view samples of its reference set and learning seed in
       `views`, is its own the nearest to the object's renders at the sample's cameras (mean squared RGB difference
       over the 4 views)? What a user who picked one of those previews gets; chance 1 / (number of samples).
@@ -107,6 +109,10 @@ def image_readings(out: str | Path, views: Sequence[Dict[str, Any]], objects: Se
             sample = _png_tiles(png, 2, 4)
             samples.setdefault((split_key(v["item"])[0], v["seed"]), {})[v["item"]] = sample
             if v["reading"]["ok"]:
+                r = reader.read_views(sample, 4)[0]
+                if r.ok and r.shape_probs:
+                    top = sorted(r.shape_probs, reverse=True)
+                    v["shape_margin"] = top[0] - (top[1] if len(top) > 1 else 0.0)
                 r = reader.read_views(sample.flip(-1), 4)[0]
                 v["mirror_same"] = bool(r.ok and (r.colour, r.shape) == (v["reading"]["colour"],
                                                                           v["reading"]["shape"]))
@@ -140,6 +146,19 @@ def _ms(values: Sequence[Optional[float]], digits: int = 2) -> str:
     return f"{statistics.fmean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
 
 
+# A learned 4-view sample is read clearly as one shape when the reader's top-two shape probabilities differ by at
+# least this much (`shape_margin`, read from its saved image). Set once, as the upper of the three bands first looked
+# at (< 0.3, 0.3-0.6, >= 0.6) on the held-out default's objects: about half the held-out samples; the lowest band is
+# where the reader cannot tell a boxy cylinder from a box on the sample itself.
+CLEAR_SHAPE_MARGIN = 0.6
+
+
+def _clear(v: Dict[str, Any]) -> Optional[bool]:
+    """Is a 4-view sample read clearly as one shape? None where it has no margin (unread or no image)."""
+    m = v.get("shape_margin")
+    return None if m is None else m >= CLEAR_SHAPE_MARGIN
+
+
 def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -> Dict[str, Dict[int, Dict[str, Any]]]:
     """{row: {seed: {score: value}}}: rows "4-view samples" and every arm."""
     by_key = {(v["part"], v["item"], v["seed"]): v for v in views}
@@ -155,6 +174,8 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
                                                          if v["reading"]["ok"]])
         # the sample against itself mirrored (`image_readings`): how far its labels repeat
         out["4-view samples"][r]["agree_seen"] = _rate([v.get("mirror_same") for v in learned])
+        # here: the share of the samples the reader reads clearly as one shape
+        out["4-view samples"][r]["agree_clear"] = _rate([_clear(v) for v in learned])
     for arm in dict.fromkeys(o["arm"] for o in objects):
         for r in seeds:
             objs = [o for o in objects if o["arm"] == arm and o["seed"] == r]
@@ -165,8 +186,9 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
             for k in ("colour", "shape", "part", "colour+shape"):
                 row[f"cap_{k}"] = _rate([fidelity(o["seen"], by_key[("captions", o["item"], r)]["spec"])[k]
                                          for o in caps]) if caps else None
+            learned_objs = [o for o in objs if o["part"] == "learned"]
             for where in ("seen", "novel"):
-                ag = [agreement(o[where], by_key[(o["part"], o["item"], r)]) for o in objs if o["part"] == "learned"]
+                ag = [agreement(o[where], by_key[("learned", o["item"], r)]) for o in learned_objs]
                 row[f"agree_{where}"] = _rate([a["agree"] for a in ag])
                 row[f"parts_{where}"] = _rate([a["part_kept"] for a in ag])
                 row[f"clear_parts_{where}"] = _rate([a["clear_part_kept"] for a in ag])
@@ -176,7 +198,10 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
                 row[f"cap_parts_{where}"] = _rate([a["part_kept"] for a, o in zip(agc, caps)
                                                    if by_key[("captions", o["item"], r)]["spec"]["has_part"]])
             # seen views only: they have a sample to compare with
-            row["own_nearest"] = _rate([o.get("own_nearest") for o in objs if o["part"] == "learned"])
+            sample_of = [by_key[("learned", o["item"], r)] for o in learned_objs]
+            row["agree_clear"] = _rate([agreement(o["seen"], v)["agree"] for o, v in zip(learned_objs, sample_of)
+                                        if _clear(v)])
+            row["own_nearest"] = _rate([o.get("own_nearest") for o in learned_objs])
             row["sds_steps"] = statistics.fmean(o["sds_steps"] for o in objs)
             row["steps"] = statistics.fmean(o["sds_steps"] + o["anchor_steps"] for o in objs)
             row["wall_s"] = statistics.fmean(o["wall_s"] for o in objs)
@@ -187,7 +212,8 @@ def scores(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) -
 
 COLUMNS = [("cap_colour+shape", "captions: colour+shape"), ("cap_part", "captions: part"),
            ("cap_parts_seen", "captions: parts kept"),
-           ("agree_seen", "learned: agree (seen)"), ("own_nearest", "learned: own sample nearest"),
+           ("agree_seen", "learned: agree (seen)"), ("agree_clear", "learned: agree (seen), samples read clearly"),
+           ("own_nearest", "learned: own sample nearest"),
            ("agree_novel", "learned: agree (novel)"),
            ("parts_seen", "learned: parts kept (seen)"), ("parts_novel", "parts kept (novel)"),
            ("clear_parts_seen", "learned: clear parts kept (seen)"),
@@ -209,5 +235,5 @@ def table(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) ->
     return "\n".join(lines)
 
 
-__all__ = ["CLEAR_PART_VIEWS", "NOVEL", "SEEN", "SEEN_VIEWS", "TEST_VIEWS", "agreement", "fidelity", "image_readings",
-           "object_path", "scores", "shows_clear_part", "split_key", "table", "views_path"]
+__all__ = ["CLEAR_PART_VIEWS", "CLEAR_SHAPE_MARGIN", "NOVEL", "SEEN", "SEEN_VIEWS", "TEST_VIEWS", "agreement",
+           "fidelity", "image_readings", "object_path", "scores", "shows_clear_part", "split_key", "table", "views_path"]
