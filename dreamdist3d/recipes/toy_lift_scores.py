@@ -236,4 +236,5 @@ def table(views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]]) ->
 
 
 __all__ = ["CLEAR_PART_VIEWS", "CLEAR_SHAPE_MARGIN", "NOVEL", "SEEN", "SEEN_VIEWS", "TEST_VIEWS", "agreement",
-           "fidelity", "image_readings", "object_path", "scores", "shows_clear_part", "split_key", "table", "views_path"]
+           "fidelity", "image_readings", "object_path", "scores", "shows_clear_part", "split_key", "table",
+           "views_path"]
