@@ -118,7 +118,6 @@ class LearnConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0  # ≤ 0: no clipping
     snr_gamma: float = 5.0  # min-SNR γ (no +1 for v-prediction, as official); ≤ 0: unweighted
-    timestep_min: float = 0.0  # learn on timesteps ≥ this share of the schedule (the high-noise ones); 0 = all
     ortho_weight: float = 1e-3
     loss: str = "fast"  # fast (K prompts encoded once) | official (encoded per batch item, as train.py)
     seed: int = 0
@@ -257,7 +256,6 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
     stop = min(cfg.steps, cfg.max_steps) if cfg.max_steps > 0 else cfg.steps
     schedule = backbone.schedule
     n_train_t = schedule.num_train_timesteps
-    t_low = int(round(cfg.timestep_min * n_train_t))
     dim = backbone.text_encoder.hidden_size
     global_batch = cfg.batch_size * world
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
@@ -288,7 +286,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         # batch: items, mirror flags, timesteps, reparameterisation ε, latent posterior draws, diffusion noise
         idx = stream.take(global_batch, gen)
         flips = torch.rand(global_batch, generator=gen) < 0.5 if cache.flips == 2 else None
-        timesteps = torch.randint(t_low, n_train_t, (global_batch,), generator=gen)
+        timesteps = torch.randint(0, n_train_t, (global_batch,), generator=gen)
         eps, prompt_index = None, None
         if cfg.objective == "assign":
             choice = torch.randint(0, 2**31 - 1, (global_batch, cfg.n_samples), generator=gen)
@@ -428,8 +426,6 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
             raise bad(key, f"must be a finite number, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
         raise bad("lr", f"must be > 0, got {cfg.lr}")
-    if not 0.0 <= cfg.timestep_min < 1.0:
-        raise bad("timestep_min", f"must lie in [0, 1), got {cfg.timestep_min}")
     if cfg.ctx_init:  # every backbone here reads the same CLIP BPE: count now, before a checkpoint loads
         from dreamdist3d.text import ClipTokenizer
 
