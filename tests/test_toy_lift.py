@@ -74,7 +74,11 @@ def test_scores_by_hand():
     assert (row["cap_colour+shape"], row["cap_part"], row["agree_seen"], row["agree_novel"]) == (1.0, 0.0, 1.0, 0.0)
     assert (row["parts_seen"], row["clear_parts_seen"], row["wall_s"], row["n"]) == (1.0, 1.0, 3.0, 2)
     assert (row["cap_parts_seen"], row["cap_parts_novel"]) == (0.0, 1.0)  # the caption's part, shown by its sample
-    assert "| sds10 (2) | 1.00 | 0.00 | 0.00 | 1.00 | – | 0.00 |" in table(views, objects)
+    assert "| sds10 (2) | 1.00 | 0.00 | 0.00 | 1.00 | – | – | 0.00 |" in table(views, objects)  # no margins, no images
+    # agreement over the samples read clearly: the learned sample's margin decides whether its object counts
+    for margin, share, agree in ((0.7, 1.0, 1.0), (0.5, 0.0, None)):
+        sc = scores([views[0], {**views[1], "shape_margin": margin}], objects)
+        assert sc["4-view samples"][0]["agree_clear"] == share and sc["sds10"][0]["agree_clear"] == agree
 
 
 def test_clear_parts_only_and_the_table_selection():
