@@ -90,7 +90,7 @@ def _png_tiles(path: Path, cols: int, n: int) -> torch.Tensor:
 
 def image_readings(out: str | Path, views: Sequence[Dict[str, Any]], objects: Sequence[Dict[str, Any]], reader
                    ) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """Two readings from the saved 8-bit images that do not rest on the reader's labels of the object:
+    """Readings from the saved 8-bit images that do not rest on the reader's labels of the object:
     - per learned 4-view sample, `mirror_same`: does the reader read the sample mirrored left-right (a mirror keeps
       every shape's label) as the colour and shape it read the sample as? The labels' own repeatability on these
       samples: about what `agree` can reach when an object is its sample, pixel for pixel;
