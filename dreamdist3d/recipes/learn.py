@@ -119,9 +119,6 @@ class LearnConfig:
     max_grad_norm: float = 1.0  # ≤ 0: no clipping
     snr_gamma: float = 5.0  # min-SNR γ (no +1 for v-prediction, as official); ≤ 0: unweighted
     ortho_weight: float = 1e-3
-    # > 0: after each step, a context vector longer than this multiple of the median token-embedding norm is scaled
-    # back to it (keeps learned tokens as long as words); 0 = off
-    ctx_max_norm: float = 0.0
     loss: str = "fast"  # fast (K prompts encoded once) | official (encoded per batch item, as train.py)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -260,8 +257,6 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
     schedule = backbone.schedule
     n_train_t = schedule.num_train_timesteps
     dim = backbone.text_encoder.hidden_size
-    norm_cap = cfg.ctx_max_norm * float(backbone.text_encoder.token_embedding.weight.detach().float().norm(dim=-1)
-                                        .median())
     global_batch = cfg.batch_size * world
     mine = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)
     last_ckpt = ckpt_path
@@ -336,9 +331,6 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         with _sigint_held():  # a Ctrl-C here would leave ctx and the AdamW moments half-updated
             scaler.step(opt)
             scaler.update()
-            if norm_cap > 0:
-                with torch.no_grad():
-                    ctx.mul_((norm_cap / ctx.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
             step += 1
             pending = False
             for k, v in (("step", step), ("loss", loss_value.item()), ("mse", out.mse.item()),
@@ -434,8 +426,6 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
             raise bad(key, f"must be a finite number, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
         raise bad("lr", f"must be > 0, got {cfg.lr}")
-    if cfg.ctx_max_norm < 0:
-        raise bad("ctx_max_norm", f"must be ≥ 0 (0 = off), got {cfg.ctx_max_norm}")
     if cfg.ctx_init:  # every backbone here reads the same CLIP BPE: count now, before a checkpoint loads
         from dreamdist3d.text import ClipTokenizer
 

@@ -60,8 +60,8 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "softmin+lowrank": {"objective": "softmin", "covariance": "lowrank"},
     "assign+lowrank": {"objective": "assign", "covariance": "lowrank"},
     "assign+kernel": {"objective": "assign", "covariance": "kernel"},
-    # #28 candidate: learned tokens kept as long as words (ctx norm ≤ 1.25 × the median token-embedding norm)
-    "assign-norm+kernel": {"objective": "assign", "covariance": "kernel", "ctx_max_norm": 1.25},
+    # #28 candidate: twice the context tokens, room to bind a colour to the body and another to the part
+    "assign-ctx8+kernel": {"objective": "assign", "covariance": "kernel", "n_ctx": 8},
     "K=1": {"objective": "official", "covariance": "diag", "n_prompts": 1},
     "captions+diag": None,  # calibration: the references' exact captions as the K prompts
     "captions+lowrank": None,
@@ -179,9 +179,9 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
     points: Optional[torch.Tensor] = None  # (K, 77, D) the prompts themselves
     settings = ARMS[arm]
     if settings is not None:
-        extra = {k: v for k, v in settings.items() if k not in ("objective", "covariance", "n_prompts")}
+        extra = {k: v for k, v in settings.items() if k not in ("objective", "covariance", "n_prompts", "n_ctx")}
         res = learn_distribution(backbone, refs, folder / "learn", name=f"{arm}-s{seed}".replace("+", "_").replace("=", ""),
-                                 n_prompts=settings.get("n_prompts", cfg.n_prompts), n_ctx=cfg.n_ctx, steps=cfg.steps,
+                                 n_prompts=settings.get("n_prompts", cfg.n_prompts), n_ctx=settings.get("n_ctx", cfg.n_ctx), steps=cfg.steps,
                                  lr=cfg.lr, batch_size=cfg.batch_size, n_samples=cfg.n_samples, seed=seed,
                                  progress=cfg.progress, objective=settings["objective"],
                                  covariance=settings["covariance"], ctx_init=cfg.ctx_init, **extra)
