@@ -270,8 +270,22 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
         sample = PromptSample.load(tmp_path / "arms" / "work3d-picked" / "warm-cones-cylinders" / folder / "runs"
                                    / f"seed{s}" / "prompt_sample.safetensors")
         assert sample.meta["covariance"] == ("diag" if folder == "K=1" else "lowrank")
-    text = table(recs + rec3d + picked)
-    assert text.count("| warm-cones-cylinders |") == 7 and " ± " in text
+    # --scale: every law sampled at γ; learned arms scored from their γ 1 runs' files (nothing learned again), kept
+    # apart; K=1 has no spread, so its samples and scores are γ 1's exactly
+    half = run_arms(replace(cfg, scale=0.5), backbone=bb, reader=reader)
+    assert sorted((tmp_path / "arms").rglob("distribution.safetensors")) == learned_before
+    assert {r["scale"] for r in half} == {0.5} and len(half) == 6
+    assert len(list((tmp_path / "arms" / "runs-scale0.5").rglob("seed*.json"))) == 6
+    for r in half:
+        b = before[(r["arm"], r["seed"])]
+        assert r.get("distribution") == b.get("distribution")
+        if r["arm"] == "K=1":
+            assert r["colour_hist"] == b["colour_hist"] and r["in_dist"] == b["in_dist"]
+    with pytest.raises(ValueError, match="γ 1"):
+        run_arms_3d(replace(cfg, scale=0.5), backbone=bb, reader=reader)
+    text = table(recs + rec3d + picked + half)
+    assert text.count("| warm-cones-cylinders |") == 10 and " ± " in text
+    assert "| wta+lowrank (γ 0.5) | 2 |" in text
     # the colour measures, by hand: 3 red + 1 yellow against {red, orange, yellow, pink}
     reads = [Reading(True, colour="red")] * 3 + [Reading(True, colour="yellow"), Reading(False)]
     c = colour_scores(reads, ["red", "orange", "yellow", "pink"])

@@ -60,8 +60,6 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "softmin+lowrank": {"objective": "softmin", "covariance": "lowrank"},
     "assign+lowrank": {"objective": "assign", "covariance": "lowrank"},
     "assign+kernel": {"objective": "assign", "covariance": "kernel"},
-    # #28 candidate: twice the context tokens, room to bind a colour to the body and another to the part
-    "assign-ctx8+kernel": {"objective": "assign", "covariance": "kernel", "n_ctx": 8},
     "K=1": {"objective": "official", "covariance": "diag", "n_prompts": 1},
     "captions+diag": None,  # calibration: the references' exact captions as the K prompts
     "captions+lowrank": None,
@@ -99,6 +97,9 @@ class ArmsConfig:
     k: int = 5
     n_real: int = 64
     pick_blocks: int = 6  # `pick4`: blocks of PICK_FROM fresh samples, each decoded twice
+    # γ: every law sampled (samples and picks) at this scale; records of γ ≠ 1 are kept apart (`runs-scale<γ>/`) and
+    # a learned arm's record is scored from the learned file of its γ 1 run when there is one (nothing learned again)
+    scale: float = 1.0
     progress: bool = False
     n_3d: int = 0  # 3D runs per (set, arm, learning seed) after the 2D pass, read on 4 turntable views; 0 = none
     pick_3d: bool = False  # 3D pass: lift the n_3d most different of PICK_FROM candidates (the demo's default)
@@ -213,16 +214,19 @@ def learned_law(backbone, distribution: str, covariance: str):
 
 def score_law(cfg: ArmsConfig, backbone, reader, refset: str, law: PromptGaussian, points: Optional[torch.Tensor],
               seed: int, real: torch.Tensor) -> Dict[str, Any]:
-    """The 2D scores of one law: `cfg.n` samples of seed `seed`, its K prompts decoded one by one, and μ."""
+    """The 2D scores of one law at γ `cfg.scale`: `cfg.n` samples of seed `seed`, its K prompts (`points`, unscaled)
+    decoded one by one, and μ."""
     from dreamdist3d.recipes.toy_eval import score_readings
     from dreamdist3d.toyworld.refsets import get_refset
 
+    law = law.scaled(cfg.scale)
     rs = get_refset(refset)
     colours = list(rs.grammar.colours)
     samples = law.sample(cfg.n, seed=seed)
     images = _images(backbone, samples, cfg, seed)
     readings = reader.read(images)
-    record = {**score_readings(readings, rs.support, real, images, k=cfg.k), **colour_scores(readings, colours),
+    record = {"scale": cfg.scale, **score_readings(readings, rs.support, real, images, k=cfg.k),
+              **colour_scores(readings, colours),
               **shape_scores(readings, list(rs.grammar.shapes))}
     if points is not None and points.shape[0] > 1:
         pr = reader.read(_images(backbone, points, cfg, seed + 1))
@@ -262,6 +266,11 @@ def pick_scores(cfg: ArmsConfig, backbone, reader, rs, law: PromptGaussian, seed
 
 
 # ----------------------------------------------------------------------------------------------------- the sweep
+def runs_folder(scale: float) -> str:
+    """Where the 2D records of γ `scale` are cached, under the sweep's `out`."""
+    return "runs" if scale == 1.0 else f"runs-scale{scale:g}"
+
+
 def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False) -> List[Dict[str, Any]]:
     """Every (refset, arm, seed) not yet cached; returns all cached records of the config. `resample`: cached runs
     are scored again, a learned arm from its learned file (nothing is learned again)."""
@@ -278,19 +287,21 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False
         real = None
         for seed in cfg.seeds:
             for arm in cfg.arms:
-                path = out / "runs" / refset / arm / f"seed{seed}.json"
+                path = out / runs_folder(cfg.scale) / refset / arm / f"seed{seed}.json"
                 cached = json.loads(path.read_text()) if path.is_file() else None
                 if cached is not None and not resample:
                     records.append(cached)
                     continue
+                base = out / "runs" / refset / arm / f"seed{seed}.json"  # γ ≠ 1: the γ 1 run's learned file
+                source = cached if cached is not None or not base.is_file() else json.loads(base.read_text())
                 backbone = backbone or load_backbone(f"toy:{cfg.weights}", config_key="weights")
                 reader = reader or get_reader(cfg.reader)
                 if real is None:
                     real = real_features(reader, get_refset(refset), cfg.n_real, 0)
-                if cached is not None and cached.get("distribution"):
+                if source is not None and source.get("distribution"):
                     t0 = time.perf_counter()
-                    law, points = learned_law(backbone, cached["distribution"], ARMS[arm]["covariance"])
-                    rec = {**cached, **score_law(cfg, backbone, reader, refset, law, points, seed, real),
+                    law, points = learned_law(backbone, source["distribution"], ARMS[arm]["covariance"])
+                    rec = {**source, **score_law(cfg, backbone, reader, refset, law, points, seed, real),
                            "rescore_s": round(time.perf_counter() - t0, 1)}
                 else:
                     rec = run_one(cfg, backbone, reader, refset, arm, seed, out / "work" / refset, real)
@@ -318,6 +329,8 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None, runner=None) -> Lis
     from dreamdist3d.sample2d.pick import pick_seeds
     from dreamdist3d.toyworld.refsets import get_refset
 
+    if cfg.scale != 1.0:
+        raise ValueError(f"the 3D pass draws its objects at γ 1; got scale {cfg.scale:g}: run --n-3d without --scale")
     out = Path(cfg.out)
     kind, runs_dir, work_dir = ("3D, picked", "runs3d-picked", "work3d-picked") if cfg.pick_3d else ("3D", "runs3d", "work3d")
     records, failed = [], {}
@@ -379,14 +392,16 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None, runner=None) -> Lis
 def table(records: Sequence[Dict[str, Any]]) -> str:
     """Markdown: one row per (refset, arm), mean ± std over seeds, plus μ's colours and the prompts' colours."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["refset"], r["arm"]), []).append(r)
+    for r in records:  # γ ≠ 1 rows are their own: "<arm> (γ 0.8)"
+        scale = float(r.get("scale", 1.0))
+        groups.setdefault((r["refset"], r["arm"] + ("" if scale == 1.0 else f" (γ {scale:g})")), []).append(r)
     cols = ("refset", "arm", "seeds", *SCORES, "μ colour", "decoded prompts (seed 0)")
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     order = {a: i for i, a in enumerate(ARMS)}
     order.update({f"{a} (3D)": 100 + i for i, a in enumerate(ARMS)})
     order.update({f"{a} (3D, picked)": 200 + i for i, a in enumerate(ARMS)})
-    for (refset, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+    for (refset, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1].split(" (γ")[0], 99),
+                                                                    kv[0][1])):
         cells = [refset, arm, str(len(rs))]
         for key in SCORES:
             vals = [float(r[key]) for r in rs if r.get(key) is not None and not math.isnan(float(r[key]))]
@@ -427,6 +442,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --n-3d: lift the N most different of 16 candidate samples (the demo's default), rows "
                         "'<arm> (3D, picked)'")
     p.add_argument("--steps-3d", type=int, default=d.steps_3d, help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
+    p.add_argument("--scale", type=float, default=d.scale,
+                   help="γ: sample every arm at this scale (default 1); rows '<arm> (γ G)', learned arms scored from "
+                        "the learned files of their γ 1 runs where cached (2D scores only)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--table-only", action="store_true", help="print the table of the cached runs and stop")
     p.add_argument("--resample", action="store_true",
@@ -437,12 +455,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def cli_run(args: argparse.Namespace, runner=None) -> int:
     """`runner`: where the 3D objects are made (`--ray`); None: here, one after another."""
+    from dreamdist3d.distribution.gaussian import check_scale
+
+    check_scale(args.scale, "--scale γ")  # before anything loads
     if args.threads:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
     cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
                      steps=args.steps, n_prompts=args.n_prompts, ctx_init=args.ctx_init, n=args.n, n_3d=args.n_3d,
-                     steps_3d=args.steps_3d, pick_3d=args.pick_3d)
+                     steps_3d=args.steps_3d, pick_3d=args.pick_3d, scale=args.scale)
     rc, cached = 0, lambda: [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     if args.table_only:
         recs = cached()
@@ -461,4 +482,4 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
 
 
 __all__ = ["ARMS", "ArmsConfig", "PICKS", "encode_captions", "colour_scores", "learned_law", "run_arms", "run_arms_3d",
-           "run_one", "pick_scores", "score_law", "shape_scores", "table"]
+           "run_one", "pick_scores", "runs_folder", "score_law", "shape_scores", "table"]
