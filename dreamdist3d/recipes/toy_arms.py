@@ -182,8 +182,9 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
     if settings is not None:
         extra = {k: v for k, v in settings.items() if k not in ("objective", "covariance", "n_prompts", "n_ctx")}
         res = learn_distribution(backbone, refs, folder / "learn", name=f"{arm}-s{seed}".replace("+", "_").replace("=", ""),
-                                 n_prompts=settings.get("n_prompts", cfg.n_prompts), n_ctx=settings.get("n_ctx", cfg.n_ctx), steps=cfg.steps,
-                                 lr=cfg.lr, batch_size=cfg.batch_size, n_samples=cfg.n_samples, seed=seed,
+                                 n_prompts=settings.get("n_prompts", cfg.n_prompts),
+                                 n_ctx=settings.get("n_ctx", cfg.n_ctx), steps=cfg.steps, lr=cfg.lr,
+                                 batch_size=cfg.batch_size, n_samples=cfg.n_samples, seed=seed,
                                  progress=cfg.progress, objective=settings["objective"],
                                  covariance=settings["covariance"], ctx_init=cfg.ctx_init, **extra)
         record["ctx_init"] = cfg.ctx_init
