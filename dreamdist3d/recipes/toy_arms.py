@@ -180,13 +180,10 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
     points: Optional[torch.Tensor] = None  # (K, 77, D) the prompts themselves
     settings = ARMS[arm]
     if settings is not None:
-        extra = {k: v for k, v in settings.items() if k not in ("objective", "covariance", "n_prompts", "n_ctx")}
+        keys = {"n_prompts": cfg.n_prompts, "n_ctx": cfg.n_ctx, **settings}  # an arm's settings override the sweep's
         res = learn_distribution(backbone, refs, folder / "learn", name=f"{arm}-s{seed}".replace("+", "_").replace("=", ""),
-                                 n_prompts=settings.get("n_prompts", cfg.n_prompts),
-                                 n_ctx=settings.get("n_ctx", cfg.n_ctx), steps=cfg.steps, lr=cfg.lr,
-                                 batch_size=cfg.batch_size, n_samples=cfg.n_samples, seed=seed,
-                                 progress=cfg.progress, objective=settings["objective"],
-                                 covariance=settings["covariance"], ctx_init=cfg.ctx_init, **extra)
+                                 steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, n_samples=cfg.n_samples,
+                                 seed=seed, progress=cfg.progress, ctx_init=cfg.ctx_init, **keys)
         record["ctx_init"] = cfg.ctx_init
         record["loss_last20"] = statistics.fmean(res.history["loss"][-20:])
         record["distribution"] = str(res.distribution)
@@ -394,16 +391,15 @@ def table(records: Sequence[Dict[str, Any]]) -> str:
     """Markdown: one row per (refset, arm), mean ± std over seeds, plus μ's colours and the prompts' colours."""
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for r in records:  # γ ≠ 1 rows are their own: "<arm> (γ 0.8)"
-        scale = float(r.get("scale", 1.0))
-        groups.setdefault((r["refset"], r["arm"] + ("" if scale == 1.0 else f" (γ {scale:g})")), []).append(r)
+        groups.setdefault((r["refset"], r["arm"], float(r.get("scale", 1.0))), []).append(r)
     cols = ("refset", "arm", "seeds", *SCORES, "μ colour", "decoded prompts (seed 0)")
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     order = {a: i for i, a in enumerate(ARMS)}
     order.update({f"{a} (3D)": 100 + i for i, a in enumerate(ARMS)})
     order.update({f"{a} (3D, picked)": 200 + i for i, a in enumerate(ARMS)})
-    for (refset, arm), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1].split(" (γ")[0], 99),
-                                                                    kv[0][1])):
-        cells = [refset, arm, str(len(rs))]
+    for (refset, arm, scale), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99),
+                                                                           kv[0][2] != 1.0, kv[0][2])):
+        cells = [refset, arm + ("" if scale == 1.0 else f" (γ {scale:g})"), str(len(rs))]
         for key in SCORES:
             vals = [float(r[key]) for r in rs if r.get(key) is not None and not math.isnan(float(r[key]))]
             if not vals:
