@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamdist3d.backbones.schedule import NoiseSchedule
-from dreamdist3d.distribution.gaussian import KERNEL_BANDWIDTH, check_covariance, prompt_factor
+from dreamdist3d.distribution.gaussian import check_covariance, prompt_factor
 
 LOSS_MODES = ("fast", "official")
 OBJECTIVES = ("official", "wta", "softmin", "assign")
@@ -72,8 +72,7 @@ class LossOutput:
 def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covariance: str = "diag",
                         prompt_index: Optional[torch.Tensor] = None):
     """(context (B, R, 77, D), ortho scalar) from the learner's K prompts and the noise `eps`: (B, R, 77, D) for diag,
-    (B, R, K) for lowrank. With `prompt_index` (B, R) long (objective `assign`) row (b, r) is prompt h_k itself, or,
-    when `eps` (B, R, K) is given too, the kernel law's draw around it: μ + √(1−b²)(h_k − μ) + b·Σ_j a_j F_j."""
+    (B, R, K) for lowrank. With `prompt_index` (B, R) long (objective `assign`) row (b, r) is prompt h_k itself."""
     if mode not in LOSS_MODES:
         raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {mode!r}")
     check_covariance(covariance)
@@ -81,12 +80,7 @@ def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covarian
     if mode == "fast":
         hidden, pooled = learner.encode()  # (K, 77, D), (K, D): the K prompts, once
         if prompt_index is not None:
-            if eps is None:
-                return hidden[prompt_index], learner.orthogonal_loss(pooled)
-            b, mean = KERNEL_BANDWIDTH, hidden.mean(0)
-            around = mean + math.sqrt(1.0 - b * b) * (hidden[prompt_index] - mean)  # (B, R, 77, D)
-            noise = b * torch.einsum("brk,kld->brld", eps.to(hidden), prompt_factor(hidden))
-            return around + noise, learner.orthogonal_loss(pooled)
+            return hidden[prompt_index], learner.orthogonal_loss(pooled)
         if covariance == "diag":
             mean, std = learner.moments(hidden)  # (77, D) each
             context = mean + eps.to(mean) * std  # (B, R, 77, D)
@@ -99,8 +93,6 @@ def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covarian
     hidden = learner.text_encoder(x.repeat(b, 1, 1), add_position=True).view(b, k, *x.shape[1:])  # (B, K, 77, D)
     pooled = hidden[:, :, eos]  # (B, K, D)
     if prompt_index is not None:
-        if eps is not None:
-            raise ValueError("kernel draws around assigned prompts are implemented in loss mode 'fast' only")
         return hidden.gather(1, prompt_index[..., None, None].expand(-1, -1, *hidden.shape[2:])), \
             learner.orthogonal_loss(pooled)
     mean = hidden.mean(1)  # (B, 77, D)
@@ -163,9 +155,8 @@ def distribution_loss(
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if (objective == "assign") != (prompt_index is not None):
-        raise ValueError("objective 'assign' takes prompt_index (B, R) (and eps (B, R, K) for kernel draws around "
-                         "its prompts); the others take eps")
-    bsz, r = (prompt_index if prompt_index is not None else eps).shape[:2]
+        raise ValueError("objective 'assign' takes prompt_index (B, R) instead of eps; the others take eps")
+    bsz, r = (eps if eps is not None else prompt_index).shape[:2]
     multiview = latents.ndim == 5
     views = latents.shape[1] if multiview else 1
     chw = latents.shape[-3:]

@@ -106,9 +106,6 @@ class LearnConfig:
     # assign + kernel won on the held-out toy sets (README, "The toy world"); the paper: official + diag
     objective: str = "assign"  # assign | official (the paper) | wta | softmin (see learn/loss.py)
     covariance: str = "kernel"  # sampling law recorded in the file: kernel | lowrank | diag (the paper)
-    # #28 candidate: assign trains the kernel law's draws around each image's prompt (what sampling visits), not the
-    # prompt alone
-    assign_kernel_draws: bool = False
     objective_delta: float = 0.1  # wta: weight of the mean over the R samples
     objective_tau: float = 0.1  # softmin: temperature relative to the image's mean loss
     batch_size: int = 4  # per process
@@ -293,8 +290,6 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         eps, prompt_index = None, None
         if cfg.objective == "assign":
             choice = torch.randint(0, 2**31 - 1, (global_batch, cfg.n_samples), generator=gen)
-            if cfg.assign_kernel_draws:
-                eps = torch.randn((global_batch, cfg.n_samples, cfg.n_prompts), generator=gen)
         elif cfg.covariance == "diag":
             eps = torch.randn((global_batch, cfg.n_samples, backbone.text_encoder.max_length, dim), generator=gen)
         else:  # lowrank (and kernel, which learns as lowrank): one coefficient per prompt
@@ -304,7 +299,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         idx, timesteps, latents, noise = idx[mine], timesteps[mine], latents[mine], noise[mine]
         if eps is not None:
             eps = eps[mine].to(device)
-        if cfg.objective == "assign":
+        else:
             prompt_index = assigned_prompts(idx, choice[mine], cfg.n_prompts, len(refs)).to(device)
         cams = cache.cameras[idx.to(cache.cameras.device)] if multiview else None
 

@@ -60,10 +60,6 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "softmin+lowrank": {"objective": "softmin", "covariance": "lowrank"},
     "assign+lowrank": {"objective": "assign", "covariance": "lowrank"},
     "assign+kernel": {"objective": "assign", "covariance": "kernel"},
-    # #28 candidates: references mirrored at random, so a prompt cannot win by its image's exact silhouette; assign
-    # trained on the kernel law's draws around each prompt
-    "assign-flip+kernel": {"objective": "assign", "covariance": "kernel", "flip": True},
-    "assign-draws+kernel": {"objective": "assign", "covariance": "kernel", "assign_kernel_draws": True},
     "K=1": {"objective": "official", "covariance": "diag", "n_prompts": 1},
     "captions+diag": None,  # calibration: the references' exact captions as the K prompts
     "captions+lowrank": None,

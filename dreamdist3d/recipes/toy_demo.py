@@ -192,14 +192,14 @@ def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, Lis
 def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_prompts: int = 32, n_ctx: int = 4,
                        steps: int = DEFAULT_LEARN_STEPS, lr: float = 1e-3, batch_size: int = 4, n_samples: int = 4,
                        seed: int = 0, prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "assign",
-                       covariance: str = "kernel", ctx_init: str = "", flip: bool = False, **learn_keys):
-    """The learning recipe on a folder of toy references (2D mode, no previews; `flip`: random mirroring, off by
-    default) -> LearnResult; `learn_keys`: any other `LearnConfig` key."""
+                       covariance: str = "kernel", ctx_init: str = "", **learn_keys):
+    """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult;
+    `learn_keys`: any other `LearnConfig` key."""
     from dreamdist3d.recipes.learn import LearnConfig, learn
 
     cfg = LearnConfig(
         name=name, images=str(images_dir), mode="2d", backbone="toy",
-        flip=flip, n_ctx=n_ctx, n_prompts=n_prompts, prefix=prefix, n_samples=n_samples, batch_size=batch_size,
+        flip=False, n_ctx=n_ctx, n_prompts=n_prompts, prefix=prefix, n_samples=n_samples, batch_size=batch_size,
         steps=steps, lr=lr, seed=seed, device=device, checkpoint_every=steps, keep_checkpoints=1, preview_every=0,
         out_dir=str(out_dir), progress=progress, objective=objective, covariance=covariance, ctx_init=ctx_init,
         **learn_keys,
