@@ -223,7 +223,9 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     bb = load_backbone(f"toy:{tiny_weights}")
     cfg = ArmsConfig(refsets=["warm-cones-cylinders"], arms=["wta+lowrank", "captions+lowrank", "K=1"], seeds=[0, 1],
                      out=str(tmp_path / "arms"), n=4, steps=2, n_prompts=4, batch_size=2, n_samples=2, sample_steps=2,
-                     n_real=24, n_3d=1, steps_3d=2, pick_blocks=2)
+                     n_real=24, n_3d=1, steps_3d=2, pick_blocks=2,
+                     overrides_3d=["system.anchor.sampler_steps=2", "system.anchor.refine_steps=2",
+                                   "data.n_test_views=8"])
     recs = run_arms(cfg, backbone=bb, reader=reader)
     assert sorted((r["arm"], r["seed"]) for r in recs) == [(a, s) for a in ("K=1", "captions+lowrank", "wta+lowrank")
                                                              for s in (0, 1)]
@@ -256,6 +258,8 @@ def test_arms_end_to_end_on_tiny_inputs(tiny_weights, tmp_path, capsys):
     rec3d = run_arms_3d(cfg, backbone=bb, reader=reader)
     assert sorted(r["arm"] for r in rec3d) == ["K=1 (3D)", "K=1 (3D)", "wta+lowrank (3D)", "wta+lowrank (3D)"]
     assert all(len(r["object_colours"]) == 1 for r in rec3d)
+    parsed = sorted((tmp_path / "arms" / "work3d").rglob("parsed.yaml"))  # the 3D overrides reached every run
+    assert len(parsed) == 4 and all("n_test_views: 8" in p.read_text() for p in parsed)
     # --pick-3d: the object is the most typical of 16 candidate seeds (one lifted), drawn with the arm's covariance
     from dataclasses import replace
 

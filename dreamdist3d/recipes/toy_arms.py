@@ -105,6 +105,7 @@ class ArmsConfig:
     pick_3d: bool = False  # 3D pass: lift the n_3d most different of PICK_FROM candidates (the demo's default)
     steps_3d: Optional[int] = None  # steps per 3D run (None: configs/toy/toy-3d.yaml's, anchored)
     config_3d: str = "configs/toy/toy-3d.yaml"
+    overrides_3d: List[str] = field(default_factory=list)  # extra key=value for every 3D run (as the demo's)
 
 
 # ----------------------------------------------------------------------------------------------------- colour measures
@@ -363,8 +364,8 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None, runner=None) -> Lis
                 try:
                     views = objects_3d(backbone, dist, out / work_dir / refset / arm.replace("+", "_"), seeds,
                                        cfg.config_3d, cfg.steps_3d,
-                                       overrides=[f"system.prompt_processor.covariance={covariance}"], runner=runner,
-                                       weights=cfg.weights)
+                                       overrides=[f"system.prompt_processor.covariance={covariance}", *cfg.overrides_3d],
+                                       runner=runner, weights=cfg.weights)
                 except ObjectsFailedError as e:  # the other records still run; this one is retried by a rerun
                     failed.update(e.failed)
                     continue
@@ -439,6 +440,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --n-3d: lift the N most different of 16 candidate samples (the demo's default), rows "
                         "'<arm> (3D, picked)'")
     p.add_argument("--steps-3d", type=int, default=d.steps_3d, help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
+    p.add_argument("--override-3d", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --n-3d: a key=value of the 3D config for every run, repeatable (cached runs are not "
+                        "checked against it: give each value its own --out)")
     p.add_argument("--scale", type=float, default=d.scale,
                    help="γ: sample every arm at this scale (default 1); rows '<arm> (γ G)', learned arms scored from "
                         "the learned files of their γ 1 runs where cached (2D scores only)")
@@ -460,7 +464,8 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
     d = ArmsConfig()
     cfg = ArmsConfig(refsets=args.refset or d.refsets, arms=args.arm or d.arms, seeds=list(args.seeds), out=args.out,
                      steps=args.steps, n_prompts=args.n_prompts, ctx_init=args.ctx_init, n=args.n, n_3d=args.n_3d,
-                     steps_3d=args.steps_3d, pick_3d=args.pick_3d, scale=args.scale)
+                     steps_3d=args.steps_3d, pick_3d=args.pick_3d, scale=args.scale,
+                     overrides_3d=list(args.override_3d))
     rc, cached = 0, lambda: [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     if args.table_only:
         recs = cached()
