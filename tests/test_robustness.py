@@ -438,3 +438,12 @@ def test_resume_with_another_text_encoder_says_which_in_one_line(tmp_path):
         learn(small(tmp_path, steps=4), backbone=tiny_toy_backbone(resolution=8, seed=1), resume=str(first.run_dir))
     msg = str(e.value)
     assert "\n" not in msg and msg.count("hidden 32, 2 layers, vocab 49408, weights ") == 2, msg
+
+
+def test_toyworld_arms_refuses_a_3d_override_without_a_value_before_anything_runs(tmp_path, capsys):
+    """A bad --override-3d would otherwise surface at the first 3D run, after the whole 2D pass."""
+    out = tmp_path / "arms"
+    assert main(["toyworld", "arms", "--override-3d", "data.n_test_views", "--n-3d", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--override-3d takes KEY=VALUE" in err and "data.n_test_views" in err
+    assert not out.exists()  # nothing learned, nothing written

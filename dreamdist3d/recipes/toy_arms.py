@@ -459,6 +459,9 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
     from dreamdist3d.distribution.gaussian import check_scale
 
     check_scale(args.scale, "--scale γ")  # before anything loads
+    bad = [o for o in args.override_3d if "=" not in o]
+    if bad:
+        raise ValueError(f"--override-3d takes KEY=VALUE (a key of {ArmsConfig().config_3d}), got {bad}")
     if args.threads:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
