@@ -107,6 +107,12 @@ class ArmsConfig:
     config_3d: str = "configs/toy/toy-3d.yaml"
     overrides_3d: List[str] = field(default_factory=list)  # extra key=value for every 3D run (as the demo's)
 
+    def __post_init__(self):  # a bad override would otherwise surface at the first 3D run, after the 2D pass
+        bad = [o for o in self.overrides_3d if "=" not in o]
+        if bad:
+            raise ValueError(f"--override-3d takes KEY=VALUE (ArmsConfig.overrides_3d: keys of {self.config_3d}), "
+                             f"got {bad}")
+
 
 # ----------------------------------------------------------------------------------------------------- colour measures
 def colour_scores(readings: Sequence[Any], colours: Sequence[str]) -> Dict[str, Any]:
@@ -291,7 +297,7 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False
                 if cached is not None and not resample:
                     records.append(cached)
                     continue
-                base = out / "runs" / refset / arm / f"seed{seed}.json"  # γ ≠ 1: the γ 1 run's learned file
+                base = out / runs_folder(1.0) / refset / arm / f"seed{seed}.json"  # γ ≠ 1: the γ 1 run's learned file
                 source = cached if cached is not None or not base.is_file() else json.loads(base.read_text())
                 backbone = backbone or load_backbone(f"toy:{cfg.weights}", config_key="weights")
                 reader = reader or get_reader(cfg.reader)
@@ -337,7 +343,7 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None, runner=None) -> Lis
         rs, real = get_refset(refset), None
         for seed in cfg.seeds:
             for arm in cfg.arms:
-                src = out / "runs" / refset / arm / f"seed{seed}.json"
+                src = out / runs_folder(1.0) / refset / arm / f"seed{seed}.json"
                 path = out / runs_dir / refset / arm / f"seed{seed}.json"
                 if ARMS.get(arm) is None or not src.is_file():
                     continue
@@ -459,9 +465,6 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
     from dreamdist3d.distribution.gaussian import check_scale
 
     check_scale(args.scale, "--scale γ")  # before anything loads
-    bad = [o for o in args.override_3d if "=" not in o]
-    if bad:
-        raise ValueError(f"--override-3d takes KEY=VALUE (a key of {ArmsConfig().config_3d}), got {bad}")
     if args.threads:
         torch.set_num_threads(int(args.threads))
     d = ArmsConfig()
