@@ -111,3 +111,48 @@ def test_fast_equals_official_in_multiview_layout():
     torch.testing.assert_close(cam_rows[row(1, 0, 2)], cams[1, 2], atol=0, rtol=0)
     torch.testing.assert_close(c_rows[row(1, 2, 0)], c_rows[row(1, 2, 3)], atol=0, rtol=0)
     assert (c_rows[row(1, 2, 0)] - c_rows[row(1, 1, 0)]).abs().max() > 1e-3  # each r its own sample
+
+
+def test_assign_runs_each_drawn_prompt_once_per_image_with_the_same_loss():
+    """`assign` in the fast arrangement: samples of one image that drew the same prompt are one denoiser row (4-view,
+    cameras), and loss, per-sample losses, kept predictions and the ctx gradient equal running every row (official)."""
+    from dreamdist3d.learn.loss import denoiser_rows
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
+
+    bb = tiny_toy_backbone(supports_camera=True)
+    rows = {}
+
+    def recording(mode):
+        def call(x, t, context, camera=None, num_frames=1):
+            rows[mode] = (t.clone(), context.detach().clone(), camera.clone())
+            return bb(x, t, context, camera=camera, num_frames=num_frames)
+        return call
+
+    g = torch.Generator().manual_seed(0)
+    B, F, R, K = 3, 4, 4, 5
+    lat, noise = torch.randn(B, F, 3, 8, 8, generator=g), torch.randn(B, F, 3, 8, 8, generator=g)
+    ts, cams = torch.tensor([10, 700, 300]), torch.randn(B, F, 16, generator=g)
+    index = torch.tensor([[0, 3, 0, 0], [1, 1, 1, 1], [2, 4, 4, 2]])  # 2 + 1 + 2 distinct (image, prompt) pairs
+    out = {}
+    for mode in ("official", "fast"):
+        pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=K,
+                           generator=torch.Generator().manual_seed(1))
+        res = distribution_loss(pl, recording(mode), bb.schedule, lat, noise, ts, None, cameras=cams, mode=mode,
+                                objective="assign", prompt_index=index, keep_pred=True)
+        res.total.backward()
+        out[mode] = (res, pl.ctx.grad.clone())
+    assert rows["official"][0].shape == (B * R * F,) and rows["fast"][0].shape == (5 * F,)
+    rows_b, rows_k, inverse = denoiser_rows(B, R, index, K)
+    assert rows_b.tolist() == [0, 0, 1, 2, 2] and rows_k.tolist() == [0, 3, 1, 2, 4]
+    assert inverse.view(B, R).tolist() == [[0, 1, 0, 0], [2, 2, 2, 2], [3, 4, 4, 3]]
+    t_fast, c_fast, cam_fast = rows["fast"]
+    assert t_fast[4 * F:].tolist() == [300] * F and torch.equal(cam_fast[2 * F:3 * F], cams[1])
+    t_all, c_all, _ = rows["official"]
+    torch.testing.assert_close(c_fast[4 * F], c_all[(2 * R + 1) * F], **F32)  # image 2's prompt 4
+    (fast, g_fast), (full, g_full) = out["fast"], out["official"]
+    torch.testing.assert_close(fast.total, full.total, atol=0, rtol=1e-6)
+    torch.testing.assert_close(fast.per_sample_mse, full.per_sample_mse, **F32)
+    torch.testing.assert_close(fast.model_pred, full.model_pred, **F32)
+    assert fast.model_pred.shape == (B, R, F, 3, 8, 8)
+    torch.testing.assert_close(g_fast, g_full, **F32)
+    assert g_full.abs().max() > 1e-6 and g_full[0].abs().max() > 0  # a real gradient, prompt 0 counted three times

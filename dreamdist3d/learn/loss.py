@@ -23,9 +23,11 @@ Covariance (`covariance`) is the law of the reparameterised samples: `diag` μ +
 learns as `lowrank`, its Gaussian part (with the default objective `assign` nothing is sampled while learning).
 
 `mode="official"` arranges the computation as the official train.py/PromptLearner do: the K prompts are stacked per
-batch item and run through the text encoder as B·K sequences, μ/σ/ortho per item. `mode="fast"` (ours) encodes the K
-prompts once (K sequences) and broadcasts μ, σ to the B items. Every item's prompts are identical, so the loss is the
-same number and the gradient equal up to float re-association (measured 2e-8 on |g|≈0.05).
+batch item and run through the text encoder as B·K sequences, μ/σ/ortho per item, and the denoiser runs all B·R
+rows. `mode="fast"` (ours) encodes the K prompts once (K sequences) and broadcasts μ, σ to the B items; under `assign`
+it also runs each distinct (image, prompt) row once (`denoiser_rows`: samples of one image that drew the same prompt
+are the same input). Every item's prompts are identical, so the loss is the same number and the gradient equal up to
+float re-association (measured 2e-8 on |g|≈0.05).
 """
 
 from __future__ import annotations
@@ -113,6 +115,22 @@ def assigned_prompts(image_index: torch.Tensor, choice: torch.Tensor, n_prompts:
     return image_index[:, None] + n_images * (choice % own[:, None])
 
 
+def denoiser_rows(bsz: int, r: int, prompt_index: Optional[torch.Tensor], n_prompts: int,
+                  device: Optional[torch.device] = None):
+    """Which (image, conditioning) rows the denoiser runs: (rows_b (U,), rows_k (U,) or None, inverse (B·R,)).
+
+    Without `prompt_index` every sample (b, r) is its own row (U = B·R, rows_k None). With it (objective `assign`)
+    samples of one image that drew the same prompt share the noisy input, timestep and conditioning, so they are one
+    row: U = the distinct (b, k) pairs, rows_k their prompts, and sample (b, r) reads row inverse[b·R + r]. The loss is
+    the same number (a row counts as often as it was drawn); an image with 1–3 prompts of its own (K=32, 12–20 images)
+    draws R=4 samples from them, so about half the rows were repeats."""
+    if prompt_index is None:
+        return torch.arange(bsz, device=device).repeat_interleave(r), None, torch.arange(bsz * r, device=device)
+    keys = (torch.arange(bsz, device=prompt_index.device)[:, None] * n_prompts + prompt_index).reshape(-1)
+    unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)  # sorted keys: still b-major
+    return unique // n_prompts, unique % n_prompts, inverse
+
+
 def reduce_objective(losses: torch.Tensor, objective: str, delta: float = 0.1, tau: float = 0.1) -> torch.Tensor:
     """losses ℓ (B, R) (weighted per-sample diffusion losses) → the scalar objective (see the module docstring)."""
     if objective in ("official", "assign"):
@@ -164,28 +182,31 @@ def distribution_loss(
         raise ValueError(f"batch mismatch: latents {tuple(latents.shape)}, timesteps {tuple(timesteps.shape)}, rows "
                          f"({bsz}, {r})")
 
-    context, ortho = prompt_conditioning(learner, eps, mode, covariance, prompt_index)  # (B, R, 77, D), scalar
+    rows_b, rows_k, inverse = denoiser_rows(bsz, r, prompt_index if mode == "fast" else None, learner.ctx.shape[0],
+                                            latents.device)
+    context, ortho = prompt_conditioning(learner, eps, mode, covariance, prompt_index if rows_k is None else rows_k)
+    context = context.reshape(-1, *context.shape[-2:])  # (U, 77, D): one per denoiser row
 
     noisy = schedule.add_noise(latents, noise, timesteps)  # (B, [F,] C, h, w)
     target = schedule.target(latents, noise, timesteps).float()
-    # b-major rows: (b, r, f)
-    x_rows = noisy.unsqueeze(1).expand(bsz, r, *noisy.shape[1:]).reshape(-1, *chw)
-    t_rows = timesteps[:, None, None].expand(bsz, r, views).reshape(-1)
-    c_rows = context.unsqueeze(2).expand(bsz, r, views, *context.shape[2:]).reshape(-1, *context.shape[2:])
-    cam_rows = None
-    if cameras is not None:
-        cam_rows = cameras.unsqueeze(1).expand(bsz, r, *cameras.shape[1:]).reshape(-1, cameras.shape[-1])
+    # rows (u, f), u in b-major order
+    x_rows = noisy[rows_b].reshape(-1, *chw)
+    t_rows = timesteps[rows_b].repeat_interleave(views)
+    c_rows = context.unsqueeze(1).expand(-1, views, *context.shape[1:]).reshape(-1, *context.shape[1:])
+    cam_rows = None if cameras is None else cameras[rows_b].reshape(-1, cameras.shape[-1])
     pred = denoiser(x_rows, t_rows, c_rows, camera=cam_rows, num_frames=views)
-    pred = pred.reshape(bsz, r, *latents.shape[1:]).float()  # (B, R, [F,] C, h, w)
+    pred = pred.reshape(len(rows_b), *latents.shape[1:]).float()  # (U, [F,] C, h, w)
 
-    per_sample = F.mse_loss(pred, target.unsqueeze(1).expand_as(pred), reduction="none")
-    per_sample = per_sample.mean(dim=tuple(range(2, per_sample.ndim)))  # (B, R)
+    per_row = F.mse_loss(pred, target[rows_b], reduction="none")
+    per_row = per_row.mean(dim=tuple(range(1, per_row.ndim)))  # (U,)
+    per_sample = per_row[inverse].view(bsz, r)  # (B, R): a row shared by n samples counts n times
     snr = official_snr(schedule.alphas_cumprod, timesteps.repeat_interleave(r))  # (B·R,), b-major as official
     weights = min_snr_weights(snr, snr_gamma).view(bsz, r)
     mse = reduce_objective(per_sample * weights, objective, objective_delta, objective_tau)
     total = mse + ortho_weight * ortho
-    return LossOutput(total, mse, ortho, per_sample.detach(), weights.detach(), pred.detach() if keep_pred else None)
+    kept = pred.detach()[inverse].view(bsz, r, *pred.shape[1:]) if keep_pred else None
+    return LossOutput(total, mse, ortho, per_sample.detach(), weights.detach(), kept)
 
 
-__all__ = ["LOSS_MODES", "OBJECTIVES", "LossOutput", "assigned_prompts", "distribution_loss", "min_snr_weights",
-           "official_snr", "prompt_conditioning", "reduce_objective"]
+__all__ = ["LOSS_MODES", "OBJECTIVES", "LossOutput", "assigned_prompts", "denoiser_rows", "distribution_loss",
+           "min_snr_weights", "official_snr", "prompt_conditioning", "reduce_objective"]
