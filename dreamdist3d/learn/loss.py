@@ -74,7 +74,8 @@ class LossOutput:
 def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covariance: str = "diag",
                         prompt_index: Optional[torch.Tensor] = None):
     """(context (B, R, 77, D), ortho scalar) from the learner's K prompts and the noise `eps`: (B, R, 77, D) for diag,
-    (B, R, K) for lowrank. With `prompt_index` (B, R) long (objective `assign`) row (b, r) is prompt h_k itself."""
+    (B, R, K) for lowrank. With `prompt_index` (objective `assign`; long, (B, R), or (U,) for the distinct rows of
+    `denoiser_rows` in the fast mode) each row is its prompt h_k itself: (B, R, 77, D) or (U, 77, D)."""
     if mode not in LOSS_MODES:
         raise ValueError(f"loss mode must be one of {LOSS_MODES}, got {mode!r}")
     check_covariance(covariance)
