@@ -2,8 +2,9 @@
 
 `learn()` is one loop, top to bottom: config → backbone → reference latents (encoded once) → prompt learner and
 AdamW → [resume] → for each step: draw a batch, noise, timesteps and reparameterisation ε from one seeded CPU
-generator; the loss of `learn/loss.py` (K prompts encoded once, B·R UNet rows, min-SNR γ=5 without +1, orthogonal
-term 0.001); backward; clip 1.0; AdamW; log / checkpoint / preview → final distribution file.
+generator; the loss of `learn/loss.py` (K prompts encoded once, B·R UNet rows — under `assign` each distinct
+image-prompt row once —, min-SNR γ=5 without +1, orthogonal term 0.001); backward; clip 1.0; AdamW; log /
+checkpoint / preview → final distribution file.
 
 Defaults are the official train.sh: n_ctx 4, K 32, 4 reparameterised samples, batch 4, 2000 steps, lr 1e-3 constant,
 AdamW β (0.9, 0.999), wd 1e-2, eps 1e-8, grad clip 1.0, checkpoint every 200. Differences from the official trainer
