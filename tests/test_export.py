@@ -196,11 +196,17 @@ def test_vertex_colour_fallback(tmp_path):
     for name in ("model.obj", "model.glb"):
         m = _load_mesh(tmp_path / name)
         assert (len(m.vertices), len(m.faces)) == (len(res.vertices), len(res.faces)), name
-        # trimesh reloads a GLB whose vertex colours come with a material as TextureVisuals + a "color" attribute
-        colours = m.visual.vertex_colors if m.visual.kind == "vertex" else m.visual.vertex_attributes["color"]
-        vc = np.asarray(colours)[:, :3].astype(float) / 255.0
+        if name == "model.obj":  # sRGB bytes, as rendered
+            vc = np.asarray(m.visual.vertex_colors)[:, :3].astype(float) / 255.0
+        else:  # glTF's COLOR_0 is linear: float32, reloaded by trimesh as a "color" attribute beside the material
+            linear = np.asarray(m.visual.vertex_attributes["color"], dtype=float)[:, :3]
+            vc = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)  # back to sRGB
+            assert np.abs(linear - vc).max() > 0.1  # stored linear, not the sRGB values themselves
         ref = field.albedo(torch.tensor(res.transform.invert(np.asarray(m.vertices)), dtype=torch.float32)).numpy()
         assert np.abs(vc - ref).max() < 2.5 / 255, name
+    gltf = _gltf_json(tmp_path / "model.glb")
+    colour = gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"]]
+    assert (colour["componentType"], colour["type"]) == (5126, "VEC3")  # float, no 8-bit banding in the darks
 
 
 class _ScaledField:

@@ -13,6 +13,11 @@ GLB material: trimesh writes a vertex-colour mesh with no material, and glTF's d
 colours. Every GLB gets an explicit material: metallic 0, roughness 1, base colour white (the texture or the vertex
 colours are the colour); `unlit=True` adds `KHR_materials_unlit`, so viewers show the colours as they are, without
 light (SDS colour without shading is appearance, not albedo under light).
+
+GLB vertex colours: glTF's COLOR_0 is *linear* (a linear multiplier of the base colour; three.js, model-viewer and
+Blender's importer read it so), while our colours are sRGB-encoded, as rendered and as OBJ/PLY carry them. Written as
+they are, viewers showed every vertex-colour GLB pale (a dark red as pink). `write_glb` stores them converted to
+linear, as float32 (8-bit linear would band in the darks).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ import numpy as np
 
 from dreamdist3d.io import atomic_write_bytes, atomic_write_text  # the one atomic writer
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "encode_png", "glb_with_material", "read_glb_json", "write_obj",
-           "write_glb", "write_ply", "write_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "encode_png", "glb_with_material", "glb_with_vertex_colours",
+           "read_glb_json", "srgb_to_linear", "write_obj", "write_glb", "write_ply", "write_json"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -143,14 +148,14 @@ def write_glb(
             roughnessFactor=1.0,
         )
         visual = trimesh.visual.TextureVisuals(uv=np.asarray(uvs, dtype=np.float64), material=material)
-    elif vertex_colors is not None:
-        visual = trimesh.visual.ColorVisuals(vertex_colors=np.asarray(vertex_colors, dtype=np.uint8))
     else:
-        visual = None
+        visual = None  # vertex colours are added below, linear (see the module docstring)
     mesh = trimesh.Trimesh(vertices=vertices, faces=faces, vertex_normals=normals, visual=visual, process=False)
     data = mesh.export(file_type="glb", include_normals=normals is not None)
     if uvs is not None and texture is not None and b"image/png" not in data:
         raise RuntimeError(f"trimesh wrote {path} without the texture image (TextureVisuals pitfall); not saving it")
+    if visual is None and vertex_colors is not None:
+        data = glb_with_vertex_colours(data, vertex_colors)
     return atomic_write_bytes(path, glb_with_material(data, unlit))
 
 
@@ -165,12 +170,58 @@ def read_glb_json(data: bytes) -> dict:
     return json.loads(data[20:20 + length])
 
 
+def _glb_bin(data: bytes) -> bytes:
+    """The BIN chunk's bytes of a GLB file (b"" when it has none)."""
+    start = 20 + struct.unpack_from("<I", data, 12)[0]
+    if len(data) < start + 8:
+        return b""
+    length, kind = struct.unpack_from("<II", data, start)
+    if kind != _GLB_BIN:
+        raise ValueError("GLB: the chunk after the JSON is not BIN")
+    return data[start + 8:start + 8 + length]
+
+
+def _pack_glb(gltf: dict, binary: bytes) -> bytes:
+    """A GLB file of `gltf` and its BIN chunk (4-byte aligned: JSON padded with spaces, BIN with zeros)."""
+    text = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 4)
+    body = struct.pack("<II", len(text), _GLB_JSON) + text
+    if binary:
+        binary += b"\0" * (-len(binary) % 4)
+        body += struct.pack("<II", len(binary), _GLB_BIN) + binary
+    return struct.pack("<4sII", b"glTF", 2, 12 + len(body)) + body
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] -> linear (the sRGB transfer function, IEC 61966-2-1)."""
+    c = np.asarray(c, dtype=np.float64)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def glb_with_vertex_colours(data: bytes, colours: np.ndarray) -> bytes:
+    """`data` (a GLB of one primitive with V vertices) with COLOR_0 = `colours` (V, 3|4) uint8 sRGB, stored linear
+    as float32 VEC3 (a new accessor and buffer view at the end of the BIN chunk)."""
+    gltf, binary = read_glb_json(data), _glb_bin(data)
+    prims = [p for m in gltf.get("meshes", []) for p in m.get("primitives", [])]
+    count = len(colours)
+    if len(prims) != 1 or gltf["accessors"][prims[0]["attributes"]["POSITION"]]["count"] != count:
+        raise ValueError(f"GLB vertex colours: expected one primitive of {count} vertices")
+    linear = srgb_to_linear(np.asarray(colours)[:, :3] / 255.0).astype("<f4")  # (V, 3)
+    offset = len(binary) + (-len(binary) % 4)
+    binary = binary + b"\0" * (offset - len(binary)) + linear.tobytes()
+    gltf.setdefault("bufferViews", []).append({"buffer": 0, "byteOffset": offset, "byteLength": linear.nbytes,
+                                               "target": 34962})  # ARRAY_BUFFER
+    gltf["accessors"].append({"bufferView": len(gltf["bufferViews"]) - 1, "componentType": 5126, "count": count,
+                              "type": "VEC3"})  # FLOAT
+    prims[0]["attributes"]["COLOR_0"] = len(gltf["accessors"]) - 1
+    gltf["buffers"][0]["byteLength"] = len(binary)
+    return _pack_glb(gltf, binary)
+
+
 def glb_with_material(data: bytes, unlit: bool = False) -> bytes:
     """`data` (a GLB) where every primitive has a material with metallicFactor 0 and roughnessFactor 1 (one white
     material is added for primitives without one); `unlit` marks every material KHR_materials_unlit."""
     gltf = read_glb_json(data)
-    json_len = struct.unpack_from("<I", data, 12)[0]
-    rest = data[20 + json_len:]  # the BIN chunk (header included), untouched
     materials = gltf.setdefault("materials", [])
     default = None
     for mesh in gltf.get("meshes", []):
@@ -190,10 +241,7 @@ def glb_with_material(data: bytes, unlit: bool = False) -> bytes:
         used = gltf.setdefault("extensionsUsed", [])
         if "KHR_materials_unlit" not in used:
             used.append("KHR_materials_unlit")
-    text = json.dumps(gltf, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned; JSON pads with spaces
-    body = struct.pack("<II", len(text), _GLB_JSON) + text + rest
-    return struct.pack("<4sII", b"glTF", 2, 12 + len(body)) + body
+    return _pack_glb(gltf, _glb_bin(data))
 
 
 def write_ply(
