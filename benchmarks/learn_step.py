@@ -26,6 +26,10 @@ Ours (`our_step`): the step of `dreamdist3d.recipes.learn` — latents drawn fro
 (the official code uses xformers; here both use PyTorch SDPA in the UNet and the same text encoder module), the same
 UNet, the same random draws (a per-step CPU generator); the first step's loss of both is printed as a check.
 
+Objectives (skipped with `--no-objectives`): our step with `wta`/`softmin` + low-rank samples and with `assign`, whose
+B items are images of a set of `--images` N (prompt k belongs to image k mod N) and whose UNet runs each distinct
+image-prompt row once; its baseline `assign_every_row_step` is the same step with every sample its own row.
+
 Each variant runs in a fresh subprocess: 1 warm-up step, then `--steps` timed steps. Peak memory: CPU — the process'
 peak resident set `ru_maxrss` (absolute, and its growth from just before the warm-up); CUDA —
 `torch.cuda.max_memory_allocated()`.
