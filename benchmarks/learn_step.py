@@ -27,8 +27,10 @@ Ours (`our_step`): the step of `dreamdist3d.recipes.learn` — latents drawn fro
 UNet, the same random draws (a per-step CPU generator); the first step's loss of both is printed as a check.
 
 Objectives (skipped with `--no-objectives`): our step with `wta`/`softmin` + low-rank samples and with `assign`, whose
-B items are images of a set of `--images` N (prompt k belongs to image k mod N) and whose UNet runs each distinct
-image-prompt row once; its baseline `assign_every_row_step` is the same step with every sample its own row.
+B items are images of a set of `--images` N (prompt k belongs to image k mod N), whose UNet runs each distinct
+image-prompt row once and whose text encoder runs all 77 positions only for the drawn prompts (the others up to their
+EOS, for the orthogonality term); its baseline `assign_every_row_step` is the step as it was, every sample its own
+row and all K prompts encoded whole.
 
 Each variant runs in a fresh subprocess: 1 warm-up step, then `--steps` timed steps. Peak memory: CPU — the process'
 peak resident set `ru_maxrss` (absolute, and its growth from just before the warm-up); CUDA —
@@ -209,8 +211,9 @@ def our_step(bb: Backbone, learner: PromptLearner, opt, cache: LatentCache, step
 
 def assign_every_row_step(bb: Backbone, learner: PromptLearner, opt, cache: LatentCache, step: int, dev, autocast,
                           n_images: int) -> float:
-    """Baseline for `assign`: our step as it was before `denoiser_rows`, written out: every sample (b, r) its own
-    UNet row, B·R rows, also where samples of one image drew the same prompt."""
+    """Baseline for `assign`: our step as it was before `denoiser_rows` and `encode_rows`, written out: all 77 states
+    of all K prompts, and every sample (b, r) its own UNet row, B·R rows, also where samples of one image drew the same
+    prompt."""
     t, _, index, g = step_draws(step, learner.ctx.shape[-1], "assign", "lowrank", n_images)
     latents = cache.sample(torch.arange(B), None, g)
     noise = torch.randn(latents.shape, generator=g)
@@ -428,7 +431,7 @@ def main(argv=None) -> int:
         print("|---|---|---|---|")
         every = rows["assign-every-row"]
         for label, r in [(" + ".join(OUR_VARIANTS[v]), rows[v]) for v in OUR_VARIANTS] + [
-                ("assign + lowrank, every sample its own row (before)", every)]:
+                ("assign + lowrank as before: every sample its own row, all K prompts' 77 states", every)]:
             print(f"| {label} | {r['sec']:.2f} | {r['cpu_sec']:.2f} | {r['cpu_sec'] / ours['cpu_sec']:.2f}× |")
         mine = rows["ours-assign"]
         rel_a = abs(every["first_loss"] - mine["first_loss"]) / abs(every["first_loss"])

@@ -316,3 +316,25 @@ def test_official_checkpoint_import(official, tmp_path):
     torch.save({"model_state_dict": {"ctx": two}, "args": argparse.Namespace(lr=1.0)}, tmp_path / "pickle.pt")
     with pytest.raises(DistributionFileError, match="weights_only"):
         PromptDistribution.load(tmp_path / "pickle.pt")
+
+
+@pytest.mark.parametrize("i", range(4))
+def test_encode_rows_equals_encode_for_the_drawn_prompts(official, i):
+    """`encode_rows` (objective `assign`'s text pass: all 77 states only for the drawn prompts, the K pooled states
+    from the positions up to the EOS, causal attention) equals `encode()` and the official tensors, gradient too."""
+    tensors, meta, _ = official
+    prefix, suffix = PAIRS[i]
+    index = torch.tensor([[4, 1, 4], [0, 4, 1]])  # (B, R), repeats
+    pl = official_learner(official)
+    hidden, pooled = pl.encode(prefix, suffix)
+    (hidden[index].square().sum() + pooled.sum()).backward()
+    want = pl.ctx.grad.clone()
+    pl.ctx.grad = None
+    rows, pooled_rows = pl.encode_rows(index, prefix, suffix)
+    assert rows.shape == (2, 3, 77, hidden.shape[-1]) and pooled_rows.shape == pooled.shape
+    torch.testing.assert_close(rows, hidden[index].detach(), **F32)
+    torch.testing.assert_close(pooled_rows, tensors[f"pooled_correct.{i}"][0], **F32)
+    (rows.square().sum() + pooled_rows.sum()).backward()
+    # sums over different shapes: float re-association, ~3e-7 of the largest component here, a real bug ≥ 1e-2
+    assert (pl.ctx.grad - want).abs().max() <= 1e-5 * want.abs().max()
+    assert pl.ctx.grad[2].abs().max() > 0 and want[3].abs().max() > 0  # undrawn prompts still get ortho's gradient

@@ -149,6 +149,18 @@ class PromptLearner(nn.Module):
         hidden = self.text_encoder(x, add_position=True)
         return hidden, hidden[:, eos]
 
+    def encode_rows(self, index: torch.Tensor, prefix: Optional[str] = None,
+                    suffix: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`encode()`'s numbers for what a step of objective `assign` uses, for less: hidden (*index.shape, 77, D) of
+        the prompts `index` (long) and pooled (K, D) of all K. The encoder's attention is causal, so the states at
+        and before the EOS depend on no later token: the K pooled states come from the first EOS + 1 positions
+        alone, and all 77 states only for the distinct prompts in `index`."""
+        x, eos = self.input_embeddings(prefix, suffix)
+        pooled = self.text_encoder(x[:, : eos + 1], add_position=True)[:, eos]
+        distinct, inverse = torch.unique(index.reshape(-1), return_inverse=True)
+        hidden = self.text_encoder(x[distinct], add_position=True)[inverse]
+        return hidden.view(*index.shape, *hidden.shape[1:]), pooled
+
     @staticmethod
     def orthogonal_loss(pooled: torch.Tensor) -> torch.Tensor:
         """Mean over off-diagonal pairs of squared cosine similarity. pooled (K, D) or (B, K, D) → scalar (0 for K=1;

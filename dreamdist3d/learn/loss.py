@@ -26,8 +26,9 @@ learns as `lowrank`, its Gaussian part (with the default objective `assign` noth
 batch item and run through the text encoder as B·K sequences, μ/σ/ortho per item, and the denoiser runs all B·R
 rows. `mode="fast"` (ours) encodes the K prompts once (K sequences) and broadcasts μ, σ to the B items; under `assign`
 it also runs each distinct (image, prompt) row once (`denoiser_rows`: samples of one image that drew the same prompt
-are the same input). Every item's prompts are identical, so the loss is the same number and the gradient equal up to
-float re-association (measured 2e-8 on |g|≈0.05).
+are the same input) and encodes all 77 states only for the drawn prompts, the others up to their EOS for the
+orthogonality term (`PromptLearner.encode_rows`). Every item's prompts are identical, so the loss is the same number
+and the gradient equal up to float re-association (measured 2e-8 on |g|≈0.05).
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ def prompt_conditioning(learner, eps: torch.Tensor, mode: str = "fast", covarian
     check_covariance(covariance)
     b = eps.shape[0] if eps is not None else prompt_index.shape[0]
     if mode == "fast":
+        if prompt_index is not None:  # the drawn prompts' states; every prompt's pooled state for ortho
+            hidden, pooled = learner.encode_rows(prompt_index)
+            return hidden, learner.orthogonal_loss(pooled)
         hidden, pooled = learner.encode()  # (K, 77, D), (K, D): the K prompts, once
-        if prompt_index is not None:
-            return hidden[prompt_index], learner.orthogonal_loss(pooled)
         if covariance == "diag":
             mean, std = learner.moments(hidden)  # (77, D) each
             context = mean + eps.to(mean) * std  # (B, R, 77, D)
