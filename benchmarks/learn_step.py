@@ -319,8 +319,17 @@ def count_flops(args, real: bool) -> dict:
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         bb.vae.encode(torch.randn(B, 3, a.resolution, a.resolution, device=meta))
     out["vae"] = fc.get_total_flops()
+    x = torch.randn(K, N_CTX + 2, a.text_width, device=meta, requires_grad=True)  # SOS, ctx, EOS: up to the EOS
+    with FlopCounterMode(display=False) as fc:
+        bb.text_encoder(x).sum().backward()
+    out["text_K_eos"] = fc.get_total_flops()
     out["official"] = out["text_BK"] + out["unet"] + out["vae"]
     out["ours"] = out["text_K"] + out["unet"]
+    # assign: n distinct rows (and as many drawn prompts) per step; FLOPs are linear in the number of sequences/rows
+    n = mean_distinct_rows(200, args.images)
+    out["assign_rows"] = n
+    out["assign_before"] = out["text_K"] + out["unet"]
+    out["assign_ours"] = out["text_K_eos"] + out["text_K"] * n / K + out["unet"] * n / (B * R)
     out["widths"] = f"UNet {a.unet_width}, text {a.text_width}, VAE {a.vae_width}, {a.resolution} px"
     return out
 
@@ -444,15 +453,23 @@ def main(argv=None) -> int:
 
 
 def print_flops(args) -> None:
+    tf = lambda v: f"{v / 1e12:.3f} T"  # noqa: E731
+    counts = {real: count_flops(args, real) for real in (False, True)}
+    label = lambda real: ("real: " if real else "benchmarked: ") + counts[real]["widths"]  # noqa: E731
     print("FLOPs per step (matmul/conv, fwd + the backward the step needs; torch FlopCounterMode on the meta device):")
     print("| widths | text K | text B·K | UNet B·R rows | VAE encode B | official | ours | ratio |")
     print("|---|---|---|---|---|---|---|---|")
-    for real in (False, True):
-        f = count_flops(args, real)
-        tf = lambda v: f"{v / 1e12:.3f} T"  # noqa: E731
-        label = ("real: " if real else "benchmarked: ") + f["widths"]
-        print(f"| {label} | {tf(f['text_K'])} | {tf(f['text_BK'])} | {tf(f['unet'])} | {tf(f['vae'])} | "
+    for real, f in counts.items():
+        print(f"| {label(real)} | {tf(f['text_K'])} | {tf(f['text_BK'])} | {tf(f['unet'])} | {tf(f['vae'])} | "
               f"{tf(f['official'])} | {tf(f['ours'])} | {f['official'] / f['ours']:.2f}× |")
+    print()
+    print(f"`assign`, N = {args.images} images: the step as it was (K prompts whole, B·R rows) against ours (K prompts "
+          "up to their EOS, the drawn ones whole, the distinct rows; 200 steps' draws):")
+    print("| widths | text K to EOS | distinct rows / step | as before | ours | ratio |")
+    print("|---|---|---|---|---|---|")
+    for real, f in counts.items():
+        print(f"| {label(real)} | {tf(f['text_K_eos'])} | {f['assign_rows']:.1f} | {tf(f['assign_before'])} | "
+              f"{tf(f['assign_ours'])} | {f['assign_before'] / f['assign_ours']:.2f}× |")
 
 
 if __name__ == "__main__":
