@@ -25,6 +25,7 @@ from dreamdist3d.export import (
 from dreamdist3d.export.bake import rasterize_uv, sample_texture
 from dreamdist3d.export.isosurface import choose_threshold, otsu_threshold
 from dreamdist3d.export.writers import atomic_write_bytes
+from dreamdist3d.lift3d.base import get_activation
 
 RES, TEX = 64, 256
 RED, BLUE, GREEN = (0.85, 0.15, 0.1), (0.1, 0.3, 0.85), (0.1, 0.8, 0.2)
@@ -200,7 +201,7 @@ def test_vertex_colour_fallback(tmp_path):
             vc = np.asarray(m.visual.vertex_colors)[:, :3].astype(float) / 255.0
         else:  # glTF's COLOR_0 is linear: float32, reloaded by trimesh as a "color" attribute beside the material
             linear = np.asarray(m.visual.vertex_attributes["color"], dtype=float)[:, :3]
-            vc = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)  # back to sRGB
+            vc = get_activation("lin2srgb")(torch.from_numpy(linear)).numpy()  # back to sRGB, threestudio's formula
             assert np.abs(linear - vc).max() > 0.1  # stored linear, not the sRGB values themselves
         ref = field.albedo(torch.tensor(res.transform.invert(np.asarray(m.vertices)), dtype=torch.float32)).numpy()
         assert np.abs(vc - ref).max() < 2.5 / 255, name
