@@ -59,11 +59,12 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def check_writable(path: PathLike, flag: str = "", is_dir: bool = False) -> Path:
+def check_writable(path: PathLike, flag: str = "", is_dir: bool = False, suffix: Optional[str] = None) -> Path:
     """Fail early, before models are loaded or training starts, if `path` cannot be written.
 
     `is_dir`: `path` is a folder to create or write into (it may not exist yet); otherwise a file whose folder must
-    be writable. `flag` names the option in the message (e.g. "--out"). The nearest existing folder is probed by
+    be writable. `suffix` (e.g. ".png"): the file's format, which its name must end in so viewers open it.
+    `flag` names the option in the message (e.g. "--out"). The nearest existing folder is probed by
     creating and removing a hidden empty file (so a read-only mount or a full inode table is caught as well as
     permissions, whoever runs it). Raises `OutputPathError` (an OSError) with a one-line message; leaves nothing."""
     path = Path(path)
@@ -75,6 +76,9 @@ def check_writable(path: PathLike, flag: str = "", is_dir: bool = False) -> Path
     else:
         if path.is_dir():
             raise OutputPathError(errno.EISDIR, f"{what}: is a folder; give a file name")
+        if suffix is not None and path.suffix.lower() != suffix:
+            raise OutputPathError(errno.EINVAL, f"{what}: the file is written as {suffix[1:].upper()}; give a name "
+                                                f"ending in {suffix} (e.g. {path.with_suffix(suffix)})")
         folder = path.parent
     probe = folder
     while not probe.exists() and probe.parent != probe:  # the nearest existing ancestor is where folders get made

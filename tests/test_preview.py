@@ -107,16 +107,47 @@ def test_cli_preview_distribution(ckpt, tmp_path, capsys):
     dist_path = PromptDistribution.from_learner(learner, backbone="mvdream").save(tmp_path / "dist.safetensors")
     out = tmp_path / "dist.png"
     rc = main(["preview", "--mvdream", str(ckpt), "--distribution", str(dist_path), "--scale", "0.5", "--n", "2",
-               "--steps", "2", "--prefix", "a photo of", "--out", str(out), "--device", "cpu", "--pick", "1"])
+               "--steps", "2", "--prefix", "a photo of", "--suffix", ", in the snow", "--elevation", "20",
+               "--negative", "blurry", "--out", str(out), "--device", "cpu", "--pick", "1"])
     assert rc == 0
     assert Image.open(out).size == (4 * 16, 2 * 16)  # rows = samples, 4 view columns
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["settings"]["distribution"] == str(dist_path) and side["settings"]["scale"] == 0.5
     assert side["settings"]["prefix"] == "a photo of" and side["grid"]["rows"] == 2 and side["grid"]["cols"] == 4
     (seed,) = side["picked_seeds"]  # --pick 1 of 2: the medoid of two is the first (ties go to the lower index)
-    lift = f"lift them: dreamdist3d gallery --distribution {dist_path} --seeds 0"
-    assert seed == 0 and lift in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert seed == 0 and f"lift them: dreamdist3d gallery --distribution {dist_path} --seeds 0" in printed
     assert side["pick_features"] == "colour"
+    _the_gallery_line_fits_these_views(printed, side, tmp_path)
+
+
+def _the_gallery_line_fits_these_views(printed: str, side: dict, tmp_path) -> None:
+    """The printed `gallery` line, parsed by the gallery's own parser and config loader, gives each run the preview's
+    checkpoint, prompt-sample settings and 4-view sampler: an anchored run of a picked seed fits the grid's views
+    (`test_lift3d_anchor` checks views against `preview` for equal settings, bit for bit)."""
+    import shlex
+
+    from dreamdist3d.cli import build_parser
+    from dreamdist3d.commands.gallery import _overrides
+    from dreamdist3d.config import parse_structured
+    from dreamdist3d.lift3d.anchor import AnchorConfig
+    from dreamdist3d.lift3d.prompt_processor import DreamDistributionPromptProcessor
+    from dreamdist3d.recipes.gallery import run_settings
+    from dreamdist3d.recipes.lift3d import load_config
+
+    line = printed.split("lift them: ", 1)[1].strip()
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    cfg = load_config(args.config, run_settings(args.distribution, tmp_path / "g", 0, _overrides(args)),
+                      make_dirs=False)
+    pp = parse_structured(DreamDistributionPromptProcessor.Config, cfg.system["prompt_processor"])
+    anchor = parse_structured(AnchorConfig, cfg.system["anchor"])  # strict: a key the system would refuse fails here
+    s, sampler = side["settings"], side["sampler"]
+    assert pp.pretrained_model_name_or_path == s["mvdream"] and pp.distribution == s["distribution"]
+    assert (pp.scale, pp.prefix, pp.suffix, pp.covariance) == (s["scale"], s["prefix"], s["suffix"], s["covariance"])
+    assert anchor.source == "preview" and anchor.sampler_steps == sampler["steps"]
+    assert (anchor.elevation, anchor.azimuth_start, anchor.negative_prompt) == (
+        s["elevation"], s["azimuth_start"], sampler["negative_prompt"])
+    assert (anchor.guidance_scale or 7.5) == sampler["guidance_scale"]  # None: the backbone's default (MVDream 7.5)
 
 
 def test_cli_preview_pick_by_form_and_by_a_local_encoder(ckpt, tmp_path, capsys):
@@ -165,6 +196,9 @@ def test_cli_preview_errors(tmp_path, capsys):
     nope = tmp_path / "no-dinov2"
     assert main([*common, "--pick", "1", "--features", f"dinov2={nope}", "--out", str(tmp_path / "g.png")]) == 2
     assert f"--features dinov2={nope}: no such folder" in capsys.readouterr().err  # before the checkpoint is read
+    assert main(["preview", "--mvdream", str(missing), "--prompt", "x", "--out", str(tmp_path / "g")]) != 0
+    assert f"--out {tmp_path / 'g'}: the file is written as PNG; give a name ending in .png (e.g. " \
+           f"{tmp_path / 'g.png'})" in capsys.readouterr().err  # before the checkpoint is read, not after sampling
     with pytest.raises(SystemExit):  # --prompt and --distribution are exclusive
         main(["preview", "--mvdream", str(missing), "--prompt", "x", "--distribution", "d.safetensors"])
 

@@ -426,6 +426,8 @@ def test_bad_toy_weights_are_a_clear_error(tmp_path, capsys, kind):
 def test_toyworld_sample_n_0_is_a_clear_error(tmp_path, capsys):
     assert main(["toyworld", "sample", "--prompt", "a red cone", "--n", "0", "--out", str(tmp_path / "s.png")]) == 2
     assert "--n must be ≥ 1, got 0" in capsys.readouterr().err and not (tmp_path / "s.png").exists()
+    assert main(["toyworld", "sample", "--prompt", "a red cone", "--out", str(tmp_path / "s.jpg")]) != 0
+    assert "give a name ending in .png" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def test_resume_with_another_text_encoder_says_which_in_one_line(tmp_path):

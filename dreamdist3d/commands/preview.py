@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from dreamdist3d.runs import pick_device
     from dreamdist3d.sample2d.mvdream_preview import PreviewRequest, run_preview
 
-    check_writable(args.out, "--out")  # before the model is loaded and the views are sampled
+    check_writable(args.out, "--out", suffix=".png")  # before the model is loaded and the views are sampled
     check_writable(Path(args.out).with_suffix(".json"), "--out (its .json sidecar)")
     device = str(pick_device(args.device, key="--device"))
     req = PreviewRequest(
@@ -83,5 +83,30 @@ def run(args: argparse.Namespace) -> int:
     if side["picked_seeds"]:
         seeds = ",".join(map(str, side["picked_seeds"]))
         print(f"the {args.pick} most different of the {args.n} samples ({side['pick_features']}): seeds {seeds}\n"
-              f"lift them: dreamdist3d gallery --distribution {args.distribution} --seeds {seeds}")
+              f"lift them: {gallery_command(req, seeds)}")
     return 0
+
+
+def gallery_command(req, seeds: str) -> str:
+    """The `dreamdist3d gallery` line that lifts `seeds` of this preview: the same checkpoint, prompt-sample settings
+    (γ, law, edits, class) and 4-view sampler (steps, CFG, negative prompt, cameras), so each anchored run fits the
+    very views the grid shows; settings left at their defaults are left out."""
+    import json
+    import shlex
+
+    from dreamdist3d.sample2d.mvdream_preview import PreviewRequest
+
+    toy = req.mvdream.split(":", 1)[0] == "toy"
+    words = ["dreamdist3d", "gallery", "--distribution", req.distribution, "--seeds", seeds,
+             *(["--config", "configs/toy/toy-3d.yaml"] if toy else []), "--mvdream", req.mvdream]
+    default = PreviewRequest(mvdream=req.mvdream)
+    keys = {"scale": "system.prompt_processor.scale", "covariance": "system.prompt_processor.covariance",
+            "prefix": "system.prompt_processor.prefix", "suffix": "system.prompt_processor.suffix",
+            "class_index": "system.prompt_processor.class_index", "steps": "system.anchor.sampler_steps",
+            "cfg": "system.anchor.guidance_scale", "negative": "system.anchor.negative_prompt",
+            "elevation": "system.anchor.elevation", "azimuth_start": "system.anchor.azimuth_start"}
+    for name, key in keys.items():
+        value = getattr(req, name)
+        if value is not None and value != getattr(default, name):  # a string as a YAML double-quoted scalar
+            words.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    return shlex.join(words)

@@ -145,10 +145,12 @@ def _sample_run(args: argparse.Namespace) -> int:
     from dreamdist3d.backbones.load import load_backbone
     from dreamdist3d.backbones.toy import generate
     from dreamdist3d.images import save_png, tile_grid, to_uint8
+    from dreamdist3d.io import check_writable
 
     for flag, value in (("--n", args.n), ("--steps", args.steps), ("--scale", args.scale)):
         if value < 1:  # --n 0 would write an empty grid (PIL: tile cannot extend outside image)
             raise ValueError(f"{flag} must be ≥ 1, got {value}")
+    check_writable(args.out, "--out", suffix=".png")  # before the backbone is loaded and the samples drawn
     bb = load_backbone(f"toy:{args.weights or ''}", config_key="--weights")
     prompts = [p for p in args.prompt for _ in range(args.n)]
     images = generate(bb, prompts, steps=args.steps, cfg=args.cfg, num_frames=args.views, seed=args.seed)

@@ -176,10 +176,10 @@ class AnchorViews:
                 "prompt_digest": self.prompt_digest}
 
     def save(self, folder: Path) -> Path:
+        from dreamdist3d.images import save_png
         from dreamdist3d.io import atomic_save_safetensors
 
-        folder.mkdir(parents=True, exist_ok=True)
-        image_grid(self.views[None]).save(folder / GRID_FILE)
+        save_png(image_grid(self.views[None]), folder / GRID_FILE)
         return atomic_save_safetensors({"views": self.views.cpu().float().contiguous()}, folder / VIEWS_FILE,
                                        {"dreamdist3d": json.dumps(self.meta())})
 

@@ -398,8 +398,9 @@ def run_demo(cfg: DemoConfig, backbone=None, runner: Optional[Runner] = None) ->
 def _upscale_png(path: Path, factor: int) -> None:
     from PIL import Image
 
-    img = Image.open(path).convert("RGB")
-    img.resize((img.width * factor, img.height * factor), Image.NEAREST).save(path)
+    from dreamdist3d.images import save_png
+
+    save_png(Image.open(path).convert("RGB"), path, upscale=factor)
 
 
 def _mean(xs: Sequence[float]) -> float:

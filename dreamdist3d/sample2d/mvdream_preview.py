@@ -200,6 +200,8 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
     """Load the backbone (unless given), build the conditioning, sample, write `out` (PNG grid) and
     `out.with_suffix('.json')` (every setting). Returns the sidecar dict."""
     from dreamdist3d.backbones.load import load_backbone
+    from dreamdist3d.images import save_png
+    from dreamdist3d.io import atomic_write_text
 
     if (req.prompt is None) == (req.distribution is None):
         raise ValueError("give exactly one of a prompt (--prompt) or a distribution file (--distribution)")
@@ -240,9 +242,8 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
                                   negative_prompt=req.negative)
     seeds = [req.seed + i for i in range(req.n)]
     images = preview_views(backbone, context, seeds, sampler, progress=progress)
-    out.parent.mkdir(parents=True, exist_ok=True)
     grid = image_grid(images)
-    grid.save(out)
+    save_png(grid, out)  # atomic, and a PNG whatever the file is called
     side = {
         "kind": "dreamdist3d mvdream preview",
         "settings": asdict(req),
@@ -264,7 +265,7 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         "image_seeds": [image_seed(s) for s in seeds],
         "backbone": backbone.fingerprint(),
     }
-    out.with_suffix(".json").write_text(json.dumps(side, indent=1))
+    atomic_write_text(out.with_suffix(".json"), json.dumps(side, indent=1))
     return side
 
 
