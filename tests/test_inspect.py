@@ -50,6 +50,8 @@ def test_inspect_our_file_with_and_without_encoder(text_folder, tmp_path, capsys
     assert abs(spread["2.0"] / spread["1.0"] - 2.0) < 1e-3
     assert report["gaussian"]["covariance"] == "kernel"  # the recorded law, unless --covariance says otherwise
     assert Image.open(plot).size[0] > 300
+    assert main(["inspect", str(path), "--text-encoder", str(root), "--plot", str(tmp_path / "scatter")]) != 0
+    assert "--plot" in capsys.readouterr().err and not (tmp_path / "scatter").exists()  # a PNG named so viewers open it
 
 
 def test_inspect_official_checkpoint(text_folder, tmp_path, capsys):

@@ -365,3 +365,18 @@ def test_sample_into_a_folder_holding_an_earlier_run_refuses_or_overwrites_clean
     assert names == ["0000.json", "0000.png", "0001.json", "0001.png", "grid.png", "notes.txt", "run.json"]
     run = json.loads((out / "run.json").read_text())
     assert run["files"] == ["0000.png", "0001.png"] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_loading_the_pipeline_does_not_ask_for_torchvision(world):
+    """diffusers' pipeline import makes transformers say "Install torchvision" (a CUDA torch, GBs, that we never
+    depend on); loading through `load_sd21_pipeline` keeps that out of the user's terminal. A fresh process: the
+    notice comes once per process, at the first import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from dreamdist3d.sample2d.sd21_pipeline import load_sd21_pipeline; "
+            "load_sd21_pipeline(sys.argv[1]); print('loaded')")
+    done = subprocess.run([sys.executable, "-c", code, str(world["folder"])], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr
+    assert "torchvision" not in done.stderr, done.stderr

@@ -93,6 +93,10 @@ def run(args: argparse.Namespace) -> int:
     from dreamdist3d.distribution.file import DistributionRangeWarning, context_range_problem, describe_encoder
 
     path = Path(args.file)
+    if args.plot:
+        from dreamdist3d.io import check_writable
+
+        check_writable(args.plot, "--plot", suffix=".png")  # before the text encoder loads
     dist = PromptDistribution.load(path, class_index=args.class_index)
     problem = context_range_problem(dist.ctx)  # with --text-encoder, `fit` below checks against that encoder too
     if problem:

@@ -72,11 +72,11 @@ def load_sd21_pipeline(
 
     `scheduler` (ddim, pndm, euler, euler-a, dpm++) replaces the folder's scheduler, built from its config.
     `attention_slicing` / `vae_tiling` turn on diffusers' memory savers for small GPUs."""
-    import diffusers
-    from diffusers import StableDiffusionPipeline
-
     folder = check_sd21_folder(folder)
-    with _quiet_loading():
+    with _quiet_loading():  # the import too: transformers asks for torchvision there, which we never install
+        import diffusers
+        from diffusers import StableDiffusionPipeline
+
         pipe = StableDiffusionPipeline.from_pretrained(
             str(folder), local_files_only=True, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
         )
@@ -97,7 +97,7 @@ def load_sd21_pipeline(
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
     """Silence diffusers/transformers loading chatter (progress bars, the accelerate hint, the torch_dtype rename
-    notice) while a pipeline loads; errors still raise. Restores the previous settings."""
+    notice, the "install torchvision" image-processor notice) while a pipeline loads; errors still raise. Restores the previous settings."""
     import warnings
 
     from diffusers.utils import logging as dlog
