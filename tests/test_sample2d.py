@@ -180,6 +180,13 @@ def test_metadata_png_text_json_sidecar_and_grid(world, sampler, tmp_path):
         assert sheet.width >= 3 * 128 and sheet.height >= 2 * 128
         assert json.loads(sheet.text[PNG_KEY])["files"] == [r["file"] for r in records]
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+    from dreamdist3d.evaluation.sources import read_folder
+
+    (tmp_path / "more").mkdir()  # `eval --samples` on this folder reads the 5 samples, not the contact sheet
+    Image.new("RGB", (16, 16)).save(tmp_path / "more" / "grid.png")  # (a grid.png of no sample run is an image)
+    assert [it.name for it in read_folder(tmp_path).items] == [r["file"] for r in records] + ["more/grid.png"]
+    (tmp_path / "more" / "grid.png").unlink()
+    (tmp_path / "more").rmdir()
     from dreamdist3d.io import _FILE_MODE
 
     assert all(p.stat().st_mode & 0o777 == _FILE_MODE for p in tmp_path.iterdir())  # not mkstemp's 0600

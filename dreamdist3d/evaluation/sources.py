@@ -134,10 +134,26 @@ def read_folder(folder, views: int = 8, name: Optional[str] = None, flag: str = 
         return ImageSet(name, folder, "3d", items, len(runs))
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    listed = _sample_run_images(files)
+    files = [p for p in files if listed.get(p.parent) is None or p.name in listed[p.parent]]
     if not files:
         raise ValueError(f"{flag} {folder}: no images ({', '.join(IMAGE_SUFFIXES)}) and no 3D runs (save/*.mp4)")
     items = [ImageItem(p.relative_to(folder).as_posix(), file_hash(p), _pil_loader(p)) for p in files]
     return ImageSet(name, folder, "2d", items, len(items))
+
+
+def _sample_run_images(files: List[Path]) -> dict:
+    """{folder: names of its images} for the folders among `files`' that hold a `dreamdist3d sample` run: its
+    `run.json` lists the samples (`files`), so the contact sheet `grid.png` beside them is not read as a sample."""
+    listed = {}
+    for d in {p.parent for p in files}:
+        try:
+            names = json.loads((d / "run.json").read_text()).get("files")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(names, list) and names and all(isinstance(n, str) and (d / n).is_file() for n in names):
+            listed[d] = set(names)
+    return listed
 
 
 def read_sweep(folder, flag: str = "--samples") -> List[ImageSet]:
