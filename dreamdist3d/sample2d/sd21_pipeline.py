@@ -97,7 +97,8 @@ def load_sd21_pipeline(
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[None]:
     """Silence diffusers/transformers loading chatter (progress bars, the accelerate hint, the torch_dtype rename
-    notice, the "install torchvision" image-processor notice) while a pipeline loads; errors still raise. Restores the previous settings."""
+    notice, the "install torchvision" image-processor notice) while a pipeline loads; errors still raise. Restores
+    the previous settings."""
     import warnings
 
     from diffusers.utils import logging as dlog
