@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dreamdist3d.commands import finite_float
 from dreamdist3d.distribution.gaussian import COVARIANCES
+
+if TYPE_CHECKING:  # for the annotation only: the command imports its sampler module when it runs
+    from dreamdist3d.sample2d.mvdream_preview import PreviewRequest
 
 NAME = "preview"
 HELP = "MVDream 4-view previews (DDIM + classifier-free guidance) of a text prompt or a learned prompt distribution"
@@ -87,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def gallery_command(req, seeds: str) -> str:
+def gallery_command(req: PreviewRequest, seeds: str) -> str:
     """The `dreamdist3d gallery` line that lifts `seeds` of this preview: the same checkpoint, prompt-sample settings
     (γ, law, edits, class) and 4-view sampler (steps, CFG, negative prompt, cameras), so each anchored run fits the
     very views the grid shows; settings left at their defaults are left out."""

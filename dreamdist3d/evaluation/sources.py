@@ -143,7 +143,7 @@ def read_folder(folder, views: int = 8, name: Optional[str] = None, flag: str = 
 
 
 def _sample_run_images(files: List[Path]) -> dict:
-    """{folder: names of its images} for the folders among `files`' that hold a `dreamdist3d sample` run: its
+    """{folder: names of its images} for the folders of `files` that hold a `dreamdist3d sample` run: its
     `run.json` lists the samples (`files`), so the contact sheet `grid.png` beside them is not read as a sample."""
     listed = {}
     for d in {p.parent for p in files}:
