@@ -15,7 +15,7 @@ from dreamdist3d.testing.assets import write_tiny_assets
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "dreamdist-mvdream-tiny.yaml")
 
 
-def test_gallery_runs_seeds_and_builds_grid_and_page(tmp_path):
+def test_gallery_runs_seeds_and_builds_grid_and_page(tmp_path, capsys):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -35,6 +35,8 @@ def test_gallery_runs_seeds_and_builds_grid_and_page(tmp_path):
         assert np.abs(grid[:32].astype(float) - grid[32:].astype(float)).mean() > 0.05
         page = (out / "gallery.html").read_text()
         assert page.count("<video") == 2 and "runs/seed1/save/it2-test.mp4" in page
+        assert f"view it: dreamdist3d serve {out}  (then open http://127.0.0.1:8000/gallery.html;" in \
+            capsys.readouterr().out  # GLB models load over http only
         # re-running keeps finished runs (nothing is trained again)
         mtime = (out / "runs" / "seed0" / "save" / "it2-test.mp4").stat().st_mtime
         assert main(argv) == 0
