@@ -42,7 +42,7 @@ def tiny_weights(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------------------- demo
-def test_demo_smoke_through_launch_py(tiny_weights, tmp_path):
+def test_demo_smoke_through_launch_py(tiny_weights, tmp_path, capsys):
     import trimesh
     from PIL import Image
 
@@ -88,6 +88,8 @@ def test_demo_smoke_through_launch_py(tiny_weights, tmp_path):
     assert Path(run["mesh"]["obj"]).is_file() and Path(run["mesh"]["ply"]).is_file()
     html = Path(files["gallery_html"]).read_text()
     assert "<video" in html and Path(files["gallery_png"]).is_file()
+    assert f"[toy-demo] view it: dreamdist3d serve {out / '3d'}  (then open http://127.0.0.1:8000/gallery.html" in \
+        capsys.readouterr().err
     # every file listed exists, and the times were measured
     assert all(Path(p).is_file() for p in summary["all_files"])
     assert summary["times"]["total"]["wall_s"] > 0 and summary["times"]["total"]["cpu_s"] > 0

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import shutil
 import sys
 import time
@@ -36,6 +37,7 @@ from dreamdist3d.backbones.load import load_backbone
 from dreamdist3d.backbones.toy import DEFAULT_GUIDANCE, DEFAULT_LEARN_STEPS
 from dreamdist3d.config import ConfigError
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET
+from dreamdist3d.io import atomic_write_text
 from dreamdist3d.recipes.objects import Runner
 from dreamdist3d.recipes.toy_3d import DEFAULT_3D_CONFIG, LIFTS, demo_3d_task, run_3d_seeds
 from dreamdist3d.sample2d.mvdream_preview import preview_sampler_for, preview_views
@@ -388,10 +390,14 @@ def run_demo(cfg: DemoConfig, backbone=None, runner: Optional[Runner] = None) ->
     summary["all_files"] = sorted(str(p) for p in out.rglob("*") if p.is_file()
                                   and not any(d in p.parents for d in other_learn_runs)  # this run's files only
                                   and p.name != "summary.json") + [str(out / "summary.json")]
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     t = summary["times"]["total"]
     _log(f"done in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU: {out / 'summary.json'}"
          + (f", gallery {files.get('gallery_html')}" if lifted else ""))
+    if lifted:
+        page = Path(files["gallery_html"])
+        _log(f"view it: {shlex.join(['dreamdist3d', 'serve', str(page.parent)])}  (then open "
+             f"http://127.0.0.1:8000/{page.name}; browsers load no GLB models from file://)")
     return summary
 
 
