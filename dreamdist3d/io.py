@@ -72,6 +72,9 @@ def check_writable(path: PathLike, flag: str = "", is_dir: bool = False, suffix:
     if is_dir:
         if path.exists() and not path.is_dir():
             raise OutputPathError(errno.ENOTDIR, f"{what}: is an existing file, not a folder; choose another path")
+        if not path.exists() and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+            raise OutputPathError(errno.EINVAL, f"{what}: names a folder (several files go in it); "
+                                                f"give a folder name, e.g. {path.with_suffix('')}")
         folder = path
     else:
         if path.is_dir():

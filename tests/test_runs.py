@@ -173,6 +173,20 @@ def test_os_errors_read_as_one_line(exc, words):
     assert "\n" not in text and all(w in text for w in words) and exit_code(exc) == 1
 
 
+def test_output_names_that_viewers_or_users_would_misread_are_refused_first(tmp_path):
+    """A PNG path without .png (the file opens in no viewer by name; PIL refused it only after sampling) and a folder
+    named like an image (`sample --out grid.png` made a folder called grid.png) are refused, naming the fix."""
+    with pytest.raises(dio.OutputPathError, match=r"--out .*/grid: the file is written as PNG; give a name ending in "
+                                                  r"\.png \(e\.g\. .*/grid\.png\)"):
+        dio.check_writable(tmp_path / "grid", "--out", suffix=".png")
+    assert dio.check_writable(tmp_path / "grid.PNG", "--out", suffix=".png") == tmp_path / "grid.PNG"
+    with pytest.raises(dio.OutputPathError, match=r"--out .*/samples\.png: names a folder .* e\.g\. .*/samples$"):
+        dio.check_writable(tmp_path / "samples.png", "--out", is_dir=True)
+    (tmp_path / "v2.png").mkdir()  # an existing folder of that name is the user's own choice
+    assert dio.check_writable(tmp_path / "v2.png", "--out", is_dir=True) == tmp_path / "v2.png"
+    assert not [p for p in tmp_path.iterdir() if p.name != "v2.png"]  # nothing written by the checks
+
+
 def test_launch_output_root_is_a_file(assets, tmp_path, capsys):
     root = tmp_path / "outputs"
     root.write_text("not a folder")
