@@ -12,6 +12,10 @@ from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 
+# what counts as an image file, for every folder we read images from (references, samples, gallery pages); what PIL
+# decodes and browsers show
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
 PathLike = Union[str, Path]
 
 
@@ -72,7 +76,7 @@ def check_writable(path: PathLike, flag: str = "", is_dir: bool = False, suffix:
     if is_dir:
         if path.exists() and not path.is_dir():
             raise OutputPathError(errno.ENOTDIR, f"{what}: is an existing file, not a folder; choose another path")
-        if not path.exists() and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+        if not path.exists() and path.suffix.lower() in IMAGE_SUFFIXES:
             raise OutputPathError(errno.EINVAL, f"{what}: names a folder (several files go in it); "
                                                 f"give a folder name, e.g. {path.with_suffix('')}")
         folder = path

@@ -12,6 +12,7 @@ from dreamdist3d.backbones.cameras import get_camera
 from dreamdist3d.learn.data import (
     LatentCache,
     ReferenceDataError,
+    list_images,
     load_image,
     load_multiview_sets,
     load_reference_images,
@@ -65,6 +66,10 @@ def test_transparency_gray_palette_webp_and_crop(tmp_path):
     _halves(tmp_path / "w.webp", fmt="WEBP", lossless=True)
     w = load_image(tmp_path / "w.webp", 8)
     assert w[0, :, 0].mean() > 0.9 and w[2, :, -1].mean() > 0.9  # centre crop of a wide image keeps both halves
+
+    Image.fromarray(np.full((8, 8, 3), 255, dtype=np.uint8)).save(tmp_path / "b.bmp")  # a folder eval also reads
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "b.bmp", "g.jpg", "p.png", "w.webp"]
+    torch.testing.assert_close(load_image(tmp_path / "b.bmp", 4), torch.ones(3, 4, 4), atol=1e-6, rtol=0)
 
 
 def test_folder_errors_name_the_problem(tmp_path):

@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from dreamdist3d.io import IMAGE_SUFFIXES
 
 
 def file_hash(path: Path) -> str:
@@ -186,5 +186,5 @@ def read_sweep(folder, flag: str = "--samples") -> List[ImageSet]:
     return sets
 
 
-__all__ = ["read_sweep", "IMAGE_SUFFIXES", "ImageItem", "ImageSet", "file_hash", "find_runs", "read_folder",
+__all__ = ["read_sweep", "ImageItem", "ImageSet", "file_hash", "find_runs", "read_folder",
            "turntable_video"]

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+from dreamdist3d.io import IMAGE_SUFFIXES
+
 CAMERAS_FILE = "cameras.json"
 
 PathLike = Union[str, Path]
@@ -113,7 +114,7 @@ def list_images(folder: PathLike) -> List[Path]:
     if not folder.is_dir():
         raise ReferenceDataError(f"{folder} is not a folder; pass a folder of reference images (--images DIR)")
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS)
+                  and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def is_multiview_folder(folder: PathLike) -> bool:
@@ -152,7 +153,7 @@ def load_reference_images(folder: PathLike, resolution: int, skip_bad: bool = Fa
         others = [p.name for p in folder.iterdir() if not p.name.startswith(".")][:5]
         hint = f" (found: {', '.join(others)})" if others else ""
         raise ReferenceDataError(
-            f"no reference images in {folder}{hint}; put {', '.join(IMAGE_EXTENSIONS)} files directly in it"
+            f"no reference images in {folder}{hint}; put {', '.join(IMAGE_SUFFIXES)} files directly in it"
         )
     images, paths, skipped = [], [], []
     for p in files:
@@ -315,7 +316,6 @@ class LatentCache:
 
 __all__ = [
     "CAMERAS_FILE",
-    "IMAGE_EXTENSIONS",
     "LatentCache",
     "ReferenceDataError",
     "ReferenceSet",

@@ -18,8 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from dreamdist3d.io import IMAGE_SUFFIXES
+
 STATIC_FILES = ("model-viewer.min.js", "LICENSE-model-viewer.txt")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 @dataclass
