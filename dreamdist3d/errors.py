@@ -11,6 +11,8 @@ re-raises to show it):
     3    training diverged (an exception with `exit_code = 3`, e.g. learn's NonFiniteLossError, or the 3D trainer's
          FloatingPointError, whose message says where the NaN came from)
     130  interrupted (Ctrl-C); the trainers save their current step first and the line says how to resume
+    143  terminated (SIGTERM: a scheduler's preemption, `kill`, `timeout`): handled as Ctrl-C is — the trainers save
+         their current step — but nothing runs after that (a 3D run skips its test stage)
 
 Any exception whose class sets an int `exit_code` is handled here too and ends with that code (a RuntimeError
 subclass such as NonFiniteLossError included). Warnings raised while the command runs are printed as one line,
@@ -19,14 +21,19 @@ subclass such as NonFiniteLossError included). Warnings raised while the command
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import signal
 import sys
+import threading
 import warnings
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 INPUT_ERROR = 2
 SYSTEM_ERROR = 1
 INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM killed
 
 # errno -> what a user should read (the strerror of some platforms is terse)
 _OS_HINTS = {
@@ -81,17 +88,58 @@ def handled(e: BaseException) -> bool:
     return isinstance(e, HANDLED) or isinstance(getattr(e, "exit_code", None), int)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM while a command runs (see `sigterm_raises`). A KeyboardInterrupt, so every place that keeps its state
+    on Ctrl-C keeps it on SIGTERM too; the command then ends with exit code 143."""
+
+    exit_code = TERMINATED
+
+
+class TerminateHandler:
+    """The SIGTERM handler `sigterm_raises` installs: raises `Terminated` in the process that installed it; a forked
+    child that inherited it dies of the signal as it would have without it."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+
+    def __call__(self, signum: int, frame) -> None:
+        if os.getpid() != self.pid:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated("SIGTERM")
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside the block a SIGTERM raises `Terminated` in the main thread (where Python delivers signals) instead of
+    killing the process at once, so the trainers' Ctrl-C path saves the current step. Only over the default action:
+    a handler someone else installed (a cluster runtime, a test harness) is left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, TerminateHandler())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_reporting(prog: str, fn: Callable[[], Optional[int]], verbose: bool = False) -> int:
     """Call `fn()`; a handled error (see the module docstring) becomes one stderr line and its exit code; a warning
-    becomes one `<prog>: warning: …` line (with `verbose`, Python's usual form with the file and line)."""
+    becomes one `<prog>: warning: …` line (with `verbose`, Python's usual form with the file and line). A SIGTERM
+    during `fn()` ends it as Ctrl-C does (`sigterm_raises`), with exit code 143."""
     format_before = warnings.formatwarning
     if not verbose:
         warnings.formatwarning = lambda message, *_args, **_kw: f"{prog}: warning: {message}\n"
     try:
-        return int(fn() or 0)
+        with sigterm_raises():
+            return int(fn() or 0)
     except KeyboardInterrupt as e:
-        print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
-        return INTERRUPTED
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        detail = str(e) if str(e) and str(e) != "SIGTERM" else ""
+        print(f"{prog}: {what}" + (f": {detail}" if detail else ""), file=sys.stderr)
+        return exit_code(e)
     except Exception as e:
         if verbose or not handled(e):
             raise

@@ -18,8 +18,9 @@ toy backbone trainer (`recipes/toy_train.py`).
 - `pick_device("auto"|"cpu"|"cuda"|"cuda:N"|…)`: "auto" is CUDA (the process's LOCAL_RANK device) when available,
   else CPU; asking for CUDA without it is a ConfigError naming the key.
 - `seed_everything(seed)`: Python, NumPy and torch global generators.
-- `sigint_held()`: a Ctrl-C inside the block takes effect when the block ends (an update, or a whole 3D step, is
-  never cut in half, so the checkpoint written on Ctrl-C is a state an uninterrupted run also passes through).
+- `interrupts_held()`: a Ctrl-C or SIGTERM inside the block takes effect when the block ends (an update, or a whole
+  3D step, is never cut in half, so the checkpoint written on either is a state an uninterrupted run also passes
+  through).
 """
 
 from __future__ import annotations
@@ -81,22 +82,30 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def sigint_held():
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block and raise it as KeyboardInterrupt when the block ends
-    (main thread with Python's default handler only; elsewhere a plain block)."""
+def interrupts_held():
+    """Hold a Ctrl-C (SIGINT) or a SIGTERM that arrives inside the block and raise it when the block ends, as
+    KeyboardInterrupt or `errors.Terminated` (main thread, and only a signal that would raise there: SIGINT under
+    Python's default handler, SIGTERM under `errors.sigterm_raises`; elsewhere a plain block)."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    from dreamdist3d.errors import Terminated, TerminateHandler
+
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = []
-    signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    saved = {sig: handler for sig, handler in ((s, signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM))
+             if handler is signal.default_int_handler or isinstance(handler, TerminateHandler)}
+    caught: List[int] = []
+    for sig in saved:
+        signal.signal(sig, lambda signum, _frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in caught:
+        raise Terminated("SIGTERM")
     if caught:
         raise KeyboardInterrupt
 
@@ -258,4 +267,4 @@ def _intact_fallback(path: Path, fmt: Optional[str]) -> Optional[Path]:
 
 __all__ = ["CheckpointError", "STAMP_FORMAT", "checkpoints_in", "ckpt_folder", "discard_if_empty",
            "find_latest_checkpoint", "find_runs", "latest_checkpoint", "load_checkpoint", "new_run_dir", "open_run_dir",
-           "pick_device", "run_dir_name", "save_checkpoint", "seed_everything", "sigint_held", "step_of"]
+           "pick_device", "run_dir_name", "save_checkpoint", "seed_everything", "interrupts_held", "step_of"]

@@ -115,6 +115,48 @@ def test_ctrl_c_then_resume_latest_is_the_uninterrupted_3d_run_bit_for_bit(asset
     assert not differ, differ[:5]
 
 
+def _signal_when(proc, ready, sig, timeout: float = 180) -> None:
+    """Send `sig` to `proc` once `ready()` holds (training is under way)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    time.sleep(0.06)  # into the next step
+    proc.send_signal(sig)
+
+
+def test_sigterm_in_a_3d_run_keeps_the_step_and_skips_the_test_stage(assets, tmp_path):
+    """A scheduler's preemption (SIGTERM) ends a 3D run as Ctrl-C does — last.ckpt of the step in progress, the
+    resume hint — but with exit code 143 and no test stage after it (before: killed at once, the step lost)."""
+    steps = ["trainer.max_steps=200", "checkpoint.every_n_train_steps=1000"]  # no periodic checkpoint before the cut
+    proc = subprocess.Popen([sys.executable, *launch_args(assets, tmp_path, *steps)], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = lambda: list(tmp_path.glob("tiny/*/csv_logs/metrics.csv"))  # noqa: E731
+    _signal_when(proc, lambda: bool(logs()) and len(logs()[0].read_text().splitlines()) > 5, signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("launch.py: terminated (SIGTERM)")]
+    assert "Traceback" not in err and len(lines) == 1 and "resume=latest" in lines[0], err
+    step = torch.load(next((tmp_path / "tiny").iterdir()) / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
+    assert 5 <= step < 200 and f"stopped at step {step}" in lines[0]
+    assert "turntable:" not in out  # the grace period goes to the checkpoint, not to rendering a turntable
+
+
+def test_sigterm_while_learning_saves_the_step_in_progress(tmp_path):
+    """`dreamdist3d learn` under SIGTERM: the checkpoint of the current step and the resume command, exit 143."""
+    from dreamdist3d.runs import checkpoints_in, step_of
+
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "dreamdist3d.cli", "learn", "--config", LEARN_TOY, "--steps",
+                             "100000", "--checkpoint-every", "5", "--preview-every", "0", "--quiet", "--out-dir",
+                             str(out)], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _signal_when(proc, lambda: bool(list(out.glob("*/ckpts/*.pt"))), signal.SIGTERM)  # learning is under way
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    saved = checkpoints_in(next(out.iterdir()) / "ckpts")[-1]
+    assert step_of(saved) >= 5 and f"[learn] interrupted at step {step_of(saved)}: saved {saved}" in err
+    assert "resume with:" in err and err.rstrip().endswith("dreamdist3d learn: terminated (SIGTERM)"), err
+
+
 # ---------------------------------------------------------------------------------------------- item 3
 def _scaled(dist, factor: float, out: Path) -> Path:
     """The distribution with its context multiplied by `factor`: finite, with a valid checksum."""

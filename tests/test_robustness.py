@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -283,16 +284,39 @@ def test_ctrl_c_in_learn_keeps_the_current_step_and_prints_the_resume_command(tm
     assert resumed.history["loss"] == full.history["loss"]
 
 
+def test_a_sigterm_raises_terminated_and_is_held_like_ctrl_c():
+    """Under `sigterm_raises` (every entry point's) a SIGTERM is a `Terminated` (a KeyboardInterrupt, exit code
+    143): held until the update is whole, raised at once elsewhere; the default action comes back after."""
+    import signal
+
+    from dreamdist3d.errors import TERMINATED, Terminated, exit_code, sigterm_raises
+    from dreamdist3d.runs import interrupts_held
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("this test process has its own SIGTERM handler")
+    done = []
+    with sigterm_raises():
+        with pytest.raises(Terminated) as held:
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                done.append("update finished")
+        assert done == ["update finished"] and exit_code(held.value) == TERMINATED
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # (the handler raises at the next bytecode: the sleep is cut short)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
 def test_a_ctrl_c_during_the_update_is_held_until_the_update_is_whole():
     import signal
 
-    from dreamdist3d.recipes.learn import _sigint_held
+    from dreamdist3d.runs import interrupts_held
 
     done = []
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (a background job ignores it)
     try:
         with pytest.raises(KeyboardInterrupt):
-            with _sigint_held():
+            with interrupts_held():
                 os.kill(os.getpid(), signal.SIGINT)
                 done.append("update finished")
         assert done == ["update finished"] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -1,6 +1,7 @@
 """The parts of the learning loop (`dreamdist3d.recipes.learn`) that are neither the loss nor a file: the order the
 reference items are drawn in, the processes of a data-parallel run, the progress bar and gradient checkpointing of
-the UNet. (The Ctrl-C hold around an update is `dreamdist3d.runs.sigint_held`, shared with the 3D trainer.)"""
+the UNet. (The Ctrl-C / SIGTERM hold around an update is `dreamdist3d.runs.interrupts_held`, shared with the 3D
+trainer.)"""
 
 from __future__ import annotations
 

@@ -8,9 +8,11 @@ grid, guidance t-range) → one batch → loss → backward → optimizer (and s
 `resume=<ckpt>` continues at the same step with the same random stream (bitwise on CPU).
 
 Ctrl-C once stops training cleanly, as threestudio does: it takes effect when the step in progress is whole (its
-update, log row, validation and checkpoints; `runs.sigint_held`), then last.ckpt is written and the caller runs the
+update, log row, validation and checkpoints; `runs.interrupts_held`), then last.ckpt is written and the caller runs the
 test stage and exits with code 130. The checkpoint is therefore a state the uninterrupted run also passes through —
 weights, optimizer and random stream alike — and `resume=latest` ends with the same object, bit for bit on CPU.
+A SIGTERM (`errors.Terminated`: preemption, `kill`) stops training the same way, but the caller skips the test stage
+and exits with 143: a scheduler's grace period is spent on the checkpoint alone.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import torch
 from tqdm import tqdm
 
 from dreamdist3d.config import ConfigError
+from dreamdist3d.errors import Terminated
 from dreamdist3d.io import atomic_path
+from dreamdist3d.runs import interrupts_held, save_checkpoint
 from dreamdist3d.runs import load_checkpoint as _load_run_checkpoint
-from dreamdist3d.runs import save_checkpoint, sigint_held
 
 CKPT_FORMAT = "dreamdist3d.lift3d-checkpoint"
 
@@ -134,6 +137,7 @@ class Trainer:
         self.ckpt_dir = Path(ckpt_cfg.dirpath) if ckpt_cfg.dirpath else self.trial_dir / "ckpts"
         self.device = device
         self.interrupted = False
+        self.terminated = False  # the interruption was a SIGTERM (`errors.Terminated`)
         if cfg.val_check_interval is not None and not isinstance(cfg.val_check_interval, int):
             raise ConfigError("trainer.val_check_interval must be a number of steps (int) here")
         prec = str(cfg.precision)
@@ -168,7 +172,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loops
     def fit(self, system, datamodule, resume: Optional[Dict[str, Any]] = None) -> int:
-        """Train until trainer.max_steps; returns the final step. Ctrl-C stops early (self.interrupted)."""
+        """Train until trainer.max_steps; returns the final step. Ctrl-C or SIGTERM stops early (self.interrupted;
+        self.terminated for SIGTERM)."""
         cfg = self.cfg
         optim, sched = system.configure_optimizers()
         step = 0
@@ -191,7 +196,7 @@ class Trainer:
         t0 = time.time()
         try:
             while step < cfg.max_steps:
-                with sigint_held():  # Ctrl-C takes effect between steps (see the module docstring)
+                with interrupts_held():  # Ctrl-C / SIGTERM take effect between steps (see the module docstring)
                     out, loss = self._step(system, datamodule, optim, sched, step)
                     step += 1
                     if cfg.log_every_n_steps and step % cfg.log_every_n_steps == 0:
@@ -208,9 +213,10 @@ class Trainer:
                     due = (every_val and step % every_val == 0) or (every_ckpt and step % every_ckpt == 0)
                     if self.ckpt_cfg.save_last and due:
                         self.save(system, optim, sched, step, "last.ckpt")
-        except KeyboardInterrupt:
-            self.interrupted = True
-            bar.write(f"interrupted at step {step}: writing last.ckpt, then the test stage (Ctrl-C again to abort)")
+        except KeyboardInterrupt as e:
+            self.interrupted, self.terminated = True, isinstance(e, Terminated)
+            bar.write(f"terminated (SIGTERM) at step {step}: writing last.ckpt" if self.terminated else
+                      f"interrupted at step {step}: writing last.ckpt, then the test stage (Ctrl-C again to abort)")
         finally:
             bar.close()
             log_file.close()

@@ -75,8 +75,7 @@ from dreamdist3d.learn.run_files import (
     write_metrics,
     write_step_preview,
 )
-from dreamdist3d.runs import pick_device, step_of
-from dreamdist3d.runs import sigint_held as _sigint_held
+from dreamdist3d.runs import interrupts_held, pick_device, step_of
 
 MODES = ("auto", "2d", "4view")
 PRECISIONS = ("no", "fp16", "bf16")
@@ -329,7 +328,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         if not scaler.is_enabled() and not torch.isfinite(grad_norm):  # the update would make ctx NaN: keep ctx
             _stop_non_finite(f"the gradient became {float(grad_norm)} at step {step + 1} "
                              f"(loss {loss_value.item():.4g}, precision {precision})", keep_good_state(), bar)
-        with _sigint_held():  # a Ctrl-C here would leave ctx and the AdamW moments half-updated
+        with interrupts_held():  # a Ctrl-C or SIGTERM here would leave ctx and the AdamW moments half-updated
             scaler.step(opt)
             scaler.update()
             step += 1

@@ -38,7 +38,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 from omegaconf import DictConfig, OmegaConf
 
 from dreamdist3d.config import ConfigError, load_yaml, parse_structured
-from dreamdist3d.errors import is_input_error
+from dreamdist3d.errors import Terminated, is_input_error
 from dreamdist3d.io import check_writable
 from dreamdist3d.runs import (
     discard_if_empty,
@@ -291,11 +291,12 @@ def _run(cfg: ExperimentConfig, trial: Path, mode: str, backbone, device: str, s
     if mode == "train":
         _write_configs(trial, source, cfg)
         step = trainer.fit(system, dm, resume=resume)
-        res = trainer.test(system, dm, step)
-        print(f"turntable: {res['video']}\ngrid: {res['grid']}")
+        if not trainer.terminated:  # SIGTERM: the checkpoint is written; nothing more runs
+            res = trainer.test(system, dm, step)
+            print(f"turntable: {res['video']}\ngrid: {res['grid']}")
         if trainer.interrupted:  # Ctrl-C: the test stage ran as threestudio does; the caller still stops (exit 130)
             last = trainer.ckpt_dir / "last.ckpt"
-            raise KeyboardInterrupt(
+            raise (Terminated if trainer.terminated else KeyboardInterrupt)(
                 f"training stopped at step {step}; {last} holds it: continue with resume=latest (same exp_root_dir, "
                 f"name and tag) or resume={last}" if ckpt_cfg.save_last and last.is_file() else
                 f"training stopped at step {step}; no checkpoint was kept (checkpoint.save_last is false)")
