@@ -328,6 +328,7 @@ def test_readme_exit_code_table_is_the_one_errors_py_uses():
     text = (REPO / "README.md").read_text()
     table = text[text.index("**Exit codes and what each means**"):].split("\n\n")[1]
     codes = [int(m) for m in re.findall(r"^\| (\d+) \|", table, flags=re.M)]
-    assert codes == [0, errors.SYSTEM_ERROR, errors.INPUT_ERROR, errors.DIVERGED, errors.INTERRUPTED]
+    assert codes == [0, errors.SYSTEM_ERROR, errors.INPUT_ERROR, errors.DIVERGED, errors.INTERRUPTED, errors.TERMINATED]
     assert errors.exit_code(PermissionError(13, "denied")) == 1 and errors.exit_code(ValueError()) == 2
     assert errors.exit_code(FloatingPointError()) == 3 and errors.exit_code(KeyboardInterrupt()) == 130
+    assert errors.exit_code(errors.Terminated()) == 143

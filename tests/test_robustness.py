@@ -292,19 +292,21 @@ def test_a_sigterm_raises_terminated_and_is_held_like_ctrl_c():
     from dreamdist3d.errors import TERMINATED, Terminated, exit_code, sigterm_raises
     from dreamdist3d.runs import interrupts_held
 
-    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        pytest.skip("this test process has its own SIGTERM handler")
-    done = []
-    with sigterm_raises():
-        with pytest.raises(Terminated) as held:
-            with interrupts_held():
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a fresh process (Ray, run earlier, sets its own)
+    try:
+        done = []
+        with sigterm_raises():
+            with pytest.raises(Terminated) as held:
+                with interrupts_held():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    done.append("update finished")
+            assert done == ["update finished"] and exit_code(held.value) == TERMINATED
+            with pytest.raises(Terminated):
                 os.kill(os.getpid(), signal.SIGTERM)
-                done.append("update finished")
-        assert done == ["update finished"] and exit_code(held.value) == TERMINATED
-        with pytest.raises(Terminated):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # (the handler raises at the next bytecode: the sleep is cut short)
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+                time.sleep(5)  # (the handler raises at the next bytecode: the sleep is cut short)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_a_ctrl_c_during_the_update_is_held_until_the_update_is_whole():
