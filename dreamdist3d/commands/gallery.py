@@ -231,9 +231,9 @@ def run(args: argparse.Namespace) -> int:
     else:  # the page of whatever finished
         how = {"sds": "", "lgm": ", feed-forward (LGM)", "lgm+sds": ", LGM then SDS"}[args.lift]
         res = build_gallery(out, seeds, args.frames, title=f"{dist.stem}: {len(seeds)} samples{how}")
-        serve = shlex.join(["dreamdist3d", "serve", str(out)])
-        print(f"gallery: {res['png']}\npage:    {res['html']}\nview it: {serve}  (then open "
-              f"http://127.0.0.1:8000/{Path(res['html']).name}; browsers load no GLB models from file://)")
+        from dreamdist3d.web.serve import view_hint
+
+        print(f"gallery: {res['png']}\npage:    {res['html']}\nview it: {view_hint(res['html'])}")
     if failed:
         print(f"[gallery] failed seeds: {failed}; retry only them (finished runs are kept):\n"
               f"  {retry_command(args, out)}", file=sys.stderr)

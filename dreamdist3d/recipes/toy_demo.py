@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import shutil
 import sys
 import time
@@ -395,9 +394,9 @@ def run_demo(cfg: DemoConfig, backbone=None, runner: Optional[Runner] = None) ->
     _log(f"done in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU: {out / 'summary.json'}"
          + (f", gallery {files.get('gallery_html')}" if lifted else ""))
     if lifted:
-        page = Path(files["gallery_html"])
-        _log(f"view it: {shlex.join(['dreamdist3d', 'serve', str(page.parent)])}  (then open "
-             f"http://127.0.0.1:8000/{page.name}; browsers load no GLB models from file://)")
+        from dreamdist3d.web.serve import view_hint
+
+        _log(f"view it: {view_hint(files['gallery_html'])}")
     return summary
 
 

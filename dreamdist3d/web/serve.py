@@ -4,6 +4,7 @@ files from file:// pages. Binds 127.0.0.1 by default; serves GLB, MP4 and JS wit
 from __future__ import annotations
 
 import functools
+import shlex
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,4 +31,11 @@ def make_server(folder, host: str = "127.0.0.1", port: int = 8000, verbose: bool
     return server
 
 
-__all__ = ["MIME", "make_server"]
+def view_hint(page) -> str:
+    """The line that tells a user how to open `page` (a gallery's HTML file): serve its folder, then the URL."""
+    page = Path(page)
+    return (f"{shlex.join(['dreamdist3d', 'serve', str(page.parent)])}  (then open http://127.0.0.1:8000/{page.name}; "
+            "browsers load no GLB models from file://)")
+
+
+__all__ = ["MIME", "make_server", "view_hint"]
