@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 
 from dreamdist3d.config import ConfigError
+from dreamdist3d.errors import Terminated, TerminateHandler
 from dreamdist3d.io import atomic_torch_save, holds_pickled_objects, is_torch_file
 
 PathLike = Union[str, Path]
@@ -88,8 +89,6 @@ def interrupts_held():
     Python's default handler, SIGTERM under `errors.sigterm_raises`; elsewhere a plain block)."""
     import signal
     import threading
-
-    from dreamdist3d.errors import Terminated, TerminateHandler
 
     if threading.current_thread() is not threading.main_thread():
         yield
