@@ -86,6 +86,7 @@ def test_ray_gallery_gives_the_one_machine_objects_and_resumes(cluster, distribu
     assert np.asarray(Image.open(there / "gallery.png")).shape == (3 * 32, 3 * 32, 3)
     err = capsys.readouterr().err
     assert "2 worker(s), 1 CPU(s) each" in err and "3/3 done" in err and "obj/h" in err
+    assert "3/3 done, running 0" in err and "3/3 done, running 1" not in err  # the finished object no longer runs
 
     # a rerun keeps the finished seeds and runs only the missing one
     kept = (there / "runs" / "seed0" / "save" / "it8-test.mp4").stat().st_mtime_ns

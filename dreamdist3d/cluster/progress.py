@@ -26,10 +26,10 @@ class ObjectsProgress:
             return "?" if left > 0 else tqdm.format_interval(0)
         return tqdm.format_interval(left * (time.perf_counter() - self.t0) / self.done)
 
-    def refresh(self) -> None:
+    def refresh(self, redraw: bool = True) -> None:
         self.shown = (self.running, time.perf_counter())
         self.bar.set_postfix_str(f"running {self.running}, failed {self.failed}, {self.rate_per_hour():.1f} obj/h, "
-                                 f"ETA {self.eta()}", refresh=True)
+                                 f"ETA {self.eta()}", refresh=redraw)
 
     def tick(self, every_s: float = 30.0) -> None:
         """Redraw when the running count changed, else every `every_s` (rate and ETA drift; logs stay short)."""
@@ -41,9 +41,10 @@ class ObjectsProgress:
 
     def finished(self, line: str) -> None:
         self.done += 1
-        self.bar.update(1)
         self.note(line)
-        self.refresh()
+        self.refresh(redraw=False)  # the counts first: update() may draw the bar
+        self.bar.update(1)
+        self.bar.refresh()  # (or may not, within tqdm's mininterval)
 
     def gave_up(self, line: str) -> None:
         self.failed += 1

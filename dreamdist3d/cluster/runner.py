@@ -216,6 +216,7 @@ class _Loop:
     def object_back(self, ref) -> None:
         ray = import_ray()
         seed, i = self.busy.pop(ref)
+        self.bar.running = len(self.busy)  # before the bar redraws with this object done
         try:
             res: ObjectResult = ray.get(ref)
         except ray.exceptions.RayActorError as e:  # the worker died: Ray restarts it; it rejoins once ready
