@@ -82,8 +82,13 @@ def test_a_run_folder_travels_as_bytes(tmp_path):
     target = out / "runs" / "seed3"
     (target / "save").mkdir(parents=True)
     (target / "save" / "half-written.png").write_bytes(b"")  # an unfinished earlier attempt: cleared
+    (target / "save" / "it2-test.mp4").write_bytes(b"stopped")  # ... even one stopped at step 2 with its turntable
+    (target / "ckpts").mkdir()
+    (target / "ckpts" / "last.ckpt").write_bytes(b"step 2")
+    assert find_turntable(target, min_step=5) is None and find_turntable(target)["step"] == 2
     write_run(target, files)
-    assert not (target / "save" / "half-written.png").exists()
-    assert find_turntable(target)["video"].read_bytes() == b"mp4"
+    assert not (target / "save" / "half-written.png").exists() and not (target / "ckpts").exists()
+    assert sorted(p.name for p in (target / "save").glob("*.mp4")) == ["it5-test.mp4"]
+    assert find_turntable(target, min_step=5)["video"].read_bytes() == b"mp4"
     assert relocate({"run": run, "files": [run / "a.glb"], "n": 1}, work, out) == {
         "run": target, "files": [target / "a.glb"], "n": 1}

@@ -141,6 +141,41 @@ def test_sigterm_in_a_3d_run_keeps_the_step_and_skips_the_test_stage(assets, tmp
     assert "turntable:" not in out  # the grace period goes to the checkpoint, not to rendering a turntable
 
 
+def test_ctrl_c_in_a_gallery_then_the_same_command_finishes_the_stopped_object(assets, tmp_path):
+    """Ctrl-C renders a test turntable at the step training stopped (as threestudio does); the gallery used to count
+    that half-trained object as finished and keep it for good. Now the same command again continues the stopped run
+    from its last.ckpt and ends with the uninterrupted run's object, bit for bit on CPU."""
+    def gallery(out):
+        return ["-m", "dreamdist3d.cli", "gallery", "--distribution", assets["dist"], "--seeds", "0", "--config", TINY,
+                "--out", str(out), "--cpu", f"system.guidance.pretrained_model_name_or_path={assets['ckpt']}",
+                "trainer.max_steps=40", "checkpoint.every_n_train_steps=1000", "trainer.val_check_interval=0",
+                "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"]
+
+    assert run_cli(*gallery(tmp_path / "full")).returncode == 0
+    proc = subprocess.Popen([sys.executable, *gallery(tmp_path / "cut")], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    log = tmp_path / "cut" / "runs" / "seed0" / "csv_logs" / "metrics.csv"
+    _signal_when(proc, lambda: log.is_file() and len(log.read_text().splitlines()) > 5, signal.SIGINT)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    run = tmp_path / "cut" / "runs" / "seed0"
+    step = torch.load(run / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
+    assert 5 <= step < 40 and (run / "save" / f"it{step}-test.mp4").is_file()  # the half-trained turntable
+    assert "Traceback" not in err and f"interrupted: seed 0 stopped at step {step}, kept in " in err
+    assert "run the same command again" in err and "resume=latest" not in err  # (no key a gallery user types)
+
+    again = run_cli(*gallery(tmp_path / "cut"))
+    assert again.returncode == 0, again.stderr
+    assert "keeping" not in again.stdout and "seed 0: continuing its stopped run from" in again.stdout
+    assert (run / "save" / "it40-test.mp4").is_file()
+    a = torch.load(tmp_path / "full" / "runs" / "seed0" / "ckpts" / "last.ckpt", weights_only=True)
+    b = torch.load(run / "ckpts" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 40
+    ta, tb = (_tensors({k: c[k] for k in ("state_dict", "optimizer", "rng")}) for c in (a, b))
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
 def test_sigterm_while_learning_saves_the_step_in_progress(tmp_path):
     """`dreamdist3d learn` under SIGTERM: the checkpoint of the current step and the resume command, exit 143."""
     from dreamdist3d.runs import checkpoints_in, step_of

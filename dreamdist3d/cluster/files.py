@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Dict, Mapping
 
 from dreamdist3d.io import atomic_write_bytes
-from dreamdist3d.lift3d.gallery import find_turntable
 from dreamdist3d.recipes.objects import Call
 
 SKIPPED = ("ckpts",)  # checkpoints stay on the worker (hundreds of MB for a real run); --shared-fs keeps them
@@ -96,8 +95,10 @@ def _renamed_safetensors(path: Path, renames: Mapping[str, str], order):
 
 
 def write_run(run: Path, files: Mapping[str, bytes]) -> Path:
-    """Write a packed run into `run` (an unfinished earlier attempt there is cleared first); the turntable last."""
-    if run.exists() and find_turntable(run) is None:
+    """Write a packed run into `run`, the turntable last. The packed run is whole: what an earlier attempt left there
+    is cleared first (a stopped run's checkpoint and its turntable at the step it stopped would otherwise stay beside
+    the new object)."""
+    if run.exists():
         shutil.rmtree(run)
     last = lambda rel: (rel.startswith("save/") and rel.endswith("-test.mp4"), rel)  # noqa: E731
     for rel in sorted(files, key=last):

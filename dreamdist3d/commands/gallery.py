@@ -15,8 +15,9 @@ One GPU (or the CPU): the objects are made one after another in this process, sh
 Several GPUs (`--gpu 0,1,2`): one worker process per GPU, each taking seeds from its share of the list.
 A Ray cluster (`--ray [auto|ADDRESS]`): each seed a task on a pool of actors, one GPU each (`--cpu`: CPUs), that
 load the model once; results come back as files unless `--shared-fs` (`dreamdist3d.cluster`).
-Runs that already have a turntable are kept (re-running the command only fills in the missing seeds); failed seeds
-are listed with the command that retries them.
+Finished runs are kept (their turntable is at the config's last step): re-running the command only makes the
+missing seeds, and a run that was stopped (Ctrl-C, SIGTERM) continues from its `ckpts/last.ckpt`. Failed seeds are
+listed with the command that retries them.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ def _overrides(args: argparse.Namespace) -> List[str]:
 
 
 def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
+    from dreamdist3d.lift3d.gallery import run_dir
     from dreamdist3d.recipes.gallery import run_seed, run_settings
     from dreamdist3d.recipes.lift3d import load_guidance_backbone
 
@@ -106,8 +108,12 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
                               overrides=overrides, lift=args.lift, device=device)
             print(f"[gallery] seed {seed} ({i + 1}/{len(seeds)}) done in {time.perf_counter() - t0:.1f} s"
                   f"{_stages(folder) if args.lift == 'lgm' else ''}", flush=True)
-        except KeyboardInterrupt:
-            raise
+        except KeyboardInterrupt as e:  # (SIGTERM too) the run kept its step in last.ckpt: say how to go on here
+            step = getattr(e, "step", None)
+            kept = (f"seed {seed} stopped at step {step}, kept in {run_dir(out, seed) / 'ckpts' / 'last.ckpt'}; "
+                    if step is not None else f"seed {seed} was not finished; ")
+            raise type(e)(f"{kept}run the same command again to go on (finished runs are kept, a stopped run "
+                          f"continues where it stopped):\n  {retry_command(args, out)}") from None
         except Exception as e:  # keep going: one bad seed should not lose the others
             if args.debug:
                 raise
@@ -126,7 +132,7 @@ def _stages(folder: Path) -> str:
     return " (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items() if k != "total") + ")"
 
 
-def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[int]:
+def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str], last: int) -> List[int]:
     """One worker per GPU; worker i takes seeds[i::len(gpus)] one after another."""
     from dreamdist3d.lift3d.gallery import find_turntable, run_dir
 
@@ -145,7 +151,7 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str]) -> List[in
         if p.wait() != 0:
             print(f"[gallery] worker on GPU {gpu} (seeds {share}) exited with {p.returncode}", file=sys.stderr)
     for gpu, share, _ in procs:
-        failed += [s for s in share if find_turntable(run_dir(out, s)) is None]
+        failed += [s for s in share if find_turntable(run_dir(out, s), min_step=last) is None]
     return failed
 
 
@@ -153,13 +159,11 @@ def _run_ray(args, out: Path, seeds: List[int]) -> List[int]:
     """The seeds as tasks on a Ray cluster (`dreamdist3d.cluster`): the same run of each seed as `_run_sequential`,
     with the config, distribution and output folder given as absolute paths (the same on every node)."""
     from dreamdist3d.cluster import RayRunner
-    from dreamdist3d.recipes.gallery import gallery_task, run_settings
-    from dreamdist3d.recipes.lift3d import load_config
+    from dreamdist3d.recipes.gallery import gallery_task
 
     cluster = ray_options.cluster_config(args)
     config, dist, out = str(Path(args.config).resolve()), str(Path(args.distribution).resolve()), out.resolve()
     overrides = _overrides(args)
-    load_config(config, run_settings(dist, out, seeds[0], overrides), make_dirs=False)  # a config error: here
     task = gallery_task(config, dist, out, seeds[0], overrides, lift=args.lift, device="cpu" if args.cpu else "auto")
     with RayRunner(cluster) as runner:
         res = runner(task, out, seeds)
@@ -187,6 +191,7 @@ def retry_command(args: argparse.Namespace, out: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from dreamdist3d.lift3d.gallery import build_gallery, find_turntable, run_dir  # (lift3d loads torch models)
+    from dreamdist3d.recipes.gallery import last_step
 
     dist = Path(args.distribution)
     if not dist.is_file():
@@ -212,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
     worker = getattr(args, "worker_seeds", None)
     seeds = seed_list(worker) if worker else args.seeds or list(range(args.first_seed, args.first_seed + args.n))
     seeds = list(dict.fromkeys(seeds))
-    todo = [s for s in seeds if find_turntable(run_dir(out, s)) is None]
+    last = last_step(args.config, args.distribution, out, _overrides(args), args.lift)  # (a config error: here)
+    todo = [s for s in seeds if find_turntable(run_dir(out, s), min_step=last) is None]
     if len(todo) < len(seeds):
         print(f"[gallery] keeping {len(seeds) - len(todo)} finished run(s); {len(todo)} to do")
     gpus = [g for g in str(args.gpu or "0").split(",") if g.strip()]
@@ -223,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
         failed = _run_sequential(args, out, todo)
     else:
-        failed = _run_parallel(args, out, todo, gpus)
+        failed = _run_parallel(args, out, todo, gpus, last)
     if worker:
         return 1 if failed else 0
     if failed and len(failed) == len(seeds):

@@ -14,11 +14,13 @@ def run_dir(out: Path, seed: int) -> Path:
     return out / "runs" / f"seed{seed}"
 
 
-def find_turntable(run: Path) -> Optional[Dict[str, Path]]:
-    """The newest `save/it<step>-test.mp4` of a run and its frame folder."""
+def find_turntable(run: Path, min_step: int = 0) -> Optional[Dict[str, Path]]:
+    """The newest `save/it<step>-test.mp4` of a run and its frame folder; None when there is none at `min_step` or
+    later. A run's last step as `min_step` tells a finished run from an interrupted one: Ctrl-C still renders the test
+    turntable at the step training stopped (`it37-test.mp4`), as threestudio does."""
     save = run / "save"
     videos = sorted(save.glob("it*-test.mp4"), key=lambda p: int(p.name[2:].split("-")[0])) if save.is_dir() else []
-    if not videos:
+    if not videos or int(videos[-1].name[2:].split("-")[0]) < min_step:
         return None
     v = videos[-1]
     return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": int(v.name[2:].split("-")[0])}

@@ -40,18 +40,36 @@ def run_settings(distribution: str, out: Path, seed: int, overrides: Sequence[st
     ]
 
 
+def last_step(config: str, distribution: str, out: Path, overrides: Sequence[str] = (), lift: str = "sds") -> int:
+    """The step of a finished object's turntable (`lift3d.gallery.find_turntable(run, min_step=…)`): the config's
+    `trainer.max_steps` for a run, 0 for a reconstruction. Reading the config here also reports its errors before any
+    object is made."""
+    from dreamdist3d.config import parse_structured
+    from dreamdist3d.lift3d.trainer import TrainerConfig
+    from dreamdist3d.recipes.lift3d import load_config
+
+    cfg = load_config(config, run_settings(distribution, out, 0, overrides), make_dirs=False)
+    return 0 if lift == "lgm" else parse_structured(TrainerConfig, cfg.trainer, where="trainer").max_steps
+
+
 def run_seed(backbone, out: Path, seed: int, *, config: str, distribution: str, overrides: Sequence[str] = (),
              lift: str = "sds", device: str = "auto") -> Path:
     """Make one object (a run ends with its test turntable; a reconstruction writes one); returns its folder.
-    `overrides` include `lift_settings(lift, ...)`."""
+    `overrides` include `lift_settings(lift, ...)`. A run that was stopped (Ctrl-C, SIGTERM, a lost machine) left its
+    `ckpts/last.ckpt`: it continues from there, with its prompt sample (`resume=`), instead of starting again."""
     settings = run_settings(distribution, out, seed, overrides)
     if lift == "lgm":
         from dreamdist3d.recipes.reconstruct import lift_lgm
 
         return lift_lgm(config, backbone, overrides=settings, device=device).run_dir
+    from dreamdist3d.lift3d.gallery import run_dir
     from dreamdist3d.recipes.lift3d import run_3d
 
-    return run_3d(config, backbone=backbone, mode="train", overrides=settings, device=device).run_dir
+    ckpt = run_dir(Path(out), seed) / "ckpts" / "last.ckpt"
+    resume = str(ckpt) if ckpt.is_file() else None
+    if resume:
+        print(f"[gallery] seed {seed}: continuing its stopped run from {ckpt}", flush=True)
+    return run_3d(config, backbone=backbone, mode="train", overrides=settings, device=device, resume=resume).run_dir
 
 
 def gallery_task(config: str, distribution: str, out: Path, first_seed: int, overrides: Sequence[str] = (),
@@ -68,4 +86,4 @@ def gallery_task(config: str, distribution: str, out: Path, first_seed: int, ove
     )
 
 
-__all__ = ["LIFTS", "gallery_task", "lift_settings", "run_seed", "run_settings"]
+__all__ = ["LIFTS", "gallery_task", "last_step", "lift_settings", "run_seed", "run_settings"]

@@ -296,10 +296,12 @@ def _run(cfg: ExperimentConfig, trial: Path, mode: str, backbone, device: str, s
             print(f"turntable: {res['video']}\ngrid: {res['grid']}")
         if trainer.interrupted:  # Ctrl-C: the test stage ran as threestudio does; the caller still stops (exit 130)
             last = trainer.ckpt_dir / "last.ckpt"
-            raise (Terminated if trainer.terminated else KeyboardInterrupt)(
+            stop = (Terminated if trainer.terminated else KeyboardInterrupt)(
                 f"training stopped at step {step}; {last} holds it: continue with resume=latest (same exp_root_dir, "
                 f"name and tag) or resume={last}" if ckpt_cfg.save_last and last.is_file() else
                 f"training stopped at step {step}; no checkpoint was kept (checkpoint.save_last is false)")
+            stop.step = step  # for callers that continue the run themselves (gallery) and say so in their words
+            raise stop
         return Run3DResult(trial, dict(res))
     if resume is not None:
         system.load_trainable_state_dict(resume["state_dict"])
