@@ -51,3 +51,43 @@ def test_gallery_runs_seeds_and_builds_grid_and_page(tmp_path, capsys):
             main(["gallery", "--distribution", str(dist), "--seeds", "1,x"])
     finally:
         torch.set_num_threads(n)
+
+
+def test_ctrl_c_reaches_the_gpu_workers_once_and_they_keep_their_steps(tmp_path, capfd, monkeypatch):
+    """`--gpu 0,1` runs a worker process per GPU in a session of its own; a Ctrl-C (or SIGTERM) of the command is
+    handed on to each, which saves its step, and the command ends naming what to run again (before, the workers
+    stayed in the terminal's group or, under SIGTERM, ran on as orphans). No GPU here: the check that refuses
+    several workers without CUDA is bypassed, and each worker runs on one CPU thread."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import dreamdist3d.commands.gallery as gallery_cmd
+
+    ckpt, dist = write_tiny_assets(tmp_path / "assets")
+    out = tmp_path / "gallery"
+    monkeypatch.setattr(gallery_cmd, "_check_gpus", lambda gpus: None)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    logs = [out / "runs" / f"seed{s}" / "csv_logs" / "metrics.csv" for s in (0, 1)]
+
+    def interrupt_once_both_train():
+        deadline = time.time() + 240
+        while time.time() < deadline and not all(p.is_file() and len(p.read_text().splitlines()) > 3 for p in logs):
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_both_train, daemon=True).start()
+    code = main(["gallery", "--distribution", str(dist), "--n", "2", "--config", TINY, "--out", str(out), "--gpu", "0,1",
+                 f"system.guidance.pretrained_model_name_or_path={ckpt}", "trainer.max_steps=3000",
+                 "checkpoint.every_n_train_steps=100000", "trainer.val_check_interval=0",
+                 "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"])
+    assert code == 130
+    err = capfd.readouterr().err  # the workers' lines too
+    assert "interrupted: the workers stopped; seed(s) 0, 1 kept their step in ckpts/last.ckpt" in err
+    assert "run the same command again" in err and f"--out {out} --gpu 0,1" in err
+    for s in (0, 1):  # each worker saved the step it was at (no periodic checkpoint could have)
+        step = torch.load(out / "runs" / f"seed{s}" / "ckpts" / "last.ckpt", weights_only=True)["global_step"]
+        assert 3 <= step < 3000
+    assert err.count("run the same command again") == 1  # the workers name their seed only; the parent says how
+    assert "dreamdist3d gallery: interrupted: seed 0 stopped at step" in err

@@ -12,7 +12,8 @@ How a seed becomes an object (`--lift`, `recipes.gallery`):
 
 One GPU (or the CPU): the objects are made one after another in this process, sharing the loaded MVDream model
 (and reconstructor); the seconds each took are printed.
-Several GPUs (`--gpu 0,1,2`): one worker process per GPU, each taking seeds from its share of the list.
+Several GPUs (`--gpu 0,1,2`): one worker process per GPU, each taking seeds from its share of the list; Ctrl-C or
+SIGTERM is handed on to each, and the command waits while they save their runs.
 A Ray cluster (`--ray [auto|ADDRESS]`): each seed a task on a pool of actors, one GPU each (`--cpu`: CPUs), that
 load the model once; results come back as files unless `--shared-fs` (`dreamdist3d.cluster`).
 Finished runs are kept (their turntable is at the config's last step): re-running the command only makes the
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -110,10 +112,10 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
                   f"{_stages(folder) if args.lift == 'lgm' else ''}", flush=True)
         except KeyboardInterrupt as e:  # (SIGTERM too) the run kept its step in last.ckpt: say how to go on here
             step = getattr(e, "step", None)
-            kept = (f"seed {seed} stopped at step {step}, kept in {run_dir(out, seed) / 'ckpts' / 'last.ckpt'}; "
-                    if step is not None else f"seed {seed} was not finished; ")
-            raise type(e)(f"{kept}run the same command again to go on (finished runs are kept, a stopped run "
-                          f"continues where it stopped):\n  {retry_command(args, out)}") from None
+            kept = (f"seed {seed} stopped at step {step}, kept in {run_dir(out, seed) / 'ckpts' / 'last.ckpt'}"
+                    if step is not None else f"seed {seed} was not finished")
+            worker = getattr(args, "worker_seeds", None)  # (the parent of --gpu workers says how to go on)
+            raise type(e)(kept if worker else _go_on(args, out, kept)) from None
         except Exception as e:  # keep going: one bad seed should not lose the others
             if args.debug:
                 raise
@@ -132,8 +134,27 @@ def _stages(folder: Path) -> str:
     return " (" + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items() if k != "total") + ")"
 
 
+def _check_gpus(gpus: List[str]) -> None:
+    """Several --gpu workers need GPUs: without CUDA they would share this machine's CPU cores, each run many times
+    slower than one alone (measured: 35× with two toy workers on 2 cores)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"--gpu {','.join(gpus)}: this torch build sees no CUDA GPU, so the workers would share the CPU "
+                         "cores; drop --gpu to make the objects one after another here")
+
+
+def _go_on(args, out: Path, what: str) -> str:
+    """The message of a stopped gallery: what stopped, then the command that goes on."""
+    return (f"{what}; run the same command again to go on (finished runs are kept, a stopped run continues where it "
+            f"stopped):\n  {retry_command(args, out)}")
+
+
 def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str], last: int) -> List[int]:
-    """One worker per GPU; worker i takes seeds[i::len(gpus)] one after another."""
+    """One worker per GPU; worker i takes seeds[i::len(gpus)] one after another. The workers run in sessions of
+    their own, so a Ctrl-C at the terminal reaches this process alone; it hands Ctrl-C (or a SIGTERM) on to each
+    worker once, and waits while they save their runs."""
+    from dreamdist3d.errors import Terminated
     from dreamdist3d.lift3d.gallery import find_turntable, run_dir
 
     procs = []
@@ -145,11 +166,27 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str], last: int)
         cmd = [sys.executable, "-m", "dreamdist3d.cli", "gallery", "--distribution", args.distribution,
                "--config", args.config, "--out", str(out), "--gpu", "0", "--frames", str(args.frames),
                *_lift_flags(args), "--worker-seeds", ",".join(map(str, share)), *args.overrides]
-        procs.append((gpu, share, subprocess.Popen(cmd, env=env)))
+        procs.append((gpu, share, subprocess.Popen(cmd, env=env, start_new_session=True)))
+    try:
+        for gpu, share, p in procs:
+            if p.wait() != 0:
+                print(f"[gallery] worker on GPU {gpu} (seeds {share}) exited with {p.returncode}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+        while any(p.poll() is None for _, _, p in procs):
+            for _, _, p in procs:
+                if p.poll() is None:
+                    p.send_signal(sig)
+            try:
+                for _, _, p in procs:
+                    p.wait()
+            except KeyboardInterrupt:  # again: handed on again (a second Ctrl-C skips the workers' test stage)
+                sig = signal.SIGINT
+        stopped = [s for s in seeds if find_turntable(run_dir(out, s), min_step=last) is None
+                   and (run_dir(out, s) / "ckpts" / "last.ckpt").is_file()]
+        raise type(e)(_go_on(args, out, f"the workers stopped; seed(s) {', '.join(map(str, stopped))} kept their "
+                                        "step in ckpts/last.ckpt" if stopped else "the workers stopped")) from None
     failed = []
-    for gpu, share, p in procs:
-        if p.wait() != 0:
-            print(f"[gallery] worker on GPU {gpu} (seeds {share}) exited with {p.returncode}", file=sys.stderr)
     for gpu, share, _ in procs:
         failed += [s for s in share if find_turntable(run_dir(out, s), min_step=last) is None]
     return failed
@@ -229,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpus[0]
         failed = _run_sequential(args, out, todo)
     else:
+        _check_gpus(gpus)
         failed = _run_parallel(args, out, todo, gpus, last)
     if worker:
         return 1 if failed else 0
