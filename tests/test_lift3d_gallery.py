@@ -78,7 +78,8 @@ def test_ctrl_c_reaches_the_gpu_workers_once_and_they_keep_their_steps(tmp_path,
         os.kill(os.getpid(), signal.SIGINT)
 
     threading.Thread(target=interrupt_once_both_train, daemon=True).start()
-    code = main(["gallery", "--distribution", str(dist), "--n", "2", "--config", TINY, "--out", str(out), "--gpu", "0,1",
+    code = main(["gallery", "--distribution", str(dist), "--n", "2", "--config", TINY, "--out", str(out),
+                 "--gpu", "0,1",
                  f"system.guidance.pretrained_model_name_or_path={ckpt}", "trainer.max_steps=3000",
                  "checkpoint.every_n_train_steps=100000", "trainer.val_check_interval=0",
                  "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"])

@@ -140,8 +140,8 @@ def _check_gpus(gpus: List[str]) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise ValueError(f"--gpu {','.join(gpus)}: this torch build sees no CUDA GPU, so the workers would share the CPU "
-                         "cores; drop --gpu to make the objects one after another here")
+        raise ValueError(f"--gpu {','.join(gpus)}: this torch build sees no CUDA GPU, so the workers would share the "
+                         "CPU cores; drop --gpu to make the objects one after another here")
 
 
 def _go_on(args, out: Path, what: str) -> str:
