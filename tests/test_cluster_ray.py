@@ -64,12 +64,18 @@ def files_of(run: Path) -> dict:
 
 def same_run(a: Path, b: Path) -> None:
     """Same files (checkpoints aside) with the same bytes (cmd.txt: the driver's command, here pytest's for both);
-    configs/parsed.yaml up to the two output folders."""
+    configs/parsed.yaml up to the two output folders; the meshes' model.export.json up to its source checkpoint's
+    folder and its timings."""
+    import json
+
     fa, fb = files_of(a), files_of(b)
     assert sorted(fa) == sorted(fb)
     root_a, root_b = str(a.parent.parent), str(b.parent.parent)
     for rel in fa:
-        if rel == "configs/parsed.yaml":
+        if rel.endswith("model.export.json"):
+            ja, jb = (json.loads(f[rel].decode().replace(root, "OUT")) for f, root in ((fa, root_a), (fb, root_b)))
+            assert ja.pop("timings_s").keys() == jb.pop("timings_s").keys() and ja == jb
+        elif rel == "configs/parsed.yaml":
             assert fa[rel].decode().replace(root_a, "OUT") == fb[rel].decode().replace(root_b, "OUT")
         else:
             assert fa[rel] == fb[rel], rel

@@ -35,12 +35,33 @@ def test_gallery_runs_seeds_and_builds_grid_and_page(tmp_path, capsys):
         assert np.abs(grid[:32].astype(float) - grid[32:].astype(float)).mean() > 0.05
         page = (out / "gallery.html").read_text()
         assert page.count("<video") == 2 and "runs/seed1/save/it2-test.mp4" in page
+        # each object's meshes, as `launch.py --export` writes them, in the page's viewer
+        import trimesh
+
+        for seed in (0, 1):
+            glb = out / "runs" / f"seed{seed}" / "save" / "it2-export" / "model.glb"
+            assert len(trimesh.load(glb, force="mesh").faces) > 0
+            assert f'<model-viewer src="runs/seed{seed}/save/it2-export/model.glb"' in page
         assert f"view it: dreamdist3d serve {out}  (then open http://127.0.0.1:8000/gallery.html;" in \
             capsys.readouterr().out  # GLB models load over http only
         # re-running keeps finished runs (nothing is trained again)
         mtime = (out / "runs" / "seed0" / "save" / "it2-test.mp4").stat().st_mtime
         assert main(argv) == 0
         assert (out / "runs" / "seed0" / "save" / "it2-test.mp4").stat().st_mtime == mtime
+        # a run without its meshes (made with --no-export) is not finished while meshes are asked for: the same
+        # command exports it, without training it again
+        no_export = ["gallery", "--distribution", str(dist), "--seeds", "2", "--no-export", *argv[5:]]
+        assert main(no_export) == 0
+        assert not (out / "runs" / "seed2" / "save" / "it2-export").exists()
+        assert "no GLB exported" in (out / "gallery.html").read_text()
+        last = out / "runs" / "seed2" / "ckpts" / "last.ckpt"
+        before = torch.load(last, weights_only=True)
+        assert main(no_export) == 0 and "keeping 1 finished run(s); 0 to do" in capsys.readouterr().out
+        assert main([a for a in no_export if a != "--no-export"]) == 0
+        assert (out / "runs" / "seed2" / "save" / "it2-export" / "model.glb").is_file()
+        after = torch.load(last, weights_only=True)  # not trained again
+        assert after["global_step"] == before["global_step"] == 2
+        assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
         # --seeds (as `preview --pick` names them): those runs, in that order (both finished: nothing trains)
         picked = ["gallery", "--distribution", str(dist), "--seeds", "1,0", *argv[5:]]
         assert main(picked) == 0

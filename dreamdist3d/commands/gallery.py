@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                 "per GPU")
     p.add_argument("--cpu", action="store_true", help="run on the CPU (with --ray: on the cluster's CPUs)")
     p.add_argument("--frames", type=int, default=6, help="turntable frames per row of the PNG grid (default 6)")
+    p.add_argument("--no-export", dest="export", action="store_false",
+                   help="no meshes (by default each object's GLB/OBJ/PLY are exported as `launch.py --export` does, "
+                        "with the config's system.exporter, and shown in the page)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.add_argument("--worker-seeds", default=None, help=argparse.SUPPRESS)  # set for the per-GPU worker processes
     p.add_argument("overrides", nargs="*",
@@ -107,7 +110,7 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
             if backbone is None:  # the guidance checkpoint, loaded once for all objects
                 backbone = load_guidance_backbone(args.config, settings, device=device)
             folder = run_seed(backbone, out, seed, config=args.config, distribution=args.distribution,
-                              overrides=overrides, lift=args.lift, device=device)
+                              overrides=overrides, lift=args.lift, device=device, export=args.export)
             print(f"[gallery] seed {seed} ({i + 1}/{len(seeds)}) done in {time.perf_counter() - t0:.1f} s"
                   f"{_stages(folder) if args.lift == 'lgm' else ''}", flush=True)
         except KeyboardInterrupt as e:  # (SIGTERM too) the run kept its step in last.ckpt: say how to go on here
@@ -155,7 +158,7 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str], last: int)
     their own, so a Ctrl-C at the terminal reaches this process alone; it hands Ctrl-C (or a SIGTERM) on to each
     worker once, and waits while they save their runs."""
     from dreamdist3d.errors import Terminated
-    from dreamdist3d.lift3d.gallery import find_turntable, run_dir
+    from dreamdist3d.lift3d.gallery import is_finished, run_dir
 
     procs = []
     for i, gpu in enumerate(gpus):
@@ -182,13 +185,13 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str], last: int)
                     p.wait()
             except KeyboardInterrupt:  # again: handed on again (a second Ctrl-C skips the workers' test stage)
                 sig = signal.SIGINT
-        stopped = [s for s in seeds if find_turntable(run_dir(out, s), min_step=last) is None
+        stopped = [s for s in seeds if not is_finished(run_dir(out, s), last)
                    and (run_dir(out, s) / "ckpts" / "last.ckpt").is_file()]
         raise type(e)(_go_on(args, out, f"the workers stopped; seed(s) {', '.join(map(str, stopped))} kept their "
                                         "step in ckpts/last.ckpt" if stopped else "the workers stopped")) from None
     failed = []
     for gpu, share, _ in procs:
-        failed += [s for s in share if find_turntable(run_dir(out, s), min_step=last) is None]
+        failed += [s for s in share if not is_finished(run_dir(out, s), last, args.export)]
     return failed
 
 
@@ -201,7 +204,8 @@ def _run_ray(args, out: Path, seeds: List[int]) -> List[int]:
     cluster = ray_options.cluster_config(args)
     config, dist, out = str(Path(args.config).resolve()), str(Path(args.distribution).resolve()), out.resolve()
     overrides = _overrides(args)
-    task = gallery_task(config, dist, out, seeds[0], overrides, lift=args.lift, device="cpu" if args.cpu else "auto")
+    task = gallery_task(config, dist, out, seeds[0], overrides, lift=args.lift, device="cpu" if args.cpu else "auto",
+                        export=args.export)
     with RayRunner(cluster) as runner:
         res = runner(task, out, seeds)
     for seed, error in sorted(res.failed.items()):
@@ -211,7 +215,7 @@ def _run_ray(args, out: Path, seeds: List[int]) -> List[int]:
 
 def _lift_flags(args: argparse.Namespace) -> List[str]:
     return [*(["--lift", args.lift] if args.lift != "sds" else []), *(["--lgm", args.lgm] if args.lgm else []),
-            *(["--mvdream", args.mvdream] if args.mvdream else [])]
+            *(["--mvdream", args.mvdream] if args.mvdream else []), *([] if args.export else ["--no-export"])]
 
 
 def retry_command(args: argparse.Namespace, out: Path) -> str:
@@ -227,7 +231,7 @@ def retry_command(args: argparse.Namespace, out: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dreamdist3d.lift3d.gallery import build_gallery, find_turntable, run_dir  # (lift3d loads torch models)
+    from dreamdist3d.lift3d.gallery import build_gallery, is_finished, run_dir  # (lift3d loads torch models)
     from dreamdist3d.recipes.gallery import last_step
 
     dist = Path(args.distribution)
@@ -255,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = seed_list(worker) if worker else args.seeds or list(range(args.first_seed, args.first_seed + args.n))
     seeds = list(dict.fromkeys(seeds))
     last = last_step(args.config, args.distribution, out, _overrides(args), args.lift)  # (a config error: here)
-    todo = [s for s in seeds if find_turntable(run_dir(out, s), min_step=last) is None]
+    todo = [s for s in seeds if not is_finished(run_dir(out, s), last, args.export)]
     if len(todo) < len(seeds):
         print(f"[gallery] keeping {len(seeds) - len(todo)} finished run(s); {len(todo)} to do")
     gpus = [g for g in str(args.gpu or "0").split(",") if g.strip()]

@@ -26,6 +26,14 @@ def find_turntable(run: Path, min_step: int = 0) -> Optional[Dict[str, Path]]:
     return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": int(v.name[2:].split("-")[0])}
 
 
+def is_finished(run: Path, last_step: int, meshes: bool = False) -> bool:
+    """Is the object of `run` made: its turntable at `last_step` (see `find_turntable`) and, with `meshes`, its
+    exported meshes there too (`web.gallery_page.find_meshes`)?"""
+    from dreamdist3d.web.gallery_page import find_meshes
+
+    return find_turntable(run, min_step=last_step) is not None and (not meshes or bool(find_meshes(run)))
+
+
 def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "",
                   references: Optional[Path] = None) -> Dict[str, Path]:
     """gallery.png (row per seed: n_frames turntable frames) and gallery.html (`dreamdist3d.web.gallery_page`: the

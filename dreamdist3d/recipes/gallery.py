@@ -53,15 +53,18 @@ def last_step(config: str, distribution: str, out: Path, overrides: Sequence[str
 
 
 def run_seed(backbone, out: Path, seed: int, *, config: str, distribution: str, overrides: Sequence[str] = (),
-             lift: str = "sds", device: str = "auto") -> Path:
-    """Make one object (a run ends with its test turntable; a reconstruction writes one); returns its folder.
-    `overrides` include `lift_settings(lift, ...)`. A run that was stopped (Ctrl-C, SIGTERM, a lost machine) left its
-    `ckpts/last.ckpt`: it continues from there, with its prompt sample (`resume=`), instead of starting again."""
+             lift: str = "sds", device: str = "auto", export: bool = True) -> Path:
+    """Make one object (a run ends with its test turntable; a reconstruction writes one) and, with `export`, its
+    meshes (a run: `launch.py --export`'s, with the config's `system.exporter`, into `save/it<step>-export/`);
+    returns its folder. `overrides` include `lift_settings(lift, ...)`. A run that was stopped (Ctrl-C, SIGTERM, a
+    lost machine) left its `ckpts/last.ckpt`: it continues from there, with its prompt sample (`resume=`), instead of
+    starting again."""
     settings = run_settings(distribution, out, seed, overrides)
     if lift == "lgm":
         from dreamdist3d.recipes.reconstruct import lift_lgm
 
-        return lift_lgm(config, backbone, overrides=settings, device=device).run_dir
+        kw = {} if export else {"formats": ""}
+        return lift_lgm(config, backbone, overrides=settings, device=device, **kw).run_dir
     from dreamdist3d.lift3d.gallery import run_dir
     from dreamdist3d.recipes.lift3d import run_3d
 
@@ -69,15 +72,18 @@ def run_seed(backbone, out: Path, seed: int, *, config: str, distribution: str, 
     resume = str(ckpt) if ckpt.is_file() else None
     if resume:
         print(f"[gallery] seed {seed}: continuing its stopped run from {ckpt}", flush=True)
-    return run_3d(config, backbone=backbone, mode="train", overrides=settings, device=device, resume=resume).run_dir
+    run = run_3d(config, backbone=backbone, mode="train", overrides=settings, device=device, resume=resume).run_dir
+    if export:
+        run_3d(config, backbone=backbone, mode="export", overrides=settings, device=device, resume=str(ckpt))
+    return run
 
 
 def gallery_task(config: str, distribution: str, out: Path, first_seed: int, overrides: Sequence[str] = (),
-                 lift: str = "sds", device: str = "auto") -> ObjectTask:
+                 lift: str = "sds", device: str = "auto", export: bool = True) -> ObjectTask:
     """`run_seed` of every seed as a runner's task; the backbone is loaded with the settings of `first_seed`."""
     return ObjectTask(
         run=Call(run_seed, {"config": config, "distribution": distribution, "overrides": list(overrides),
-                            "lift": lift, "device": device}, files=("config", "distribution")),
+                            "lift": lift, "device": device, "export": export}, files=("config", "distribution")),
         backbone=Call(load_guidance_backbone,
                       {"cfg": config, "overrides": run_settings(distribution, out, first_seed, overrides),
                        "device": device},

@@ -40,9 +40,12 @@ def find_anchor(run: Path) -> Optional[Path]:
 
 
 def find_meshes(run: Path) -> Dict[str, Path]:
-    """A run's exported meshes (`export/model.*` or `save/export/model.*`), by format."""
+    """A run's exported meshes, by format: `export/model.*` (the toy demo, `--lift lgm`), `save/export/model.*`
+    (`dreamdist3d export RUN`) or the newest `save/it<step>-export/model.*` (`launch.py --export`, `gallery`)."""
+    stepped = sorted((run / "save").glob("it*-export"), key=lambda p: int(p.name[2:].split("-")[0]), reverse=True) \
+        if (run / "save").is_dir() else []
     out: Dict[str, Path] = {}
-    for folder in (run / "export", run / "save" / "export"):
+    for folder in (run / "export", run / "save" / "export", *stepped):
         for fmt in ("glb", "obj", "ply"):
             p = folder / f"model.{fmt}"
             if fmt not in out and p.is_file():
