@@ -19,11 +19,16 @@ def find_turntable(run: Path, min_step: int = 0) -> Optional[Dict[str, Path]]:
     later. A run's last step as `min_step` tells a finished run from an interrupted one: Ctrl-C still renders the test
     turntable at the step training stopped (`it37-test.mp4`), as threestudio does."""
     save = run / "save"
-    videos = sorted(save.glob("it*-test.mp4"), key=lambda p: int(p.name[2:].split("-")[0])) if save.is_dir() else []
-    if not videos or int(videos[-1].name[2:].split("-")[0]) < min_step:
+    videos = sorted(save.glob("it*-test.mp4"), key=_step) if save.is_dir() else []
+    if not videos or _step(videos[-1]) < min_step:
         return None
     v = videos[-1]
-    return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": int(v.name[2:].split("-")[0])}
+    return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": _step(v)}
+
+
+def _step(path: Path) -> int:
+    """The step of `save/it<step>-…`."""
+    return int(path.name[2:].split("-")[0])
 
 
 def is_finished(run: Path, last_step: int, meshes: bool = False) -> bool:
