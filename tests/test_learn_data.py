@@ -137,8 +137,13 @@ def test_multiview_sets(tmp_path):
     spec = json.loads((root / "obj1" / "cameras.json").read_text())
     spec["views"] = spec["views"][:3]
     (root / "obj1" / "cameras.json").write_text(json.dumps(spec))
-    with pytest.raises(ReferenceDataError, match=r"obj1.cameras\.json.*exactly 4"):
+    with pytest.raises(ReferenceDataError, match=r"obj1.cameras\.json.*exactly 4.*or pass --skip-bad to leave this "
+                                                 r"object out"):
         load_multiview_sets(root, 8)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "loose.png")  # one plain image beside the objects
+    with pytest.raises(ReferenceDataError, match=r"1 usable reference image.*sub-folders hold multi-view objects: "
+                                                 r"learn from them with --mode 4view"):
+        load_references(root, 8, multiview=False)
     with pytest.warns(UserWarning, match="obj1"):
         assert len(load_multiview_sets(root, 8, skip_bad=True)) == 1
 

@@ -2,8 +2,8 @@
 
 Two kinds of reference folder:
 
-- **2D** (any backbone): a folder of `.jpg/.jpeg/.png/.webp` files (any size; case-insensitive extensions; hidden
-  files and sub-folders ignored). Each image: EXIF orientation applied (`ImageOps.exif_transpose`), transparency
+- **2D** (any backbone): a folder of `.jpg/.jpeg/.png/.webp/.bmp` files (`io.IMAGE_SUFFIXES`; any size;
+  case-insensitive extensions; hidden files and sub-folders ignored). Each image: EXIF orientation applied (`ImageOps.exif_transpose`), transparency
   composited on white (RGBA, LA, palette with transparency), grayscale/CMYK converted to RGB, the largest centred
   square cropped and resized (Lanczos) to the backbone's resolution, scaled to [-1, 1]. At least 2 images.
 - **multi-view** (MVDream 4-view mode): a folder of sub-folders, one per object, each holding the V views of the
@@ -167,9 +167,11 @@ def load_reference_images(folder: PathLike, resolution: int, skip_bad: bool = Fa
             warnings.warn(f"--skip-bad: skipped: {e.problem}", stacklevel=2)
     if len(images) < min_images:
         extra = f" ({len(skipped)} unreadable file(s) skipped)" if skipped else ""
+        views = "; its sub-folders hold multi-view objects: learn from them with --mode 4view (or auto)" \
+            if is_multiview_folder(folder) else ""
         raise ReferenceDataError(
             f"{folder} has {len(images)} usable reference image(s){extra}; at least {min_images} are needed to learn a "
-            "distribution"
+            f"distribution{views}"
         )
     return ReferenceSet(torch.stack(images), paths, None, skipped)
 
@@ -228,7 +230,7 @@ def load_multiview_sets(folder: PathLike, resolution: int, num_views: int = 4, s
             paths.append(obj)
         except ReferenceDataError as e:
             if not skip_bad:
-                raise
+                raise ReferenceDataError(e.problem, "fix it, or pass --skip-bad to leave this object out") from None
             skipped.append(f"{obj}: {e.problem}")
             warnings.warn(f"--skip-bad: skipped object {obj}: {e.problem}", stacklevel=2)
     if len(sets) < min_objects:
