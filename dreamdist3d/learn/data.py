@@ -4,8 +4,9 @@ Two kinds of reference folder:
 
 - **2D** (any backbone): a folder of `.jpg/.jpeg/.png/.webp/.bmp` files (`io.IMAGE_SUFFIXES`; any size;
   case-insensitive extensions; hidden files and sub-folders ignored). Each image: EXIF orientation applied
-  (`ImageOps.exif_transpose`), transparency composited on white (RGBA, LA, palette with transparency), grayscale/CMYK converted to RGB, the largest centred
-  square cropped and resized (Lanczos) to the backbone's resolution, scaled to [-1, 1]. At least 2 images.
+  (`ImageOps.exif_transpose`), transparency composited on white (RGBA, LA, palette with transparency),
+  grayscale/CMYK converted to RGB, the largest centred square cropped and resized (Lanczos) to the backbone's
+  resolution, scaled to [-1, 1]. At least 2 images.
 - **multi-view** (MVDream 4-view mode): a folder of sub-folders, one per object, each holding the V views of the
   object and a `cameras.json`:
 
