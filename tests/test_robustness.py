@@ -475,3 +475,14 @@ def test_toyworld_arms_refuses_a_3d_override_without_a_value_before_anything_run
     err = capsys.readouterr().err
     assert "--override-3d takes KEY=VALUE" in err and "data.n_test_views" in err
     assert not out.exists()  # nothing learned, nothing written
+
+
+@pytest.mark.parametrize("sweep", ["arms", "lift"])
+def test_table_only_on_a_folder_without_records_says_so(tmp_path, capsys, sweep):
+    """Before: an empty table (lift: after fitting the attribute reader into ./outputs), and arms overwrote the
+    sweep's config.json with the flags of the table command."""
+    out = tmp_path / sweep
+    assert main(["toyworld", sweep, "--table-only", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--table-only: no finished" in err and str(out) in err and "without --table-only" in err
+    assert not out.exists()

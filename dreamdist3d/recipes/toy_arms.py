@@ -475,6 +475,9 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
     rc, cached = 0, lambda: [json.loads(p.read_text()) for p in sorted(Path(cfg.out).glob("runs*/*/*/seed*.json"))]
     if args.table_only:
         recs = cached()
+        if not recs:
+            raise FileNotFoundError(f"--table-only: no finished runs under {cfg.out}; run the same command without "
+                                    "--table-only to make them")
     else:
         try:
             recs = run_arms(cfg, resample=args.resample) + (run_arms_3d(cfg, runner=runner) if cfg.n_3d > 0 else [])
@@ -484,8 +487,9 @@ def cli_run(args: argparse.Namespace, runner=None) -> int:
     text = table(recs)
     print(text)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "table.md").write_text(text + "\n")
-    (Path(cfg.out) / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    atomic_write_text(Path(cfg.out) / "table.md", text + "\n")
+    if not args.table_only:  # (the config of the sweep that made the runs stays)
+        atomic_write_text(Path(cfg.out) / "config.json", json.dumps(asdict(cfg), indent=1))
     return rc
 
 

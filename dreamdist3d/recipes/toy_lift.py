@@ -362,6 +362,9 @@ def cli_run(args: argparse.Namespace) -> int:
         objects = [json.loads(p.read_text()) for p in sorted((out / "objects").rglob("seed*.json"))]
         views = [v for v in views if v["seed"] in cfg.seeds and selected(cfg, v)]
         objects = [o for o in objects if o["arm"] in cfg.arms and o["seed"] in cfg.seeds and selected(cfg, o)]
+        if not views and not objects:
+            raise FileNotFoundError(f"--table-only: no finished records under {out} for these arms, seeds and parts; "
+                                    "run the same command without --table-only to make them")
     else:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
