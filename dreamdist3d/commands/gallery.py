@@ -95,7 +95,7 @@ def _overrides(args: argparse.Namespace) -> List[str]:
 
 
 def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
-    from dreamdist3d.lift3d.gallery import run_dir
+    from dreamdist3d.lift3d.gallery import run_checkpoint
     from dreamdist3d.recipes.gallery import run_seed, run_settings
     from dreamdist3d.recipes.lift3d import load_guidance_backbone
 
@@ -115,7 +115,7 @@ def _run_sequential(args, out: Path, seeds: List[int]) -> List[int]:
                   f"{_stages(folder) if args.lift == 'lgm' else ''}", flush=True)
         except KeyboardInterrupt as e:  # (SIGTERM too) the run kept its step in last.ckpt: say how to go on here
             step = getattr(e, "step", None)
-            kept = (f"seed {seed} stopped at step {step}, kept in {run_dir(out, seed) / 'ckpts' / 'last.ckpt'}"
+            kept = (f"seed {seed} stopped at step {step}, kept in {run_checkpoint(out, seed)}"
                     if step is not None else f"seed {seed} was not finished")
             worker = getattr(args, "worker_seeds", None)  # (the parent of --gpu workers says how to go on)
             raise type(e)(kept if worker else _go_on(args, out, kept)) from None
@@ -158,7 +158,7 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str], last: int)
     their own, so a Ctrl-C at the terminal reaches this process alone; it hands Ctrl-C (or a SIGTERM) on to each
     worker once, and waits while they save their runs."""
     from dreamdist3d.errors import Terminated
-    from dreamdist3d.lift3d.gallery import is_finished, run_dir
+    from dreamdist3d.lift3d.gallery import is_finished, run_checkpoint, run_dir
 
     procs = []
     for i, gpu in enumerate(gpus):
@@ -185,8 +185,7 @@ def _run_parallel(args, out: Path, seeds: List[int], gpus: List[str], last: int)
                     p.wait()
             except KeyboardInterrupt:  # again: handed on again (a second Ctrl-C skips the workers' test stage)
                 sig = signal.SIGINT
-        stopped = [s for s in seeds if not is_finished(run_dir(out, s), last)
-                   and (run_dir(out, s) / "ckpts" / "last.ckpt").is_file()]
+        stopped = [s for s in seeds if not is_finished(run_dir(out, s), last) and run_checkpoint(out, s).is_file()]
         raise type(e)(_go_on(args, out, f"the workers stopped; seed(s) {', '.join(map(str, stopped))} kept their "
                                         "step in ckpts/last.ckpt" if stopped else "the workers stopped")) from None
     failed = []

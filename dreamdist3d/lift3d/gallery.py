@@ -9,9 +9,24 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from dreamdist3d.web.gallery_page import (
+    GalleryObject,
+    find_anchor,
+    find_meshes,
+    prompt_sample_settings,
+    reference_images,
+    save_step,
+    write_gallery_page,
+)
+
 
 def run_dir(out: Path, seed: int) -> Path:
     return out / "runs" / f"seed{seed}"
+
+
+def run_checkpoint(out: Path, seed: int) -> Path:
+    """The checkpoint a stopped run of `seed` continues from (it may not exist)."""
+    return run_dir(out, seed) / "ckpts" / "last.ckpt"
 
 
 def find_turntable(run: Path, min_step: int = 0) -> Optional[Dict[str, Path]]:
@@ -19,23 +34,16 @@ def find_turntable(run: Path, min_step: int = 0) -> Optional[Dict[str, Path]]:
     later. A run's last step as `min_step` tells a finished run from an interrupted one: Ctrl-C still renders the test
     turntable at the step training stopped (`it37-test.mp4`), as threestudio does."""
     save = run / "save"
-    videos = sorted(save.glob("it*-test.mp4"), key=_step) if save.is_dir() else []
-    if not videos or _step(videos[-1]) < min_step:
+    videos = sorted(save.glob("it*-test.mp4"), key=save_step) if save.is_dir() else []
+    if not videos or save_step(videos[-1]) < min_step:
         return None
     v = videos[-1]
-    return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": _step(v)}
-
-
-def _step(path: Path) -> int:
-    """The step of `save/it<step>-…`."""
-    return int(path.name[2:].split("-")[0])
+    return {"video": v, "frames": save / v.name.replace(".mp4", ""), "step": save_step(v)}
 
 
 def is_finished(run: Path, last_step: int, meshes: bool = False) -> bool:
     """Is the object of `run` made: its turntable at `last_step` (see `find_turntable`) and, with `meshes`, its
     exported meshes there too (`web.gallery_page.find_meshes`)?"""
-    from dreamdist3d.web.gallery_page import find_meshes
-
     return find_turntable(run, min_step=last_step) is not None and (not meshes or bool(find_meshes(run)))
 
 
@@ -70,15 +78,6 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
                           axis=0)
     png = save_png(grid, out / "gallery.png")
     cells = []
-    from dreamdist3d.web.gallery_page import (
-        GalleryObject,
-        find_anchor,
-        find_meshes,
-        prompt_sample_settings,
-        reference_images,
-        write_gallery_page,
-    )
-
     for seed, tt in entries:
         run = run_dir(out, seed)
         cells.append(GalleryObject(seed, tt["step"], tt["video"], find_meshes(run), prompt_sample_settings(run),

@@ -65,10 +65,10 @@ def run_seed(backbone, out: Path, seed: int, *, config: str, distribution: str, 
 
         kw = {} if export else {"formats": ""}
         return lift_lgm(config, backbone, overrides=settings, device=device, **kw).run_dir
-    from dreamdist3d.lift3d.gallery import run_dir
+    from dreamdist3d.lift3d.gallery import run_checkpoint
     from dreamdist3d.recipes.lift3d import run_3d
 
-    ckpt = run_dir(Path(out), seed) / "ckpts" / "last.ckpt"
+    ckpt = run_checkpoint(Path(out), seed)
     resume = str(ckpt) if ckpt.is_file() else None
     if resume:
         print(f"[gallery] seed {seed}: continuing its stopped run from {ckpt}", flush=True)

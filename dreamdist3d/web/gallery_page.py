@@ -39,11 +39,15 @@ def find_anchor(run: Path) -> Optional[Path]:
     return p if p.is_file() else None
 
 
+def save_step(path: Path) -> int:
+    """The step of a run's `save/it<step>-…` file or folder (`it150-test.mp4`, `it150-export`)."""
+    return int(path.name[2:].split("-")[0])
+
+
 def find_meshes(run: Path) -> Dict[str, Path]:
     """A run's exported meshes, by format: `export/model.*` (the toy demo, `--lift lgm`), `save/export/model.*`
     (`dreamdist3d export RUN`) or the newest `save/it<step>-export/model.*` (`launch.py --export`, `gallery`)."""
-    stepped = sorted((run / "save").glob("it*-export"), key=lambda p: int(p.name[2:].split("-")[0]), reverse=True) \
-        if (run / "save").is_dir() else []
+    stepped = sorted((run / "save").glob("it*-export"), key=save_step, reverse=True) if (run / "save").is_dir() else []
     out: Dict[str, Path] = {}
     for folder in (run / "export", run / "save" / "export", *stepped):
         for fmt in ("glb", "obj", "ply"):
