@@ -374,16 +374,22 @@ def test_sample_into_a_folder_holding_an_earlier_run_refuses_or_overwrites_clean
     assert run["files"] == ["0000.png", "0001.png"] and (out / "notes.txt").read_text() == "mine"
 
 
-def test_loading_the_pipeline_does_not_ask_for_torchvision(world):
-    """diffusers' pipeline import makes transformers say "Install torchvision" (a CUDA torch, GBs, that we never
-    depend on); loading through `load_sd21_pipeline` keeps that out of the user's terminal. A fresh process: the
-    notice comes once per process, at the first import."""
+def test_loading_models_keeps_library_chatter_out_of_the_terminal(world, tmp_path):
+    """Every way we load a diffusers/transformers model goes through `hf_loading.quiet_hf_loading`: the pipeline
+    (`sample`; its import makes transformers say "Install torchvision", a CUDA torch we never depend on), the SD 2.1
+    backbone (`learn --backbone sd21`: diffusers' "install accelerate" hint, transformers 5's "Loading weights" bars)
+    and the image encoders of `eval`. A fresh process: some notices come once per process, at the first import."""
     import subprocess
     import sys
 
+    from dreamdist3d.testing.encoders import write_tiny_encoders
+
+    encoders = write_tiny_encoders(tmp_path / "enc", kinds=("dinov2",))
     code = ("import sys; from dreamdist3d.sample2d.sd21_pipeline import load_sd21_pipeline; "
-            "load_sd21_pipeline(sys.argv[1]); print('loaded')")
-    done = subprocess.run([sys.executable, "-c", code, str(world["folder"])], capture_output=True, text=True,
-                          timeout=300)
+            "from dreamdist3d.backbones.sd21 import load_sd21; from dreamdist3d.evaluation.features import load_encoder; "
+            "load_sd21_pipeline(sys.argv[1]); load_sd21(sys.argv[1]); load_encoder('dinov2', sys.argv[2], 'cpu'); "
+            "print('loaded')")
+    done = subprocess.run([sys.executable, "-c", code, str(world["folder"]), str(encoders["dinov2"])],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "loaded", done.stderr
-    assert "torchvision" not in done.stderr, done.stderr
+    assert done.stderr == "", done.stderr

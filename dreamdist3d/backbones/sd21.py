@@ -20,6 +20,7 @@ from torch import nn
 
 from dreamdist3d.backbones.base import Backbone
 from dreamdist3d.backbones.schedule import NoiseSchedule
+from dreamdist3d.hf_loading import quiet_hf_loading
 from dreamdist3d.text import ClipTokenizer, TextEncoder
 
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -103,8 +104,10 @@ def load_sd21(
     schedule = schedule_from_scheduler_config(folder / "scheduler" / "scheduler_config.json")
     tokenizer = ClipTokenizer.from_folder(folder / "tokenizer")
     text_encoder = TextEncoder.from_diffusers(folder, device=device, dtype=dtype)
-    unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", local_files_only=True, torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype)
+    with quiet_hf_loading():
+        unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", local_files_only=True,
+                                                    torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", local_files_only=True, torch_dtype=dtype)
     unet.to(device).eval().requires_grad_(False)
     vae.to(device).eval().requires_grad_(False)
     down = 2 ** (len(vae.config.block_out_channels) - 1)

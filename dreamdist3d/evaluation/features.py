@@ -27,6 +27,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from dreamdist3d.hf_loading import quiet_hf_loading
+
 # kind -> (flag, model_type in config.json, transformers class name)
 ENCODERS: Dict[str, Tuple[str, str, str]] = {
     "dinov2": ("--dinov2", "dinov2", "Dinov2Model"),
@@ -150,9 +152,10 @@ def load_encoder(kind: str, folder, device: Optional[str] = None, where: Optiona
     cls = getattr(transformers, cls_name)
     kwargs = {"add_pooling_layer": False} if kind == "dino" else {}
     try:
-        model = cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
-        processor = transformers.AutoImageProcessor.from_pretrained(str(folder), local_files_only=True,
-                                                                    **_processor_kwargs())
+        with quiet_hf_loading():
+            model = cls.from_pretrained(str(folder), local_files_only=True, **kwargs)
+            processor = transformers.AutoImageProcessor.from_pretrained(str(folder), local_files_only=True,
+                                                                        **_processor_kwargs())
     except (OSError, ValueError, EnvironmentError) as e:
         raise ValueError(f"{where}: cannot load {cls_name} offline: {e}") from None
     dev = resolve_device(device)

@@ -103,10 +103,6 @@ def run_eval(spec: EvalSpec) -> Dict[str, Any]:
         else:
             sets.append(read_folder(folder, views=spec.views, name=nm))
     folders = {"dinov2": spec.dinov2, "clip": spec.clip, **({"dino": spec.dino} if spec.dino else {})}
-    if not spec.progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # transformers' own "Loading weights" bars
     encoders = {kind: load_encoder(kind, f, spec.device) for kind, f in folders.items()}  # all errors before any work
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)

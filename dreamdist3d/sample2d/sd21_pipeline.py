@@ -11,6 +11,7 @@ from typing import Iterator, Optional, Tuple, Union
 
 import torch
 
+from dreamdist3d.hf_loading import quiet_hf_loading
 from dreamdist3d.text import ClipTokenizer
 
 PathLike = Union[str, Path]
@@ -73,7 +74,7 @@ def load_sd21_pipeline(
     `scheduler` (ddim, pndm, euler, euler-a, dpm++) replaces the folder's scheduler, built from its config.
     `attention_slicing` / `vae_tiling` turn on diffusers' memory savers for small GPUs."""
     folder = check_sd21_folder(folder)
-    with _quiet_loading():  # the import too: transformers asks for torchvision there, which we never install
+    with quiet_hf_loading():  # the import too: transformers asks for torchvision there, which we never install
         import diffusers
         from diffusers import StableDiffusionPipeline
 
@@ -92,31 +93,6 @@ def load_sd21_pipeline(
     if vae_tiling:
         pipe.vae.enable_tiling()
     return pipe
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Silence diffusers/transformers loading chatter (progress bars, the accelerate hint, the torch_dtype rename
-    notice, the "install torchvision" image-processor notice) while a pipeline loads; errors still raise. Restores
-    the previous settings."""
-    import warnings
-
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    saved = [(mod, mod.get_verbosity(), mod.is_progress_bar_enabled()) for mod in (dlog, tlog)]
-    for mod, _, _ in saved:
-        mod.set_verbosity_error()
-        mod.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            yield
-    finally:
-        for mod, level, bars in saved:
-            mod.set_verbosity(level)
-            if bars:
-                mod.enable_progress_bar()
 
 
 def tokenizer_for(folder: PathLike) -> Tuple[ClipTokenizer, str]:

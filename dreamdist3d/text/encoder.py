@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from dreamdist3d.hf_loading import quiet_hf_loading
+
 OPENCLIP_UNUSED_SUFFIXES = ("text_projection", "logit_scale")
 # transformers >= 4.36 chooses an attention implementation per model; older ones (threestudio pins 4.28) have no such
 # setting (`attn_implementation=` is a TypeError there). Our forward never calls transformers' attention either way.
@@ -157,16 +159,10 @@ class TextEncoder(nn.Module):
                 "text_encoder/config.json and its weights (model.safetensors)"
             )
         extra = {"attn_implementation": "sdpa"} if _HAS_ATTN_IMPLEMENTATION else {}
-        from transformers.utils import logging as hf_logging
-
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # its "newly initialized weights" warning: we check the keys ourselves
-        try:
+        with quiet_hf_loading():  # incl. its "newly initialized weights" warning: we check the keys below
             clip, info = CLIPTextModel.from_pretrained(
                 str(sub), local_files_only=True, torch_dtype=dtype, output_loading_info=True, **extra
             )
-        finally:
-            hf_logging.set_verbosity(verbosity)
         missing = [k for k in info["missing_keys"] if not k.endswith("position_ids")]
         if missing or info["mismatched_keys"]:
             # transformers only warns and leaves these weights random. A folder saved by transformers 5.x has no
