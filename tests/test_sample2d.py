@@ -374,6 +374,52 @@ def test_sample_into_a_folder_holding_an_earlier_run_refuses_or_overwrites_clean
     assert run["files"] == ["0000.png", "0001.png"] and (out / "notes.txt").read_text() == "mine"
 
 
+def test_a_stopped_sample_run_continues_into_the_images_of_an_uninterrupted_one(world, tmp_path, capsys,
+                                                                                monkeypatch):
+    """Ctrl-C during `sample`: the images written stay, the line says how many and how to go on; the same command
+    again keeps the whole batches already written and draws the rest: every file equals an uninterrupted run's, bit
+    for bit. A stopped run with other settings is refused (naming the setting), never mixed into a new one."""
+    ref, out = tmp_path / "whole", tmp_path / "stopped"
+    argv = ["sample", "--distribution", world["files"][0], "--sd21", str(world["folder"]), "--steps", "1", "--n", "5",
+            "--batch-size", "2", "--device", "cpu", "--dtype", "fp32", "--save-embeddings", "--quiet"]
+    assert main(argv + ["--out", str(ref)]) == 0
+
+    real_generate, calls = SD21Sampler.generate, []
+
+    def stop_at_the_third_batch(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_generate(self, *a, **k)
+
+    monkeypatch.setattr(SD21Sampler, "generate", stop_at_the_third_batch)
+    capsys.readouterr()
+    assert main(argv + ["--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted: 4 of 5 images are written in {out}; run the same command again to go on" in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["0000.json", "0000.png", "0001.json", "0001.png", "0002.json",
+                                                     "0002.png", "0003.json", "0003.png"]
+
+    calls.clear()
+    assert main(argv + ["--out", str(out)]) == 0
+    assert len(calls) == 1  # the third batch alone
+    assert "continuing the stopped run" in capsys.readouterr().out
+    whole = {p.name: p.read_bytes() for p in ref.iterdir() if p.suffix != ".json"}
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix != ".json"} == whole  # PNGs, grid, embeddings
+    for name in ["0000.json", "0004.json"]:
+        mine, theirs = json.loads((out / name).read_text()), json.loads((ref / name).read_text())
+        assert {**mine, "command": None} == {**theirs, "command": None}
+
+    # stopped with other settings: refused before anything is drawn, naming the setting; the folder is untouched
+    (out / "run.json").unlink()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls.clear()
+    assert main([a if a != "1" else "2" for a in argv] + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a stopped run with other settings (steps: 1 there, 2 now)" in err and "--overwrite" in err, err
+    assert calls == [] and {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_loading_models_keeps_library_chatter_out_of_the_terminal(world, tmp_path):
     """Every way we load a diffusers/transformers model goes through `hf_loading.quiet_hf_loading`: the pipeline
     (`sample`; its import makes transformers say "Install torchvision", a CUDA torch we never depend on), the SD 2.1
@@ -386,7 +432,8 @@ def test_loading_models_keeps_library_chatter_out_of_the_terminal(world, tmp_pat
 
     encoders = write_tiny_encoders(tmp_path / "enc", kinds=("dinov2",))
     code = ("import sys; from dreamdist3d.sample2d.sd21_pipeline import load_sd21_pipeline; "
-            "from dreamdist3d.backbones.sd21 import load_sd21; from dreamdist3d.evaluation.features import load_encoder; "
+            "from dreamdist3d.backbones.sd21 import load_sd21; "
+            "from dreamdist3d.evaluation.features import load_encoder; "
             "load_sd21_pipeline(sys.argv[1]); load_sd21(sys.argv[1]); load_encoder('dinov2', sys.argv[2], 'cpu'); "
             "print('loaded')")
     done = subprocess.run([sys.executable, "-c", code, str(world["folder"]), str(encoders["dinov2"])],

@@ -92,17 +92,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-embeddings", action="store_true",
                    help="also write embeddings.safetensors with every drawn prompt embedding and the law's mean/std")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run in --out (its images, sidecars, grid.png, run.json); without it such a "
-                        "folder is refused")
+                   help="replace an earlier run in --out (its images, sidecars, grid.png, run.json); without it a "
+                        "finished run there is refused, and a stopped one (Ctrl-C) continues if its settings are these")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    from dreamdist3d.sample2d.run_files import written_images
     from dreamdist3d.sample2d.sd21 import check_out_folder, sample_to_folder
 
     check_out_folder(args.out, args.overwrite)  # before any model is loaded
     sampler, mixture, settings = prepare(args)
-    records = sample_to_folder(sampler, mixture, settings, args.out, save_embeddings=args.save_embeddings,
-                               command=sys.argv[:], title=args.title, overwrite=args.overwrite)
+    try:
+        records = sample_to_folder(sampler, mixture, settings, args.out, save_embeddings=args.save_embeddings,
+                                   command=sys.argv[:], title=args.title, overwrite=args.overwrite,
+                                   progress=not args.quiet)
+    except KeyboardInterrupt as e:  # (SIGTERM too) the images written so far stay; say how to go on
+        written = len(written_images(args.out))
+        raise type(e)(f"{written} of {settings.n} images are written in {args.out}; run the same command again to go "
+                      "on (they are kept)") from None
     t = sampler.timings
     print(f"wrote {len(records)} images to {args.out} (contact sheet grid.png, settings in each PNG, <i>.json and "
           "run.json); "

@@ -34,6 +34,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from dreamdist3d.distribution import DistributionSpec, PromptGaussian, PromptMixture, fit
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, check_scale
@@ -41,7 +43,13 @@ from dreamdist3d.images import contact_sheet, labelled_grid, save_png, to_uint8
 from dreamdist3d.io import atomic_save_safetensors
 from dreamdist3d.sample2d.metadata import embedding_stats, write_json
 from dreamdist3d.sample2d.run_files import RUN_FILES as RUN_FILES  # re-exported (was defined here)
-from dreamdist3d.sample2d.run_files import BackgroundWriter, check_out_folder, earlier_run_files, write_image
+from dreamdist3d.sample2d.run_files import (
+    BackgroundWriter,
+    check_out_folder,
+    earlier_run_files,
+    stopped_run_images,
+    write_image,
+)
 from dreamdist3d.sample2d.sd21_pipeline import (
     DTYPES,
     SCHEDULERS,
@@ -255,15 +263,19 @@ def sample_to_folder(
     write_workers: int = 4,
     title: str = "",
     overwrite: bool = False,
+    progress: bool = False,
 ) -> List[Dict[str, Any]]:
     """Draw `settings.n` images from `mixture`, write `<i>.png` (tEXt metadata) + `<i>.json`, `grid.png`, `run.json`
     (and `embeddings.safetensors` with `save_embeddings`). Image files are written on `write_workers` background
     threads (0: inline) while the next batch is generated. Returns the per-image records (what the sidecars hold).
-    A folder holding an earlier run is refused unless `overwrite`, which first removes that run's files."""
+    A folder holding a finished earlier run is refused unless `overwrite`, which first removes that run's files. A
+    run stopped before its run.json (Ctrl-C) continues: every batch it wrote whole with these settings is kept (the
+    images an uninterrupted run would have made: each image's seeds follow its index, batches are the same), the rest
+    is drawn; a stopped run with other settings is refused as a finished one is. `progress`: a bar over the images."""
     settings.validate()
     out = Path(out)
     check_out_folder(out, overwrite)
-    for old in earlier_run_files(out):  # overwrite: no file of the earlier run may stay beside the new run.json
+    for old in earlier_run_files(out) if overwrite else []:  # no file of the earlier run may stay beside run.json
         old.unlink()
     out.mkdir(parents=True, exist_ok=True)
     law = mixture.law()
@@ -271,17 +283,29 @@ def sample_to_folder(
     base = {**_base_record(sampler, settings), **mixture.describe()}
     if command is not None:
         base["command"] = command
+    kept = stopped_run_images(out, base, settings.n)
+    batches = [list(range(start, min(settings.n, start + settings.batch_size)))
+               for start in range(0, settings.n, settings.batch_size)]
+    done = sum(len(idx) for idx in batches if all(i in kept for i in idx))
+    if kept:
+        print(f"[sample] continuing the stopped run in {out}: {done} of {settings.n} images kept", flush=True)
     records: List[Dict[str, Any]] = []
     images: List[np.ndarray] = []
     all_embeds: List[torch.Tensor] = []
     writer = BackgroundWriter(write_workers)
+    bar = tqdm(total=settings.n, initial=done, desc="sample", unit="img", disable=not progress, dynamic_ncols=True,
+               leave=False)
     try:
-        for start in range(0, settings.n, settings.batch_size):
-            idx = list(range(start, min(settings.n, start + settings.batch_size)))
+        for idx in batches:
             seeds = [image_seeds(settings.seed, i, settings.same_latents) for i in idx]
             embeds = sampler.draw(law, [s for s, _ in seeds])
-            batch = sampler.generate(embeds, [s for _, s in seeds], negative, settings.steps, settings.cfg,
-                                     settings.height, settings.width, settings.eta)
+            keep = all(i in kept for i in idx)
+            if keep:
+                batch = [_read_rgb(out / f"{i:04d}.png") for i in idx]
+            else:
+                batch = sampler.generate(embeds, [s for _, s in seeds], negative, settings.steps, settings.cfg,
+                                         settings.height, settings.width, settings.eta)
+                bar.update(len(idx))
             with sampler._timed("write"):
                 fed = embeds.to(sampler.dtype)
                 for j, i in enumerate(idx):
@@ -289,7 +313,8 @@ def sample_to_folder(
                     stats = embedding_stats(embeds[j], law.mean, law.std, fed=fed[j])
                     rec = {**base, "file": name, "index": i, "sample_seed": seeds[j][0], "latent_seed": seeds[j][1],
                            "embedding": stats}
-                    writer.submit(write_image, batch[j], out / name, rec, out / f"{i:04d}.json")
+                    if not keep:
+                        writer.submit(write_image, batch[j], out / name, rec, out / f"{i:04d}.json")
                     records.append(rec)
                     images.append(batch[j])
                 if save_embeddings:
@@ -313,8 +338,15 @@ def sample_to_folder(
             writer.close()
             write_json({**summary, "images": records, "timings_s": dict(sampler.timings)}, out / "run.json")
     finally:
+        bar.close()
         writer.close()
     return records
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    """(H, W, 3) uint8 of a PNG this run wrote."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def sweep_to_grid(
