@@ -381,8 +381,12 @@ def test_a_stopped_sample_run_continues_into_the_images_of_an_uninterrupted_one(
     for bit. A stopped run with other settings is refused (naming the setting), never mixed into a new one."""
     ref, out = tmp_path / "whole", tmp_path / "stopped"
     argv = ["sample", "--distribution", world["files"][0], "--sd21", str(world["folder"]), "--steps", "1", "--n", "5",
-            "--batch-size", "2", "--device", "cpu", "--dtype", "fp32", "--save-embeddings", "--quiet"]
+            "--batch-size", "2", "--device", "cpu", "--dtype", "fp32", "--save-embeddings"]
+    capsys.readouterr()
     assert main(argv + ["--out", str(ref)]) == 0
+    err = capsys.readouterr().err
+    assert "sample:" in err and "/5 [" in err and "img/s" in err  # the progress bar over images
+    argv.append("--quiet")
 
     real_generate, calls = SD21Sampler.generate, []
 
@@ -403,7 +407,8 @@ def test_a_stopped_sample_run_continues_into_the_images_of_an_uninterrupted_one(
     calls.clear()
     assert main(argv + ["--out", str(out)]) == 0
     assert len(calls) == 1  # the third batch alone
-    assert "continuing the stopped run" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "continuing the stopped run" in printed.out and "img/s" not in printed.err  # --quiet: no bar
     whole = {p.name: p.read_bytes() for p in ref.iterdir() if p.suffix != ".json"}
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix != ".json"} == whole  # PNGs, grid, embeddings
     for name in ["0000.json", "0004.json"]:

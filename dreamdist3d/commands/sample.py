@@ -62,6 +62,7 @@ def add_common_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str
 
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--title", default="", help="a line shown above the grid (e.g. what model made it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -94,7 +95,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in --out (its images, sidecars, grid.png, run.json); without it a "
                         "finished run there is refused, and a stopped one (Ctrl-C) continues if its settings are these")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -34,6 +34,6 @@ def run(args: argparse.Namespace) -> int:
     sampler, mixture, settings = prepare(args)
     path, cells = sweep_to_grid(sampler, mixture, settings, args.out, kind=args.kind, gammas=args.gammas,
                                 mix_weights=args.mix_weights, save_cells=args.save_cells, command=sys.argv[:],
-                                title=args.title)
+                                title=args.title, progress=not args.quiet)
     print(f"wrote {path} ({len(cells)} cells; per-cell seeds and embedding statistics in {path.with_suffix('.json')})")
     return 0

@@ -360,9 +360,11 @@ def sweep_to_grid(
     save_cells: bool = False,
     command: Optional[List[str]] = None,
     title: str = "",
+    progress: bool = False,
 ) -> Tuple[Path, List[Dict[str, Any]]]:
     """The paper's figures: rows γ (kind="scale") or w between two distributions (kind="mix"); `settings.n` columns,
-    each with one ε and one latent seed shared by all its rows. Writes `sweep-<kind>.png` (labelled) + `.json`."""
+    each with one ε and one latent seed shared by all its rows. Writes `sweep-<kind>.png` (labelled) + `.json`.
+    `progress`: a bar over the cells."""
     settings.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -395,11 +397,14 @@ def sweep_to_grid(
     cells = [(r, c) for r in range(len(rows)) for c in range(settings.n)]
     grid: List[List[Optional[np.ndarray]]] = [[None] * settings.n for _ in rows]
     records: List[Dict[str, Any]] = []
+    bar = tqdm(total=len(cells), desc=f"sweep {kind}", unit="img", disable=not progress, dynamic_ncols=True,
+               leave=False)
     for start in range(0, len(cells), settings.batch_size):
         chunk = cells[start : start + settings.batch_size]
         embeds = torch.cat([sampler.draw(rows[r][1], [cols[c][0]]) for r, c in chunk])
         batch = sampler.generate(embeds, [cols[c][1] for _, c in chunk], negative, settings.steps, settings.cfg,
                                  settings.height, settings.width, settings.eta)
+        bar.update(len(chunk))
         with sampler._timed("write"):
             for j, (r, c) in enumerate(chunk):
                 grid[r][c] = batch[j]
@@ -411,6 +416,7 @@ def sweep_to_grid(
                     rec["file"] = f"sweep-{kind}-r{r}-c{c}.png"
                     save_png(batch[j], out / rec["file"], {**base, **rec})
                 records.append(rec)
+    bar.close()
     with sampler._timed("write"):
         heading = f"{title}\n{heading}" if title else heading
         sheet = labelled_grid(grid, [r[0] for r in rows], [f"seed {s}" for s, _ in cols], title=heading)
