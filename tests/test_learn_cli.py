@@ -152,3 +152,30 @@ def test_torchrun_data_parallel_equals_one_process_with_the_global_batch(tmp_pat
     assert main(["learn", *common, "--batch-size", "2", "--out", str(tmp_path / "half.safetensors"),
                  "--out-dir", str(tmp_path / "c")]) == 0
     assert (PromptDistribution.load(tmp_path / "half.safetensors").ctx - ddp.ctx).abs().max() > 1e-4  # batch matters
+
+    # resumed by one process, the torchrun run's checkpoint says its global batch changes (4 → 2)
+    ckpt = next((tmp_path / "a").glob("*/ckpts/step-0000004.pt"))
+    with pytest.warns(UserWarning, match=r"made with 2 process\(es\), this one has 1: the global batch changes "
+                                         r"from 4 to 2"):
+        assert main(["learn", *common, "--batch-size", "2", "--steps", "5", "--resume", str(ckpt), "--debug"]) == 0
+
+
+def test_the_resume_line_of_a_torchrun_learn_restarts_torchrun(monkeypatch):
+    """Ctrl-C under `torchrun --nproc_per_node 2 -m dreamdist3d.cli learn …`: the printed resume line starts the
+    same number of processes (a one-process resume would halve the global batch), on each node when there are
+    several."""
+    from dreamdist3d.learn.run_files import resume_command
+
+    argv = ["/x/dreamdist3d/cli.py", "learn", "--images", "refs dir", "--steps", "3000", "--resume", "old.pt"]
+    monkeypatch.setattr("sys.argv", argv)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("GROUP_WORLD_SIZE", raising=False)
+    assert resume_command(Path("r/step-9.pt")) == ("dreamdist3d learn --images 'refs dir' --steps 3000 --resume "
+                                                   "r/step-9.pt")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resume_command(Path("r/step-9.pt")) == ("torchrun --nproc_per_node 2 -m dreamdist3d.cli learn --images "
+                                                   "'refs dir' --steps 3000 --resume r/step-9.pt")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "3")
+    assert resume_command(Path("r/step-9.pt")) == (
+        "torchrun --nnodes 3 --nproc_per_node 2 -m dreamdist3d.cli learn --images 'refs dir' --steps 3000 --resume "
+        "r/step-9.pt (on each of the 3 nodes, with the launch's rendezvous options)")

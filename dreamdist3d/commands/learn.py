@@ -13,8 +13,10 @@ Flags and `key=value` overrides set the same keys as configs/dreamdist-learn.yam
 from __future__ import annotations
 
 import argparse
+import os
 
 from dreamdist3d.commands import finite_float
+from dreamdist3d.errors import exit_code
 
 NAME = "learn"
 HELP = "learn a prompt distribution from reference images (MVDream 2D / 4-view, SD 2.1, any Backbone)"
@@ -91,5 +93,10 @@ def run(args: argparse.Namespace) -> int:
     from dreamdist3d.recipes.learn import learn
 
     cfg, raw = build_config(args)
-    learn(cfg, raw=raw)  # a diverged loss (NonFiniteLossError) exits 3 through dreamdist3d.errors
+    try:
+        learn(cfg, raw=raw)  # a diverged loss (NonFiniteLossError) exits 3 through dreamdist3d.errors
+    except KeyboardInterrupt as e:  # under torchrun rank 0 says what was kept and how to resume; the others: nothing
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(exit_code(e)) from None
+        raise
     return 0

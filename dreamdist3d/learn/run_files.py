@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import warnings
 from dataclasses import asdict
@@ -59,7 +60,8 @@ def write_configs(run_dir: Path, cfg, raw: Optional[dict], resumed_from: Optiona
 
 
 def resume_command(ckpt: Path) -> str:
-    """The command line that continues from `ckpt`: this process's own, with its resume argument replaced."""
+    """The command line that continues from `ckpt`: this process's own, with its resume argument replaced; under
+    torchrun the torchrun launch with as many processes (the global batch is per-process batch × processes)."""
     import shlex
 
     argv = list(sys.argv)
@@ -75,7 +77,9 @@ def resume_command(ckpt: Path) -> str:
     if prog == "launch.py":
         return " ".join(shlex.quote(a) for a in ["python", "launch.py", *rest, f"resume={ckpt}"])
     if rest[:1] == ["learn"]:
-        return " ".join(shlex.quote(a) for a in ["dreamdist3d", *rest, "--resume", str(ckpt)])
+        line = " ".join(shlex.quote(a) for a in [*_launcher(), *rest, "--resume", str(ckpt)])
+        nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+        return line + (f" (on each of the {nodes} nodes, with the launch's rendezvous options)" if nodes > 1 else "")
     return f"the same settings with resume={shlex.quote(str(ckpt))} (learn(cfg, resume=...))"
 
 
@@ -99,9 +103,19 @@ def find_checkpoint(resume: str, cfg) -> Optional[Path]:
     raise FileNotFoundError(f"resume: {path} does not exist (give 'latest', a run folder or a ckpts/step-*.pt file)")
 
 
+def _launcher() -> List[str]:
+    """How this `learn` process was started: `torchrun … -m dreamdist3d.cli` with its process count per node (and
+    node count) when torchrun started it (it sets LOCAL_WORLD_SIZE), else `dreamdist3d`."""
+    if "LOCAL_WORLD_SIZE" not in os.environ:
+        return ["dreamdist3d"]
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    return ["torchrun", *(["--nnodes", str(nodes)] if nodes > 1 else []), "--nproc_per_node",
+            os.environ["LOCAL_WORLD_SIZE"], "-m", "dreamdist3d.cli"]
+
+
 def save_learn_checkpoint(path: Path, step: int, cfg, fingerprint: dict, ctx: torch.Tensor, opt, rng: torch.Tensor,
-                          sampler, history: Dict[str, List[float]], scaler) -> None:
-    """sampler: an IndexStream or its state_dict."""
+                          sampler, history: Dict[str, List[float]], scaler, processes: int = 1) -> None:
+    """sampler: an IndexStream or its state_dict; processes: how many share each step (torchrun's world size)."""
     sampler = sampler.state_dict() if isinstance(sampler, IndexStream) else sampler
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -115,11 +129,13 @@ def save_learn_checkpoint(path: Path, step: int, cfg, fingerprint: dict, ctx: to
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "config": json.dumps(asdict(cfg)),
         "text_encoder": json.dumps(fingerprint),
+        "processes": int(processes),
     }
     save_checkpoint(state, path)
 
 
-def load_learn_checkpoint(path: Path, cfg, fingerprint: dict, ctx, opt, gen, stream, history, scaler) -> int:
+def load_learn_checkpoint(path: Path, cfg, fingerprint: dict, ctx, opt, gen, stream, history, scaler,
+                          processes: int = 1) -> int:
     from dreamdist3d.text import fingerprints_match
 
     state = load_checkpoint(path, CHECKPOINT_FORMAT, what="learning checkpoint")  # a damaged file names the intact one
@@ -132,6 +148,11 @@ def load_learn_checkpoint(path: Path, cfg, fingerprint: dict, ctx, opt, gen, str
         if key in old and old[key] != getattr(cfg, key):
             warnings.warn(f"resume: '{key}' changed from {old[key]!r} to {getattr(cfg, key)!r}; the run continues with "
                           "the new value (it will not match an uninterrupted run)", stacklevel=3)
+    before = int(state.get("processes", processes))  # (checkpoints before this key: not checked)
+    if before != processes:
+        warnings.warn(f"resume: the run was made with {before} process(es), this one has {processes}: the global batch "
+                      f"changes from {cfg.batch_size * before} to {cfg.batch_size * processes} (it will not match an "
+                      "uninterrupted run); start it as before to keep it", stacklevel=3)
     if not fingerprints_match(json.loads(state["text_encoder"]), fingerprint):
         from dreamdist3d.distribution.file import describe_encoder
 

@@ -241,7 +241,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
     fingerprint = backbone.text_encoder.fingerprint()
 
     if ckpt_path is not None:
-        step = load_learn_checkpoint(ckpt_path, cfg, fingerprint, ctx, opt, gen, stream, history, scaler)
+        step = load_learn_checkpoint(ckpt_path, cfg, fingerprint, ctx, opt, gen, stream, history, scaler, world)
 
     # ---------------------------------------------------------------- run folder (only once the inputs are good)
     run_dir = ckpt_path.parent.parent if ckpt_path else make_run_dir(cfg, rank, world)
@@ -275,7 +275,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         path = checkpoint_path(run_dir, step)
         if not path.exists():
             rng, sampler = (rng_before, stream_before) if pending else (gen.get_state(), stream)
-            save_learn_checkpoint(path, step, cfg, fingerprint, ctx, opt, rng, sampler, history, scaler)
+            save_learn_checkpoint(path, step, cfg, fingerprint, ctx, opt, rng, sampler, history, scaler, world)
         write_metrics(run_dir, history)
         return path
 
@@ -346,7 +346,8 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
         bar.set_postfix(loss=f"{loss_value.item():.4f}", ortho=f"{out.ortho.item():.3f}")
         if rank == 0 and (step % max(1, cfg.checkpoint_every) == 0 or step == stop):
             last_ckpt = checkpoint_path(run_dir, step)
-            save_learn_checkpoint(last_ckpt, step, cfg, fingerprint, ctx, opt, gen.get_state(), stream, history, scaler)
+            save_learn_checkpoint(last_ckpt, step, cfg, fingerprint, ctx, opt, gen.get_state(), stream, history, scaler,
+                                  world)
             prune_checkpoints(run_dir, cfg.keep_checkpoints)
             write_metrics(run_dir, history)
             write_loss_curve(run_dir / "loss.png", history)
