@@ -17,6 +17,7 @@ Baselines (ratio baseline/ours in the last column):
 - attention: the official `Attention.forward` arithmetic, (q·scale) @ kᵀ -> softmax -> @ v with the (L×L) weights
   materialised (what LGM runs without xformers), swapped in with `LGM.set_attention_fn`; everything else identical.
 - render: with gsplat importable on CUDA, `backend="gsplat"` vs our torch backend; otherwise the torch backend alone.
+- view scaling (`--views` > 4): the torch backend's seconds per view at 4 of the views against at all of them.
 One warm-up, then `--steps` timed repetitions; CUDA times are synchronised; peak memory is CUDA's
 `max_memory_allocated` (CPU: not measured).
 """
@@ -128,6 +129,11 @@ def main(argv=None) -> int:
             torch.cuda.reset_peak_memory_stats()
         sec = timed(lambda b=backend: render_gaussians(gs, c2w, cfg.fovy, size, size, backend=b), steps, device)
         rows.append(("render", f"{backend}", sec, peak_mib(device)))
+    scaling = None
+    if args.views > 4:  # a turntable should cost its views × one view's time: 4 of its views are the baseline
+        few = c2w[torch.linspace(0, args.views - 1, 4).long()]
+        sec4 = timed(lambda: render_gaussians(gs, few, cfg.fovy, size, size, backend="torch"), steps, device)
+        scaling = (sec4 / 4, rows[2][2] / args.views)
 
     dev = (torch.cuda.get_device_name() if device.type == "cuda"
            else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)")
@@ -145,6 +151,9 @@ def main(argv=None) -> int:
     total = rows[1][2] + best_render
     print(f"| total | sdpa forward + fastest render | {total:.4f} | - | {(rows[0][2] + rows[2][2]) / total:.2f}× |")
     print(f"objects per hour at this rate: {3600 / total:.0f}")
+    if scaling is not None:
+        print(f"torch render per view: {scaling[0]:.4f} s at 4 views, {scaling[1]:.4f} s at {args.views} views: "
+              f"{scaling[0] / scaling[1]:.2f}× (about 1: the time grows as the view count, no faster)")
     return 0
 
 

@@ -210,9 +210,11 @@ def render_views_torch(g: Gaussians, w2c: Tensor, fx: Tensor, fy: Tensor, height
         chunk = torch.tensor(busy[i : i + n], device=background.device)
         c_rgb, c_depth, c_t = composite_tiles(proj, g.colors, g.opacities, chunk, slot, starts, counts, tiles_x,
                                               tiles_y, tile_size)
-        rgb = rgb.index_copy(0, chunk, c_rgb)
-        depth = depth.index_copy(0, chunk, c_depth)
-        trans = trans.index_copy(0, chunk, c_t)
+        # in place (autograd records it): an out-of-place copy of the whole buffer per batch of tiles made a
+        # 120-view turntable O(views²), 14 min instead of 17 s at 512² on a CPU
+        rgb.index_copy_(0, chunk, c_rgb)
+        depth.index_copy_(0, chunk, c_depth)
+        trans.index_copy_(0, chunk, c_t)
         i += n
 
     def image(t: Tensor) -> Tensor:  # (n_tiles, P, C) -> (V, H, W, C)
