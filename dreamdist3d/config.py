@@ -2,7 +2,8 @@
 
 `load_yaml(path, overrides)` is the one place a YAML file is merged with `key=value` overrides (launch.py, the learn
 command and recipe, the toy demo). `parse_structured(Schema, cfg)` raises a clear error naming the key when a key is
-misspelt or has the wrong type.
+misspelt or has the wrong type. `repo_file(path)` finds the repository's own configs (`configs/…`) from any working
+directory.
 """
 
 from __future__ import annotations
@@ -15,6 +16,19 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout an editable install (`pip install -e .`) runs from
+
+
+def repo_file(path: Union[str, Path]) -> Path:
+    """A file given relative to the working directory, or else to the repository root: the default configs
+    (`configs/dreamdist-mvdream.yaml`, `configs/toy/toy-3d.yaml`) are found when a command runs from another folder.
+    Returns `path` as given when neither holds it (the caller's error names it)."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    alt = REPO_ROOT / p
+    return alt if alt.is_file() else p
 
 
 class ConfigError(ValueError):

@@ -486,3 +486,21 @@ def test_table_only_on_a_folder_without_records_says_so(tmp_path, capsys, sweep)
     err = capsys.readouterr().err
     assert "--table-only: no finished" in err and str(out) in err and "without --table-only" in err
     assert not out.exists()
+
+
+def test_the_default_configs_are_found_from_any_working_directory(tmp_path, capsys, monkeypatch):
+    """`dreamdist3d gallery` run outside the checkout (an editable install): its default --config
+    (configs/dreamdist-mvdream.yaml) is the repository's; a config that exists nowhere is named, with both places
+    looked in."""
+    from dreamdist3d.config import REPO_ROOT, repo_file
+
+    monkeypatch.chdir(tmp_path)
+    assert repo_file("configs/dreamdist-mvdream.yaml") == REPO_ROOT / "configs" / "dreamdist-mvdream.yaml"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "dreamdist-mvdream.yaml").write_text("name: mine\n")
+    assert repo_file("configs/dreamdist-mvdream.yaml") == Path("configs/dreamdist-mvdream.yaml")  # the user's wins
+    dist = tmp_path / "d.safetensors"
+    dist.write_bytes(b"")
+    assert main(["gallery", "--distribution", str(dist), "--config", "configs/nope.yaml", "--out", "g"]) == 2
+    err = capsys.readouterr().err
+    assert f"--config configs/nope.yaml does not exist, neither here nor in {REPO_ROOT}" in err, err

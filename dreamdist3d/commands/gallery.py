@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import List
 
 from dreamdist3d.commands import ray_options
+from dreamdist3d.config import REPO_ROOT, repo_file
 
 NAME = "gallery"
 HELP = ("N 3D objects of one distribution (seeds 0..N-1 or --seeds; SDS runs, or feed-forward with --lift lgm), then "
@@ -236,9 +237,11 @@ def run(args: argparse.Namespace) -> int:
     dist = Path(args.distribution)
     if not dist.is_file():
         raise FileNotFoundError(f"--distribution {dist} does not exist")
-    if not Path(args.config).is_file():
-        raise FileNotFoundError(f"--config {args.config} does not exist (run from the repository root, or pass "
-                                "--config)")
+    config = repo_file(args.config)  # the default config is found from any working directory
+    if not config.is_file():
+        raise FileNotFoundError(f"--config {args.config} does not exist, neither here nor in {REPO_ROOT}; pass the "
+                                "path of a launch config (e.g. a run's configs/parsed.yaml)")
+    args.config = str(config)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ValueError(f"overrides must be key=value, got {bad}")

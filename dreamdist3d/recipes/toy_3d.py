@@ -19,24 +19,15 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from dreamdist3d.config import repo_file
 from dreamdist3d.recipes.gallery import LIFTS
 from dreamdist3d.recipes.objects import Call, ObjectTask
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_3D_CONFIG = "configs/toy/toy-3d.yaml"
 
 
 def _log(msg: str) -> None:
     print(f"[toy-demo] {msg}", file=sys.stderr, flush=True)
-
-
-def resolve_path(path: str) -> Path:
-    """A repository file given relative to the working directory, or else to the repository root."""
-    p = Path(path)
-    if p.is_file() or p.is_absolute():
-        return p
-    alt = REPO_ROOT / path
-    return alt if alt.is_file() else p
 
 
 def _fresh_run_settings(distribution: Path, out: Path, seed: int) -> List[str]:
@@ -61,7 +52,7 @@ def launch_3d(backbone, distribution: Path, out: Path, seed: int, config: str = 
     settings = [*_fresh_run_settings(distribution, out, seed),
                 *([f"trainer.max_steps={steps}"] if steps is not None else []),
                 f"trainer.enable_progress_bar={str(bool(progress)).lower()}", *overrides]
-    res = run_3d(resolve_path(config), backbone=backbone, mode="train", overrides=settings,
+    res = run_3d(repo_file(config), backbone=backbone, mode="train", overrides=settings,
                  device="cpu" if str(device) == "cpu" else "auto")
     return res.run_dir
 
@@ -73,7 +64,7 @@ def launch_lgm(backbone, distribution: Path, out: Path, seed: int, config: str =
     from dreamdist3d.recipes.reconstruct import lift_lgm
 
     settings = [*_fresh_run_settings(distribution, out, seed), *overrides]
-    return lift_lgm(resolve_path(config), backbone, overrides=settings, formats=formats,
+    return lift_lgm(repo_file(config), backbone, overrides=settings, formats=formats,
                     device="cpu" if str(device) == "cpu" else "auto")
 
 
@@ -122,7 +113,7 @@ def demo_3d_task(cfg, distribution: Path) -> ObjectTask:
     """The demo's 3D runs and exports (`_one_3d`) of a `DemoConfig` as a runner's task."""
     return ObjectTask(
         run=Call(demo_object, {"cfg": cfg, "distribution": str(Path(distribution).resolve()),
-                               "config": str(resolve_path(cfg.config_3d).resolve())}, files=("distribution", "config")),
+                               "config": str(repo_file(cfg.config_3d).resolve())}, files=("distribution", "config")),
         backbone=toy_backbone_call(cfg.weights, cfg.device), name="3D runs")
 
 
@@ -131,7 +122,7 @@ def launch_3d_task(distribution: Path, config: str, steps: Optional[int], overri
     """`launch_3d` of each seed (no progress bars) as a runner's task."""
     return ObjectTask(
         run=Call(launch_3d, {"distribution": str(Path(distribution).resolve()),
-                             "config": str(resolve_path(config).resolve()), "steps": steps,
+                             "config": str(repo_file(config).resolve()), "steps": steps,
                              "overrides": list(overrides), "progress": False}, files=("distribution", "config")),
         backbone=toy_backbone_call(weights), name="3D objects")
 
@@ -186,4 +177,4 @@ def export_run(run_dir: Path, formats: str = "glb,obj,ply", texture: bool = Fals
 
 
 __all__ = ["DEFAULT_3D_CONFIG", "LIFTS", "demo_3d_task", "demo_object", "export_run", "launch_3d", "launch_3d_task",
-           "launch_lgm", "map_forked", "resolve_path", "run_3d_seeds", "toy_backbone_call"]
+           "launch_lgm", "map_forked", "run_3d_seeds", "toy_backbone_call"]
