@@ -94,6 +94,14 @@ def test_gallery_lift_lgm_end_to_end_with_tiny_models(assets, tmp_path, capsys):
     assert "keeping 2 finished run(s); 1 to do" in capsys.readouterr().out
     assert video.stat().st_mtime_ns == mtime and (out / "runs" / "seed2" / "save" / "it0-test.mp4").is_file()
 
+    # `dreamdist3d export RUN` on a feed-forward run (no ckpts/): meshed again from its Gaussians, as the gallery did
+    import trimesh
+
+    run = out / "runs" / "seed0"
+    assert main(["export", str(run), "--no-texture", "--format", "ply"]) == 0
+    again, made = trimesh.load(run / "save" / "export" / "model.ply"), trimesh.load(run / "export" / "model.ply")
+    assert len(again.faces) == len(made.faces) > 0 and np.allclose(again.vertices, made.vertices, atol=1e-5)
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["lgm", "preview+lgm"])

@@ -56,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_run(path: str | Path, ckpt: Optional[str | Path] = None) -> Tuple[Path, Path]:
-    """(run_dir, checkpoint) from a run folder or a checkpoint path; clear errors naming the missing file."""
+    """(run_dir, checkpoint) from a run folder or a checkpoint path; clear errors naming the missing file. A
+    feed-forward run (`gallery --lift lgm`: no training, no ckpts/) has its Gaussians, `export/gaussians.ply`, as
+    its checkpoint."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p} does not exist (expected a run folder outputs/<name>/<tag>@<timestamp>/ "
@@ -70,10 +72,13 @@ def resolve_run(path: str | Path, ckpt: Optional[str | Path] = None) -> Tuple[Pa
     if not parsed.is_file():
         raise FileNotFoundError(f"{run_dir} is not a 3D run folder: {parsed} is missing "
                                 "(a run folder outputs/<name>/<tag>@<timestamp>/ holds configs/parsed.yaml and ckpts/)")
-    if not ckpt:  # ckpts/last.ckpt, else the highest-step checkpoint
+    if not ckpt:  # ckpts/last.ckpt, else the highest-step checkpoint, else a feed-forward run's Gaussians
+        from dreamdist3d.recipes.reconstruct import GAUSSIANS_PLY
         from dreamdist3d.runs import latest_checkpoint
 
-        ckpt = latest_checkpoint(run_dir, "*.ckpt", last="last.ckpt") or run_dir / "ckpts" / "last.ckpt"
+        gaussians = run_dir / "export" / GAUSSIANS_PLY
+        ckpt = (latest_checkpoint(run_dir, "*.ckpt", last="last.ckpt")
+                or (gaussians if gaussians.is_file() else run_dir / "ckpts" / "last.ckpt"))
     ck = Path(ckpt)
     if not ck.is_absolute() and not ck.exists() and (run_dir / ck).exists():
         ck = run_dir / ck
@@ -86,6 +91,11 @@ def resolve_run(path: str | Path, ckpt: Optional[str | Path] = None) -> Tuple[Pa
 def load_field_from_run(run_dir: str | Path, ckpt: Optional[str | Path] = None) -> Field:
     """The hook to the 3D runner: `dreamdist3d.lift3d.system.load_run_field(run_dir, ckpt=None) -> Field`."""
     run_dir, ck = resolve_run(run_dir, ckpt)
+    if ck.suffix == ".ply":  # a feed-forward run's Gaussians: meshed where their opacity reaches the surface level
+        from dreamdist3d.reconstruct.field import GaussianField
+        from dreamdist3d.reconstruct.ply import read_splat_ply
+
+        return GaussianField(read_splat_ply(ck))
     try:
         from dreamdist3d.lift3d.system import load_run_field
     except ImportError as e:
@@ -145,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir, ck = resolve_run(args.run, args.ckpt)
         defaults = run_geometry_defaults(run_dir)
         field = load_field_from_run(run_dir, ck)
+        if ck.suffix == ".ply":  # the Gaussians' own surface level, whatever the config's field used
+            defaults["isosurface_threshold"] = field.level
         source = f"{run_dir} ({ck.name})"
         out = Path(args.out) if args.out else run_dir / "save" / "export"
     else:
