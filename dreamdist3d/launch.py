@@ -26,15 +26,20 @@ from dreamdist3d.runs import pick_device, seed_everything  # noqa: F401 (re-expo
 
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch.py", description="threestudio-style text-to-3D from a prompt distribution")
+    p = argparse.ArgumentParser(
+        prog="launch.py", description="threestudio-style text-to-3D from a prompt distribution",
+        epilog="key=value arguments after the flags override the config (an OmegaConf dotlist), e.g. "
+               "system.prompt_processor.distribution=cathedral.safetensors seed=3 resume=latest")
     p.add_argument("--config", required=True, help="path to a config YAML")
     p.add_argument("--gpu", default="0", help="GPU id(s), e.g. 0 or 0,1 (CUDA_VISIBLE_DEVICES unless already set); "
                    "ignored without CUDA")
     group = p.add_mutually_exclusive_group(required=False)  # required, except for `recipe: toy-demo` (see main)
-    group.add_argument("--train", action="store_true")
-    group.add_argument("--validate", action="store_true")
-    group.add_argument("--test", action="store_true")
-    group.add_argument("--export", action="store_true")
+    group.add_argument("--train", action="store_true",
+                       help="optimise the 3D field (a new trial folder, or resume=), then render the test turntable")
+    group.add_argument("--validate", action="store_true", help="render the validation views of resume=CKPT")
+    group.add_argument("--test", action="store_true", help="render the test turntable (mp4 + grid) of resume=CKPT")
+    group.add_argument("--export", action="store_true",
+                       help="write the meshes of resume=CKPT (system.exporter) into save/it<step>-export/")
     p.add_argument("--verbose", action="store_true", help="show full tracebacks")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even when CUDA is available")
     return p

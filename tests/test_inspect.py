@@ -62,6 +62,7 @@ def test_inspect_official_checkpoint(text_folder, tmp_path, capsys):
     assert main(["inspect", str(pt)]) == 0
     out = capsys.readouterr().out
     assert "not recorded (official file)" in out and "sampling law      diag   objective: official" in out
+    assert "learned against   sd21 (official DreamDistribution)  steps and images not recorded" in out
     assert main(["inspect", str(pt), "--text-encoder", str(root), "--plot", str(tmp_path / "s.png"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["interpretation"]["mean_context"] == meta["fits"][0]["interpret_official"]

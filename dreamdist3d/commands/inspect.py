@@ -141,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"  prompts × tokens  K={m['n_prompts']} × L={m['n_ctx']} × D={c['shape'][2]}   position mode: "
           f"{m['position_mode']}")
     print(f"  training text     prefix={m['prefix']!r} suffix={m['suffix']!r}")
-    print(f"  learned against   {m['backbone'] or 'unknown'}  steps={m['steps']} images={m['n_images']}")
+    run = (f"steps={m['steps']} images={m['n_images']}" if m["steps"] or m["n_images"]
+           else "steps and images not recorded")  # (an official file keeps neither)
+    print(f"  learned against   {m['backbone'] or 'unknown'}  {run}")
     objective = (m.get("extra") or {}).get("objective", "official (not recorded)")
     print(f"  sampling law      {m['covariance']}   objective: {objective}")
     fp = m["text_encoder"]
