@@ -1,7 +1,7 @@
 """The files of a `sample` run (`dreamdist3d.sample2d.sd21.sample_to_folder`): which files in a folder belong to an
 earlier run (`earlier_run_files`), the refusal to overwrite a finished one (`check_out_folder`), the images a stopped
-run already wrote and may keep (`stopped_run_images`), and the writer that saves images on worker threads while the
-pipeline computes the next batch (`BackgroundWriter`)."""
+run already wrote and may keep (`stopped_run_images`), and the writing of one image (`write_image`: the PNG, then its
+sidecar)."""
 
 from __future__ import annotations
 
@@ -77,32 +77,6 @@ def stopped_run_images(out: PathLike, settings: Mapping[str, Any], n: int) -> Di
             raise ValueError(f"--out {out} holds a stopped run with other settings ({why}); run it again with the "
                              "same settings to go on, pass a new --out folder, or --overwrite to replace that run")
     return kept
-
-
-class BackgroundWriter:
-    """Writes files on worker threads while the pipeline computes the next batch (PNG compression releases the GIL;
-    a 768² PNG costs tens of ms, a large share of a fast GPU's time per image). `close()` waits and re-raises."""
-
-    def __init__(self, workers: int = 4) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=workers,
-                                       thread_name_prefix="dreamdist3d-write") if workers > 0 else None
-        self.futures: list = []
-
-    def submit(self, fn, *args) -> None:
-        if self.pool is None:
-            fn(*args)
-        else:
-            self.futures.append(self.pool.submit(fn, *args))
-
-    def close(self) -> None:
-        try:
-            for f in self.futures:
-                f.result()
-        finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=True)
 
 
 def write_image(image: np.ndarray, png: Path, record: Dict[str, Any], sidecar: Path) -> None:

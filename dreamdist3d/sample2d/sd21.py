@@ -40,11 +40,10 @@ from tqdm import tqdm
 from dreamdist3d.distribution import DistributionSpec, PromptGaussian, PromptMixture, fit
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, check_scale
 from dreamdist3d.images import contact_sheet, labelled_grid, save_png, to_uint8
-from dreamdist3d.io import atomic_save_safetensors
+from dreamdist3d.io import BackgroundWriter, atomic_save_safetensors
 from dreamdist3d.sample2d.metadata import embedding_stats, write_json
 from dreamdist3d.sample2d.run_files import RUN_FILES as RUN_FILES  # re-exported (was defined here)
 from dreamdist3d.sample2d.run_files import (
-    BackgroundWriter,
     check_out_folder,
     earlier_run_files,
     stopped_run_images,
