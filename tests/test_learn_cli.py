@@ -123,6 +123,10 @@ def test_cli_bad_folders_name_the_file(tmp_path, capsys):
     assert "stesp" in capsys.readouterr().err
     assert main(["learn", "--images", str(bad), *toy, "--ctx-init", "a photo of a red"]) == 2  # 5 tokens > n_ctx 4
     assert "ctx_init" in capsys.readouterr().err
+    assert main(["learn", "--images", str(bad), *toy, "--out", str(tmp_path / "mine")]) == 1  # (as preview)
+    assert (f"out (--out) {tmp_path / 'mine'}: the file is written as SAFETENSORS; give a name ending in "
+            f".safetensors (e.g. {tmp_path / 'mine.safetensors'})") in capsys.readouterr().err
+    assert len(list((tmp_path / "r").glob("refs@*"))) == 1
 
 
 @pytest.mark.slow

@@ -184,7 +184,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
     if rank == 0:  # every output location is checked before the backbone is loaded
         check_writable(cfg.out_dir, "out_dir (--out-dir)", is_dir=True)
         if cfg.out:
-            check_writable(cfg.out, "out (--out)")
+            check_writable(cfg.out, "out (--out)", suffix=".safetensors")  # what sample/preview/gallery read
     cuda = device.type == "cuda"
     precision = cfg.mixed_precision if cuda else "no"
     if cfg.mixed_precision != "no" and not cuda:
