@@ -72,11 +72,17 @@ def stopped_run_images(out: PathLike, settings: Mapping[str, Any], n: int) -> Di
         had = {k: v for k, v in record.items() if k not in PER_IMAGE_KEYS}
         if had != want or index >= n:
             diff = next((k for k in sorted(set(had) | set(want)) if had.get(k) != want.get(k)), None)
-            why = (f"{diff}: {had.get(diff)!r} there, {want.get(diff)!r} now" if diff is not None
+            why = (f"{diff}: {_short(had.get(diff))} there, {_short(want.get(diff))} now" if diff is not None
                    else f"image {index} is beyond --n {n}")
             raise ValueError(f"--out {out} holds a stopped run with other settings ({why}); run it again with the "
                              "same settings to go on, pass a new --out folder, or --overwrite to replace that run")
     return kept
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    """repr of a setting for a one-line message (a list of distributions can be long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def write_image(image: np.ndarray, png: Path, record: Dict[str, Any], sidecar: Path) -> None:
