@@ -252,6 +252,12 @@ def save_png(image: Any, path: Union[str, Path], record: Optional[Mapping[str, A
     return path
 
 
+def read_rgb(path: Union[str, Path]) -> np.ndarray:
+    """(H, W, 3) uint8 of an image file (any mode PIL reads, converted to RGB); the file is closed after."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def read_png_record(path: Union[str, Path]) -> dict:
     """The `dreamdist3d` record of a PNG written by `save_png` (KeyError naming the file if it has none)."""
     with Image.open(path) as im:
@@ -261,5 +267,6 @@ def read_png_record(path: Union[str, Path]) -> dict:
     return json.loads(text[PNG_KEY])
 
 
-__all__ = ["PNG_KEY", "cell_size", "contact_sheet", "labelled_grid", "read_png_record", "save_png", "tile_grid",
+__all__ = ["PNG_KEY", "cell_size", "contact_sheet", "labelled_grid", "read_png_record", "read_rgb", "save_png",
+           "tile_grid",
            "to_pil", "to_uint8"]

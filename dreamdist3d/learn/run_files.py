@@ -77,8 +77,8 @@ def resume_command(ckpt: Path) -> str:
     if prog == "launch.py":
         return " ".join(shlex.quote(a) for a in ["python", "launch.py", *rest, f"resume={ckpt}"])
     if rest[:1] == ["learn"]:
-        line = " ".join(shlex.quote(a) for a in [*_launcher(), *rest, "--resume", str(ckpt)])
         nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+        line = " ".join(shlex.quote(a) for a in [*_launcher(nodes), *rest, "--resume", str(ckpt)])
         return line + (f" (on each of the {nodes} nodes, with the launch's rendezvous options)" if nodes > 1 else "")
     return f"the same settings with resume={shlex.quote(str(ckpt))} (learn(cfg, resume=...))"
 
@@ -103,12 +103,11 @@ def find_checkpoint(resume: str, cfg) -> Optional[Path]:
     raise FileNotFoundError(f"resume: {path} does not exist (give 'latest', a run folder or a ckpts/step-*.pt file)")
 
 
-def _launcher() -> List[str]:
+def _launcher(nodes: int) -> List[str]:
     """How this `learn` process was started: `torchrun … -m dreamdist3d.cli` with its process count per node (and
-    node count) when torchrun started it (it sets LOCAL_WORLD_SIZE), else `dreamdist3d`."""
+    the `nodes` count) when torchrun started it (it sets LOCAL_WORLD_SIZE), else `dreamdist3d`."""
     if "LOCAL_WORLD_SIZE" not in os.environ:
         return ["dreamdist3d"]
-    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
     return ["torchrun", *(["--nnodes", str(nodes)] if nodes > 1 else []), "--nproc_per_node",
             os.environ["LOCAL_WORLD_SIZE"], "-m", "dreamdist3d.cli"]
 

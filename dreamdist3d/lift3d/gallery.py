@@ -52,9 +52,7 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
     """gallery.png (row per seed: n_frames turntable frames) and gallery.html (`dreamdist3d.web.gallery_page`: the
     references, then each object's anchor views (anchored runs), turntable and interactive GLB viewer, its prompt
     sample and mesh links)."""
-    from PIL import Image
-
-    from dreamdist3d.images import save_png
+    from dreamdist3d.images import read_rgb, save_png
     from dreamdist3d.lift3d.saving import sorted_frames
 
     rows, entries = [], []
@@ -66,7 +64,7 @@ def build_gallery(out: Path, seeds: List[int], n_frames: int = 6, title: str = "
         if not frames:
             continue
         pick = [frames[i] for i in np.linspace(0, len(frames), n_frames, endpoint=False).astype(int)]
-        imgs = [np.asarray(Image.open(f).convert("RGB")) for f in pick]
+        imgs = [read_rgb(f) for f in pick]
         h = imgs[0].shape[0]
         imgs = [im[:, :h] for im in imgs]  # the RGB panel (saved test images are RGB | opacity side by side)
         rows.append(np.concatenate(imgs, axis=1))

@@ -42,6 +42,11 @@ def eval_image(out: Dict[str, torch.Tensor]) -> np.ndarray:
     return hstack(parts)
 
 
+def save_frame(image: np.ndarray, path: Path) -> Path:
+    """One turntable frame PNG, at the fast zlib level (no metadata record)."""
+    return save_png(image, path, compress_level=FRAME_PNG_LEVEL)
+
+
 def write_turntable(save_dir: PathLike, step: int, renders: Iterable[Tuple[int, Dict[str, torch.Tensor]]],
                     fps: int = 30, grid_frames: int = 8, progress: Optional[Callable[[], None]] = None,
                     empty_hint: str = "the object") -> Dict[str, Path]:
@@ -57,7 +62,7 @@ def write_turntable(save_dir: PathLike, step: int, renders: Iterable[Tuple[int, 
     try:
         for index, out in renders:
             max_opacity = max(max_opacity, float(out["opacity"].max()))
-            writer.submit(save_png, eval_image(out), folder / f"{index}.png", None, 1, FRAME_PNG_LEVEL)
+            writer.submit(save_frame, eval_image(out), folder / f"{index}.png")
             frames.append(to_uint8(out["comp_rgb"][0], rgb=True))
             if progress is not None:
                 progress()

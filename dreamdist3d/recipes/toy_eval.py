@@ -160,8 +160,8 @@ def objects_3d(backbone, distribution: Path, out: Path, seeds: Sequence[int], co
 def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
     """(n_views, 3, H, W) in [0,1]: evenly spaced frames of a finished run's test turntable (the RGB panel)."""
     import numpy as np
-    from PIL import Image
 
+    from dreamdist3d.images import read_rgb
     from dreamdist3d.lift3d.gallery import find_turntable
     from dreamdist3d.lift3d.saving import sorted_frames
 
@@ -172,7 +172,7 @@ def turntable_views(run_dir: Path, n_views: int = 4) -> torch.Tensor:
     pick = [frames[i] for i in np.linspace(0, len(frames), n_views, endpoint=False).astype(int)]
     out = []
     for f in pick:
-        arr = np.asarray(Image.open(f).convert("RGB"))
+        arr = read_rgb(f)
         h = arr.shape[0]
         out.append(torch.from_numpy(arr[:, :h].copy()).permute(2, 0, 1).float() / 255.0)
     return torch.stack(out)

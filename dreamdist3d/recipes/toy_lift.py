@@ -192,9 +192,7 @@ def reading_dict(r) -> Dict[str, Any]:
 
 def turntable_frames(run: Path, frames: Sequence[int]) -> torch.Tensor:
     """(len(frames), 3, H, W) in [0,1]: the RGB panels of test frames `frames` of a finished run."""
-    import numpy as np
-    from PIL import Image
-
+    from dreamdist3d.images import read_rgb
     from dreamdist3d.lift3d.gallery import find_turntable
 
     tt = find_turntable(Path(run))
@@ -202,7 +200,7 @@ def turntable_frames(run: Path, frames: Sequence[int]) -> torch.Tensor:
         raise FileNotFoundError(f"no turntable in {run}/save")
     out = []
     for i in frames:
-        arr = np.asarray(Image.open(Path(tt["frames"]) / f"{i}.png").convert("RGB"))
+        arr = read_rgb(Path(tt["frames"]) / f"{i}.png")
         out.append(torch.from_numpy(arr[:, :arr.shape[0]].copy()).permute(2, 0, 1).float() / 255.0)
     return torch.stack(out)
 

@@ -80,9 +80,10 @@ def agreement(obj: Dict[str, Any], views: Dict[str, Any]) -> Dict[str, Optional[
 def _png_tiles(path: Path, cols: int, n: int) -> torch.Tensor:
     """(n, 3, s, s) in [0, 1]: the first n square tiles of a PNG grid of `cols` columns without padding."""
     import numpy as np
-    from PIL import Image
 
-    arr = np.asarray(Image.open(path).convert("RGB"))
+    from dreamdist3d.images import read_rgb
+
+    arr = read_rgb(path)
     s = arr.shape[1] // cols
     tiles = [arr[(k // cols) * s:(k // cols + 1) * s, (k % cols) * s:(k % cols + 1) * s] for k in range(n)]
     return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 255.0

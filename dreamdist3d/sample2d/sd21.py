@@ -34,12 +34,11 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from dreamdist3d.distribution import DistributionSpec, PromptGaussian, PromptMixture, fit
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, check_scale
-from dreamdist3d.images import contact_sheet, labelled_grid, save_png, to_uint8
+from dreamdist3d.images import contact_sheet, labelled_grid, read_rgb, save_png, to_uint8
 from dreamdist3d.io import BackgroundWriter, atomic_save_safetensors
 from dreamdist3d.sample2d.metadata import embedding_stats, write_json
 from dreamdist3d.sample2d.run_files import RUN_FILES as RUN_FILES  # re-exported (was defined here)
@@ -300,7 +299,7 @@ def sample_to_folder(
             embeds = sampler.draw(law, [s for s, _ in seeds])
             keep = all(i in kept for i in idx)
             if keep:
-                batch = [_read_rgb(out / f"{i:04d}.png") for i in idx]
+                batch = [read_rgb(out / f"{i:04d}.png") for i in idx]
             else:
                 batch = sampler.generate(embeds, [s for _, s in seeds], negative, settings.steps, settings.cfg,
                                          settings.height, settings.width, settings.eta)
@@ -340,12 +339,6 @@ def sample_to_folder(
         bar.close()
         writer.close()
     return records
-
-
-def _read_rgb(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 of a PNG this run wrote."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 def sweep_to_grid(
