@@ -140,6 +140,42 @@ def test_metrics_match_direct_computation_and_new_images_only(world, tmp_path):
     assert tuple(pv.shape) == (1, 3, 32, 32)
 
 
+def test_ctrl_c_keeps_the_features_embedded_so_far_and_the_same_command_goes_on(world, tmp_path, capsys,
+                                                                              monkeypatch):
+    from dreamdist3d.evaluation import features
+
+    out = tmp_path / "out"
+    argv = _argv(world, out, "--batch-size", "2")
+    real, batches, writes = features.Encoder.embed_images, [], []
+
+    def stopped_in_the_sixth_batch(self, images):
+        batches.append(len(images))
+        if len(batches) == 6:  # dinov2: refs in 4 batches of 2, near 2, then Ctrl-C in near's second batch
+            raise KeyboardInterrupt
+        return real(self, images)
+
+    from dreamdist3d import io  # the cache imports its writer when it saves: count the writes there
+
+    real_write = io.atomic_save_safetensors
+    monkeypatch.setattr(io, "atomic_save_safetensors", lambda *a, **k: (writes.append(1), real_write(*a, **k))[1])
+    monkeypatch.setattr(features.Encoder, "embed_images", stopped_in_the_sixth_batch)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    cache = out / "feature-cache.safetensors"
+    assert f"{cache} holds 10 image features; run the same command again to go on" in err, err
+    assert len(writes) == 2  # once when the refs are done, once on the way out (a write per batch: 5)
+
+    monkeypatch.setattr(features.Encoder, "embed_images", real)
+    assert main(argv) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["cache"]["from_cache"] == 10 and rep["cache"]["embedded"] == 3 * 29 - 10
+    fresh = tmp_path / "fresh"  # the same numbers as a run never stopped
+    assert main(_argv(world, fresh, "--batch-size", "2")) == 0
+    unstopped = json.loads((fresh / "report.json").read_text())
+    assert [s["metrics"] for s in rep["sets"]] == [s["metrics"] for s in unstopped["sets"]]
+    capsys.readouterr()
+
+
 def test_clip_text_embedding_matches_transformers(world):
     from dreamdist3d.evaluation.features import load_encoder
     from dreamdist3d.text.tokenizer import ClipTokenizer

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 NAME = "eval"
 HELP = ("measure sample folders (2D images or 3D runs) against reference images: FD/KD-DINOv2, precision/recall/"
@@ -45,7 +46,16 @@ def run(args: argparse.Namespace) -> int:
     spec = EvalSpec(refs=args.refs, samples=list(args.samples), dinov2=args.dinov2, clip=args.clip, dino=args.dino,
                     prompt=args.prompt, out=args.out, views=args.views, device=args.device, batch_size=args.batch_size,
                     kid_subsets=args.kid_subsets, progress=not args.quiet, names=list(args.name or []))
-    report = run_eval(spec)
+    try:
+        report = run_eval(spec)
+    except KeyboardInterrupt as e:  # (SIGTERM too) the features embedded so far were saved on the way out
+        from dreamdist3d.evaluation.features import FeatureCache
+        from dreamdist3d.evaluation.pipeline import CACHE_NAME
+
+        cache = Path(args.out) / CACHE_NAME
+        held = len(FeatureCache(cache).data)
+        raise type(e)(f"{cache} holds {held} image features; run the same command again to go on (they are not "
+                      "computed again)") from None
     print(format_table(report))
     for note in report["notes"]:
         print(f"note: {note}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -36,6 +37,7 @@ ENCODERS: Dict[str, Tuple[str, str, str]] = {
     "dino": ("--dino", "vit", "ViTModel"),
 }
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+SAVE_EVERY_S = 30.0  # the feature cache is saved at most this often while embedding (and when it ends)
 
 
 def resolve_device(name: Optional[str] = None) -> torch.device:
@@ -193,23 +195,33 @@ class FeatureCache:
 
 
 def embed_items(encoder: Encoder, items: Sequence[Any], cache: FeatureCache, batch_size: int = 32,
-                progress: bool = True, desc: str = "") -> Tuple[np.ndarray, int]:
+                progress: bool = True, desc: str = "", save_every_s: float = SAVE_EVERY_S) -> Tuple[np.ndarray, int]:
     """(N, D) features of `items` (each with `.key`, a content hash, and `.load()` -> PIL RGB image) and how many
-    were embedded now (the rest came from the cache). The cache is saved after every batch."""
+    were embedded now (the rest came from the cache).
+
+    The cache file is rewritten whole, so it is saved at most every `save_every_s` seconds (saving it after every
+    batch made a large set's writes grow with the square of its size) and once more when the loop ends, however it
+    ends: a Ctrl-C keeps every feature embedded so far."""
     from tqdm.auto import tqdm
 
     feats: List[Optional[np.ndarray]] = [cache.get(encoder.fingerprint, it.key) for it in items]
     todo = [i for i, f in enumerate(feats) if f is None]
     bar = tqdm(total=len(todo), desc=desc or encoder.kind, unit="img", disable=not progress or not todo, leave=False)
-    for s in range(0, len(todo), batch_size):
-        idx = todo[s:s + batch_size]
-        out = encoder.embed_images([items[i].load() for i in idx])
-        for i, f in zip(idx, out):
-            feats[i] = f
-            cache.put(encoder.fingerprint, items[i].key, f)
+    saved = time.monotonic()
+    try:
+        for s in range(0, len(todo), batch_size):
+            idx = todo[s:s + batch_size]
+            out = encoder.embed_images([items[i].load() for i in idx])
+            for i, f in zip(idx, out):
+                feats[i] = f
+                cache.put(encoder.fingerprint, items[i].key, f)
+            if time.monotonic() - saved >= save_every_s:
+                cache.save()
+                saved = time.monotonic()
+            bar.update(len(idx))
+    finally:
         cache.save()
-        bar.update(len(idx))
-    bar.close()
+        bar.close()
     if not items:
         return np.zeros((0, 0), np.float32), 0
     return np.stack(feats).astype(np.float64), len(todo)
