@@ -272,6 +272,41 @@ def test_rasterize_uv_covers_triangle_exactly():
     np.testing.assert_allclose(pts[:, 1], (j + 0.5) / 8)
 
 
+def _charts(faces: np.ndarray, n_vertices: int) -> int:
+    """How many charts: connected pieces of the unwrapped mesh (its vertices are split at every seam)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    i, j = faces.ravel(), np.roll(faces, 1, axis=1).ravel()
+    return connected_components(coo_matrix((np.ones(len(i)), (i, j)), shape=(n_vertices, n_vertices)))[0]
+
+
+def test_unwrap_caps_chart_growth_and_keeps_every_chart_on_its_own_texels():
+    """The default caps a chart's boundary at BOUNDARY_PER_DIAGONAL × the mesh's diagonal (xatlas's own unlimited
+    growth is minutes on a bumpy 128³ surface: benchmarks/README-export.md, table 3); `max_boundary_length: 0` gives
+    xatlas's own back. Both unwrap every triangle as it is and lay no two charts on one texel."""
+    from dreamdist3d.export.isosurface import extract_isosurface
+    from dreamdist3d.export.mesh_ops import clean_mesh
+    from dreamdist3d.export.uv import unwrap
+
+    iso = extract_isosurface(TwoPartField(bumps=0.03, bump_frequency=20.0), 48, log=lambda s: None)
+    v, f, _ = clean_mesh(iso.vertices, iso.faces)
+    size = 512
+    charts = {}
+    for name, options in (("capped", None), ("xatlas", {"max_boundary_length": 0.0})):
+        uvm = unwrap(v, f, size, 4, options)
+        np.testing.assert_array_equal(v[uvm.vmapping][uvm.faces], v[f])  # the same triangles, in the same order
+        texels, _ = rasterize_uv(torch.from_numpy(uvm.uvs), torch.from_numpy(uvm.faces),
+                                 torch.from_numpy(v[uvm.vmapping]), size)
+        t = uvm.uvs[uvm.faces].astype(np.float64)
+        e1, e2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+        uv_area = np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]).sum() / 2
+        covered = len(texels) / size**2
+        assert covered > 0.3 and abs(uv_area - covered) < 0.01 * uv_area, (name, uv_area, covered)  # no overlap
+        charts[name] = _charts(uvm.faces, len(uvm.uvs))
+    assert charts["capped"] < charts["xatlas"], charts  # fewer, larger charts: fewer seams
+
+
 def test_decimation(tmp_path):
     pytest.importorskip("fast_simplification", reason="fast-simplification (optional) is not installed")
     logs = []

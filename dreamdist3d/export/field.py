@@ -180,6 +180,10 @@ class TwoPartField:
     level: float = 25.0
     ramp: float = 0.1
     bbox: Tensor = field(default_factory=_default_bbox)
+    # > 0: a ripple of this height (sin·sin·sin of `bump_frequency` radians per unit) over the whole surface, a bumpy
+    # surface like a NeRF's for the unwrap benchmark
+    bumps: float = 0.0
+    bump_frequency: float = 20.0
 
     def _sdfs(self, points: Tensor) -> Tensor:  # (N, P)
         s = _sphere_sdf(points, points.new_tensor(self.sphere_center), self.sphere_radius)
@@ -190,7 +194,10 @@ class TwoPartField:
         return torch.stack(parts, -1)
 
     def sdf(self, points: Tensor) -> Tensor:
-        return self._sdfs(points).min(-1).values
+        d = self._sdfs(points).min(-1).values
+        if self.bumps > 0:
+            d = d + self.bumps * torch.sin(self.bump_frequency * points).prod(-1)
+        return d
 
     def part(self, points: Tensor) -> Tensor:
         """(N,) index of the part a point belongs to: 0 sphere, 1 box, 2 floater."""
