@@ -34,7 +34,7 @@ from dreamdist3d.export.writers import write_glb, write_json, write_obj, write_p
 __all__ = ["ExportConfig", "ExportResult", "export_field", "parse_formats", "FORMATS"]
 
 FORMATS = ("glb", "obj", "ply")
-LARGE_FOR_XATLAS = 200_000  # faces above which the unwrap takes minutes on one core
+LARGE_FOR_XATLAS = 200_000  # faces above which the unwrap takes a minute or more on one core
 
 
 @dataclass
@@ -138,8 +138,8 @@ def export_field(
     lap("cleanup")
     if c.texture and c.target_faces <= 0 and len(faces) > LARGE_FOR_XATLAS and any(f in fmts for f in ("obj", "glb")):
         log(
-            f"[export] note: {len(faces)} faces; xatlas UV unwrapping grows faster than linearly (about 20 s CPU "
-            "at 120k faces, minutes at 500k). Set target_faces (--target-faces 150000, needs fast-simplification) "
+            f"[export] note: {len(faces)} faces; xatlas UV unwrapping grows faster than linearly (about 2-5 s CPU "
+            "at 120k faces, a minute or more at 500k). Set target_faces (--target-faces 150000, needs fast-simplification) "
             "for a faster export and a lighter file."
         )
 
