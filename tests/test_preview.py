@@ -242,3 +242,51 @@ def test_preview_sampler_defaults_follow_the_backbone(ckpt):
 class _Named:
     def __init__(self, name: str) -> None:
         self.name = name
+
+
+def test_a_stopped_preview_keeps_its_finished_samples_and_the_same_command_goes_on(ckpt, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from dreamdist3d.distribution import PromptDistribution, PromptLearner
+    from dreamdist3d.sample2d import mvdream_preview as mp
+
+    bb = load_mvdream(ckpt)
+    learner = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=3,
+                            generator=torch.Generator().manual_seed(0))
+    dist = PromptDistribution.from_learner(learner, backbone="mvdream").save(tmp_path / "dist.safetensors")
+
+    def argv(out, *extra):
+        return ["preview", "--mvdream", str(ckpt), "--distribution", str(dist), "--n", "10", "--steps", "2",
+                "--out", str(out), "--device", "cpu", *extra]
+
+    assert main(argv(tmp_path / "whole.png", "--pick", "3")) == 0  # never stopped
+    real, calls, stop = mp.preview_views, [], {"at": 3}
+
+    def stopped_in_a_batch(backbone, context, seeds, *a, **k):
+        calls.append(list(seeds))
+        if len(calls) == stop["at"]:
+            raise KeyboardInterrupt
+        return real(backbone, context, seeds, *a, **k)
+
+    monkeypatch.setattr(mp, "preview_views", stopped_in_a_batch)
+    out = tmp_path / "stopped.png"
+    assert main(argv(out, "--pick", "3")) == 130
+    err = capsys.readouterr().err
+    assert f"8 of 10 samples are kept in {tmp_path / 'stopped.png.partial'}; run the same command again" in err, err
+    assert not out.exists()
+    calls.clear()
+    stop["at"] = None
+    assert main(argv(out, "--pick", "3")) == 0
+    assert calls == [[8, 9]]  # only the batch that was stopped is drawn again
+    assert out.read_bytes() == (tmp_path / "whole.png").read_bytes()  # the uninterrupted run's grid, bit for bit
+    a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (out, tmp_path / "whole.png"))
+    assert a["picked_seeds"] == b["picked_seeds"] and a["image_seeds"] == b["image_seeds"]
+    assert not (tmp_path / "stopped.png.partial").exists()  # the kept samples go once the grid is written
+
+    calls.clear()
+    stop["at"] = 2
+    assert main(argv(out, "--pick", "3")) == 130  # stopped again, then asked with other settings: drawn afresh
+    calls.clear()
+    stop["at"] = None
+    assert main(argv(out, "--scale", "0.5")) == 0
+    assert [s for c in calls for s in c] == list(range(10))
+    capsys.readouterr()

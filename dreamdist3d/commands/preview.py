@@ -1,6 +1,8 @@
 """`dreamdist3d preview --mvdream CKPT (--prompt TEXT | --distribution FILE) ...`: MVDream 4-view DDIM previews.
 
 Writes a PNG grid (one row per sample, 4 view columns; a single sample as 2×2) and a JSON sidecar with every setting.
+Samples are kept four at a time in `OUT.partial/` until the grid is written, so after a Ctrl-C the same command
+draws only the rest.
 With `--pick N` it also names the sample seeds of the N most different previews (`dreamdist3d.sample2d.pick`, compared
 by `--features`: colour, form, colour+form or a local image encoder) and
 the `dreamdist3d gallery --seeds …` command that lifts exactly those to 3D.
@@ -56,7 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --pick: what 'different' means: colour (foreground colour histograms; the default), "
                         "form (silhouettes: shape, size, parts), colour+form, or an image encoder from a local "
                         "transformers folder: dinov2=DIR, clip=DIR or dino=DIR (as `dreamdist3d eval` loads them)")
-    p.add_argument("--out", default="preview.png", help="output PNG (JSON sidecar written beside it)")
+    p.add_argument("--out", default="preview.png",
+                   help="output PNG (JSON sidecar written beside it; finished samples kept in OUT.partial/ until the "
+                        "grid is written, so the same command after a Ctrl-C goes on)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--skip-encoder-check", action="store_true",
@@ -80,7 +84,13 @@ def run(args: argparse.Namespace) -> int:
         device=device, dtype=args.dtype, check_encoder=not args.skip_encoder_check, pick=args.pick,
         pick_features=args.features,
     )
-    side = run_preview(req, Path(args.out), progress=True)
+    try:
+        side = run_preview(req, Path(args.out), progress=True)
+    except KeyboardInterrupt as e:  # (SIGTERM too) the finished batches of samples stay; say how to go on
+        from dreamdist3d.sample2d.mvdream_preview import kept_samples, partial_folder
+
+        raise type(e)(f"{kept_samples(args.out)} of {args.n} samples are kept in {partial_folder(Path(args.out))}; "
+                      "run the same command again to go on") from None
     g = side["grid"]
     print(f"wrote {args.out} ({g['rows']}×{g['cols']} views of {g['tile']} px) and "
           f"{Path(args.out).with_suffix('.json')}")

@@ -139,8 +139,8 @@ def export_field(
     if c.texture and c.target_faces <= 0 and len(faces) > LARGE_FOR_XATLAS and any(f in fmts for f in ("obj", "glb")):
         log(
             f"[export] note: {len(faces)} faces; xatlas UV unwrapping grows faster than linearly (about 2-5 s CPU "
-            "at 120k faces, a minute or more at 500k). Set target_faces (--target-faces 150000, needs fast-simplification) "
-            "for a faster export and a lighter file."
+            "at 120k faces, a minute or more at 500k). Set target_faces (--target-faces 150000, needs "
+            "fast-simplification) for a faster export and a lighter file."
         )
 
     transform = ExportTransform.fit(v_world, c.up_axis, c.normalize)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -241,7 +242,11 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
                                   azimuth_start=req.azimuth_start, num_frames=req.num_frames,
                                   negative_prompt=req.negative)
     seeds = [req.seed + i for i in range(req.n)]
-    images = preview_views(backbone, context, seeds, sampler, progress=progress)
+    images = views_kept_on_interrupt(backbone, context, seeds, sampler, partial_folder(out),
+                                     {"settings": {k: v for k, v in asdict(req).items()
+                                                   if k not in ("pick", "pick_features")},
+                                      "sampler": asdict(sampler),
+                                      "backbone": backbone.fingerprint()}, progress)
     grid = image_grid(images)
     save_png(grid, out)  # atomic, and a PNG whatever the file is called
     side = {
@@ -266,7 +271,57 @@ def run_preview(req: PreviewRequest, out: Union[str, Path], backbone: Optional[B
         "backbone": backbone.fingerprint(),
     }
     atomic_write_text(out.with_suffix(".json"), json.dumps(side, indent=1))
+    shutil.rmtree(partial_folder(out), ignore_errors=True)
     return side
+
+
+PREVIEW_BATCH = 4  # samples per sampler call (`preview_views`' max_batch): one batch, one file of kept samples
+
+
+def partial_folder(out: Path) -> Path:
+    """Where the samples of a preview to `out` are kept until its grid is written (a Ctrl-C keeps them)."""
+    return out.with_name(out.name + ".partial")
+
+
+def views_kept_on_interrupt(backbone: Backbone, context: torch.Tensor, seeds: Sequence[int],
+                            sampler: PreviewSampler, folder: Path, key: Dict[str, Any],
+                            progress: bool = False) -> torch.Tensor:
+    """`preview_views` one batch of `PREVIEW_BATCH` samples at a time, each batch written to `folder` as it is done;
+    batches that `folder` already holds for the same `key` (every setting, the checkpoint) are read back instead of
+    sampled, so the same command after a Ctrl-C goes on where it stopped, with the images an uninterrupted run draws
+    (each sample's noise follows its seed; the batches are the same). Kept batches of other settings are dropped."""
+    from safetensors.torch import load_file
+
+    from dreamdist3d.io import atomic_save_safetensors, atomic_write_text
+
+    stamp = json.dumps(key, sort_keys=True)
+    if (folder / "key.json").is_file() and (folder / "key.json").read_text() != stamp:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "key.json", stamp)
+    batches = []
+    for start in range(0, len(seeds), PREVIEW_BATCH):
+        path = folder / f"samples-{start:06d}.safetensors"
+        if path.is_file():
+            batches.append(load_file(str(path))["images"])
+            continue
+        chunk = list(seeds[start:start + PREVIEW_BATCH])
+        views = preview_views(backbone, context[start:start + len(chunk)], chunk, sampler, max_batch=PREVIEW_BATCH,
+                              progress=progress)
+        atomic_save_safetensors({"images": views.contiguous()}, path)
+        batches.append(views)
+    return torch.cat(batches)
+
+
+def kept_samples(out: Union[str, Path]) -> int:
+    """How many samples of an unfinished preview to `out` are kept (0 when none)."""
+    from safetensors import safe_open
+
+    n = 0
+    for path in sorted(partial_folder(Path(out)).glob("samples-*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            n += f.get_slice("images").get_shape()[0]
+    return n
 
 
 __all__ = [
@@ -278,6 +333,8 @@ __all__ = [
     "conditioning_from_distribution",
     "conditioning_from_prompt",
     "image_grid",
+    "kept_samples",
+    "partial_folder",
     "run_preview",
     "sample_views",
 ]
