@@ -299,17 +299,22 @@ def views_kept_on_interrupt(backbone: Backbone, context: torch.Tensor, seeds: Se
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "key.json", stamp)
+    from tqdm.auto import tqdm
+
     batches = []
+    bar = tqdm(total=len(seeds), desc="preview", unit="sample", disable=not progress or len(seeds) <= PREVIEW_BATCH)
     for start in range(0, len(seeds), PREVIEW_BATCH):
         path = folder / f"samples-{start:06d}.safetensors"
         if path.is_file():
             batches.append(load_file(str(path))["images"])
-            continue
-        chunk = list(seeds[start:start + PREVIEW_BATCH])
-        views = preview_views(backbone, context[start:start + len(chunk)], chunk, sampler, max_batch=PREVIEW_BATCH,
-                              progress=progress)
-        atomic_save_safetensors({"images": views.contiguous()}, path)
-        batches.append(views)
+        else:
+            chunk = list(seeds[start:start + PREVIEW_BATCH])
+            views = preview_views(backbone, context[start:start + len(chunk)], chunk, sampler,
+                                  max_batch=PREVIEW_BATCH, progress=progress)  # its DDIM steps, under this bar
+            atomic_save_safetensors({"images": views.contiguous()}, path)
+            batches.append(views)
+        bar.update(len(batches[-1]))
+    bar.close()
     return torch.cat(batches)
 
 
