@@ -55,14 +55,11 @@ def official_snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch
     return (alpha / sigma) ** 2
 
 
-def min_snr_weights(snr: torch.Tensor, gamma: Optional[float], floor: float = 0.0) -> torch.Tensor:
-    """min(SNR, γ)/SNR (no +1, for every prediction type); ones when γ is None or ≤ 0. `floor` > 0: max(min(SNR, γ),
-    floor)/SNR, so below SNR = floor the error of the predicted clean image keeps a constant weight (an ε loss
-    weighs it by SNR, next to nothing at high noise)."""
+def min_snr_weights(snr: torch.Tensor, gamma: Optional[float]) -> torch.Tensor:
+    """min(SNR, γ)/SNR (no +1, for every prediction type); ones when γ is None or ≤ 0."""
     if gamma is None or gamma <= 0:
         return torch.ones_like(snr)
-    w = torch.stack([snr, gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
-    return (w.clamp(min=floor) if floor > 0 else w) / snr
+    return torch.stack([snr, gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0] / snr
 
 
 @dataclass
@@ -162,7 +159,6 @@ def distribution_loss(
     ortho_weight: float = 1e-3,
     cameras: Optional[torch.Tensor] = None,
     mode: str = "fast",
-    snr_floor: float = 0.0,
     keep_pred: bool = False,
     covariance: str = "diag",
     objective: str = "official",
@@ -208,7 +204,7 @@ def distribution_loss(
     per_row = per_row.mean(dim=tuple(range(1, per_row.ndim)))  # (U,)
     per_sample = per_row[inverse].view(bsz, r)  # (B, R): a row shared by n samples counts n times
     snr = official_snr(schedule.alphas_cumprod, timesteps.repeat_interleave(r))  # (B·R,), b-major as official
-    weights = min_snr_weights(snr, snr_gamma, snr_floor).view(bsz, r)
+    weights = min_snr_weights(snr, snr_gamma).view(bsz, r)
     mse = reduce_objective(per_sample * weights, objective, objective_delta, objective_tau)
     total = mse + ortho_weight * ortho
     kept = pred.detach()[inverse].view(bsz, r, *pred.shape[1:]) if keep_pred else None

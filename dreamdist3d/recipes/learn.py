@@ -118,7 +118,6 @@ class LearnConfig:
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0  # ≤ 0: no clipping
     snr_gamma: float = 5.0  # min-SNR γ (no +1 for v-prediction, as official); ≤ 0: unweighted
-    snr_floor: float = 0.0  # > 0: weights max(min(SNR, γ), floor)/SNR (the clean image's error weighed at high noise)
     ortho_weight: float = 1e-3
     loss: str = "fast"  # fast (K prompts encoded once) | official (encoded per batch item, as train.py)
     seed: int = 0
@@ -306,8 +305,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
 
         with autocast():
             out = distribution_loss(learner, backbone, schedule, latents, noise.to(device), timesteps.to(device),
-                                    eps, snr_gamma=cfg.snr_gamma, snr_floor=cfg.snr_floor,
-                                    ortho_weight=cfg.ortho_weight,
+                                    eps, snr_gamma=cfg.snr_gamma, ortho_weight=cfg.ortho_weight,
                                     cameras=cams, mode=cfg.loss, covariance=cfg.covariance, objective=cfg.objective,
                                     prompt_index=prompt_index, objective_delta=cfg.objective_delta,
                                     objective_tau=cfg.objective_tau)

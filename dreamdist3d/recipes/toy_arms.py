@@ -60,7 +60,6 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "softmin+lowrank": {"objective": "softmin", "covariance": "lowrank"},
     "assign+lowrank": {"objective": "assign", "covariance": "lowrank"},
     "assign+kernel": {"objective": "assign", "covariance": "kernel"},
-    "assign-x0floor+kernel": {"objective": "assign", "covariance": "kernel", "snr_floor": 1.0},
     "K=1": {"objective": "official", "covariance": "diag", "n_prompts": 1},
     "captions+diag": None,  # calibration: the references' exact captions as the K prompts
     "captions+lowrank": None,
