@@ -1,6 +1,7 @@
 """Small file helpers: the one atomic writer (`atomic_path` and its byte/text/torch/safetensors forms), an early
-writability check for output locations, checked safetensors reads, and `BackgroundWriter` (files written on worker
-threads while the caller computes)."""
+writability check for output locations, checked safetensors reads, `BackgroundWriter` (files written on worker
+threads while the caller computes) and `kept_batches` (a long job's batches kept in a folder, so that the same
+command after a Ctrl-C goes on)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -238,3 +239,46 @@ class BackgroundWriter:
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True)
+
+
+def kept_batches(folder: PathLike, key: Dict[str, Any], n_batches: int,
+                 make: Callable[[int], Dict[str, torch.Tensor]],
+                 done: Optional[Callable[[Dict[str, torch.Tensor]], None]] = None) -> List[Dict[str, torch.Tensor]]:
+    """Batches 0…n_batches−1 of a job: batch i is read back from `folder` when an earlier run with the same `key`
+    (JSON: every setting the batches depend on) wrote it, else made by `make(i)` and written there (atomically, one
+    file a batch, so nothing is rewritten as the job grows). A folder of another key is emptied first. `done(batch)`
+    after each batch (e.g. a progress bar). The caller removes `folder` once its own result is written."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    stamp = json.dumps(key, sort_keys=True, default=str)
+    if (folder / "key.json").is_file() and (folder / "key.json").read_text() != stamp:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "key.json", stamp)
+    batches = []
+    for i in range(n_batches):
+        path = folder / f"batch-{i:06d}.safetensors"
+        if path.is_file():
+            batch = load_file(str(path))
+        else:
+            batch = make(i)
+            atomic_save_safetensors({k: v.contiguous() for k, v in batch.items()}, path)
+        batches.append(batch)
+        if done is not None:
+            done(batch)
+    return batches
+
+
+def kept_rows(folder: PathLike, name: str) -> int:
+    """How many rows (first dimension) of tensor `name` the batches `kept_batches` left in `folder` hold."""
+    from safetensors import safe_open
+
+    n = 0
+    for path in sorted(Path(folder).glob("batch-*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            n += f.get_slice(name).get_shape()[0]
+    return n

@@ -286,47 +286,30 @@ def partial_folder(out: Path) -> Path:
 def views_kept_on_interrupt(backbone: Backbone, context: torch.Tensor, seeds: Sequence[int],
                             sampler: PreviewSampler, folder: Path, key: Dict[str, Any],
                             progress: bool = False) -> torch.Tensor:
-    """`preview_views` one batch of `PREVIEW_BATCH` samples at a time, each batch written to `folder` as it is done;
-    batches that `folder` already holds for the same `key` (every setting, the checkpoint) are read back instead of
-    sampled, so the same command after a Ctrl-C goes on where it stopped, with the images an uninterrupted run draws
-    (each sample's noise follows its seed; the batches are the same). Kept batches of other settings are dropped."""
-    from safetensors.torch import load_file
-
-    from dreamdist3d.io import atomic_save_safetensors, atomic_write_text
-
-    stamp = json.dumps(key, sort_keys=True)
-    if (folder / "key.json").is_file() and (folder / "key.json").read_text() != stamp:
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "key.json", stamp)
+    """`preview_views` one batch of `PREVIEW_BATCH` samples at a time, each batch kept in `folder`
+    (`io.kept_batches`): the same command after a Ctrl-C reads the finished ones back and goes on, with the images
+    an uninterrupted run draws (each sample's noise follows its seed; the batches are the same)."""
     from tqdm.auto import tqdm
 
-    batches = []
+    from dreamdist3d.io import kept_batches
+
+    def batch(i: int) -> Dict[str, torch.Tensor]:
+        chunk = list(seeds[i * PREVIEW_BATCH:(i + 1) * PREVIEW_BATCH])
+        return {"images": preview_views(backbone, context[i * PREVIEW_BATCH:i * PREVIEW_BATCH + len(chunk)], chunk,
+                                        sampler, max_batch=PREVIEW_BATCH, progress=progress)}  # DDIM bars under ours
+
     bar = tqdm(total=len(seeds), desc="preview", unit="sample", disable=not progress or len(seeds) <= PREVIEW_BATCH)
-    for start in range(0, len(seeds), PREVIEW_BATCH):
-        path = folder / f"samples-{start:06d}.safetensors"
-        if path.is_file():
-            batches.append(load_file(str(path))["images"])
-        else:
-            chunk = list(seeds[start:start + PREVIEW_BATCH])
-            views = preview_views(backbone, context[start:start + len(chunk)], chunk, sampler,
-                                  max_batch=PREVIEW_BATCH, progress=progress)  # its DDIM steps, under this bar
-            atomic_save_safetensors({"images": views.contiguous()}, path)
-            batches.append(views)
-        bar.update(len(batches[-1]))
+    batches = kept_batches(folder, key, math.ceil(len(seeds) / PREVIEW_BATCH), batch,
+                           lambda b: bar.update(len(b["images"])))
     bar.close()
-    return torch.cat(batches)
+    return torch.cat([b["images"] for b in batches])
 
 
 def kept_samples(out: Union[str, Path]) -> int:
     """How many samples of an unfinished preview to `out` are kept (0 when none)."""
-    from safetensors import safe_open
+    from dreamdist3d.io import kept_rows
 
-    n = 0
-    for path in sorted(partial_folder(Path(out)).glob("samples-*.safetensors")):
-        with safe_open(str(path), "pt") as f:
-            n += f.get_slice("images").get_shape()[0]
-    return n
+    return kept_rows(partial_folder(Path(out)), "images")
 
 
 __all__ = [
