@@ -1,4 +1,6 @@
-"""`dreamdist3d sweep`: the paper's 2D figures as labelled grids: a γ sweep or a mixing sweep, same ε per column."""
+"""`dreamdist3d sweep`: the paper's 2D figures as labelled grids: a γ sweep or a mixing sweep, same ε per column.
+Finished batches wait in `OUT/sweep-<kind>.partial/` until the grid is written: after a Ctrl-C the same command
+draws only the rest."""
 
 from __future__ import annotations
 
@@ -32,8 +34,17 @@ def run(args: argparse.Namespace) -> int:
         if not args.weight:
             args.weight = [0.5, 0.5]  # placeholder shares; each row sets its own (1-w, w)
     sampler, mixture, settings = prepare(args)
-    path, cells = sweep_to_grid(sampler, mixture, settings, args.out, kind=args.kind, gammas=args.gammas,
-                                mix_weights=args.mix_weights, save_cells=args.save_cells, command=sys.argv[:],
-                                title=args.title, progress=not args.quiet)
+    try:
+        path, cells = sweep_to_grid(sampler, mixture, settings, args.out, kind=args.kind, gammas=args.gammas,
+                                    mix_weights=args.mix_weights, save_cells=args.save_cells, command=sys.argv[:],
+                                    title=args.title, progress=not args.quiet)
+    except KeyboardInterrupt as e:  # (SIGTERM too) the finished batches stay; say how to go on
+        from dreamdist3d.io import kept_rows
+        from dreamdist3d.sample2d.sd21 import sweep_partial_folder
+
+        folder = sweep_partial_folder(args.out, args.kind)
+        total = settings.n * len(args.gammas if args.kind == "scale" else args.mix_weights)
+        raise type(e)(f"{kept_rows(folder, 'images')} of {total} images are kept in {folder}; run the same command "
+                      "again to go on") from None
     print(f"wrote {path} ({len(cells)} cells; per-cell seeds and embedding statistics in {path.with_suffix('.json')})")
     return 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from tqdm import tqdm
 from dreamdist3d.distribution import DistributionSpec, PromptGaussian, PromptMixture, fit
 from dreamdist3d.distribution.gaussian import LATENT_SEED_OFFSET, check_scale
 from dreamdist3d.images import contact_sheet, labelled_grid, read_rgb, save_png, to_uint8
-from dreamdist3d.io import BackgroundWriter, atomic_save_safetensors
+from dreamdist3d.io import BackgroundWriter, atomic_save_safetensors, kept_batches
 from dreamdist3d.sample2d.metadata import embedding_stats, write_json
 from dreamdist3d.sample2d.run_files import RUN_FILES as RUN_FILES  # re-exported (was defined here)
 from dreamdist3d.sample2d.run_files import (
@@ -387,23 +388,30 @@ def sweep_to_grid(
         base["command"] = command
     cols = [image_seeds(settings.seed, c, settings.same_latents) for c in range(settings.n)]
     cells = [(r, c) for r in range(len(rows)) for c in range(settings.n)]
+    chunks = [cells[start : start + settings.batch_size] for start in range(0, len(cells), settings.batch_size)]
     grid: List[List[Optional[np.ndarray]]] = [[None] * settings.n for _ in rows]
     records: List[Dict[str, Any]] = []
+
+    def generate(i: int) -> Dict[str, torch.Tensor]:
+        embeds = torch.cat([sampler.draw(rows[r][1], [cols[c][0]]) for r, c in chunks[i]])
+        batch = sampler.generate(embeds, [cols[c][1] for _, c in chunks[i]], negative, settings.steps, settings.cfg,
+                                 settings.height, settings.width, settings.eta)
+        return {"embeds": embeds.cpu(), "images": torch.from_numpy(np.stack(batch))}
+
     bar = tqdm(total=len(cells), desc=f"sweep {kind}", unit="img", disable=not progress, dynamic_ncols=True,
                leave=False)
-    for start in range(0, len(cells), settings.batch_size):
-        chunk = cells[start : start + settings.batch_size]
-        embeds = torch.cat([sampler.draw(rows[r][1], [cols[c][0]]) for r, c in chunk])
-        batch = sampler.generate(embeds, [cols[c][1] for _, c in chunk], negative, settings.steps, settings.cfg,
-                                 settings.height, settings.width, settings.eta)
-        bar.update(len(chunk))
+    key = {**base, "sweep": kind, "rows": [r[0] for r in rows], "columns": cols, "mixture": mixture.describe()}
+    kept = kept_batches(sweep_partial_folder(out, kind), key, len(chunks), generate,
+                        lambda b: bar.update(len(b["images"])))  # a Ctrl-C keeps the finished batches
+    for chunk, b in zip(chunks, kept):
+        embeds, batch = b["embeds"], b["images"].numpy()
         with sampler._timed("write"):
             for j, (r, c) in enumerate(chunk):
                 grid[r][c] = batch[j]
                 law = rows[r][1]
+                e = embeds[j].to(law.mean.device)
                 rec = {"row": r, "col": c, "label": rows[r][0], "sample_seed": cols[c][0], "latent_seed": cols[c][1],
-                       **rows[r][2], "embedding": embedding_stats(embeds[j], law.mean, law.std,
-                                                                  fed=embeds[j].to(sampler.dtype))}
+                       **rows[r][2], "embedding": embedding_stats(e, law.mean, law.std, fed=e.to(sampler.dtype))}
                 if save_cells:
                     rec["file"] = f"sweep-{kind}-r{r}-c{c}.png"
                     save_png(batch[j], out / rec["file"], {**base, **rec})
@@ -417,7 +425,13 @@ def sweep_to_grid(
                    "columns_latent_seeds": [s for _, s in cols], "mixture": mixture.describe()}
         save_png(sheet, path, summary)
         write_json({**summary, "cells": records, "timings_s": dict(sampler.timings)}, out / f"sweep-{kind}.json")
+    shutil.rmtree(sweep_partial_folder(out, kind), ignore_errors=True)
     return path, records
+
+
+def sweep_partial_folder(out: PathLike, kind: str) -> Path:
+    """Where a sweep's finished batches wait for its grid (`io.kept_batches`)."""
+    return Path(out) / f"sweep-{kind}.partial"
 
 
 __all__ = [
@@ -429,6 +443,7 @@ __all__ = [
     "SD21Sampler",
     "SampleSettings",
     "check_sd21_folder",
+    "sweep_partial_folder",
     "image_seeds",
     "load_sd21_pipeline",
     "resolve_device",
