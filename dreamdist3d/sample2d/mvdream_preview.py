@@ -298,10 +298,10 @@ def views_kept_on_interrupt(backbone: Backbone, context: torch.Tensor, seeds: Se
         return {"images": preview_views(backbone, context[i * PREVIEW_BATCH:i * PREVIEW_BATCH + len(chunk)], chunk,
                                         sampler, max_batch=PREVIEW_BATCH, progress=progress)}  # DDIM bars under ours
 
-    bar = tqdm(total=len(seeds), desc="preview", unit="sample", disable=not progress or len(seeds) <= PREVIEW_BATCH)
-    batches = kept_batches(folder, key, math.ceil(len(seeds) / PREVIEW_BATCH), batch,
-                           lambda b: bar.update(len(b["images"])))
-    bar.close()
+    with tqdm(total=len(seeds), desc="preview", unit="sample",
+              disable=not progress or len(seeds) <= PREVIEW_BATCH) as bar:  # closed on a Ctrl-C too
+        batches = kept_batches(folder, key, math.ceil(len(seeds) / PREVIEW_BATCH), batch,
+                               lambda b: bar.update(len(b["images"])))
     return torch.cat([b["images"] for b in batches])
 
 

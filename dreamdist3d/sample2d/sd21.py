@@ -398,11 +398,11 @@ def sweep_to_grid(
                                  settings.height, settings.width, settings.eta)
         return {"embeds": embeds.cpu(), "images": torch.from_numpy(np.stack(batch))}
 
-    bar = tqdm(total=len(cells), desc=f"sweep {kind}", unit="img", disable=not progress, dynamic_ncols=True,
-               leave=False)
     key = {**base, "sweep": kind, "rows": [r[0] for r in rows], "columns": cols, "mixture": mixture.describe()}
-    kept = kept_batches(sweep_partial_folder(out, kind), key, len(chunks), generate,
-                        lambda b: bar.update(len(b["images"])))  # a Ctrl-C keeps the finished batches
+    with tqdm(total=len(cells), desc=f"sweep {kind}", unit="img", disable=not progress, dynamic_ncols=True,
+              leave=False) as bar:  # closed on a Ctrl-C too: the line after it starts clean
+        kept = kept_batches(sweep_partial_folder(out, kind), key, len(chunks), generate,
+                            lambda b: bar.update(len(b["images"])))  # a Ctrl-C keeps the finished batches
     for chunk, b in zip(chunks, kept):
         embeds, batch = b["embeds"], b["images"].numpy()
         with sampler._timed("write"):
@@ -416,7 +416,6 @@ def sweep_to_grid(
                     rec["file"] = f"sweep-{kind}-r{r}-c{c}.png"
                     save_png(batch[j], out / rec["file"], {**base, **rec})
                 records.append(rec)
-    bar.close()
     with sampler._timed("write"):
         heading = f"{title}\n{heading}" if title else heading
         sheet = labelled_grid(grid, [r[0] for r in rows], [f"seed {s}" for s, _ in cols], title=heading)
