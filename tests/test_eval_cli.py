@@ -143,22 +143,19 @@ def test_metrics_match_direct_computation_and_new_images_only(world, tmp_path):
 def test_ctrl_c_keeps_the_features_embedded_so_far_and_the_same_command_goes_on(world, tmp_path, capsys,
                                                                               monkeypatch):
     from dreamdist3d.evaluation import features
+    from dreamdist3d.testing.interrupt import StopAtCall
 
     out = tmp_path / "out"
     argv = _argv(world, out, "--batch-size", "2")
-    real, batches, writes = features.Encoder.embed_images, [], []
-
-    def stopped_in_the_sixth_batch(self, images):
-        batches.append(len(images))
-        if len(batches) == 6:  # dinov2: refs in 4 batches of 2, near 2, then Ctrl-C in near's second batch
-            raise KeyboardInterrupt
-        return real(self, images)
+    real, writes = features.Encoder.embed_images, []
+    # dinov2: refs in 4 batches of 2, near 2, then Ctrl-C in near's second batch
+    stop = StopAtCall(real, 6, lambda self, images: len(images))
 
     from dreamdist3d import io  # the cache imports its writer when it saves: count the writes there
 
     real_write = io.atomic_save_safetensors
     monkeypatch.setattr(io, "atomic_save_safetensors", lambda *a, **k: (writes.append(1), real_write(*a, **k))[1])
-    monkeypatch.setattr(features.Encoder, "embed_images", stopped_in_the_sixth_batch)
+    monkeypatch.setattr(features.Encoder, "embed_images", lambda self, images: stop(self, images))
     assert main(argv) == 130
     err = capsys.readouterr().err
     cache = out / "feature-cache.safetensors"

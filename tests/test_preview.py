@@ -16,6 +16,7 @@ from dreamdist3d.backbones.schedule import NoiseSchedule
 from dreamdist3d.cli import main
 from dreamdist3d.sample2d.mvdream_preview import sample_views
 from dreamdist3d.testing.checkpoints import write_tiny_mvdream_checkpoint
+from dreamdist3d.testing.interrupt import StopAtCall
 
 
 @pytest.fixture(scope="module")
@@ -259,34 +260,27 @@ def test_a_stopped_preview_keeps_its_finished_samples_and_the_same_command_goes_
                 "--out", str(out), "--device", "cpu", *extra]
 
     assert main(argv(tmp_path / "whole.png", "--pick", "3")) == 0  # never stopped
-    real, calls, stop = mp.preview_views, [], {"at": 3}
-
-    def stopped_in_a_batch(backbone, context, seeds, *a, **k):
-        calls.append(list(seeds))
-        if len(calls) == stop["at"]:
-            raise KeyboardInterrupt
-        return real(backbone, context, seeds, *a, **k)
-
-    monkeypatch.setattr(mp, "preview_views", stopped_in_a_batch)
+    stop = StopAtCall(mp.preview_views, 3, lambda backbone, context, seeds, *a, **k: list(seeds))
+    monkeypatch.setattr(mp, "preview_views", stop)
     out = tmp_path / "stopped.png"
     assert main(argv(out, "--pick", "3")) == 130
     err = capsys.readouterr().err
     assert f"8 of 10 samples are kept in {tmp_path / 'stopped.png.partial'}; run the same command again" in err, err
     assert not out.exists()
-    calls.clear()
-    stop["at"] = None
+    stop.calls.clear()
+    stop.at = None
     assert main(argv(out, "--pick", "3")) == 0
-    assert calls == [[8, 9]]  # only the batch that was stopped is drawn again
+    assert stop.calls == [[8, 9]]  # only the batch that was stopped is drawn again
     assert out.read_bytes() == (tmp_path / "whole.png").read_bytes()  # the uninterrupted run's grid, bit for bit
     a, b = (json.loads(p.with_suffix(".json").read_text()) for p in (out, tmp_path / "whole.png"))
     assert a["picked_seeds"] == b["picked_seeds"] and a["image_seeds"] == b["image_seeds"]
     assert not (tmp_path / "stopped.png.partial").exists()  # the kept samples go once the grid is written
 
-    calls.clear()
-    stop["at"] = 2
+    stop.calls.clear()
+    stop.at = 2
     assert main(argv(out, "--pick", "3")) == 130  # stopped again, then asked with other settings: drawn afresh
-    calls.clear()
-    stop["at"] = None
+    stop.calls.clear()
+    stop.at = None
     assert main(argv(out, "--scale", "0.5")) == 0
-    assert [s for c in calls for s in c] == list(range(10))
+    assert [s for c in stop.calls for s in c] == list(range(10))
     capsys.readouterr()

@@ -248,29 +248,23 @@ def test_sweep_command(world, tmp_path):
 def test_a_stopped_sweep_keeps_its_finished_batches_and_the_same_command_goes_on(world, tmp_path, capsys,
                                                                                   monkeypatch):
     from dreamdist3d.sample2d.sd21 import SD21Sampler as Sampler
+    from dreamdist3d.testing.interrupt import StopAtCall
 
     def argv(out, *extra):
         return ["sweep", "--kind", "scale", "--distribution", world["files"][0], "--sd21", str(world["folder"]),
                 "--n", "2", "--steps", "1", "--gammas", "0", "1", "2", "--batch-size", "2", "--out", str(out), *extra]
 
     assert main(argv(tmp_path / "whole")) == 0  # never stopped
-    real, calls, stop = Sampler.generate, [], {"at": 2}
-
-    def stopped_in_a_batch(self, embeds, latent_seeds, *a, **k):
-        calls.append(list(latent_seeds))
-        if len(calls) == stop["at"]:
-            raise KeyboardInterrupt
-        return real(self, embeds, latent_seeds, *a, **k)
-
-    monkeypatch.setattr(Sampler, "generate", stopped_in_a_batch)
+    stop = StopAtCall(Sampler.generate, 2, lambda self, embeds, latent_seeds, *a, **k: list(latent_seeds))
+    monkeypatch.setattr(Sampler, "generate", lambda self, *a, **k: stop(self, *a, **k))
     out = tmp_path / "stopped"
     assert main(argv(out)) == 130
     err = capsys.readouterr().err
     assert f"2 of 6 images are kept in {out / 'sweep-scale.partial'}; run the same command again" in err, err
-    calls.clear()
-    stop["at"] = None
+    stop.calls.clear()
+    stop.at = None
     assert main(argv(out)) == 0
-    assert len(calls) == 2  # the two batches not finished before, not the first
+    assert len(stop.calls) == 2  # the two batches not finished before, not the first
     whole = json.loads((tmp_path / "whole" / "sweep-scale.json").read_text())
     again = json.loads((out / "sweep-scale.json").read_text())
     assert again["cells"] == whole["cells"]  # seeds and embedding statistics of every cell
