@@ -398,7 +398,8 @@ def sweep_to_grid(
                                  settings.height, settings.width, settings.eta)
         return {"embeds": embeds.cpu(), "images": torch.from_numpy(np.stack(batch))}
 
-    key = {**base, "sweep": kind, "rows": [r[0] for r in rows], "columns": cols, "mixture": mixture.describe()}
+    key = {**{k: v for k, v in base.items() if k != "command"},  # the settings, not how the command was typed
+           "sweep": kind, "rows": [r[0] for r in rows], "columns": cols, "mixture": mixture.describe()}
     with tqdm(total=len(cells), desc=f"sweep {kind}", unit="img", disable=not progress, dynamic_ncols=True,
               leave=False) as bar:  # closed on a Ctrl-C too: the line after it starts clean
         kept = kept_batches(sweep_partial_folder(out, kind), key, len(chunks), generate,
