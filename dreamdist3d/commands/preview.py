@@ -87,10 +87,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         side = run_preview(req, Path(args.out), progress=True)
     except KeyboardInterrupt as e:  # (SIGTERM too) the finished batches of samples stay; say how to go on
-        from dreamdist3d.sample2d.mvdream_preview import kept_samples, partial_folder
+        from dreamdist3d.io import kept_rows
+        from dreamdist3d.sample2d.mvdream_preview import partial_folder
 
-        raise type(e)(f"{kept_samples(args.out)} of {args.n} samples are kept in {partial_folder(Path(args.out))}; "
-                      "run the same command again to go on") from None
+        folder = partial_folder(Path(args.out))
+        raise type(e)(f"{kept_rows(folder, 'images')} of {args.n} samples are kept in {folder}; run the same command "
+                      "again to go on") from None
     g = side["grid"]
     print(f"wrote {args.out} ({g['rows']}×{g['cols']} views of {g['tile']} px) and "
           f"{Path(args.out).with_suffix('.json')}")

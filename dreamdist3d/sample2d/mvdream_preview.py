@@ -305,13 +305,6 @@ def views_kept_on_interrupt(backbone: Backbone, context: torch.Tensor, seeds: Se
     return torch.cat([b["images"] for b in batches])
 
 
-def kept_samples(out: Union[str, Path]) -> int:
-    """How many samples of an unfinished preview to `out` are kept (0 when none)."""
-    from dreamdist3d.io import kept_rows
-
-    return kept_rows(partial_folder(Path(out)), "images")
-
-
 __all__ = [
     "PreviewRequest",
     "PreviewSampler",
@@ -321,7 +314,6 @@ __all__ = [
     "conditioning_from_distribution",
     "conditioning_from_prompt",
     "image_grid",
-    "kept_samples",
     "partial_folder",
     "run_preview",
     "sample_views",
