@@ -154,6 +154,12 @@ def test_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not an MVDream 4-view checkpoint"):
         load_mvdream(tmp_path / "sd21.pt")
 
+    sd15 = {k.replace("cond_stage_model.model.", "cond_stage_model.transformer.text_model."): v for k, v in sd.items()}
+    torch.save(sd15, tmp_path / "sd-v1.5-4view.pt")  # MVDream's SD 1.5 release: the HF CLIP text model's key prefix
+    with pytest.raises(CheckpointError, match="sd-v1.5-4view.pt.*is MVDream's Stable Diffusion 1.5 checkpoint.*"
+                                              "use sd-v2.1-base-4view.pt"):
+        load_mvdream(tmp_path / "sd-v1.5-4view.pt")
+
     bad = dict(sd)
     bad["betas"] = torch.linspace(1e-4, 0.02, 1000)
     with pytest.raises(CheckpointError, match="schedule buffer betas"):

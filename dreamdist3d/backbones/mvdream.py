@@ -38,6 +38,7 @@ from dreamdist3d.text import ClipTokenizer, TextEncoder
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = LDM_VAE_PREFIX
 TEXT_PREFIX = "cond_stage_model.model."
+SD15_TEXT_PREFIX = "cond_stage_model.transformer."  # ldm FrozenCLIPEmbedder: MVDream's sd-v1.5-4view.pt
 CHECKPOINT_NAME = "sd-v2.1-base-4view.pt"
 CHECKPOINT_SOURCE = "the MVDream release (huggingface.co/MVDream/MVDream, file sd-v2.1-base-4view.pt)"
 CONFIG_FORMAT = "dreamdist3d-mvdream"
@@ -349,6 +350,13 @@ def mvdream_from_state_dict(
             f"{source} is not an MVDream 4-view checkpoint: no '{UNET_PREFIX}camera_embed.*' keys. A plain Stable "
             f"Diffusion 2.1 checkpoint has the same layout without the camera embedding; use {CHECKPOINT_NAME} from "
             f"{CHECKPOINT_SOURCE} (for SD 2.1 itself use a diffusers folder with the sd21 backbone)"
+        )
+    has_text = any(k.startswith(TEXT_PREFIX) for k in state_dict)
+    if not has_text and any(k.startswith(SD15_TEXT_PREFIX) for k in state_dict):
+        raise CheckpointError(
+            f"{source} is MVDream's Stable Diffusion 1.5 checkpoint (sd-v1.5-4view.pt: '{SD15_TEXT_PREFIX}*' keys, "
+            f"OpenAI's CLIP ViT-L text encoder). dreamdist3d learns and samples against SD 2.1's OpenCLIP ViT-H text "
+            f"encoder, so one distribution drives MVDream and SD 2.1: use {CHECKPOINT_NAME} from {CHECKPOINT_SOURCE}"
         )
     problems: List[str] = []
     groups = (UNET_PREFIX, VAE_PREFIX, TEXT_PREFIX)
