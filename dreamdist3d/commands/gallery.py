@@ -37,8 +37,8 @@ from dreamdist3d.commands import ray_options
 from dreamdist3d.config import REPO_ROOT, repo_file
 
 NAME = "gallery"
-HELP = ("N 3D objects of one distribution (seeds 0..N-1 or --seeds; SDS runs, or feed-forward with --lift lgm), then "
-        "a PNG grid and an HTML page of their turntables")
+HELP = ("N 3D objects of one distribution (seeds 0..N-1 or --seeds; runs of --config, by default anchored to each "
+        "seed's 4-view sample, or feed-forward with --lift lgm), then a PNG grid and an HTML page of their turntables")
 LIFTS = ("sds", "lgm", "lgm+sds")  # recipes.gallery.LIFTS (not imported here: --help loads no torch)
 
 
@@ -50,9 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="these seeds instead, comma-separated (e.g. those `dreamdist3d preview --pick N` names)")
     p.add_argument("--first-seed", type=int, default=0, help="seed of the first run with --n (default 0)")
     p.add_argument("--lift", choices=LIFTS, default="sds",
-                   help="how a seed becomes 3D: sds = a text-to-3D run of --config (default); lgm = feed-forward "
-                        "reconstruction of its 4-view sample (seconds per object); lgm+sds = a run anchored to that "
-                        "reconstruction, then SDS")
+                   help="how a seed becomes 3D: sds = a text-to-3D run of --config (default; the default config "
+                        "anchors it to the seed's 4-view sample, then SDS); lgm = feed-forward reconstruction "
+                        "of its 4-view sample (seconds per object); lgm+sds = a run anchored to that reconstruction, "
+                        "then SDS")
     p.add_argument("--lgm", default=None, metavar="CKPT",
                    help="the reconstructor of --lift lgm / lgm+sds: an LGM checkpoint (e.g. model_fp16_fixrot."
                         "safetensors), or 'toy' (sets system.anchor.reconstructor; default: the config's)")

@@ -17,7 +17,8 @@ from typing import Callable, Dict
 from dreamdist3d.commands import finite_float, ray_options
 
 NAME = "toyworld"
-HELP = "the toy world: train the tiny toy backbone from scratch and sample from it"
+HELP = ("the toy world (no weights needed): train its backbone and reconstructor, run the whole method end to end "
+        "(demo), and measure it (eval, arms, lift)")
 
 
 @dataclass(frozen=True)
