@@ -25,10 +25,10 @@ With `--n-3d N`, each learned arm and seed then gets N text-to-3D runs (`configs
 each), each object read on 4 turntable views and scored the same way (rows "<arm> (3D)"; with `--pick-3d` the N most
 different of 16 candidates, as the demo lifts them: rows "<arm> (3D, picked)").
 
-Every finished run is cached as `<out>/runs/<set>/<arm>/seed<s>.json` (3D: `runs3d/`, `runs3d-picked/`), so an interrupted sweep
-resumes and a table can be made from whatever finished (`--table-only`); `--resample` scores the cached runs again
-from their learned files without learning (after a change to a sampling law or a score). The table reports mean ±
-std over learning seeds.
+Every finished run is cached as `<out>/runs/<set>/<arm>/seed<s>.json` (3D: `runs3d/`, `runs3d-picked/`), so an
+interrupted sweep resumes and a table can be made from whatever finished (`--table-only`); `--resample` scores the
+cached runs again from their learned files without learning (after a change to a sampling law or a score). The table
+reports mean ± std over learning seeds.
 """
 
 from __future__ import annotations
@@ -97,8 +97,9 @@ class ArmsConfig:
     k: int = 5
     n_real: int = 64
     pick_blocks: int = 6  # `pick4`: blocks of PICK_FROM fresh samples, each decoded twice
-    # γ: every law sampled (samples and picks) at this scale; records of γ ≠ 1 are kept apart (`runs-scale<γ>/`) and
-    # a learned arm's record is scored from the learned file of its γ 1 run when there is one (nothing learned again)
+    # γ: every law sampled (samples and picks) at this scale; records of γ ≠ 1 are kept apart (`runs-scale<γ>/`)
+    # and a learned arm's record is scored from the learned file of its γ 1 run when there is one (nothing learned
+    # again)
     scale: float = 1.0
     progress: bool = False
     n_3d: int = 0  # 3D runs per (set, arm, learning seed) after the 2D pass, read on 4 turntable views; 0 = none
@@ -188,7 +189,8 @@ def run_one(cfg: ArmsConfig, backbone, reader, refset: str, arm: str, seed: int,
     settings = ARMS[arm]
     if settings is not None:
         keys = {"n_prompts": cfg.n_prompts, "n_ctx": cfg.n_ctx, **settings}  # an arm's settings override the sweep's
-        res = learn_distribution(backbone, refs, folder / "learn", name=f"{arm}-s{seed}".replace("+", "_").replace("=", ""),
+        name = f"{arm}-s{seed}".replace("+", "_").replace("=", "")
+        res = learn_distribution(backbone, refs, folder / "learn", name=name,
                                  steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, n_samples=cfg.n_samples,
                                  seed=seed, progress=cfg.progress, ctx_init=cfg.ctx_init, **keys)
         record["ctx_init"] = cfg.ctx_init
@@ -213,7 +215,8 @@ def learned_law(backbone, distribution: str, covariance: str):
 
     spec = DistributionSpec.from_lists([distribution], covariance=covariance)
     law = fit(spec, backbone.text_encoder, backbone.tokenizer).law()
-    # one file at γ 1: factor_k = (h_k − μ)/√(K−1), so the prompts are μ + √(K−1)·factor_k (no second encoding)
+    # one file at γ 1: factor_k = (h_k − μ)/√(K−1), so the prompts are μ + √(K−1)·factor_k (no second
+    # encoding)
     return law, law.mean + law.factor * math.sqrt(max(law.factor.shape[0] - 1, 1))
 
 
@@ -297,7 +300,8 @@ def run_arms(cfg: ArmsConfig, backbone=None, reader=None, resample: bool = False
                 if cached is not None and not resample:
                     records.append(cached)
                     continue
-                base = out / runs_folder(1.0) / refset / arm / f"seed{seed}.json"  # γ ≠ 1: the γ 1 run's learned file
+                # γ ≠ 1: the γ 1 run's learned file
+                base = out / runs_folder(1.0) / refset / arm / f"seed{seed}.json"
                 source = cached if cached is not None or not base.is_file() else json.loads(base.read_text())
                 backbone = backbone or load_backbone(f"toy:{cfg.weights}", config_key="weights")
                 reader = reader or get_reader(cfg.reader)
@@ -337,7 +341,8 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None, runner=None) -> Lis
     if cfg.scale != 1.0:
         raise ValueError(f"the 3D pass draws its objects at γ 1; got scale {cfg.scale:g}: run --n-3d without --scale")
     out = Path(cfg.out)
-    kind, runs_dir, work_dir = ("3D, picked", "runs3d-picked", "work3d-picked") if cfg.pick_3d else ("3D", "runs3d", "work3d")
+    kind, runs_dir, work_dir = (("3D, picked", "runs3d-picked", "work3d-picked") if cfg.pick_3d
+                                else ("3D", "runs3d", "work3d"))
     records, failed = [], {}
     for refset in cfg.refsets:
         rs, real = get_refset(refset), None
@@ -368,10 +373,10 @@ def run_arms_3d(cfg: ArmsConfig, backbone=None, reader=None, runner=None) -> Lis
                     seen = _images(backbone, law.sample(PICK_FROM, seed=100 * seed), cfg, 100 * seed)
                     seeds = pick_seeds(seen, cfg.n_3d, 100 * seed)
                 try:
+                    overrides = [f"system.prompt_processor.covariance={covariance}", *cfg.overrides_3d]
                     views = objects_3d(backbone, dist, out / work_dir / refset / arm.replace("+", "_"), seeds,
-                                       cfg.config_3d, cfg.steps_3d,
-                                       overrides=[f"system.prompt_processor.covariance={covariance}", *cfg.overrides_3d],
-                                       runner=runner, weights=cfg.weights)
+                                       cfg.config_3d, cfg.steps_3d, overrides=overrides, runner=runner,
+                                       weights=cfg.weights)
                 except ObjectsFailedError as e:  # the other records still run; this one is retried by a rerun
                     failed.update(e.failed)
                     continue
@@ -445,7 +450,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pick-3d", action="store_true",
                    help="with --n-3d: lift the N most different of 16 candidate samples (the demo's default), rows "
                         "'<arm> (3D, picked)'")
-    p.add_argument("--steps-3d", type=int, default=d.steps_3d, help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
+    p.add_argument("--steps-3d", type=int, default=d.steps_3d,
+                   help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
     p.add_argument("--override-3d", action="append", default=[], metavar="KEY=VALUE",
                    help="with --n-3d: a key=value of the 3D config for every run, repeatable (cached runs are not "
                         "checked against it: give each value its own --out)")

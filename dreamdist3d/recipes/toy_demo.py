@@ -98,8 +98,8 @@ class DemoConfig:
 PICKS = ("different", "first")
 FAST = {"steps": 40, "n_2d": 8, "n_4view": 2, "sample_steps": 10, "steps_3d": 40, "isosurface_resolution": 32}
 DEFAULT_OUT_ROOT = "outputs/toyworld/demo"
-EARLIER_RUN_NAMES = ("summary.json", "reference", "reference.png", "learn", "distribution.safetensors", "samples-2d.png",
-                     "previews-4view.png", "3d")
+EARLIER_RUN_NAMES = ("summary.json", "reference", "reference.png", "learn", "distribution.safetensors",
+                     "samples-2d.png", "previews-4view.png", "3d")
 
 
 def fast_config(cfg: DemoConfig, keep: Sequence[str] = ()) -> DemoConfig:
@@ -192,8 +192,8 @@ def render_references(refset_name: str, folder: Path) -> Tuple[torch.Tensor, Lis
 
 def learn_distribution(backbone, images_dir: Path, out_dir: Path, name: str, n_prompts: int = 32, n_ctx: int = 4,
                        steps: int = DEFAULT_LEARN_STEPS, lr: float = 1e-3, batch_size: int = 4, n_samples: int = 4,
-                       seed: int = 0, prefix: str = "", progress: bool = True, device: str = "cpu", objective: str = "assign",
-                       covariance: str = "kernel", ctx_init: str = "", **learn_keys):
+                       seed: int = 0, prefix: str = "", progress: bool = True, device: str = "cpu",
+                       objective: str = "assign", covariance: str = "kernel", ctx_init: str = "", **learn_keys):
     """The learning recipe on a folder of toy references (2D mode, no mirroring, no previews) -> LearnResult;
     `learn_keys`: any other `LearnConfig` key."""
     from dreamdist3d.recipes.learn import LearnConfig, learn
@@ -220,8 +220,9 @@ def prompt_samples(backbone, distribution_path: Path, n: int, seed: int, scale: 
 
 
 @torch.no_grad()
-def sample_images(backbone, context: torch.Tensor, num_frames: int, seed: int, steps: int = 25, guidance: float = DEFAULT_GUIDANCE,
-                  progress: bool = False, desc: str = "sampling", chunk: int = 8) -> torch.Tensor:
+def sample_images(backbone, context: torch.Tensor, num_frames: int, seed: int, steps: int = 25,
+                  guidance: float = DEFAULT_GUIDANCE, progress: bool = False, desc: str = "sampling",
+                  chunk: int = 8) -> torch.Tensor:
     """Toy DDIM samples of conditioning `context` (n,77,D) -> (n, F, 3, 32, 32) in [0,1]; chunks for a progress bar
     (each chunk's initial noise comes from its own seed: seed·100003 + index of its first sample)."""
     from tqdm.auto import tqdm
@@ -280,8 +281,8 @@ def run_demo(cfg: DemoConfig, backbone=None, runner: Optional[Runner] = None) ->
     found = earlier_run(out)
     if found and not cfg.overwrite:  # before anything is loaded or written
         raise ConfigError(
-            f"{out} holds an earlier demo run ({', '.join(p.name for p in found)}); a re-run would replace its results. "
-            "Pass a new --out (out=DIR), or --overwrite (overwrite=true) to replace them"
+            f"{out} holds an earlier demo run ({', '.join(p.name for p in found)}); a re-run would replace its "
+            "results. Pass a new --out (out=DIR), or --overwrite (overwrite=true) to replace them"
         )
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -311,7 +312,8 @@ def run_demo(cfg: DemoConfig, backbone=None, runner: Optional[Runner] = None) ->
     files["distribution"] = dist_path
     files["learn_run"] = res.run_dir
     loss = res.history.get("loss", [])
-    _log(f"learned K={cfg.n_prompts} prompts in {cfg.steps} steps (loss {_mean(loss[:20]):.4f} -> {_mean(loss[-20:]):.4f})")
+    _log(f"learned K={cfg.n_prompts} prompts in {cfg.steps} steps "
+         f"(loss {_mean(loss[:20]):.4f} -> {_mean(loss[-20:]):.4f})")
 
     seeds = list(range(cfg.seed, cfg.seed + cfg.n_3d))
     seeds_4view: List[int] = []
@@ -425,18 +427,21 @@ def _jsonable(x: Any) -> Any:
 # ----------------------------------------------------------------------------------------------------- entry points
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = DemoConfig()
-    p.add_argument("--refset", default=d.refset, help=f"reference set (default {d.refset}; see dreamdist3d.toyworld.refsets)")
+    p.add_argument("--refset", default=d.refset,
+                   help=f"reference set (default {d.refset}; see dreamdist3d.toyworld.refsets)")
     p.add_argument("--out", default=d.out, help=f"output folder (default {default_out('<refset>')}); one holding "
                                                  "an earlier demo run is refused without --overwrite")
     p.add_argument("--overwrite", action="store_true", default=None,
                    help="replace the results of an earlier demo run in --out")
-    p.add_argument("--n-3d", type=int, default=d.n_3d, help=f"3D runs (default {d.n_3d}): the N most different of the 2D samples "
-                                                                "(pick_3d=first: seeds 0..N-1)")
+    p.add_argument("--n-3d", type=int, default=d.n_3d,
+                   help=f"3D runs (default {d.n_3d}): the N most different of the 2D samples "
+                        "(pick_3d=first: seeds 0..N-1)")
     p.add_argument("--lift", choices=LIFTS, default=None,
                    help="how the samples become 3D (default sds: runs of the 3D config; lgm: feed-forward, the toy "
                         "reconstructor; lgm+sds: runs anchored to its reconstruction)")
     p.add_argument("--steps", type=int, default=None, help=f"learning steps (default {d.steps})")
-    p.add_argument("--steps-3d", type=int, default=None, help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
+    p.add_argument("--steps-3d", type=int, default=None,
+                   help="steps per 3D run, anchor-only steps included (default: those of the 3D config)")
     p.add_argument("--weights", default="", help="toy backbone weights (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2,
@@ -494,5 +499,5 @@ def launch_entry(config_path: str, extras: Sequence[str]) -> int:
     return 0
 
 
-__all__ = ["DemoConfig", "default_out", "fast_config", "run_demo", "render_references", "learn_distribution", "prompt_samples",
-           "sample_images", "save_grid"]
+__all__ = ["DemoConfig", "default_out", "fast_config", "run_demo", "render_references", "learn_distribution",
+           "prompt_samples", "sample_images", "save_grid"]
