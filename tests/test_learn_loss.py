@@ -156,3 +156,31 @@ def test_assign_runs_each_drawn_prompt_once_per_image_with_the_same_loss():
     assert fast.model_pred.shape == (B, R, F, 3, 8, 8)
     torch.testing.assert_close(g_fast, g_full, **F32)
     assert g_full.abs().max() > 1e-6 and g_full[0].abs().max() > 0  # a real gradient, prompt 0 counted three times
+
+
+def test_lowpass_term_adds_the_block_averaged_error_once_more():
+    """`lowpass_weight` λ: each row's loss is its MSE plus λ × the MSE of the error averaged over lowpass_pool² blocks
+    (the body's colour and layout), under the same min-SNR weights; λ = 0 is the loss as it was, bit for bit."""
+    import torch.nn.functional as F_
+
+    from dreamdist3d.testing.backbones import tiny_toy_backbone
+
+    bb = tiny_toy_backbone(supports_camera=True)
+    g = torch.Generator().manual_seed(0)
+    B, F, R, K = 2, 4, 2, 3
+    lat, noise = torch.randn(B, F, 3, 8, 8, generator=g), torch.randn(B, F, 3, 8, 8, generator=g)
+    ts, cams = torch.tensor([900, 100]), torch.randn(B, F, 16, generator=g)
+    index = torch.tensor([[0, 2], [1, 1]])
+    out = {}
+    for lam in (0.0, 3.0):
+        pl = PromptLearner(bb.text_encoder, bb.tokenizer, n_ctx=2, n_prompts=K,
+                           generator=torch.Generator().manual_seed(1))
+        out[lam] = distribution_loss(pl, bb, bb.schedule, lat, noise, ts, None, cameras=cams, objective="assign",
+                                     prompt_index=index, keep_pred=True, lowpass_weight=lam, lowpass_pool=4)
+    plain, low = out[0.0], out[3.0]
+    torch.testing.assert_close(low.model_pred, plain.model_pred, atol=0, rtol=0)
+    error = plain.model_pred - bb.schedule.target(lat, noise, ts)[:, None]  # (B, R, F, 3, 8, 8)
+    blocks = F_.avg_pool2d(error.reshape(-1, 3, 8, 8), 4).reshape(B, R, -1).pow(2).mean(-1)  # (B, R)
+    torch.testing.assert_close(low.per_sample_mse, plain.per_sample_mse + 3.0 * blocks, **F32)
+    torch.testing.assert_close(low.mse, (low.per_sample_mse * low.weights).mean(), **F32)
+    assert blocks.min() > 1e-4 and low.mse > plain.mse

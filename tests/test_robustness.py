@@ -186,6 +186,9 @@ def test_non_finite_numbers_are_refused_by_the_python_api_and_configs(enc, tmp_p
     for lr in (float("inf"), float("nan")):  # learn ... lr=inf as a key=value override
         with pytest.raises(ValueError, match="config key 'lr': must be a finite number"):
             learn(LearnConfig(images=str(DATA), backbone=TOY, lr=lr, out_dir=str(tmp_path / "runs")))
+    for key, value in (("lowpass_weight", -1.0), ("lowpass_pool", 0)):
+        with pytest.raises(ValueError, match=f"config key '{key}': must be ≥"):
+            learn(LearnConfig(images=str(DATA), backbone=TOY, out_dir=str(tmp_path / "runs"), **{key: value}))
     assert not (tmp_path / "runs").exists()
     assert main(["learn", "--images", str(DATA), "--backbone", TOY, "--out-dir", str(tmp_path / "runs"), "lr=inf"]) == 2
 

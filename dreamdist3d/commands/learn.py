@@ -48,6 +48,9 @@ FLAGS = [
      "recipe"),
     ("--prefix", "prefix", str, "fixed text before the learned tokens"),
     ("--suffix", "suffix", str, "fixed text after the learned tokens"),
+    ("--lowpass-weight", "lowpass_weight", finite_float, "weigh the error's low frequencies (4×4-latent blocks: a "
+     "body's colour) this much more (default 0: the paper's loss; 4 keeps a one-colour set's samples in its colour, "
+     "see README)"),
     ("--ctx-init", "ctx_init", str, "start every prompt from this text (at most --n-ctx tokens, e.g. \"a photo of\"); "
      "default: the official random start"),
     ("--position-mode", "position_mode", str, "clean | official (default: official with --loss official, else clean)"),

@@ -165,6 +165,8 @@ def distribution_loss(
     prompt_index: Optional[torch.Tensor] = None,
     objective_delta: float = 0.1,
     objective_tau: float = 0.1,
+    lowpass_weight: float = 0.0,
+    lowpass_pool: int = 4,
 ) -> LossOutput:
     """One training loss.
 
@@ -202,6 +204,10 @@ def distribution_loss(
 
     per_row = F.mse_loss(pred, target[rows_b], reduction="none")
     per_row = per_row.mean(dim=tuple(range(1, per_row.ndim)))  # (U,)
+    if lowpass_weight > 0:  # the error's low frequencies (a body's colour, its layout) once more, × lowpass_weight
+        residual = (pred - target[rows_b]).reshape(-1, *chw)  # (U·F, C, h, w)
+        low = F.avg_pool2d(residual, lowpass_pool).pow(2)
+        per_row = per_row + lowpass_weight * low.reshape(len(rows_b), -1).mean(dim=1)
     per_sample = per_row[inverse].view(bsz, r)  # (B, R): a row shared by n samples counts n times
     snr = official_snr(schedule.alphas_cumprod, timesteps.repeat_interleave(r))  # (B·R,), b-major as official
     weights = min_snr_weights(snr, snr_gamma).view(bsz, r)

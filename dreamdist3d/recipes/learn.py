@@ -119,6 +119,10 @@ class LearnConfig:
     max_grad_norm: float = 1.0  # ≤ 0: no clipping
     snr_gamma: float = 5.0  # min-SNR γ (no +1 for v-prediction, as official); ≤ 0: unweighted
     ortho_weight: float = 1e-3
+    # > 0: the error averaged over lowpass_pool² blocks of the latent counts again, × this: a body's colour weighs
+    # more (README, "Sets that vary in form": keeps a one-colour set's samples in its colour; not the default)
+    lowpass_weight: float = 0.0
+    lowpass_pool: int = 4
     loss: str = "fast"  # fast (K prompts encoded once) | official (encoded per batch item, as train.py)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -308,7 +312,8 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
                                     eps, snr_gamma=cfg.snr_gamma, ortho_weight=cfg.ortho_weight,
                                     cameras=cams, mode=cfg.loss, covariance=cfg.covariance, objective=cfg.objective,
                                     prompt_index=prompt_index, objective_delta=cfg.objective_delta,
-                                    objective_tau=cfg.objective_tau)
+                                    objective_tau=cfg.objective_tau, lowpass_weight=cfg.lowpass_weight,
+                                    lowpass_pool=cfg.lowpass_pool)
         loss_value = mean_over_processes(out.total.detach().float(), world)
         if not torch.isfinite(loss_value):
             _stop_non_finite(
@@ -427,6 +432,10 @@ def _checked(cfg: LearnConfig) -> LearnConfig:
             raise bad(key, f"must be a finite number, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
         raise bad("lr", f"must be > 0, got {cfg.lr}")
+    if cfg.lowpass_weight < 0:
+        raise bad("lowpass_weight", f"must be ≥ 0 (0: the plain noise-prediction loss), got {cfg.lowpass_weight}")
+    if cfg.lowpass_pool < 1:
+        raise bad("lowpass_pool", f"must be ≥ 1, got {cfg.lowpass_pool}")
     if cfg.ctx_init:  # every backbone here reads the same CLIP BPE: count now, before a checkpoint loads
         from dreamdist3d.text import ClipTokenizer
 
