@@ -10,6 +10,9 @@
 - UNet rows are b-major (row = (b·R + r)·F + f); a multi-view item has F views sharing t and c_{b,r}, with its own
   cameras; F = 1 in 2D.
 - L_ortho = mean over off-diagonal pairs of squared cosine similarity of the pooled (EOS) states.
+- `lowpass_weight` λ > 0 (ours, default 0: the paper's loss): each row's mse gains λ × the mean square of the error
+  averaged over `lowpass_pool`² blocks of each view, so an error spread over a body (its colour) counts (1 + λ)
+  times and pixel noise about 1 + λ/pool² (README, "Sets that vary in form").
 
 Objectives (`objective`), all on ℓ_{b,r} = w(t_b)·mse_{b,r} of R samples per image that share its noise and timestep:
 - `official`: mean_{b,r} ℓ — the paper. Its optimum is every sample at the one best prompt: nothing rewards spread.

@@ -369,6 +369,7 @@ def _learn(cfg: LearnConfig, backbone: Optional[Backbone], resume: Optional[str]
             backbone_source=backbone.source, prediction_type=backbone.schedule.prediction_type,
             mode="4view" if multiview else "2d", loss=cfg.loss, run=str(run_dir), complete=step >= cfg.steps,
             covariance=cfg.covariance, objective=cfg.objective,
+            **({"lowpass_weight": cfg.lowpass_weight} if cfg.lowpass_weight else {}),  # recorded only when used
         )
         dist.save(dist_path)
         if cfg.out:
