@@ -53,6 +53,21 @@ def test_loss_falls_over_200_steps(tmp_path):
     assert sum(h[-50:]) / 50 < sum(h[:50]) / 50
 
 
+def test_lowpass_weight_changes_the_learning_and_is_recorded_in_the_file(tmp_path, capsys):
+    """`--lowpass-weight`: the same run learns other prompts, and its file says how it was learned (inspect shows
+    it); a file learned without it records nothing new."""
+    from dreamdist3d.cli import main
+
+    bb = tiny_toy_backbone(resolution=8)
+    plain = learn(small(tmp_path / "plain", flip=False), backbone=bb)
+    low = learn(small(tmp_path / "low", flip=False, lowpass_weight=4.0, lowpass_pool=4), backbone=bb)
+    assert (low.ctx - plain.ctx).abs().max() > 1e-4
+    files = {k: PromptDistribution.load(r.distribution) for k, r in (("plain", plain), ("low", low))}
+    assert files["low"].meta.extra["lowpass_weight"] == 4.0 and "lowpass_weight" not in files["plain"].meta.extra
+    assert main(["inspect", str(low.distribution)]) == 0
+    assert "objective: assign   lowpass weight: 4" in capsys.readouterr().out
+
+
 def test_interrupted_run_resumes_bit_exactly(tmp_path):
     bb = tiny_toy_backbone(resolution=8)
     full = learn(small(tmp_path / "a"), backbone=bb)

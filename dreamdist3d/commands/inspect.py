@@ -144,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
     run = (f"steps={m['steps']} images={m['n_images']}" if m["steps"] or m["n_images"]
            else "steps and images not recorded")  # (an official file keeps neither)
     print(f"  learned against   {m['backbone'] or 'unknown'}  {run}")
-    objective = (m.get("extra") or {}).get("objective", "official (not recorded)")
-    print(f"  sampling law      {m['covariance']}   objective: {objective}")
+    extra = m.get("extra") or {}
+    objective = extra.get("objective", "official (not recorded)")
+    lowpass = f"   lowpass weight: {extra['lowpass_weight']:g}" if extra.get("lowpass_weight") else ""
+    print(f"  sampling law      {m['covariance']}   objective: {objective}{lowpass}")
     fp = m["text_encoder"]
     print("  text encoder      " + (describe_encoder(fp) if fp else "not recorded (official file)"))
     print(f"  context           mean token norm {c['token_norm_mean']:.4g}; per slot {c['token_norm_per_slot']}")
