@@ -62,7 +62,6 @@ ARMS: Dict[str, Optional[Dict[str, Any]]] = {
     "assign+kernel": {"objective": "assign", "covariance": "kernel"},
     # #28: the error's low frequencies (a body's colour) weighed again (LearnConfig.lowpass_weight; an option)
     "assign-lowpass4+kernel": {"objective": "assign", "covariance": "kernel", "lowpass_weight": 4.0},
-    "assign-lowpass2+kernel": {"objective": "assign", "covariance": "kernel", "lowpass_weight": 2.0},
     "K=1": {"objective": "official", "covariance": "diag", "n_prompts": 1},
     "captions+diag": None,  # calibration: the references' exact captions as the K prompts
     "captions+lowrank": None,
